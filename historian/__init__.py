@@ -1,0 +1,1 @@
+"""Historian: recorder, storage backends (``scada.historians`` entry points), energy KPI, reports."""

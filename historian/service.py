@@ -1,0 +1,10 @@
+"""Factory of the historian service, registered under the ``scada.services`` entry points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def create(runtime: Any) -> Any:
+    """Return the historian service for this runtime, or None while it is disabled."""
+    return None

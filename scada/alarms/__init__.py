@@ -1,0 +1,1 @@
+"""alarms service (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""CLI command groups; ``cli.py`` imports each and calls its ``register(main)``."""

@@ -1,0 +1,155 @@
+"""Core commands: run, demo, check, schema, gen-city."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from scada.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_SITE = REPO / "config" / "demo.yaml"
+
+
+def load_or_exit(path: str):  # -> Site
+    """Load a site file; on errors print every one of them and exit with code 2."""
+    from scada.loader import load_site
+
+    try:
+        return load_site(path)
+    except ConfigError as e:
+        click.echo(str(e), err=True)
+        sys.exit(2)
+
+
+def summary(site) -> str:
+    """Devices, tags and alarm templates per area and kind."""
+    per_area: dict[str, Counter[str]] = {}
+    for d in site.all_devices():
+        c = per_area.setdefault(d.area, Counter())
+        c[d.kind] += 1
+        c["_tags"] += len(site.schemas[d.profile_name])
+        c["_alarms"] += len(d.profile.alarms)
+    lines = [f"site {site.name!r}: {sum(1 for _ in site.all_devices())} devices, "
+             f"{site.tag_count} tags, {len(site.config.areas)} areas, "
+             f"{len(site.config.profiles)} profiles"]
+    sched = site.config.schedules
+    lines.append(f"schedules: {len(sched.profiles)} profiles, {len(sched.calendars)} calendar rules")
+    lines.append(f"{'area':<24} {'devices':>8} {'tags':>9} {'alarms':>8}  kinds")
+    for area in sorted(per_area):
+        c = per_area[area]
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(c.items()) if not k.startswith("_"))
+        ndev = sum(n for k, n in c.items() if not k.startswith("_"))
+        lines.append(f"{area:<24} {ndev:>8} {c['_tags']:>9} {c['_alarms']:>8}  {kinds}")
+    return "\n".join(lines)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(check)
+    main.add_command(schema)
+    main.add_command(run)
+    main.add_command(demo)
+
+
+@click.command()
+@click.argument("site_file", type=click.Path(dir_okay=False))
+def check(site_file: str) -> None:
+    """Validate SITE_FILE and print a summary (exit 2 and every error if invalid)."""
+    site = load_or_exit(site_file)
+    click.echo(summary(site))
+
+
+@click.command()
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+def schema(out: str | None) -> None:
+    """Print the JSON Schema of site files (for editor autocompletion)."""
+    from scada.site import SiteConfig
+
+    text = json.dumps(SiteConfig.model_json_schema(), indent=2)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text)
+
+
+@click.command()
+@click.argument("site_file", type=click.Path(dir_okay=False))
+@click.option("--rate", default=1.0, show_default=True, help="Clock rate (simulated s per real s).")
+@click.option("--opcua-port", type=int, default=None, help="Override the site's OPC UA port.")
+def run(site_file: str, rate: float, opcua_port: int | None) -> None:
+    """Run the server for SITE_FILE until SIGINT/SIGTERM."""
+    site = load_or_exit(site_file)
+    if opcua_port is not None:
+        site.config.opcua.port = opcua_port
+    asyncio.run(_serve(site, rate, simulate=False))
+
+
+@click.command()
+@click.option("--site", "site_file", default=str(DEMO_SITE), show_default=True,
+              type=click.Path(dir_okay=False), help="Site file to demonstrate.")
+@click.option("--opcua-port", type=int, default=4840, show_default=True, help="OPC UA server port.")
+@click.option("--rate", default=1.0, show_default=True, help="Clock rate (simulated s per real s).")
+@click.option("--state-dir", default=None, help="Where the demo keeps its state (default: site's).")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, duration: float | None) -> None:
+    """Run the demo city: simulators plus server in one process, nothing else to install."""
+    site = load_or_exit(site_file)
+    site.config.opcua.port = opcua_port
+    if state_dir:
+        site.config.site.state_dir = state_dir
+    asyncio.run(_serve(site, rate, simulate=True, duration=duration))
+
+
+async def _serve(site, rate: float, simulate: bool, duration: float | None = None) -> None:
+    from scada.clock import make_clock
+    from scada.runtime import Runtime
+
+    clock = make_clock(rate)
+    if not os.path.isabs(site.config.site.state_dir):
+        site.config.site.state_dir = os.path.join(
+            os.path.dirname(os.path.abspath(site.path)), site.config.site.state_dir
+        )
+    sims = None
+    if simulate:
+        # the demo wires simulators in from the CLI side; the server never imports them
+        from simulators.city import start_simulators
+
+        sims = await start_simulators(site, clock)
+    try:
+        rt = Runtime(site, clock)
+        rt.load_drivers()
+        rt.load_services()
+
+        def ready() -> None:
+            _print_ready(rt, simulate)
+
+        if duration is not None:
+            async def stopper() -> None:
+                await asyncio.sleep(duration)
+                os.kill(os.getpid(), 2)
+
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(stopper()))
+        await rt.serve_forever(ready)
+    finally:
+        if sims is not None:
+            await sims.aclose()
+
+
+def _print_ready(rt, simulate: bool) -> None:
+    site = rt.site
+    click.echo(f"{'demo ' if simulate else ''}site {site.name!r} running: "
+               f"{rt.tagdb.device_count} devices, {len(rt.tagdb)} tags, "
+               f"drivers: {', '.join(rt.drivers) or 'none'}, "
+               f"services: {', '.join(rt.services) or 'none'}")
+    for name, svc in rt.services.items():
+        info = getattr(svc, "connect_info", None)
+        if info:
+            click.echo(f"  {name}: {info() if callable(info) else info}")
+    click.echo("Press Ctrl+C to stop.")

@@ -1,0 +1,1 @@
+"""opcua service (see docs/architecture.md)."""

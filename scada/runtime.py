@@ -1,0 +1,342 @@
+"""The runtime: builds the tag database from a site, starts drivers and services as supervised
+asyncio tasks, routes commands to the owning driver, and shuts down cleanly.
+
+* Drivers are found by protocol name in the ``scada.drivers`` entry points, services (historian,
+  alarms, schedules, OPC UA server, ...) by the factories in ``scada.services``
+  (``factory(runtime) -> Service | None``; ``None`` when the site disables it).
+* A crashed task is logged and restarted with exponential backoff; it never takes the server
+  down. SIGINT/SIGTERM stop everything within the shutdown budget (5 s), services flushing
+  what they must (:meth:`Service.aclose`).
+* Writes (from OPC UA clients, the CLI or schedules) come to :meth:`Runtime.write`, which checks
+  the tag (exists, writable, type, EU range, device in service) and asks the owning driver; the
+  caller gets the driver's real outcome as an OPC UA status code.
+* Health tags under ``_system/``: per driver the :data:`scada.driver.STANDARD_HEALTH` points,
+  and ``_system/server/*`` (event-loop lag, tag count, updates per second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import time as _time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+import numpy as np
+
+from . import quality as Q
+from .clock import Clock, RealClock
+from .driver import STANDARD_HEALTH, Driver, DriverContext, Health
+from .errors import ConfigError, UnknownTagError
+from .site import Site
+from .tags import Batch, PointDef, TagDatabase
+
+log = logging.getLogger("scada.runtime")
+
+SERVICE_ORDER = ("historian", "alarms", "schedules", "opcua")
+
+SERVER_HEALTH = (
+    PointDef("tags", "int", "", "tags in the tag database"),
+    PointDef("devices", "int", "", "devices in the tag database"),
+    PointDef("updates_per_s", "float", "1/s", "samples applied per second (last interval)"),
+    PointDef("changes_per_s", "float", "1/s", "changes published per second (last interval)"),
+    PointDef("loop_lag_ms", "float", "ms", "event-loop lag measured by the health task"),
+    PointDef("task_restarts", "int", "", "supervised tasks restarted after a crash"),
+    PointDef("subscriber_errors", "int", "", "exceptions raised by change subscribers"),
+)
+
+
+class Service(ABC):
+    """A long-running part of the server fed by the tag database (historian, alarms, ...)."""
+
+    name: str = "service"
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Work until cancelled."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release resources; called once at shutdown, after ``run`` is cancelled."""
+
+
+Writer = Callable[[int, Any], Awaitable[int]]
+
+
+class Runtime:
+    """One server process: tag database + drivers + services on one event loop."""
+
+    def __init__(self, site: Site, clock: Clock | None = None, *, shutdown_timeout: float = 5.0):
+        self.site = site
+        self.clock = clock or RealClock()
+        self.shutdown_timeout = shutdown_timeout
+        self.tagdb = TagDatabase(self.clock, capacity=site.tag_count + 1024)
+        self.drivers: dict[str, Driver] = {}
+        self.services: dict[str, Service] = {}
+        self._device_driver: dict[int, Driver] = {}
+        self._writers: dict[int, Writer] = {}  # device index -> handler for server-owned tags
+        self._out_of_service: set[int] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self.restarts = 0
+        self._health: dict[str, tuple[Health, int]] = {}
+        self._register_devices()
+
+    # ----------------------------------------------------------------- building
+    def _register_devices(self) -> None:
+        for dev in self.site.all_devices():
+            dev.first_tag = self.tagdb.add_device(
+                dev.path, self.site.schemas[dev.profile_name], dev.attrs or None
+            )
+        h = Health(SERVER_HEALTH)
+        self._health["server"] = (h, self.tagdb.add_tags("_system/server", SERVER_HEALTH))
+
+    def load_drivers(self, only: list[str] | None = None) -> None:
+        """Instantiate one driver per protocol used by the site (validation only, no I/O)."""
+        by_proto = self.site.by_protocol()
+        eps = {ep.name: ep for ep in entry_points(group="scada.drivers")}
+        missing = [p for p in by_proto if p not in eps]
+        if missing:
+            raise ConfigError(
+                [f"{self.site.path}: no driver installed for protocol {p!r} "
+                 f"(installed: {', '.join(sorted(eps)) or 'none'})" for p in missing]
+            )
+        for proto, devices in by_proto.items():
+            if only is not None and proto not in only:
+                continue
+            cls: type[Driver] = eps[proto].load()
+            points = STANDARD_HEALTH + tuple(
+                p for p in cls.health_points if p.name not in {s.name for s in STANDARD_HEALTH}
+            )
+            health = Health(points)
+            first = self.tagdb.add_tags(f"_system/{proto}", points)
+            self._health[proto] = (health, first)
+            health.set("devices", len(devices))
+            ctx = DriverContext(
+                protocol=proto, site=self.site, tagdb=self.tagdb, clock=self.clock,
+                devices=devices, options=self.site.config.drivers.get(proto, {}), health=health,
+            )
+            drv = cls(ctx)
+            self.drivers[proto] = drv
+            for dev in devices:
+                self._device_driver[self.tagdb.device_index(dev.path)] = drv
+
+    def load_services(self, only: list[str] | None = None) -> None:
+        """Create the services registered under ``scada.services`` (factories may return None)."""
+        eps = {ep.name: ep for ep in entry_points(group="scada.services")}
+        order = [n for n in SERVICE_ORDER if n in eps] + sorted(set(eps) - set(SERVICE_ORDER))
+        for name in order:
+            if only is not None and name not in only:
+                continue
+            factory = eps[name].load()
+            svc = factory(self)
+            if svc is not None:
+                self.services[name] = svc
+
+    def add_service(self, svc: Service) -> None:
+        self.services[svc.name] = svc
+
+    def register_writer(self, device_path: str, handler: Writer) -> None:
+        """Route writes to a server-owned device's tags (computed tags, overrides) to ``handler``."""
+        self._writers[self.tagdb.device_index(device_path)] = handler
+
+    # ----------------------------------------------------------------- commands
+    def set_out_of_service(self, device_path: str, oos: bool) -> None:
+        """Mark a device under works: its tags read ``BadOutOfService`` and writes are refused."""
+        d = self.tagdb.device_index(device_path)
+        tags = self.tagdb.device_tags(device_path)
+        if oos:
+            self._out_of_service.add(d)
+            self.tagdb.mark(np.arange(tags.start, tags.stop), Q.BadOutOfService)
+        else:
+            self._out_of_service.discard(d)
+            self.tagdb.mark(np.arange(tags.start, tags.stop), Q.UncertainLastUsableValue)
+
+    def check_write(self, tag: int | str, value: Any) -> tuple[int, Any]:
+        """Validate a write without sending it: returns (tag index, coerced value) or raises
+        :class:`~scada.errors.WriteRefused` with the OPC UA status to report."""
+        from .errors import WriteRefused
+
+        try:
+            i = self.tagdb.index(tag) if isinstance(tag, str) else int(tag)
+            info = self.tagdb.info(i)
+        except UnknownTagError as e:
+            raise WriteRefused(str(e), Q.BadNodeIdUnknown) from None
+        p = info.point
+        if not p.writable:
+            raise WriteRefused(f"{info.path} is read-only", Q.BadNotWritable)
+        if info.device_index in self._out_of_service:
+            raise WriteRefused(f"{info.device} is out of service", Q.BadOutOfService)
+        v = coerce(p, value)
+        if v is None:
+            raise WriteRefused(f"{info.path} expects a {p.dtype}, got {value!r}", Q.BadTypeMismatch)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if (p.eu_low is not None and v < p.eu_low) or (p.eu_high is not None and v > p.eu_high):
+                raise WriteRefused(
+                    f"{info.path}: {v} outside [{p.eu_low}, {p.eu_high}] {p.unit}", Q.BadOutOfRange
+                )
+        return i, v
+
+    async def write(self, tag: int | str, value: Any) -> int:
+        """Send a write to the owning driver (or server-side handler); return its status code."""
+        from .errors import WriteRefused
+
+        try:
+            i, v = self.check_write(tag, value)
+        except WriteRefused as e:
+            log.info("write refused: %s (%s)", e, Q.name(e.status))
+            return e.status
+        d = int(self.tagdb.device_of[i])
+        handler = self._writers.get(d)
+        if handler is not None:
+            return await handler(i, v)
+        drv = self._device_driver.get(d)
+        if drv is None:
+            return Q.BadNotWritable
+        try:
+            return int(await drv.write(i, v))
+        except Exception:
+            log.exception("driver %s failed writing %s", drv.ctx.protocol, self.tagdb.path(i))
+            return Q.BadInternalError
+
+    # ----------------------------------------------------------------- supervision
+    def supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``factory()`` as a task restarted with backoff whenever it crashes."""
+
+        async def runner() -> None:
+            delay = 1.0
+            while not self._stopping.is_set():
+                started = _time.monotonic()
+                try:
+                    await factory()
+                    if self._stopping.is_set():
+                        return
+                    log.warning("task %s returned; restarting", name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("task %s crashed; restarting in %.1f s", name, delay)
+                self.restarts += 1
+                if _time.monotonic() - started > 60:
+                    delay = 1.0
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+        task = asyncio.create_task(runner(), name=name)
+        self._tasks[name] = task
+        return task
+
+    async def start(self) -> None:
+        """Start drivers, services and the health task (returns once they are launched)."""
+        for name, svc in self.services.items():
+            self.supervise(f"service:{name}", svc.run)
+        for proto, drv in self.drivers.items():
+            self.supervise(f"driver:{proto}", drv.run)
+        self.supervise("health", self._health_loop)
+
+    async def _health_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_stats = dict(self.tagdb.stats)
+        last_t = loop.time()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(1.0)
+            lag = max(0.0, loop.time() - t0 - 1.0)
+            now = loop.time()
+            dt = max(1e-6, now - last_t)
+            st = self.tagdb.stats
+            srv, _ = self._health["server"]
+            srv.set("tags", len(self.tagdb))
+            srv.set("devices", self.tagdb.device_count)
+            srv.set("updates_per_s", (st["samples"] - last_stats["samples"]) / dt)
+            srv.set("changes_per_s", (st["changes"] - last_stats["changes"]) / dt)
+            srv.set("loop_lag_ms", lag * 1000.0)
+            srv.set("task_restarts", self.restarts)
+            srv.set("subscriber_errors", st["subscriber_errors"])
+            last_stats, last_t = dict(st), now
+            self.publish_health()
+
+    def publish_health(self) -> None:
+        """Publish every health counter as one batch."""
+        idx: list[int] = []
+        vals: list[float] = []
+        for h, first in self._health.values():
+            for k, p in enumerate(h.points):
+                idx.append(first + k)
+                v = h.values.get(p.name, 0.0)
+                vals.append(v if math.isfinite(v) else float("nan"))
+        self.tagdb.apply(Batch.of(idx, vals, Q.Good, self.clock.time()))
+
+    async def stop(self) -> None:
+        """Cancel every task, then close drivers and services, all within the shutdown budget."""
+        self._stopping.set()
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        deadline = asyncio.get_running_loop().time() + self.shutdown_timeout
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.1, self.shutdown_timeout / 2))
+        closers = [drv.aclose() for drv in self.drivers.values()]
+        closers += [svc.aclose() for svc in reversed(list(self.services.values()))]
+        remaining = max(0.1, deadline - asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(*closers, return_exceptions=True), timeout=remaining
+        ) if closers else []
+        for r in results:
+            if isinstance(r, BaseException):
+                log.error("error while closing: %r", r)
+        self._tasks.clear()
+
+    async def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        """Start, wait for SIGINT/SIGTERM, stop. For ``scada run`` and ``scada demo``."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            await self.start()
+            if ready:
+                ready()
+            await stop.wait()
+            log.info("shutdown requested")
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+
+def coerce(p: PointDef, value: Any) -> Any:
+    """Convert a written value to the point's type; None when it cannot be (BadTypeMismatch)."""
+    try:
+        if p.dtype == "string":
+            return value if isinstance(value, str) else None
+        if p.dtype == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "on", "off"):
+                return value.lower() in ("true", "1", "on")
+            return None
+        if p.dtype == "int":
+            if isinstance(value, bool):
+                return None
+            if isinstance(value, str):
+                value = float(value)
+            if isinstance(value, float) and not value.is_integer():
+                return None
+            return int(value)
+        if isinstance(value, bool):
+            return None
+        v = float(value)
+        return v if math.isfinite(v) else None
+    except (TypeError, ValueError):
+        return None

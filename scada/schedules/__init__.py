@@ -1,0 +1,1 @@
+"""schedules service (see docs/architecture.md)."""

@@ -1,0 +1,256 @@
+"""The typed site model: what a site file declares, validated with pydantic v2.
+
+A site file declares the site (name, position, time zone), areas, device profiles (protocol,
+connection defaults, point map, alarm templates), devices, schedules, historian, OPC UA server
+and users. Loading, line-aware errors and template expansion live in :mod:`scada.loader`; this
+module only defines the shapes and the expansion of a validated model into device instances.
+
+Protocol-specific parts (a device's ``connection``, a point's ``source``, a profile's
+``options`` and the site-wide ``drivers.<protocol>`` options) are free-form here and validated by
+the driver's own models (``Driver.Connection``, ``Driver.PointSource``, ``Driver.ProfileOptions``,
+``Driver.Options``), so the core knows no protocol.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .sections.alarms import AlarmDef, AlarmsConfig
+from .sections.common import Ident, Strict
+from .sections.historian import HistorianConfig
+from .sections.opcua import OpcUaServerConfig
+from .sections.schedules import SchedulesConfig
+from .sections.users import UserConfig
+from .tags import PointDef, PointSchema
+
+DeviceKind = Literal[
+    "cabinet", "luminaire", "junction", "gateway", "meter", "sensor", "controller", "other"
+]
+
+
+class SiteInfo(Strict):
+    name: str
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    timezone: str = "Europe/Paris"
+    state_dir: str = "state"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"expected an IANA time zone such as 'Europe/Paris'; {v!r} is not one"
+            ) from None
+        return v
+
+
+class Area(Strict):
+    id: Ident
+    name: str = ""
+    municipality: str = ""
+
+
+class Location(Strict):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class PointConfig(Strict):
+    """One point of a profile: becomes one tag per device."""
+
+    name: Ident
+    type: Literal["float", "int", "bool", "string"] = "float"
+    unit: str = ""
+    description: str = ""
+    access: Literal["r", "rw"] = "r"
+    deadband: float = Field(0.0, ge=0)
+    history: bool = True
+    eu_range: tuple[float, float] | None = None
+    #: Protocol addressing, validated by the driver's ``PointSource`` model.
+    source: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _range(self) -> PointConfig:
+        if self.eu_range is not None and self.eu_range[0] >= self.eu_range[1]:
+            raise ValueError("eu_range: expected [low, high] with low < high")
+        return self
+
+    def to_pointdef(self) -> PointDef:
+        lo, hi = self.eu_range if self.eu_range else (None, None)
+        return PointDef(
+            name=self.name, dtype=self.type, unit=self.unit, description=self.description,
+            access=self.access, deadband=self.deadband, history=self.history, eu_low=lo, eu_high=hi,
+        )
+
+
+class ProfileConfig(Strict):
+    """A reusable device type: protocol, connection defaults, points, alarm templates."""
+
+    protocol: str | None = None
+    kind: DeviceKind = "other"
+    description: str = ""
+    vendor: str = ""
+    connection: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    points: list[PointConfig] = Field(min_length=1)
+    alarms: list[AlarmDef] = Field(default_factory=list)
+    #: Free attributes every device of this profile inherits (nominal power, lamp type...).
+    attrs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_points(self) -> ProfileConfig:
+        seen: set[str] = set()
+        for p in self.points:
+            if p.name in seen:
+                raise ValueError(f"duplicate point name {p.name!r}: each point needs its own name")
+            seen.add(p.name)
+        return self
+
+
+class ChildGroup(Strict):
+    """Devices reached through their parent (luminaires behind a cabinet or a DALI gateway)."""
+
+    profile: str
+    id: str = "lum-{n:02d}"
+    count: int = Field(ge=1, le=4096)
+    start: int = Field(1, ge=0)
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    location: Location | None = None
+
+
+class DeviceConfig(Strict):
+    id: Ident
+    profile: str
+    area: str
+    description: str = ""
+    enabled: bool = True
+    connection: dict[str, Any] = Field(default_factory=dict)
+    location: Location | None = None
+    attrs: dict[str, Any] = Field(default_factory=dict)
+    children: list[ChildGroup] = Field(default_factory=list)
+
+
+class SiteConfig(Strict):
+    site: SiteInfo
+    include: list[str] = Field(default_factory=list)
+    areas: list[Area] = Field(min_length=1)
+    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    drivers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
+    historian: HistorianConfig = Field(default_factory=HistorianConfig)
+    opcua: OpcUaServerConfig = Field(default_factory=OpcUaServerConfig)
+    users: list[UserConfig] = Field(default_factory=list)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
+
+
+@dataclass(slots=True)
+class DeviceInstance:
+    """One concrete device after expansion (a cabinet, or luminaire 17 behind it).
+
+    ``path`` is ``area/device`` or ``area/parent/child``; its tags are ``path/point``.
+    ``index`` is the child's number behind its parent (Modbus block number, DALI short
+    address...). ``connection`` is the profile's defaults merged with the device's (children
+    inherit their parent's). ``first_tag`` is filled in when the device is registered in the
+    tag database.
+    """
+
+    path: str
+    id: str
+    area: str
+    profile_name: str
+    profile: ProfileConfig
+    connection: dict[str, Any]
+    attrs: dict[str, Any]
+    location: Location | None = None
+    parent: str | None = None
+    index: int | None = None
+    enabled: bool = True
+    first_tag: int = -1
+    children: list[DeviceInstance] = field(default_factory=list)
+
+    @property
+    def protocol(self) -> str | None:
+        return self.profile.protocol
+
+    @property
+    def kind(self) -> str:
+        return self.profile.kind
+
+
+@dataclass(slots=True)
+class Site:
+    """A loaded, validated site: the typed config plus what expansion derived from it."""
+
+    config: SiteConfig
+    path: str
+    devices: list[DeviceInstance]
+    schemas: dict[str, PointSchema]
+    #: file:line of each top-level device entry (for messages that point back at the config)
+    origins: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.site.name
+
+    def all_devices(self) -> Iterator[DeviceInstance]:
+        for d in self.devices:
+            yield d
+            yield from d.children
+
+    def by_protocol(self) -> dict[str, list[DeviceInstance]]:
+        out: dict[str, list[DeviceInstance]] = {}
+        for d in self.all_devices():
+            if d.protocol and d.enabled:
+                out.setdefault(d.protocol, []).append(d)
+        return out
+
+    def device(self, path: str) -> DeviceInstance:
+        for d in self.all_devices():
+            if d.path == path:
+                return d
+        raise KeyError(f"unknown device {path!r}")
+
+    @property
+    def tag_count(self) -> int:
+        return sum(len(self.schemas[d.profile_name]) for d in self.all_devices())
+
+
+def expand(config: SiteConfig, path: str = "<site>") -> Site:
+    """Turn a validated config into device instances and point schemas (one per profile)."""
+    schemas = {
+        name: PointSchema(name, tuple(p.to_pointdef() for p in prof.points))
+        for name, prof in config.profiles.items()
+    }
+    devices: list[DeviceInstance] = []
+    for dc in config.devices:
+        prof = config.profiles[dc.profile]
+        conn = {**prof.connection, **dc.connection}
+        dev = DeviceInstance(
+            path=f"{dc.area}/{dc.id}", id=dc.id, area=dc.area, profile_name=dc.profile,
+            profile=prof, connection=conn, attrs={**prof.attrs, **dc.attrs},
+            location=dc.location, enabled=dc.enabled,
+        )
+        for cg in dc.children:
+            cprof = config.profiles[cg.profile]
+            cconn = {**cprof.connection, **conn}
+            for n in range(cg.start, cg.start + cg.count):
+                cid = cg.id.format(n=n)
+                dev.children.append(
+                    DeviceInstance(
+                        path=f"{dev.path}/{cid}", id=cid, area=dc.area, profile_name=cg.profile,
+                        profile=cprof, connection=cconn, attrs={**cprof.attrs, **cg.attrs},
+                        location=cg.location or dc.location, parent=dev.path, index=n,
+                        enabled=dc.enabled,
+                    )
+                )
+        devices.append(dev)
+    return Site(config=config, path=path, devices=devices, schemas=schemas)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what the tests need (system packages + Python test extras) and run them.
+# Used by the README's test command and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  need=""
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
+  command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need="$need victoria-metrics"
+  if [ -n "$need" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
+  fi
+  # the packages' own services are not wanted: fixtures start private instances
+  ($SUDO systemctl disable --now mosquitto victoria-metrics >/dev/null 2>&1 || true)
+fi
+PY="${PYTHON:-python3}"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -d .venv ] || "$PY" -m venv .venv
+  . .venv/bin/activate
+fi
+python -m pip install -q --upgrade pip >/dev/null
+python -m pip install -q -e ".[test]"
+set +e
+python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit "$rc"
