@@ -347,11 +347,22 @@ def _subst_children(children: Any, env: dict[str, Any]) -> Any:
 
 
 # ----------------------------------------------------------------------------- driver lookup
+_INCLUDABLE = frozenset(("profiles", "devices", "alarm_templates"))
+
+
 def driver_class(protocol: str) -> type | None:
-    """The driver class registered under ``scada.drivers`` for ``protocol`` (None if absent)."""
+    """The driver class registered under ``scada.drivers`` for ``protocol`` (None if absent).
+
+    A driver that is registered but fails to import raises :class:`ConfigError` naming it.
+    """
     for ep in entry_points(group="scada.drivers"):
         if ep.name == protocol:
-            return ep.load()
+            try:
+                return ep.load()
+            except (ImportError, AttributeError) as e:
+                raise ConfigError(
+                    f"driver {protocol!r} ({ep.value}) is installed but failed to load: {e}"
+                ) from e
     return None
 
 
@@ -378,6 +389,7 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
         profiles.pos = raw.pos
         raw["profiles"] = profiles
         raw.kpos["profiles"] = raw.pos
+    pending_templates: list[tuple[str, Any]] = []
     incs = raw.get("include", [])
     if isinstance(incs, list) and isinstance(profiles, LDict):
         for k, pattern in enumerate(incs):
@@ -392,11 +404,11 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
                 data = read_yaml(f, errors)
                 if data is None:
                     continue
-                if not isinstance(data, LDict) or not set(data) or set(data) - {"profiles", "devices"}:
-                    extra = sorted(set(data) - {"profiles", "devices"}) if isinstance(data, LDict) else []
+                if not isinstance(data, LDict) or not set(data) or set(data) - _INCLUDABLE:
+                    extra = sorted(set(data) - _INCLUDABLE) if isinstance(data, LDict) else []
                     errors.append(
                         f"{f}:{data.kpos[extra[0]][1] if extra else 1}: an included file holds "
-                        f"'profiles:' and/or 'devices:' only"
+                        f"'profiles:', 'devices:' and/or 'alarm_templates:' only"
                         + (f"; unknown key {extra[0]!r}" if extra else "")
                     )
                     continue
@@ -413,6 +425,8 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
                             raw.kpos["devices"] = raw.pos
                         target.extend(devs)
                         target.ipos.extend(devs.ipos)
+                if "alarm_templates" in data:
+                    pending_templates.append((f, data["alarm_templates"]))
                 if "profiles" not in data:
                     continue
                 if not isinstance(data["profiles"], LDict):
@@ -428,6 +442,29 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
                         continue
                     profiles[name] = prof
                     profiles.kpos[name] = data["profiles"].kpos[name]
+
+    # alarm templates kept in their own files, attached to profiles defined anywhere
+    for f, templates in pending_templates:
+        if not isinstance(templates, LDict):
+            errors.append(f"{f}:1: alarm_templates: expected a mapping of profile name -> list of alarms")
+            continue
+        for pname, defs in templates.items():
+            tpos = templates.kpos[pname]
+            prof = profiles.get(pname) if isinstance(profiles, LDict) else None
+            if not isinstance(prof, LDict):
+                errors.append(f"{tpos[0]}:{tpos[1]}: alarm_templates.{pname}: unknown profile {pname!r}")
+                continue
+            if not isinstance(defs, LList):
+                errors.append(f"{tpos[0]}:{tpos[1]}: alarm_templates.{pname}: expected a list of alarms")
+                continue
+            target = prof.get("alarms")
+            if not isinstance(target, LList):
+                target = LList()
+                target.pos = tpos
+                prof["alarms"] = target
+                prof.kpos["alarms"] = tpos
+            target.extend(defs)
+            target.ipos.extend(defs.ipos)
 
     if "devices" in raw:
         raw["devices"] = expand_repeats(raw["devices"], errors)

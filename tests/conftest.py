@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures.opcua",
     "tests.fixtures.historian",
     "tests.fixtures.alarms",
+    "tests.fixtures.hmi",
 ]
 
 
