@@ -473,6 +473,8 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
         cfg = SiteConfig.model_validate(raw)
     except ValidationError as e:
         errors.extend(_pydantic_messages(e, raw))
+        # still report broken references, so one pass shows every problem
+        errors.extend(_raw_reference_checks(raw))
         raise ConfigError(errors) from None
     if errors:
         raise ConfigError(errors)
@@ -482,6 +484,32 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
         raise ConfigError(errors)
     site = expand(cfg, path)
     return site
+
+
+def _raw_reference_checks(raw: Any) -> list[str]:
+    """Unknown profile/area references, checked on the raw data when the model did not validate."""
+    errs: list[str] = []
+    profiles = raw.get("profiles") if isinstance(raw, dict) else None
+    areas = raw.get("areas") if isinstance(raw, dict) else None
+    devices = raw.get("devices") if isinstance(raw, dict) else None
+    if not isinstance(devices, list):
+        return errs
+    pnames = set(profiles) if isinstance(profiles, dict) else None
+    anames = {a.get("id") for a in areas if isinstance(a, dict)} if isinstance(areas, list) else None
+    for i, d in enumerate(devices):
+        if not isinstance(d, dict):
+            continue
+        prof = d.get("profile")
+        if pnames is not None and isinstance(prof, str) and prof not in pnames:
+            close = difflib.get_close_matches(prof, sorted(pnames), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            errs.append(f"{_at(raw, ('devices', i, 'profile'))}: unknown profile {prof!r}{hint}")
+        area = d.get("area")
+        if anames is not None and isinstance(area, str) and area not in anames:
+            close = difflib.get_close_matches(area, sorted(a for a in anames if isinstance(a, str)), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            errs.append(f"{_at(raw, ('devices', i, 'area'))}: unknown area {area!r}{hint}")
+    return errs
 
 
 def _at(raw: Any, loc: tuple[Any, ...]) -> str:
@@ -509,6 +537,16 @@ def _semantic_checks(cfg: SiteConfig, raw: Any, validate_drivers: bool) -> list[
         close = difflib.get_close_matches(name, pnames, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known profiles: {', '.join(pnames) or 'none'}"
         errs.append(f"{_at(raw, loc)}: unknown profile {name!r}{hint}")
+
+    for pname, prof in cfg.profiles.items():
+        names: dict[str, int] = {}
+        for k, pt in enumerate(prof.points):
+            if pt.name in names:
+                errs.append(
+                    f"{_at(raw, ('profiles', pname, 'points', k, 'name'))}: duplicate point name "
+                    f"{pt.name!r} (also points[{names[pt.name]}]); each point needs its own name"
+                )
+            names.setdefault(pt.name, k)
 
     if validate_drivers:
         known = known_protocols()

@@ -105,14 +105,7 @@ class ProfileConfig(Strict):
     #: Free attributes every device of this profile inherits (nominal power, lamp type...).
     attrs: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _unique_points(self) -> ProfileConfig:
-        seen: set[str] = set()
-        for p in self.points:
-            if p.name in seen:
-                raise ValueError(f"duplicate point name {p.name!r}: each point needs its own name")
-            seen.add(p.name)
-        return self
+    # duplicate point names are reported by the loader's semantic checks, at the point's line
 
 
 class ChildGroup(Strict):

@@ -55,6 +55,34 @@ def register(main: click.Group) -> None:
     main.add_command(schema)
     main.add_command(run)
     main.add_command(demo)
+    main.add_command(gen_city)
+
+
+@click.command("gen-city")
+@click.option("--luminaires", type=click.IntRange(min=0), required=True, help="Light points.")
+@click.option("--junctions", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Signalised junctions.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Site file to write.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed (deterministic).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Device endpoints' host.")
+@click.option("--base-port", type=click.IntRange(1024, 65000), default=20000, show_default=True,
+              help="First TCP port; each cabinet and junction gets the next one.")
+@click.option("--dali-share", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Share of light points behind DALI/MQTT gateways (the rest: Modbus cabinets).")
+@click.option("--broker", default="embedded", show_default=True,
+              help="MQTT broker of the gateways: 'embedded' or HOST:PORT.")
+@click.option("--profiles", "profiles_dir", default=str(REPO / "config" / "profiles"),
+              show_default=True, type=click.Path(file_okay=False), help="Profiles to include.")
+def gen_city(luminaires: int, junctions: int, out: str, seed: int, host: str, base_port: int,
+             dali_share: float, broker: str, profiles_dir: str) -> None:
+    """Write a synthetic but realistic city (around Dijon) as a site file."""
+    from scada.gencity import generate
+
+    st = generate(luminaires, junctions, out_path=out, profiles_dir=profiles_dir, seed=seed,
+                  host=host, base_port=base_port, dali_share=dali_share, broker=broker)
+    click.echo(f"wrote {out}: {st.luminaires} luminaires in {st.cabinets} cabinets and "
+               f"{st.gateways} DALI gateways ({st.lines} lines), {st.junctions} junctions "
+               f"({st.signal_groups} signal groups), {st.areas} areas")
 
 
 @click.command()

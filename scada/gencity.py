@@ -1,0 +1,239 @@
+"""Synthetic but realistic city generator (``scada gen-city``), around Dijon's coordinates.
+
+The demo, the tests and the benchmarks need cities of any size that look like the real thing:
+
+* the 23 municipalities of Dijon Métropole as areas, devices placed around their centres;
+* lighting cabinets (segment controllers, Modbus TCP) of 20-64 luminaires, and DALI gateways
+  (MQTT) with 1-4 lines of up to 64 luminaires - about 70 % / 30 % of the light points;
+* a mixed legacy inventory per cabinet (high-pressure sodium, mercury vapour, metal halide) with
+  each lamp's wattage *including ballast losses*, the baseline of the energy-savings KPI, and
+  the LED that replaced it (``nominal_w``);
+* junctions (traffic controllers, OPC UA) with 4-12 signal groups.
+
+Every device gets its own loopback endpoint so the simulators can serve the whole city from one
+machine; ``--host`` and ``--base-port`` choose them. Output is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+
+#: (name, lat, lon, weight) - the 23 municipalities of Dijon Métropole; weight ~ light points
+MUNICIPALITIES: tuple[tuple[str, str, float, float, float], ...] = (
+    ("dijon", "Dijon", 47.3220, 5.0415, 52.0),
+    ("chenove", "Chenôve", 47.2930, 5.0080, 6.0),
+    ("talant", "Talant", 47.3360, 5.0050, 4.0),
+    ("quetigny", "Quetigny", 47.3140, 5.1060, 4.0),
+    ("longvic", "Longvic", 47.2870, 5.0630, 4.0),
+    ("fontaine", "Fontaine-lès-Dijon", 47.3420, 5.0200, 3.0),
+    ("st-apollinaire", "Saint-Apollinaire", 47.3330, 5.0850, 3.0),
+    ("chevigny", "Chevigny-Saint-Sauveur", 47.3010, 5.1340, 3.0),
+    ("marsannay", "Marsannay-la-Côte", 47.2710, 5.0000, 2.5),
+    ("plombieres", "Plombières-lès-Dijon", 47.3380, 4.9690, 1.5),
+    ("ahuy", "Ahuy", 47.3700, 5.0200, 1.0),
+    ("bressey", "Bressey-sur-Tille", 47.3130, 5.1840, 0.7),
+    ("breteniere", "Bretenière", 47.2370, 5.1070, 0.6),
+    ("corcelles", "Corcelles-les-Monts", 47.3020, 4.9400, 0.6),
+    ("crimolois", "Neuilly-Crimolois", 47.2800, 5.1200, 1.0),
+    ("daix", "Daix", 47.3510, 4.9990, 0.8),
+    ("fenay", "Fénay", 47.2330, 5.0570, 0.8),
+    ("flavignerot", "Flavignerot", 47.2830, 4.9490, 0.3),
+    ("hauteville", "Hauteville-lès-Dijon", 47.3660, 4.9950, 0.6),
+    ("magny", "Magny-sur-Tille", 47.2800, 5.1700, 0.4),
+    ("ouges", "Ouges", 47.2600, 5.0700, 0.8),
+    ("perrigny", "Perrigny-lès-Dijon", 47.2670, 5.0060, 1.0),
+    ("sennecey", "Sennecey-lès-Dijon", 47.2900, 5.1050, 1.2),
+)
+
+#: Legacy lamp types: (name, lamp+ballast W, typical LED replacement W)
+LEGACY_LAMPS: tuple[tuple[str, float, float], ...] = (
+    ("SHP-70", 84.0, 30.0),
+    ("SHP-100", 115.0, 40.0),
+    ("SHP-150", 170.0, 60.0),
+    ("SHP-250", 277.0, 100.0),
+    ("HgHP-125", 137.0, 40.0),
+    ("MH-150", 167.0, 60.0),
+)
+_LAMP_WEIGHTS = (22, 25, 25, 6, 14, 8)
+
+
+@dataclass(slots=True)
+class CityStats:
+    luminaires: int = 0
+    cabinets: int = 0
+    gateways: int = 0
+    junctions: int = 0
+    signal_groups: int = 0
+    areas: int = 0
+    lines: int = 0
+
+
+def _flow(d: dict) -> str:
+    """One-line YAML flow mapping (keys and simple values only; strings quoted when needed)."""
+    parts = []
+    for k, v in d.items():
+        parts.append(f"{k}: {_scalar(v)}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def _scalar(v: object) -> str:
+    if isinstance(v, dict):
+        return _flow(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_scalar(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    s = str(v)
+    if s and all(c.isalnum() or c in "-_./" for c in s) and not s[0].isdigit() and s not in ("true", "false", "null"):
+        return s
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def generate(
+    luminaires: int,
+    junctions: int,
+    *,
+    out_path: str,
+    profiles_dir: str,
+    seed: int = 1,
+    host: str = "127.0.0.1",
+    base_port: int = 20000,
+    dali_share: float = 0.3,
+    broker: str = "embedded",
+    name: str | None = None,
+) -> CityStats:
+    """Write a site file for a city of ``luminaires`` light points and ``junctions`` junctions."""
+    if luminaires < 0 or junctions < 0:
+        raise ValueError("luminaires and junctions must be >= 0")
+    rng = random.Random(seed)
+    stats = CityStats()
+    total_w = sum(m[4] for m in MUNICIPALITIES)
+    # split light points over municipalities (largest remainder), then over cabinets / gateways
+    quotas = [luminaires * m[4] / total_w for m in MUNICIPALITIES]
+    counts = [int(q) for q in quotas]
+    for i in sorted(range(len(quotas)), key=lambda i: quotas[i] - counts[i], reverse=True)[: luminaires - sum(counts)]:
+        counts[i] += 1
+    jq = [junctions * m[4] / total_w for m in MUNICIPALITIES]
+    jcounts = [int(q) for q in jq]
+    for i in sorted(range(len(jq)), key=lambda i: jq[i] - jcounts[i], reverse=True)[: junctions - sum(jcounts)]:
+        jcounts[i] += 1
+
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    rel_profiles = os.path.relpath(os.path.abspath(profiles_dir), out_dir)
+    lines: list[str] = []
+    w = lines.append
+    w(f"# Synthetic city generated by `scada gen-city --luminaires {luminaires} --junctions {junctions} --seed {seed}`")
+    w("# Municipalities of Dijon Métropole; legacy lamp inventory (lamp + ballast W) is the KPI baseline.")
+    w("site:")
+    w(f"  name: {_scalar(name or f'Synthetic city ({luminaires} light points, {junctions} junctions)')}")
+    w("  latitude: 47.322")
+    w("  longitude: 5.0415")
+    w("  timezone: Europe/Paris")
+    w("  state_dir: state")
+    w("include:")
+    w(f"  - {_scalar(rel_profiles + '/*.yaml')}")
+    w("areas:")
+    used = [i for i, m in enumerate(MUNICIPALITIES) if counts[i] or jcounts[i]] or [0]
+    for i in used:
+        aid, label, *_ = MUNICIPALITIES[i]
+        w(f"  - {_flow({'id': aid, 'name': label, 'municipality': label})}")
+    stats.areas = len(used)
+    if broker != "embedded":
+        w("drivers:")
+        w("  mqtt: {}")
+    w("devices:")
+    port = base_port
+    cab_no = gw_no = j_no = 0
+    for i in used:
+        aid, _label, lat0, lon0, _ = MUNICIPALITIES[i]
+        n_left = counts[i]
+        radius = 0.004 + 0.003 * math.sqrt(MUNICIPALITIES[i][4])
+        dali_left = int(round(n_left * dali_share))
+        modbus_left = n_left - dali_left
+        while modbus_left > 0:
+            size = min(modbus_left, rng.randint(20, 64))
+            if modbus_left - size < 20 and modbus_left <= 64:
+                size = modbus_left
+            modbus_left -= size
+            cab_no += 1
+            lat = round(lat0 + rng.uniform(-radius, radius), 5)
+            lon = round(lon0 + rng.uniform(-radius, radius) * 1.4, 5)
+            groups = _lamp_groups(rng, size)
+            w(f"  - id: cab-{cab_no:04d}")
+            w("    profile: cabinet-modbus")
+            w(f"    area: {aid}")
+            w(f"    connection: {_flow({'host': host, 'port': port, 'unit': 1})}")
+            w(f"    location: {_flow({'lat': lat, 'lon': lon})}")
+            w("    children:")
+            start = 1
+            for lamp, count in groups:
+                lw, led = _lamp(lamp)
+                attrs = {"nominal_w": led, "legacy_lamp": lamp, "legacy_w": lw, "group": cab_no}
+                w(f"      - {_flow({'profile': 'luminaire-modbus', 'id': 'lum-{n:02d}', 'start': start, 'count': count, 'attrs': attrs})}")
+                start += count
+            port += 1
+            stats.cabinets += 1
+            stats.luminaires += size
+        while dali_left > 0:
+            size = min(dali_left, rng.choice((64, 96, 128, 192, 256)))
+            dali_left -= size
+            gw_no += 1
+            lat = round(lat0 + rng.uniform(-radius, radius), 5)
+            lon = round(lon0 + rng.uniform(-radius, radius) * 1.4, 5)
+            conn = {"broker": broker, "gateway": f"gw-{gw_no:04d}"}
+            w(f"  - id: gw-{gw_no:04d}")
+            w("    profile: dali-gateway")
+            w(f"    area: {aid}")
+            w(f"    connection: {_flow(conn)}")
+            w(f"    location: {_flow({'lat': lat, 'lon': lon})}")
+            w("    children:")
+            start = 1
+            for lamp, count in _lamp_groups(rng, size):
+                lw, led = _lamp(lamp)
+                attrs = {"nominal_w": led, "legacy_lamp": lamp, "legacy_w": lw, "group": (start - 1) // 16 % 16}
+                w(f"      - {_flow({'profile': 'luminaire-dali', 'id': 'lum-{n:03d}', 'start': start, 'count': count, 'attrs': attrs})}")
+                start += count
+            stats.gateways += 1
+            stats.lines += (size + 63) // 64
+            stats.luminaires += size
+        for _ in range(jcounts[i]):
+            j_no += 1
+            lat = round(lat0 + rng.uniform(-radius, radius), 5)
+            lon = round(lon0 + rng.uniform(-radius, radius) * 1.4, 5)
+            sg = rng.choice((4, 6, 8, 8, 8, 10, 12))
+            w(f"  - id: jct-{j_no:04d}")
+            w("    profile: junction-opcua")
+            w(f"    area: {aid}")
+            w(f"    connection: {_flow({'endpoint': f'opc.tcp://{host}:{port}/'})}")
+            w(f"    location: {_flow({'lat': lat, 'lon': lon})}")
+            w(f"    attrs: {_flow({'signal_groups': sg})}")
+            port += 1
+            stats.junctions += 1
+            stats.signal_groups += sg
+    if not (cab_no or gw_no or j_no):
+        lines.pop()  # "devices:" with nothing under it
+        w("devices: []")
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return stats
+
+
+def _lamp(name: str) -> tuple[float, float]:
+    for n, lw, led in LEGACY_LAMPS:
+        if n == name:
+            return lw, led
+    raise KeyError(name)
+
+
+def _lamp_groups(rng: random.Random, size: int) -> list[tuple[str, int]]:
+    """Split ``size`` luminaires into 1-3 groups of different legacy lamps."""
+    k = 1 if size < 24 else rng.choice((1, 2, 2, 3))
+    cuts = sorted(rng.sample(range(1, size), k - 1)) if k > 1 else []
+    sizes = [b - a for a, b in zip([0, *cuts], [*cuts, size], strict=True)]
+    lamps = rng.choices([n for n, *_ in LEGACY_LAMPS], weights=_LAMP_WEIGHTS, k=k)
+    return [(lamp, s) for lamp, s in zip(lamps, sizes, strict=True) if s > 0]
