@@ -1,0 +1,108 @@
+"""Role model, password hashing and lockout (scada.users): pure, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from scada.clock import SteppedClock
+from scada.sections.users import UserConfig
+from scada.users import (
+    ACTIONS,
+    ROLES,
+    UserStore,
+    hash_password,
+    role_allows,
+    verify,
+)
+from tests.fixtures.hmi import leak_check_fixed as _no_leaked_tasks  # noqa: F401
+
+FAST = {"n": 2**10}  # cheap scrypt cost for tests; the default is 2**14
+
+EXPECTED = {
+    "viewer": {"read", "subscribe"},
+    "operator": {"read", "subscribe", "write", "acknowledge"},
+    "engineer": {"read", "subscribe", "write", "acknowledge", "override", "shelve", "out_of_service"},
+    "admin": set(ACTIONS),
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("action", ACTIONS)
+def test_role_matrix(role, action):
+    assert role_allows(role, action) is (action in EXPECTED[role])
+
+
+def test_unknown_role_and_anonymous_refused_everything():
+    for action in ACTIONS:
+        assert not role_allows(None, action)
+        assert not role_allows("root", action)
+
+
+def test_unknown_action_is_an_error():
+    with pytest.raises(ValueError, match="unknown action 'delete'"):
+        role_allows("admin", "delete")
+
+
+def test_hash_is_salted_and_verifies():
+    a = hash_password("s3cret", **FAST)
+    b = hash_password("s3cret", **FAST)
+    assert a != b and "s3cret" not in a
+    assert a.startswith("scrypt$1024$8$1$")
+    assert verify("s3cret", a) and verify("s3cret", b)
+    assert not verify("s3cret ", a)
+    assert not verify("", a)
+    assert not verify("s3cret", "plain-text")
+
+
+def test_default_cost_is_interactive_scrypt():
+    line = hash_password("x")
+    assert line.split("$")[1] == str(2**14)
+
+
+def test_site_config_rejects_plain_text_password():
+    with pytest.raises(ValueError, match="scada user add"):
+        UserConfig(name="op", role="operator", password_hash="hunter2")
+    UserConfig(name="op", role="operator", password_hash=hash_password("hunter2", **FAST))
+
+
+def _store(clock):
+    users = [UserConfig(name="op", role="operator", password_hash=hash_password("pw-op", **FAST)),
+             UserConfig(name="admin", role="admin", password_hash=hash_password("pw-admin", **FAST))]
+    return UserStore(users, clock=clock, max_failures=5, lockout_s=300)
+
+
+def test_authenticate_roles_and_wrong_password():
+    s = _store(SteppedClock())
+    r = s.authenticate("op", "pw-op")
+    assert r.ok and r.user.role == "operator"
+    assert s.authenticate("op", "pw-op").ok  # cached path
+    bad = s.authenticate("admin", "admin")
+    assert not bad.ok and bad.reason == "bad_password"
+    assert s.authenticate("nobody", "x").reason == "unknown_user"
+    assert s.authenticate(None, None).reason == "unknown_user"
+
+
+async def test_five_failures_lock_for_a_while():
+    clock = SteppedClock()
+    s = _store(clock)
+    for _ in range(4):
+        assert s.authenticate("op", "wrong").reason == "bad_password"
+    assert s.authenticate("op", "wrong").reason == "locked"
+    # even the right password is refused while locked
+    assert s.authenticate("op", "pw-op").reason == "locked"
+    await clock.advance(299)
+    assert s.authenticate("op", "pw-op").reason == "locked"
+    await clock.advance(2)
+    assert s.authenticate("op", "pw-op").ok
+    # success resets the count
+    for _ in range(4):
+        s.authenticate("op", "wrong")
+    assert s.authenticate("op", "pw-op").ok
+
+
+def test_failure_table_is_bounded():
+    s = UserStore([], clock=SteppedClock(), max_tracked=10)
+    s._dummy = hash_password("x", **FAST)
+    for i in range(50):
+        s.authenticate(f"probe{i}", "x")
+    assert len(s._failures) <= 10
