@@ -191,15 +191,16 @@ class Runtime:
             return e.status
         d = int(self.tagdb.device_of[i])
         handler = self._writers.get(d)
-        if handler is not None:
-            return await handler(i, v)
         drv = self._device_driver.get(d)
-        if drv is None:
+        if handler is None and drv is None:
             return Q.BadNotWritable
+        owner = "server handler" if handler is not None else f"driver {drv.ctx.protocol}"  # type: ignore[union-attr]
         try:
-            return int(await drv.write(i, v))
+            if handler is not None:
+                return int(await handler(i, v))
+            return int(await drv.write(i, v))  # type: ignore[union-attr]
         except Exception:
-            log.exception("driver %s failed writing %s", drv.ctx.protocol, self.tagdb.path(i))
+            log.exception("%s failed writing %r to %s", owner, v, self.tagdb.path(i))
             return Q.BadInternalError
 
     # ----------------------------------------------------------------- supervision
@@ -249,18 +250,19 @@ class Runtime:
             dt = max(1e-6, now - last_t)
             st = self.tagdb.stats
             srv, _ = self._health["server"]
-            srv.set("tags", len(self.tagdb))
-            srv.set("devices", self.tagdb.device_count)
             srv.set("updates_per_s", (st["samples"] - last_stats["samples"]) / dt)
             srv.set("changes_per_s", (st["changes"] - last_stats["changes"]) / dt)
             srv.set("loop_lag_ms", lag * 1000.0)
-            srv.set("task_restarts", self.restarts)
-            srv.set("subscriber_errors", st["subscriber_errors"])
             last_stats, last_t = dict(st), now
             self.publish_health()
 
     def publish_health(self) -> None:
         """Publish every health counter as one batch."""
+        srv, _ = self._health["server"]
+        srv.set("tags", len(self.tagdb))
+        srv.set("devices", self.tagdb.device_count)
+        srv.set("task_restarts", self.restarts)
+        srv.set("subscriber_errors", self.tagdb.stats["subscriber_errors"])
         idx: list[int] = []
         vals: list[float] = []
         for h, first in self._health.values():

@@ -1,0 +1,70 @@
+"""Clocks: stepped time wakes sleepers in deadline order; scaled time runs faster."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scada.clock import RealClock, ScaledClock, SteppedClock, make_clock
+
+
+async def test_stepped_clock_runs_periodic_task_exactly():
+    clock = SteppedClock(start=0.0)
+    ticks: list[float] = []
+
+    async def every_minute():
+        while True:
+            await clock.sleep(60)
+            ticks.append(clock.time())
+
+    t = asyncio.create_task(every_minute())
+    await clock.advance(3600)
+    assert ticks == [60.0 * k for k in range(1, 61)]
+    assert clock.time() == 3600.0
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+
+
+async def test_stepped_clock_orders_sleepers_and_sleep_until():
+    clock = SteppedClock(start=100.0)
+    order: list[str] = []
+
+    async def sleeper(name: str, dt: float):
+        await clock.sleep(dt)
+        order.append(f"{name}@{clock.time():.0f}")
+
+    async def until():
+        await clock.sleep_until(150.0)
+        order.append(f"until@{clock.time():.0f}")
+
+    tasks = [asyncio.create_task(sleeper("b", 30)), asyncio.create_task(sleeper("a", 10)),
+             asyncio.create_task(until())]
+    await clock.advance(100)
+    assert order == ["a@110", "b@130", "until@150"]
+    await asyncio.gather(*tasks)
+    assert clock.pending == 0
+
+
+async def test_stepped_clock_refuses_going_back():
+    with pytest.raises(ValueError):
+        await SteppedClock().advance(-1)
+
+
+async def test_scaled_clock_runs_faster():
+    clock = ScaledClock(rate=1000.0, start=0.0)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await clock.sleep(50.0)  # 50 simulated seconds = 50 ms real
+    assert clock.time() >= 50.0
+    assert loop.time() - t0 < 5.0  # generous: only guards against sleeping in real seconds
+    assert clock.real_seconds(10.0) == pytest.approx(0.01)
+
+
+def test_make_clock_and_validation():
+    assert isinstance(make_clock(), RealClock)
+    assert isinstance(make_clock(60.0), ScaledClock)
+    with pytest.raises(ValueError):
+        ScaledClock(rate=0)
+    assert SteppedClock(start=5.0).datetime().year == 1970
