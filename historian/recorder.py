@@ -1,0 +1,162 @@
+"""The recorder: tag-database change batches in, blocks of points out (to the spool).
+
+* The subscriber callback runs inside :meth:`TagDatabase.apply` and must be quick: it only
+  copies the arrays of the batch onto a list. Selection and writing happen in the recorder's
+  task (and the file I/O in a thread).
+* Selection (vectorised per batch): discrete points (bool/int) keep every change; analog
+  points keep a change when its quality differs from the last *recorded* one or the value
+  moved more than the historian deadband of the point (``historian.deadband`` by point name,
+  on top of the tag database's own deadband). Values are stored with their OPC UA status code
+  and *source* timestamp (OPC UA Part 11 §4: history keeps the source time).
+* Snapshots: every ``snapshot`` period each recorded tag is written once at the snapshot time
+  with its current value and quality, so a flat signal still has points (time-weighted
+  averages and counter reads per interval need them). A snapshot point is stamped with the
+  snapshot time, not the stale source time, because it asserts "the value was still this".
+* Strings are not recorded (numeric history only; documented in docs/historian.md).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import Any
+
+import numpy as np
+
+from scada import quality as Q
+from scada.tags import Changes, TagDatabase
+
+from .base import Points
+
+log = logging.getLogger("historian.recorder")
+
+
+class Recorder:
+    def __init__(
+        self,
+        tagdb: TagDatabase,
+        *,
+        deadband: dict[str, float] | None = None,
+        exclude: list[str] | None = None,
+        max_block_points: int = 500_000,
+    ) -> None:
+        self.tagdb = tagdb
+        self.max_block_points = max_block_points
+        self._deadband_by_point = dict(deadband or {})
+        self._exclude = list(exclude or [])
+        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.queued = 0
+        self.recorded = 0
+        self.seen = 0
+        self.overflow = 0
+        self._handle: Any = None
+        self._paths: dict[int, str] = {}
+        self._n = 0
+        self._build()
+        self.on_full: Any = None  # callable set by the service: wake the writer early
+
+    def _build(self) -> None:
+        """Per-tag arrays: recorded?, analog?, historian deadband, last recorded state."""
+        db = self.tagdb
+        n = len(db)
+        self._n = n
+        self.recorded_mask = np.zeros(n, bool)
+        self.analog = np.zeros(n, bool)
+        self.hdb = np.zeros(n, np.float64)
+        for d, dev in db.devices():
+            if any(fnmatch.fnmatchcase(dev + "/x", pat) or fnmatch.fnmatchcase(dev, pat.rstrip("/*"))
+                   for pat in self._exclude):
+                continue
+            first = db.device_first(d)
+            for k, p in enumerate(db.device_schema(d).points):
+                if not p.history or p.dtype == "string":
+                    continue
+                i = first + k
+                self.recorded_mask[i] = True
+                self.analog[i] = p.dtype == "float"
+                self.hdb[i] = self._deadband_by_point.get(p.name, 0.0)
+        self.last_v = np.full(n, np.nan)
+        self.last_q = np.full(n, 0xFFFFFFFF, np.uint32)
+
+    @property
+    def tag_count(self) -> int:
+        return int(self.recorded_mask.sum())
+
+    def start(self) -> None:
+        if self._handle is not None:
+            return
+        self._handle = self.tagdb.subscribe(
+            self._on_changes, name="historian.recorder", only=np.flatnonzero(self.recorded_mask)
+        )
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self.tagdb.unsubscribe(self._handle)
+            self._handle = None
+
+    # ------------------------------------------------------------------ callback (quick)
+    def _on_changes(self, ch: Changes) -> None:
+        if self.queued > 20 * self.max_block_points:
+            # the writer task is not running (or far behind): bound memory, count the loss
+            self.overflow += len(ch.indices)
+            return
+        self._queue.append((ch.indices.copy(), ch.values.copy(), ch.quality.copy(), ch.source_ts.copy()))
+        self.queued += len(ch.indices)
+        if self.queued >= self.max_block_points and self.on_full is not None:
+            self.on_full()
+
+    def snapshot(self, now: float) -> None:
+        """Queue every recorded tag's current state, stamped ``now`` (see module doc)."""
+        db = self.tagdb
+        idx = np.flatnonzero(self.recorded_mask[: len(db)])
+        if len(idx) == 0:
+            return
+        q = db.quality[idx]
+        ok = q != Q.BadWaitingForInitialData  # never read: nothing to assert
+        idx = idx[ok]
+        self._queue.append((idx, db.value[idx].copy(), db.quality[idx].copy(), np.full(len(idx), now)))
+        self.queued += len(idx)
+        self._force = idx
+
+    # ------------------------------------------------------------------ selection (task)
+    def take(self) -> Points:
+        """Everything queued so far, filtered by deadband, as one block (may be empty)."""
+        chunks, self._queue = self._queue, []
+        self.queued = 0
+        if not chunks:
+            return Points.empty()
+        force = getattr(self, "_force", None)
+        self._force = None
+        out_i, out_v, out_q, out_t = [], [], [], []
+        for idx, v, q, t in chunks:
+            self.seen += len(idx)
+            if force is not None and idx is force:
+                keep = np.ones(len(idx), bool)
+            else:
+                lv = self.last_v[idx]
+                moved = ~(np.abs(v - lv) <= self.hdb[idx])  # NaN on either side counts as moved
+                keep = ~self.analog[idx] | (q != self.last_q[idx]) | moved
+            if not keep.all():
+                idx, v, q, t = idx[keep], v[keep], q[keep], t[keep]
+            if len(idx) == 0:
+                continue
+            self.last_v[idx] = v
+            self.last_q[idx] = q
+            out_i.append(idx)
+            out_v.append(v)
+            out_q.append(q)
+            out_t.append(t)
+        if not out_i:
+            return Points.empty()
+        idx = np.concatenate(out_i)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        keys = [self._path(int(i)) for i in uniq]
+        self.recorded += len(idx)
+        return Points(keys, inv.astype(np.int32), np.concatenate(out_t),
+                      np.concatenate(out_v), np.concatenate(out_q).astype(np.uint32))
+
+    def _path(self, i: int) -> str:
+        p = self._paths.get(i)
+        if p is None:
+            p = self._paths[i] = self.tagdb.path(i)
+        return p
