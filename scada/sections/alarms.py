@@ -1,24 +1,216 @@
-"""Alarm templates in device profiles and the ``alarms:`` site section (owned by the alarm issue)."""
+"""Alarm templates in device profiles and the ``alarms:`` site section (owned by the alarm issue).
+
+An :class:`AlarmDef` is written once per profile (or in ``config/profiles/alarms-standard.yaml``
+under ``alarm_templates:``) and instantiated for every device of that profile. The kinds follow
+the condition classes of ISA-18.2 / IEC 62682 §6 and OPC UA Part 9 §5.8 (discrete ->
+OffNormalAlarmType, limit -> ExclusiveLimitAlarmType, the others -> AlarmConditionType).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from .common import Ident, Strict
+from .common import Duration, Ident, Strict
+
+AlarmKind = Literal["discrete", "limit", "deviation", "quality", "stale", "rate"]
+Category = Literal["lighting", "traffic", "cabinet", "system"]
+
+#: Default OPC UA severity (Part 9 §5.5.2: 1..1000) for ISA-18.2 priorities 1 (highest) .. 4.
+PRIORITY_SEVERITY = {1: 900, 2: 700, 3: 500, 4: 300}
+
+
+class SuppressRule(Strict):
+    """Suppression by design (ISA-18.2 §10.3 "designed suppression"): while the rule holds, the
+    alarm is not annunciated (it is still evaluated and journaled as Suppressed).
+
+    Exactly one of ``alarm`` (another alarm of ``of``'s device is active, e.g. the cabinet's
+    ``comm_lost``) or ``point`` + ``equals`` (a tag of ``of``'s device has that value, e.g. the
+    cabinet's ``contactor`` is false, the junction's ``flash_cmd`` is true).
+    """
+
+    of: Literal["self", "parent"] = "parent"
+    alarm: Ident | None = None
+    point: Ident | None = None
+    equals: float | None = None
+
+    @field_validator("equals", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _one(self) -> SuppressRule:
+        if (self.alarm is None) == (self.point is None):
+            raise ValueError("a suppression rule names either 'alarm' or 'point' (with 'equals')")
+        if self.point is not None and self.equals is None:
+            raise ValueError(f"suppression by point {self.point!r} needs 'equals' (the value that suppresses)")
+        return self
 
 
 class AlarmDef(Strict):
-    """One alarm template of a profile, instantiated for every device using the profile."""
+    """One alarm template of a profile, instantiated for every device using the profile.
+
+    * ``discrete``: ``point`` equals ``equals`` (default true).
+    * ``limit``: ``point`` above ``hi``/``hihi`` or below ``lo``/``lolo``; it returns to normal
+      only ``deadband`` inside the limit (ISA-18.2 §10.4.3 deadband).
+    * ``deviation``: ``|point - reference * scale| > tolerance`` (commanded vs measured, e.g.
+      ``level`` vs ``level_cmd``: "dimming not followed").
+    * ``quality``: the tag's status code is Bad (communication lost). BadOutOfService and
+      BadWaitingForInitialData do not count.
+    * ``stale``: the tag got no sample for ``timeout``.
+    * ``rate``: ``|d point / dt| > max_rate`` (units per second).
+    """
 
     name: Ident
-    kind: str = "discrete"
-    point: str | None = None
+    kind: AlarmKind = "discrete"
+    point: Ident | None = None
+    equals: float = 1.0
+    hihi: float | None = None
+    hi: float | None = None
+    lo: float | None = None
+    lolo: float | None = None
+    deadband: float = Field(0.0, ge=0)
+    reference: Ident | None = None
+    tolerance: float = Field(0.0, ge=0)
+    scale: float = 1.0
+    timeout: Duration = 0.0
+    max_rate: float | None = Field(None, gt=0)
+    on_delay: Duration = 0.0
+    off_delay: Duration = 0.0
+    priority: int = Field(3, ge=1, le=4)
+    severity: int | None = Field(None, ge=1, le=1000)
+    category: Category = "system"
+    #: ``str.format`` template; fields: device, area, name, location, value, limit, unit.
+    message: str = ""
+    suppressed_by: list[SuppressRule] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("equals", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> AlarmDef:
+        if self.point is None:
+            raise ValueError(f"alarm {self.name!r}: kind {self.kind!r} needs 'point' (the tag it watches)")
+        if self.kind == "limit" and all(x is None for x in (self.hihi, self.hi, self.lo, self.lolo)):
+            raise ValueError(f"alarm {self.name!r}: a limit alarm needs at least one of hihi, hi, lo, lolo")
+        if self.kind == "deviation" and self.reference is None:
+            raise ValueError(f"alarm {self.name!r}: a deviation alarm needs 'reference' (the commanded point)")
+        if self.kind == "stale" and self.timeout <= 0:
+            raise ValueError(f"alarm {self.name!r}: a stale alarm needs 'timeout' > 0 (e.g. 10min)")
+        if self.kind == "rate" and self.max_rate is None:
+            raise ValueError(f"alarm {self.name!r}: a rate alarm needs 'max_rate' (units per second)")
+        return self
+
+    @property
+    def effective_severity(self) -> int:
+        return self.severity if self.severity is not None else PRIORITY_SEVERITY[self.priority]
+
+
+class ChatterConfig(Strict):
+    """Chattering (ISA-18.2 §16.6): ``count`` raises within ``window`` flag the alarm; with
+    ``auto_shelve`` set it is also shelved for that long (user ``system``)."""
+
+    count: int = Field(5, ge=2)
+    window: Duration = 600.0
+    auto_shelve: Duration | None = None
+
+
+class ChannelConfig(Strict):
+    """A notification channel: e-mail over SMTP or an HTTP webhook (SMS gateways are webhooks)."""
+
+    type: Literal["smtp", "webhook"]
+    # smtp
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    sender: str = "scada@localhost"
+    to: list[str] = Field(default_factory=list)
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    # webhook
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    # delivery
+    timeout: Duration = 10.0
+    retries: int = Field(3, ge=0, le=20)
+    backoff: Duration = 2.0
+    #: at most this many messages per minute; beyond it queued alarms go out as one digest
+    rate_per_min: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _need(self) -> ChannelConfig:
+        if self.type == "smtp" and not self.to:
+            raise ValueError("an smtp channel needs 'to' (a list of addresses)")
+        if self.type == "webhook" and not self.url:
+            raise ValueError("a webhook channel needs 'url' (http://host:port/path)")
+        return self
+
+
+class EscalationStep(Strict):
+    after: Duration
+    channels: list[str] = Field(min_length=1)
+
+
+class RuleConfig(Strict):
+    """Which alarms go to which channels; unset filters match everything."""
+
+    name: str = ""
+    priorities: list[int] | None = None
+    areas: list[str] | None = None
+    categories: list[Category] | None = None
+    #: local time-of-day window ``HH:MM-HH:MM`` (may wrap midnight), in the site's time zone
+    hours: str | None = None
+    channels: list[str] = Field(default_factory=list)
+    #: if still unacknowledged after ``after``, also notify these channels (in order)
+    escalate: list[EscalationStep] = Field(default_factory=list)
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            a, b = v.split("-")
+            for part in (a, b):
+                h, m = part.strip().split(":")
+                if not (0 <= int(h) <= 24 and 0 <= int(m) < 60):
+                    raise ValueError
+        except ValueError:
+            raise ValueError(f"expected a time window 'HH:MM-HH:MM', got {v!r}") from None
+        return v
+
+
+class NotificationsConfig(Strict):
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    rules: list[RuleConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known(self) -> NotificationsConfig:
+        for r in self.rules:
+            for ch in [*r.channels, *(c for s in r.escalate for c in s.channels)]:
+                if ch not in self.channels:
+                    raise ValueError(
+                        f"rule {r.name or '(unnamed)'!r}: unknown channel {ch!r}; "
+                        f"declared: {', '.join(self.channels) or 'none'}"
+                    )
+        return self
 
 
 class AlarmsConfig(Strict):
     enabled: bool = True
+    #: sub-directory of the site's state_dir holding journal*.jsonl and dead-letters.jsonl
     journal: str = "alarms"
-    notifications: dict[str, Any] = Field(default_factory=dict)
+    #: ``always``: fsync after every batch (power-loss safe, slower); ``interval``: write() per
+    #: batch (a killed process loses nothing) and fsync every ``fsync_interval``; ``never``.
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval: Duration = 1.0
+    rotate_mb: float = Field(64.0, gt=0)
+    chatter: ChatterConfig = Field(default_factory=ChatterConfig)
+    #: longest sleep of the timer task (delays, stale, shelve expiry wake it exactly anyway)
+    max_tick: Duration = 60.0
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)

@@ -1,0 +1,798 @@
+"""The alarm engine: conditions in, ISA-18.2 alarm states out, every transition journaled first.
+
+Data flow (DESIGN.md "the tag database is the hub"):
+
+1. The engine subscribes once to the :class:`~scada.tags.TagDatabase`. Each change batch is
+   turned into the condition rows it concerns and evaluated in one vectorised pass
+   (:mod:`scada.alarms.conditions`); suppression rules whose source changed are re-evaluated
+   (:mod:`scada.alarms.suppression`).
+2. Rows whose raw level changed go through the on-/off-delay filter (ISA-18.2 §10.4.4,
+   "alarm on-delay / off-delay"): with no delay they transition at once, otherwise a deadline
+   is set and the timer task (on the injected :class:`~scada.clock.Clock`) fires it if the level
+   held for the whole delay.
+3. Transitions update the OPC UA Part 9 flags (ActiveState, AckedState, ShelvingState,
+   SuppressedState, OutOfServiceState), are written to the journal in **one** write per batch,
+   and only then handed to the listeners (OPC UA Alarms & Conditions, notifications).
+
+Operator actions (acknowledge, comment, shelve, unshelve, out-of-service) check the caller's
+role with :func:`scada.users.role_allows` (acknowledge: operator; shelve and out_of_service:
+engineer), take a comment, are journaled with the user, and audited (denials too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scada.clock import Clock
+from scada.errors import ConfigError
+from scada.sections.alarms import PRIORITY_SEVERITY, AlarmDef, AlarmsConfig
+from scada.tags import Changes, TagDatabase
+
+from . import model as M
+from .conditions import ConditionTable
+from .journal import Journal, jnum, jstr, read_journal, replay
+from .suppression import SRC_ALARM, SRC_POINT, SuppressionTable
+
+log = logging.getLogger("scada.alarms")
+
+Listener = Callable[[list[M.AlarmEvent]], None]
+
+
+def _role_allows(role: str | None, action: str) -> bool:
+    from scada.users import role_allows
+
+    return role_allows(role, action)
+
+
+class _Fmt(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A suppression rule waiting for the whole site to be declared."""
+
+    target: int
+    device: str
+    parent: str | None
+    rule: Any
+
+
+class AlarmEngine:
+    """Alarm instances of one server; see the module docstring."""
+
+    def __init__(self, tagdb: TagDatabase, clock: Clock, journal: Journal, *,
+                 config: AlarmsConfig | None = None,
+                 on_out_of_service: Callable[[str, bool], None] | None = None,
+                 audit: Any = None, role_allows: Callable[[str | None, str], bool] | None = None):
+        self.tagdb = tagdb
+        self.clock = clock
+        self.journal = journal
+        self.config = config or AlarmsConfig()
+        self.on_out_of_service = on_out_of_service
+        self.audit = audit
+        self.role_allows = role_allows or _role_allows
+        self.cond = ConditionTable()
+        self.supp = SuppressionTable()
+        # per-alarm metadata (Python lists: touched only on transitions)
+        self.ids: list[str] = []
+        self.device: list[str] = []
+        self.area: list[str] = []
+        self.name: list[str] = []
+        self.category: list[str] = []
+        self.priority: list[int] = []
+        self.severity: list[int] = []
+        self.template: list[str] = []
+        self.location: list[str] = []
+        self.unit: list[str] = []
+        self.msg: list[str] = []
+        self._prefix: list[str] = []
+        self.by_id: dict[str, int] = {}
+        self.by_device: dict[str, list[int]] = {}
+        self.shelve_info: dict[int, tuple[str, str]] = {}
+        self.oos_devices: set[str] = set()
+        self._pending_rules: list[_Pending] = []
+        self._raises: dict[int, deque[float]] = {}
+        cap = 1024
+        self.level = np.zeros(cap, dtype=np.int8)
+        self.acked = np.ones(cap, dtype=np.bool_)
+        self.shelved = np.zeros(cap, dtype=np.int8)
+        self.shelve_until = np.full(cap, np.nan)
+        self.suppressed = np.zeros(cap, dtype=np.bool_)
+        self.oos = np.zeros(cap, dtype=np.bool_)
+        self.chattering = np.zeros(cap, dtype=np.bool_)
+        self.pend_t = np.full(cap, np.nan)
+        self.pend_level = np.zeros(cap, dtype=np.int8)
+        self.raised_at = np.full(cap, np.nan)
+        self.value = np.full(cap, np.nan)
+        self.listeners: list[Listener] = []
+        self.seq = journal.last_seq
+        self.stats = {"evaluations": 0, "batches": 0, "transitions": 0, "journal_errors": 0,
+                      "listener_errors": 0}
+        self._stale_rows = np.zeros(0, dtype=np.int64)
+        self._started = False
+        self._sub: object | None = None
+        self._wake = asyncio.Event()
+
+    _STATE = ("level", "acked", "shelved", "shelve_until", "suppressed", "oos", "chattering",
+              "pend_t", "pend_level", "raised_at", "value")
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.level)
+        if need <= cap:
+            return
+        new = max(need, 2 * cap)
+        for name in self._STATE:
+            old = getattr(self, name)
+            fill = {"acked": True, "shelve_until": np.nan, "pend_t": np.nan, "raised_at": np.nan,
+                    "value": np.nan}.get(name, 0)
+            arr = np.full(new, fill, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+        self.supp.grow_conds(new)
+
+    # ------------------------------------------------------------------ definition
+    def add_alarm(self, device: str, area: str, adef: AlarmDef, *, parent: str | None = None,
+                  location: str = "") -> int:
+        """Instantiate one alarm template for one device; returns the condition row."""
+        tag = self.tagdb.find(f"{device}/{adef.point}")
+        if tag is None:
+            raise ConfigError(
+                f"alarm {adef.name!r} of {device}: the device has no point {adef.point!r}; "
+                f"fix the alarm template's 'point' (or the profile's points)"
+            )
+        fields: dict[str, float] = {
+            "eq": adef.equals, "db": adef.deadband, "tol": adef.tolerance, "scale": adef.scale,
+            "timeout": adef.timeout, "on_delay": adef.on_delay, "off_delay": adef.off_delay,
+        }
+        for k in ("hihi", "hi", "lo", "lolo", "max_rate"):
+            v = getattr(adef, k)
+            if v is not None:
+                fields[k] = v
+        if adef.reference is not None:
+            ref = self.tagdb.find(f"{device}/{adef.reference}")
+            if ref is None:
+                raise ConfigError(
+                    f"alarm {adef.name!r} of {device}: the device has no reference point "
+                    f"{adef.reference!r}; fix the alarm template's 'reference'"
+                )
+            fields["ref"] = ref
+        c = self._new_row(M.KIND_CODES[adef.kind], tag, device, area, adef.name, adef.category,
+                          adef.priority, adef.effective_severity, adef.message, location,
+                          self.tagdb.point(tag).unit, fields)
+        for rule in adef.suppressed_by:
+            self._pending_rules.append(_Pending(c, device, parent, rule))
+        return c
+
+    def _new_row(self, kind: int, tag: int, device: str, area: str, name: str, category: str,
+                 priority: int, severity: int, template: str, location: str, unit: str,
+                 fields: dict[str, float]) -> int:
+        aid = f"{device}/{name}"
+        if aid in self.by_id:
+            raise ConfigError(f"alarm {aid!r} declared twice; alarm names must be unique per device")
+        c = self.cond.add(kind, tag, **fields)
+        self._grow(c + 1)
+        self.ids.append(aid)
+        self.device.append(device)
+        self.area.append(area)
+        self.name.append(name)
+        self.category.append(category)
+        self.priority.append(priority)
+        self.severity.append(severity)
+        self.template.append(template or "{device} {name}")
+        self.location.append(location)
+        self.unit.append(unit)
+        self.msg.append("")
+        self._prefix.append(
+            f'"alarm_id":{jstr(aid)},"device":{jstr(device)},"area":{jstr(area)},'
+            f'"name":{jstr(name)},"category":{jstr(category)},"priority":{priority},'
+            f'"severity":{severity},"kind":"{M.KIND_NAMES[kind]}"'
+        )
+        self.by_id[aid] = c
+        self.by_device.setdefault(device, []).append(c)
+        return c
+
+    def _resolve_rules(self) -> None:
+        for p in self._pending_rules:
+            owner = p.device if p.rule.of == "self" else p.parent
+            if owner is None:
+                raise ConfigError(
+                    f"alarm {self.ids[p.target]!r}: suppression rule refers to the parent device, "
+                    f"but {p.device} has no parent; use 'of: self' or remove the rule"
+                )
+            if p.rule.alarm is not None:
+                src = self.by_id.get(f"{owner}/{p.rule.alarm}")
+                if src is None:
+                    raise ConfigError(
+                        f"alarm {self.ids[p.target]!r}: suppression rule names alarm "
+                        f"{p.rule.alarm!r} of {owner}, which has no such alarm"
+                    )
+                self.supp.add(p.target, SRC_ALARM, src)
+            else:
+                tag = self.tagdb.find(f"{owner}/{p.rule.point}")
+                if tag is None:
+                    raise ConfigError(
+                        f"alarm {self.ids[p.target]!r}: suppression rule names point "
+                        f"{p.rule.point!r} of {owner}, which has no such point"
+                    )
+                self.supp.add(p.target, SRC_POINT, tag, float(p.rule.equals))
+        self._pending_rules.clear()
+
+    @property
+    def n(self) -> int:
+        return self.cond.n
+
+    # ------------------------------------------------------------------ start / restore
+    def start(self) -> None:
+        """Resolve rules, restore the journal's states, subscribe, evaluate current values.
+
+        Idempotent. After a restart the restored level of each alarm is also its raw level, so
+        a fault still present when data comes back does not raise (and journal) twice.
+        """
+        if self._started:
+            return
+        self._resolve_rules()
+        self.cond.build_index(len(self.tagdb))
+        self.supp.build(len(self.tagdb), len(self.level))
+        self._stale_rows = np.nonzero(self.cond.kind[: self.n] == M.K_STALE)[0]
+        self._restore()
+        self._started = True
+        self._sub = self.tagdb.subscribe(self._on_changes, name="alarms")
+        now = self.clock.time()
+        events: list[M.AlarmEvent] = []
+        # suppression from scratch, compared with the restored flags
+        self.supp.update(self.supp.all_rules(), self.cond.raw, self.tagdb.value,
+                         self.tagdb.quality)
+        rows = np.arange(self.n, dtype=np.int64)
+        want = self.supp.suppressed(rows)
+        diff = rows[want != self.suppressed[: self.n]]
+        self._set_suppressed(diff, want[diff], now, events)
+        tagged = rows[self.cond.tag[: self.n] >= 0]
+        tagged = tagged[self.cond.kind[tagged] != M.K_EXTERNAL]
+        self._process(tagged, now, events, tags=None)
+        self._commit(events)
+        for d in sorted(self.oos_devices):
+            if self.on_out_of_service is not None:
+                self.on_out_of_service(d, True)
+
+    def _restore(self) -> None:
+        entries = read_journal(self.journal.directory)
+        if not entries:
+            return
+        raised: dict[str, float] = {}
+        for e in entries:
+            if e.get("event") == M.RAISE:
+                raised[e["alarm_id"]] = e["ts"]
+        alarms, devices = replay(entries)
+        self.oos_devices = {d for d, e in devices.items() if e.get("event") == M.OUT_OF_SERVICE}
+        for aid, e in alarms.items():
+            c = self.by_id.get(aid)
+            if c is None:
+                if e.get("kind") == "external":
+                    c = self._external_row(e["device"], e["name"], e.get("category", "system"),
+                                           int(e.get("priority", 3)), int(e.get("severity", 500)),
+                                           e.get("area"))
+                else:
+                    continue
+            lvl = int(e.get("active") or 0)
+            self.level[c] = lvl
+            self.cond.raw[c] = lvl
+            self.acked[c] = bool(e.get("acked", True))
+            self.shelved[c] = int(e.get("shelved") or 0)
+            su = e.get("shelve_until")
+            self.shelve_until[c] = float(su) if isinstance(su, (int, float)) else np.nan
+            if self.shelved[c]:
+                self.shelve_info[c] = (e.get("user") or "", e.get("comment") or "")
+            self.suppressed[c] = bool(e.get("suppressed"))
+            self.oos[c] = bool(e.get("oos")) or self.device[c] in self.oos_devices
+            self.msg[c] = e.get("message") or ""
+            v = e.get("value")
+            self.value[c] = float(v) if isinstance(v, (int, float)) else np.nan
+            if lvl and aid in raised:
+                self.raised_at[c] = raised[aid]
+        log.info("alarms: restored %d alarm states (%d active, %d unacknowledged, %d shelved, "
+                 "%d devices out of service) from %s", len(alarms),
+                 int((self.level[: self.n] != 0).sum()), int((~self.acked[: self.n]).sum()),
+                 int((self.shelved[: self.n] != 0).sum()), len(self.oos_devices),
+                 self.journal.directory)
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self.tagdb.unsubscribe(self._sub)
+            self._sub = None
+        self.journal.close()
+
+    # ------------------------------------------------------------------ evaluation
+    def _on_changes(self, ch: Changes) -> None:
+        rows = self.cond.rows_for(ch.indices)
+        srules = self.supp.rules_for(ch.indices, None) if self.supp.n else None
+        if len(rows) == 0 and (srules is None or len(srules) == 0):
+            return
+        events: list[M.AlarmEvent] = []
+        self._process(rows, ch.server_ts, events, tags=srules)
+        self._commit(events)
+
+    def _process(self, rows: np.ndarray, now: float, events: list[M.AlarmEvent],
+                 tags: np.ndarray | None) -> None:
+        """Evaluate ``rows``; apply suppression changes, then immediate level transitions."""
+        self.stats["batches"] += 1
+        self.stats["evaluations"] += len(rows)
+        new = self.cond.evaluate(rows, self.tagdb.value, self.tagdb.quality, now)
+        chg = new != self.cond.raw[rows]
+        rc = rows[chg]
+        lc = new[chg]
+        self.cond.raw[rc] = lc
+        self._after_raw(rc, lc, now, events, tag_rules=tags)
+
+    def _after_raw(self, rc: np.ndarray, lc: np.ndarray, now: float, events: list[M.AlarmEvent],
+                   tag_rules: np.ndarray | None = None) -> None:
+        if self.supp.n:
+            rules = self.supp.rules_for(None, rc) if len(rc) else np.zeros(0, dtype=np.int64)
+            if tag_rules is not None and len(tag_rules):
+                rules = np.unique(np.concatenate([rules, tag_rules]))
+            if len(rules):
+                tg, st = self.supp.update(rules, self.cond.raw, self.tagdb.value,
+                                          self.tagdb.quality)
+                diff = st != self.suppressed[tg]
+                self._set_suppressed(tg[diff], st[diff], now, events)
+        if len(rc):
+            r, lv = self._schedule(rc, lc, now)
+            if len(r):
+                self._apply_levels(r, lv, now, events)
+
+    def _schedule(self, rows: np.ndarray, levels: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """On-/off-delay filter: returns the rows that transition now; the others get a
+        deadline (or lose theirs when the raw level went back to the announced one)."""
+        same = levels == self.level[rows]
+        self.pend_t[rows[same]] = np.nan
+        r = rows[~same]
+        lv = levels[~same]
+        if not len(r):
+            return r, lv
+        delay = np.where(lv != 0, self.cond.on_delay[r], self.cond.off_delay[r])
+        later = delay > 0
+        if later.any():
+            rl = r[later]
+            self.pend_t[rl] = now + delay[later]
+            self.pend_level[rl] = lv[later]
+            self._wake.set()
+        now_r = r[~later]
+        self.pend_t[now_r] = np.nan
+        return now_r, lv[~later]
+
+    def _apply_levels(self, rows: np.ndarray, levels: np.ndarray, now: float,
+                      events: list[M.AlarmEvent]) -> None:
+        tags = self.cond.tag[rows]
+        vals = np.where(tags >= 0, self.tagdb.value[tags], self.value[rows])
+        for c, lv, v in zip(rows.tolist(), levels.tolist(), vals.tolist(), strict=True):
+            old = int(self.level[c])
+            self.level[c] = lv
+            self.value[c] = v
+            if old == 0:
+                self.acked[c] = False
+                self.raised_at[c] = now
+                self.msg[c] = self._message(c, v, lv)
+                events.append(self._event(c, M.RAISE, now))
+                if self._chatter(c, now):
+                    events.append(self._event(c, M.CHATTER, now, user="system",
+                                              comment="chattering: "
+                                              f"{self.config.chatter.count} raises within "
+                                              f"{self.config.chatter.window:g} s"))
+                    if self.config.chatter.auto_shelve and not self.shelved[c]:
+                        self.shelved[c] = M.TIMED
+                        self.shelve_until[c] = now + self.config.chatter.auto_shelve
+                        self.shelve_info[c] = ("system", "auto-shelved: chattering")
+                        events.append(self._event(c, M.SHELVE, now, user="system",
+                                                  comment="auto-shelved: chattering"))
+            elif lv == 0:
+                events.append(self._event(c, M.CLEAR, now))
+                if self.shelved[c] == M.ONESHOT:
+                    # Part 9 §5.8.10: a one-shot shelve ends when the alarm returns to normal
+                    self.shelved[c] = M.UNSHELVED
+                    self.shelve_info.pop(c, None)
+                    events.append(self._event(c, M.UNSHELVE, now, user="system",
+                                              comment="one-shot shelve ended: returned to normal"))
+            else:
+                if abs(lv) > abs(old):
+                    self.acked[c] = False
+                self.msg[c] = self._message(c, v, lv)
+                events.append(self._event(c, M.LEVEL, now))
+        self.stats["transitions"] += len(rows)
+
+    def _chatter(self, c: int, now: float) -> bool:
+        cfg = self.config.chatter
+        dq = self._raises.get(c)
+        if dq is None:
+            dq = self._raises[c] = deque(maxlen=cfg.count)
+        dq.append(now)
+        was = bool(self.chattering[c])
+        chat = len(dq) >= cfg.count and now - dq[0] <= cfg.window
+        self.chattering[c] = chat
+        return chat and not was
+
+    def _set_suppressed(self, rows: np.ndarray, states: np.ndarray, now: float,
+                        events: list[M.AlarmEvent]) -> None:
+        for c, s in zip(rows.tolist(), states.tolist(), strict=True):
+            self.suppressed[c] = s
+            events.append(self._event(c, M.SUPPRESS if s else M.UNSUPPRESS, now, user="system"))
+
+    def _message(self, c: int, v: float, lv: int) -> str:
+        val = "" if v is None or (isinstance(v, float) and math.isnan(v)) else (
+            f"{v:g}" if isinstance(v, float) else str(v))
+        try:
+            return self.template[c].format_map(_Fmt(
+                device=self.device[c], area=self.area[c], name=self.name[c],
+                location=self.location[c], value=val, unit=self.unit[c],
+                limit=M.LEVEL_NAMES.get(lv, ""),
+            ))
+        except (ValueError, IndexError, AttributeError) as e:
+            return f"{self.device[c]} {self.name[c]} (message template error: {e})"
+
+    def _event(self, c: int, event: str, now: float, *, user: str | None = None,
+               comment: str | None = None) -> M.AlarmEvent:
+        self.seq += 1
+        lv = int(self.level[c])
+        acked = bool(self.acked[c])
+        sh = int(self.shelved[c])
+        sup = bool(self.suppressed[c])
+        oos = bool(self.oos[c])
+        v = float(self.value[c])
+        su = float(self.shelve_until[c])
+        return M.AlarmEvent(
+            self.seq, now, c, self.ids[c], self.device[c], self.area[c], self.name[c],
+            self.category[c], self.priority[c], self.severity[c], event,
+            M.state_name(lv != 0, acked, sh, sup, oos), lv, acked, sh, sup, oos,
+            None if math.isnan(v) else v, self.msg[c], user, comment,
+            None if math.isnan(su) else su,
+        )
+
+    def _line(self, e: M.AlarmEvent) -> str:
+        p = self._prefix[e.cond]
+        return (
+            f'{{"seq":{e.seq},"ts":{e.ts!r},{p},"event":"{e.event}","state":"{e.state}",'
+            f'"active":{e.active},"acked":{"true" if e.acked else "false"},'
+            f'"shelved":{e.shelved},"shelve_until":{jnum(e.shelve_until)},'
+            f'"suppressed":{"true" if e.suppressed else "false"},'
+            f'"oos":{"true" if e.oos else "false"},"user":{jstr(e.user)},'
+            f'"comment":{jstr(e.comment)},"value":{jnum(e.value)},"message":{jstr(e.message)}}}\n'
+        )
+
+    def _commit(self, events: list[M.AlarmEvent], extra_lines: Iterable[str] = ()) -> None:
+        """Journal (one write), then announce. A journal failure is logged and counted but the
+        alarms are still announced: the operator must see the fault even if the disk is full."""
+        if not events:
+            lines = list(extra_lines)
+            if lines:
+                self._write(lines)
+            return
+        lines = [*extra_lines, *(self._line(e) for e in events)]
+        self._write(lines)
+        for fn in tuple(self.listeners):
+            try:
+                fn(events)
+            except Exception:
+                self.stats["listener_errors"] += 1
+                log.exception("alarm listener %r failed on %d events", fn, len(events))
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            self.journal.write(lines)
+        except OSError as e:
+            self.stats["journal_errors"] += 1
+            log.error("alarm journal %s: write of %d transitions failed (%s); alarms are still "
+                      "announced but not persisted - free disk space or fix permissions",
+                      self.journal.path, len(lines), e)
+
+    # ------------------------------------------------------------------ timer
+    def due(self, now: float) -> None:
+        """Fire delays, stale timeouts and shelve expiries that are due at ``now``."""
+        n = self.n
+        events: list[M.AlarmEvent] = []
+        # stale: no sample for `timeout`
+        if len(self._stale_rows):
+            r = self._stale_rows
+            tags = self.cond.tag[r]
+            seen = self.tagdb.last_seen[tags]
+            q = self.tagdb.quality[tags]
+            want = ((now - seen) >= self.cond.timeout[r]) & (q != np.uint32(0x808D0000))
+            cur = self.cond.raw[r] != 0
+            flip = want != cur
+            if flip.any():
+                rc = r[flip]
+                lc = want[flip].astype(np.int8)
+                self.cond.raw[rc] = lc
+                self._after_raw(rc, lc, now, events)
+        # delays
+        pt = self.pend_t[:n]
+        with np.errstate(invalid="ignore"):
+            due = np.nonzero(pt <= now)[0]
+        if len(due):
+            # fire in deadline order
+            due = due[np.argsort(pt[due], kind="stable")]
+            lv = self.pend_level[due].copy()
+            self.pend_t[due] = np.nan
+            keep = lv != self.level[due]
+            self._apply_levels(due[keep], lv[keep], now, events)
+        # timed shelving expiry
+        su = self.shelve_until[:n]
+        with np.errstate(invalid="ignore"):
+            exp = np.nonzero((su <= now) & (self.shelved[:n] == M.TIMED))[0]
+        for c in exp.tolist():
+            self.shelved[c] = M.UNSHELVED
+            self.shelve_until[c] = np.nan
+            self.shelve_info.pop(c, None)
+            events.append(self._event(c, M.UNSHELVE, now, user="system",
+                                      comment="timed shelve expired"))
+        self._commit(events)
+
+    def next_deadline(self, now: float) -> float:
+        n = self.n
+        cands = [now + self.config.max_tick]
+        with np.errstate(invalid="ignore"):
+            if n:
+                pt = self.pend_t[:n]
+                if not np.isnan(pt).all():
+                    cands.append(float(np.nanmin(pt)))
+                su = np.where(self.shelved[:n] == M.TIMED, self.shelve_until[:n], np.nan)
+                if not np.isnan(su).all():
+                    cands.append(float(np.nanmin(su)))
+            if len(self._stale_rows):
+                r = self._stale_rows
+                idle = self.cond.raw[r] == 0
+                if idle.any():
+                    rr = r[idle]
+                    cands.append(float(np.min(self.tagdb.last_seen[self.cond.tag[rr]]
+                                              + self.cond.timeout[rr])))
+                if (~idle).any():
+                    cands.append(now + max(1.0, float(np.min(self.cond.timeout[r[~idle]])) / 4))
+        return max(now, min(cands))
+
+    async def run(self) -> None:
+        """Timer task: sleeps on the clock until the next deadline (or until woken by a new
+        delay), so stepped-clock tests fire delays exactly at their deadline."""
+        self.start()
+        fs = asyncio.create_task(self.journal.run_fsync(), name="alarms:fsync")
+        try:
+            while True:
+                self._wake.clear()
+                now = self.clock.time()
+                self.due(now)
+                nxt = self.next_deadline(self.clock.time())
+                sleeper = asyncio.ensure_future(self.clock.sleep(nxt - self.clock.time()))
+                waiter = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (sleeper, waiter):
+                        t.cancel()
+                    await asyncio.gather(sleeper, waiter, return_exceptions=True)
+        finally:
+            fs.cancel()
+            await asyncio.gather(fs, return_exceptions=True)
+
+    # ------------------------------------------------------------------ queries
+    def find(self, alarm_id: str) -> int:
+        c = self.by_id.get(alarm_id)
+        if c is None:
+            raise M.UnknownAlarm(f"unknown alarm {alarm_id!r} (expected area/device/name, "
+                                 f"see `scada alarms`)")
+        return c
+
+    def view(self, c: int) -> M.AlarmEvent:
+        """Current state of one alarm shaped as an event (``event='state'``, ``seq`` 0)."""
+        lv = int(self.level[c])
+        v = float(self.value[c])
+        su = float(self.shelve_until[c])
+        return M.AlarmEvent(
+            0, float(self.raised_at[c]) if not math.isnan(self.raised_at[c]) else 0.0, c,
+            self.ids[c], self.device[c], self.area[c], self.name[c], self.category[c],
+            self.priority[c], self.severity[c], "state",
+            M.state_name(lv != 0, bool(self.acked[c]), int(self.shelved[c]),
+                         bool(self.suppressed[c]), bool(self.oos[c])),
+            lv, bool(self.acked[c]), int(self.shelved[c]), bool(self.suppressed[c]),
+            bool(self.oos[c]), None if math.isnan(v) else v, self.msg[c],
+            shelve_until=None if math.isnan(su) else su,
+        )
+
+    def retained(self) -> np.ndarray:
+        """Rows an operator must see (OPC UA Part 9 Retain): active or unacknowledged."""
+        n = self.n
+        return np.nonzero((self.level[:n] != 0) | ~self.acked[:n])[0]
+
+    def active(self, include_hidden: bool = False) -> list[M.AlarmEvent]:
+        """The red dots: retained alarms not shelved/suppressed/out of service (unless asked)."""
+        r = self.retained()
+        if not include_hidden:
+            hid = (self.shelved[r] != 0) | self.suppressed[r] | self.oos[r]
+            r = r[~hid]
+        return [self.view(c) for c in r.tolist()]
+
+    def counts(self) -> dict[str, int]:
+        n = self.n
+        hidden = (self.shelved[:n] != 0) | self.suppressed[:n] | self.oos[:n]
+        ret = (self.level[:n] != 0) | ~self.acked[:n]
+        return {
+            "alarms": n,
+            "active": int((ret & ~hidden).sum()),
+            "unacknowledged": int((~self.acked[:n] & ~hidden).sum()),
+            "suppressed": int((ret & self.suppressed[:n] & ~self.oos[:n]).sum()),
+            "shelved": int((self.shelved[:n] != 0).sum()),
+            "out_of_service": int(self.oos[:n].sum()),
+            "chattering": int(self.chattering[:n].sum()),
+        }
+
+    # ------------------------------------------------------------------ operator actions
+    def _check(self, action: str, target: str, user: str | None, role: str | None) -> None:
+        if not self.role_allows(role, action):
+            if self.audit is not None:
+                self.audit.record(user=user, action=f"alarm.{action}", target=target,
+                                  outcome="denied", role=role)
+            raise M.AlarmPermissionError(
+                f"{user or 'anonymous'} (role {role or 'none'}) may not {action.replace('_', ' ')} "
+                f"{target}: this needs the "
+                f"{'operator' if action == 'acknowledge' else 'engineer'} role"
+            )
+
+    def _audit(self, action: str, target: str, user: str | None, role: str | None,
+               comment: str | None, **kw: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(user=user, action=f"alarm.{action}", target=target, outcome="ok",
+                              role=role, comment=comment, **kw)
+
+    def acknowledge(self, alarm_id: str, *, user: str | None, role: str | None,
+                    comment: str = "") -> M.AlarmEvent:
+        """ISA-18.2 acknowledge (OPC UA Part 9 §5.7.3 Acknowledge): operator role."""
+        self._check("acknowledge", alarm_id, user, role)
+        c = self.find(alarm_id)
+        if self.acked[c]:
+            raise M.InvalidAlarmState(f"{alarm_id} is already acknowledged")
+        self.acked[c] = True
+        e = self._event(c, M.ACK, self.clock.time(), user=user, comment=comment)
+        self._commit([e])
+        self._audit("acknowledge", alarm_id, user, role, comment)
+        return e
+
+    def add_comment(self, alarm_id: str, *, user: str | None, role: str | None,
+                    comment: str) -> M.AlarmEvent:
+        """OPC UA Part 9 §5.5.6 AddComment (operator role, like acknowledge)."""
+        self._check("acknowledge", alarm_id, user, role)
+        c = self.find(alarm_id)
+        e = self._event(c, M.COMMENT, self.clock.time(), user=user, comment=comment)
+        self._commit([e])
+        self._audit("comment", alarm_id, user, role, comment)
+        return e
+
+    def shelve(self, alarm_id: str, *, user: str | None, role: str | None, comment: str,
+               duration: float | None = None) -> M.AlarmEvent:
+        """Shelve (ISA-18.2 §11.3; OPC UA Part 9 §5.8.10 TimedShelve / OneShotShelve).
+
+        ``duration`` seconds (timed) or None (one-shot: until the alarm returns to normal)."""
+        self._check("shelve", alarm_id, user, role)
+        if not comment:
+            raise ValueError(f"shelving {alarm_id} needs a reason (comment)")
+        if duration is not None and duration <= 0:
+            raise ValueError(f"shelving {alarm_id}: duration must be > 0 s, got {duration}")
+        c = self.find(alarm_id)
+        now = self.clock.time()
+        self.shelved[c] = M.ONESHOT if duration is None else M.TIMED
+        self.shelve_until[c] = np.nan if duration is None else now + duration
+        self.shelve_info[c] = (user or "", comment)
+        e = self._event(c, M.SHELVE, now, user=user, comment=comment)
+        self._commit([e])
+        self._audit("shelve", alarm_id, user, role, comment, duration=duration)
+        self._wake.set()
+        return e
+
+    def unshelve(self, alarm_id: str, *, user: str | None, role: str | None,
+                 comment: str = "") -> M.AlarmEvent:
+        self._check("shelve", alarm_id, user, role)
+        c = self.find(alarm_id)
+        if not self.shelved[c]:
+            raise M.InvalidAlarmState(f"{alarm_id} is not shelved")
+        self.shelved[c] = M.UNSHELVED
+        self.shelve_until[c] = np.nan
+        self.shelve_info.pop(c, None)
+        e = self._event(c, M.UNSHELVE, self.clock.time(), user=user, comment=comment)
+        self._commit([e])
+        self._audit("unshelve", alarm_id, user, role, comment)
+        return e
+
+    def set_out_of_service(self, device: str, oos: bool, *, user: str | None,
+                           role: str | None, comment: str = "") -> list[M.AlarmEvent]:
+        """Put a device under works (ISA-18.2 §11.5 out of service): its alarms are hidden and
+        its tags read BadOutOfService (through the runtime hook); engineer role."""
+        self._check("out_of_service", device, user, role)
+        try:
+            self.tagdb.device_index(device)
+        except KeyError:
+            raise M.UnknownAlarm(f"unknown device {device!r}") from None
+        now = self.clock.time()
+        if oos:
+            self.oos_devices.add(device)
+        else:
+            self.oos_devices.discard(device)
+        self.seq += 1
+        ev = M.OUT_OF_SERVICE if oos else M.IN_SERVICE
+        area = device.split("/", 1)[0]
+        dev_line = (
+            f'{{"seq":{self.seq},"ts":{now!r},"alarm_id":{jstr(device)},"device":{jstr(device)},'
+            f'"area":{jstr(area)},"name":"","category":"system","priority":4,"severity":1,'
+            f'"event":"{ev}","state":"{M.OUT_OF_SERVICE_STATE if oos else M.NORMAL}",'
+            f'"active":0,"acked":true,"shelved":0,"shelve_until":null,"suppressed":false,'
+            f'"oos":{"true" if oos else "false"},"user":{jstr(user)},"comment":{jstr(comment)},'
+            f'"value":null,"message":{jstr(("out of service: " if oos else "back in service: ") + device)}}}\n'
+        )
+        events = []
+        for c in self.by_device.get(device, []):
+            self.oos[c] = oos
+            events.append(self._event(c, ev, now, user=user, comment=comment))
+        self._commit(events, extra_lines=[dev_line])
+        if self.on_out_of_service is not None:
+            self.on_out_of_service(device, oos)
+        self._audit(ev, device, user, role, comment)
+        return events
+
+    # ------------------------------------------------------------------ external conditions
+    def _external_row(self, device: str, name: str, category: str, priority: int,
+                      severity: int, area: str | None = None) -> int:
+        c = self._new_row(M.K_EXTERNAL, -1, device, area or device.split("/", 1)[0], name,
+                          category, priority, severity, "{device} {name}", "", "", {})
+        if self._started:
+            self.supp.grow_conds(len(self.level))
+        return c
+
+    def set_condition(self, device_path: str, name: str, active: bool, *,
+                      message: str | None = None, priority: int = 3, category: str = "system",
+                      severity: int | None = None, value: float | None = None) -> None:
+        """Raise or clear a condition computed by another service (the schedule engine's
+        "dimming not followed", a historian backlog ...). Created on first use; journaled and
+        announced like any other alarm."""
+        if not 1 <= priority <= 4:
+            raise ValueError(f"alarm {device_path}/{name}: priority must be 1..4, got {priority}")
+        aid = f"{device_path}/{name}"
+        c = self.by_id.get(aid)
+        if c is None:
+            if not active:
+                return
+            c = self._external_row(device_path, name, category, priority,
+                                   severity or PRIORITY_SEVERITY[priority])
+        if message:
+            self.template[c] = message.replace("{", "{{").replace("}", "}}")
+        lv = 1 if active else 0
+        if int(self.cond.raw[c]) == lv:
+            return
+        self.cond.raw[c] = lv
+        now = self.clock.time()
+        if value is not None:
+            self.value[c] = value
+        events: list[M.AlarmEvent] = []
+        rows = np.asarray([c], dtype=np.int64)
+        levels = np.asarray([lv], dtype=np.int8)
+        self._after_raw(rows, levels, now, events)
+        self._commit(events)
+
+
+def build_from_site(site: Any, tagdb: TagDatabase, clock: Clock, journal: Journal, **kw: Any) -> AlarmEngine:
+    """One alarm instance per (device, profile alarm template) of the site."""
+    cfg = site.config.alarms
+    eng = AlarmEngine(tagdb, clock, journal, config=cfg, **kw)
+    errors: list[str] = []
+    for dev in site.all_devices():
+        loc = f"{dev.location.lat:.5f},{dev.location.lon:.5f}" if dev.location else ""
+        for adef in dev.profile.alarms:
+            try:
+                eng.add_alarm(dev.path, dev.area, adef, parent=dev.parent, location=loc)
+            except ConfigError as e:
+                errors.extend(e.errors)
+    if errors:
+        raise ConfigError(sorted(set(errors))[:50])
+    return eng
