@@ -342,7 +342,7 @@ class EmbeddedBackend(Backend):
         )
         if res is None or len(res["t"]) == 0:
             return Raw.empty()
-        return Raw(np.asarray(res["t"], np.int64) / US, np.asarray(res["v"], np.float64),
+        return Raw(np.asarray(res["t"], np.int64) / US, _floats(res["v"]),
                    np.asarray(res["q"], np.uint32))
 
     def buckets(self, keys: Sequence[str], edges: np.ndarray) -> Buckets:
@@ -417,6 +417,13 @@ def _relation(cur: duckdb.DuckDBPyConnection, data: dict[str, np.ndarray]) -> An
     return cur.sql("SELECT * FROM _block")
 
 
+def _floats(a: Any) -> np.ndarray:
+    """A fetched column as float64 with SQL NULL (DuckDB reads NaN from numpy as NULL) -> NaN."""
+    if isinstance(a, np.ma.MaskedArray):
+        return a.astype(np.float64).filled(np.nan)
+    return np.asarray(a, np.float64)
+
+
 def _empty_buckets(keys: Sequence[str]) -> Buckets:
     z = np.zeros(0)
     return Buckets(list(keys), np.zeros(0, np.int64), np.zeros(0, np.int64), z, z, z, z, z, z,
@@ -425,10 +432,7 @@ def _empty_buckets(keys: Sequence[str]) -> Buckets:
 
 def _to_buckets(keys: Sequence[str], sid: np.ndarray, res: dict[str, Any]) -> Buckets:
     def f(name: str) -> np.ndarray:
-        a = res[name]
-        if isinstance(a, np.ma.MaskedArray):
-            return a.astype(np.float64).filled(np.nan)
-        return np.asarray(a, np.float64)
+        return _floats(res[name])
 
     first_t, last_t = f("first_t") / US, f("last_t") / US
     first_v, last_v, vmin, vmax = f("first_v"), f("last_v"), f("vmin"), f("vmax")
