@@ -1,0 +1,614 @@
+"""Modbus TCP driver: profile-driven polling of cabinets, luminaires and any vendor's device.
+
+Shape of the work (docs/devices/modbus-profile.md has the operator's view):
+
+* A **station** is one (host, port, unit id): a cabinet and the luminaires behind it (child
+  devices share their parent's connection; child ``n``'s registers start at
+  ``block_base + (n-1) * block_size``). Every station gets one task that sleeps on the
+  injected clock until one of its poll groups is due, reads every due group's planned requests
+  (:mod:`~drivers.modbus.planner`), decodes them vectorised
+  (:class:`~drivers.modbus.codec.RequestDecoder`) and publishes **one batch** for the station.
+* A **link** is one TCP connection per host:port, shared by the stations (unit ids) behind it,
+  with one request in flight (:class:`~drivers.modbus.client.ModbusLink`).
+* Failures: each request has a timeout and bounded retries; a station whose poll fails is
+  marked ``BadCommunicationError`` (last value and source timestamp kept, OPC UA Part 8), logged
+  once; after ``demote_after`` failed polls it is *demoted*: skipped for a growing, jittered
+  delay so a dead cabinet costs the others nothing. The first good poll restores ``Good``, logs
+  once, and re-reads every group at once. Modbus exception answers (spec §7) map to status
+  codes (:data:`~drivers.modbus.codec.READ_EXCEPTION_STATUS`); a coalesced read covering
+  several children that gets an exception is split per child so only the failing luminaire
+  goes bad.
+* Writes go through the same link lock, so they never interleave with a poll, return the
+  device's answer as a status code, and are verified by reading back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from drivers.base import Backoff, Driver, DriverContext, PointDef, RateLimitedLog
+from scada import quality as Q
+from scada.errors import ConfigError
+from scada.site import DeviceInstance
+from scada.tags import Batch
+
+from . import codec
+from .client import LinkDown, ModbusLink
+from .codec import ExceptionResponse, MalformedFrame, PointSource, RequestDecoder
+from .planner import PlannedRead, PointRef, next_due, parse_duration, plan_reads, split_by_device
+
+log = logging.getLogger("drivers.modbus")
+
+
+# --------------------------------------------------------------------------- config models
+class Connection(BaseModel):
+    """A device's ``connection``: where it listens and how patient to be with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=255)
+    #: seconds to wait for one answer (default: the site's ``drivers.modbus.timeout``)
+    timeout: float | None = Field(None, gt=0, le=60)
+    #: extra attempts after a timeout or a malformed answer (default: site's ``retries``)
+    retries: int | None = Field(None, ge=0, le=5)
+
+
+class ProfileOptions(BaseModel):
+    """A Modbus profile's ``options``: poll groups and, for child profiles, the block layout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: name -> period ("2s", "500ms", "1m" or seconds)
+    poll_groups: dict[str, float] = Field(default_factory=lambda: {"status": 2.0})
+    #: group of points whose source names none (default: the first group)
+    default_poll: str | None = None
+    #: child devices: register of child 1's block, and registers per child
+    block_base: int = Field(0, ge=0, le=65535)
+    block_size: int = Field(0, ge=0, le=65535)
+    #: largest hole (registers or bits) read through to merge two points into one request
+    max_gap: int = Field(8, ge=0, le=124)
+
+    @field_validator("poll_groups", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> Any:
+        if not isinstance(v, dict) or not v:
+            raise ValueError("expected a mapping of group name to period, e.g. {status: 2s}")
+        return {k: parse_duration(d) for k, d in v.items()}
+
+    @model_validator(mode="after")
+    def _default(self) -> ProfileOptions:
+        if self.default_poll is None:
+            self.default_poll = next(iter(self.poll_groups))
+        elif self.default_poll not in self.poll_groups:
+            raise ValueError(f"default_poll {self.default_poll!r} is not one of the poll_groups "
+                             f"({', '.join(self.poll_groups)})")
+        return self
+
+    def period(self, group: str | None) -> float:
+        return self.poll_groups[group or str(self.default_poll)]
+
+
+class Options(BaseModel):
+    """Site-wide ``drivers.modbus`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout: float = Field(1.0, gt=0, le=60)
+    retries: int = Field(1, ge=0, le=5)
+    connect_timeout: float = Field(1.0, gt=0, le=60)
+    #: stations polled at the same time (bounds sockets and buffers, not throughput)
+    concurrency: int = Field(256, ge=1, le=10000)
+    #: reconnect backoff after a failed connect: base and cap in seconds
+    reconnect_base: float = Field(0.5, gt=0)
+    reconnect_cap: float = Field(30.0, gt=0)
+    #: failed polls before a station is skipped for a while, and the skip delays
+    demote_after: int = Field(2, ge=1)
+    demote_base: float = Field(5.0, gt=0)
+    demote_cap: float = Field(60.0, gt=0)
+    #: spread stations' poll phases over the period (not every cabinet in the same ms)
+    stagger: bool = True
+    #: how long a coalesced read split after an exception stays split before retrying
+    split_hold: float = Field(300.0, gt=0)
+
+
+HEALTH = (
+    PointDef("requests", "int", "", "Modbus requests sent"),
+    PointDef("timeouts", "int", "", "requests that got no answer in time"),
+    PointDef("exceptions", "int", "", "Modbus exception answers (spec §7)"),
+    PointDef("malformed", "int", "", "malformed answers (bad header, length, function, byte count)"),
+    PointDef("stale", "int", "", "answers with a wrong transaction/unit id, discarded"),
+    PointDef("resets", "int", "", "connections reset after a timeout or a bad answer"),
+    PointDef("demoted", "int", "", "stations currently skipped after repeated failures"),
+    PointDef("write_mismatch", "int", "", "writes whose read-back differed from the value written"),
+)
+
+
+# --------------------------------------------------------------------------- stations
+@dataclass(slots=True)
+class _Read:
+    """A planned read ready to send: its PDU, decoder and the tags it feeds."""
+
+    plan: PlannedRead
+    pdu: bytes
+    decoder: RequestDecoder
+    tags: np.ndarray
+    multi: bool
+    split: list[_Read] | None = None
+    split_until: float = 0.0
+
+
+def _make_read(plan: PlannedRead) -> _Read:
+    dec = RequestDecoder(plan.table, plan.start, plan.count,
+                         [(p.tag, p.source, p.address) for p in plan.points])
+    return _Read(plan, codec.read_pdu(codec.READ_FC[plan.table], plan.start, plan.count), dec,
+                 dec.all_tags, len(plan.devices) > 1)
+
+
+@dataclass(slots=True)
+class _Group:
+    period: float
+    reads: list[_Read]
+    next: float = 0.0
+    max_gap: int = 8
+
+
+@dataclass(slots=True)
+class _WritePoint:
+    source: PointSource
+    address: int
+    period: float
+
+
+@dataclass(eq=False)
+class Station:
+    """One (host, port, unit): its devices, poll plan and health state."""
+
+    key: tuple[str, int, int]
+    link: ModbusLink
+    unit: int
+    timeout: float
+    retries: int
+    devices: list[DeviceInstance]
+    groups: dict[float, _Group]
+    tags: np.ndarray
+    points: dict[int, _WritePoint]
+    phase: float = 0.0
+    up: bool | None = None
+    failures: int = 0
+    demoted_until: float = 0.0
+    demote: Backoff = field(default_factory=Backoff)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    polls: int = 0
+    verify: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        host, port, unit = self.key
+        return f"{self.devices[0].path} ({host}:{port} unit {unit})"
+
+
+class ModbusDriver(Driver):
+    """Polls every Modbus device of the site; see the module docstring."""
+
+    protocol = "modbus"
+    Connection = Connection
+    PointSource = PointSource
+    ProfileOptions = ProfileOptions
+    Options = Options
+    health_points = HEALTH
+
+    def __init__(self, ctx: DriverContext):
+        super().__init__(ctx)
+        self.options = Options.model_validate(ctx.options or {})
+        self.links: dict[tuple[str, int], ModbusLink] = {}
+        self.stations: list[Station] = []
+        self._by_device: dict[int, tuple[Station, DeviceInstance]] = {}
+        self._sem = asyncio.Semaphore(self.options.concurrency)
+        self._rlog = RateLimitedLog(ctx.log, interval=60.0)
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: (clock time at completion, seconds from scheduled start to completion) per station poll
+        self.cycle_log: deque[tuple[float, float]] = deque(maxlen=200_000)
+        self._build()
+
+    # ------------------------------------------------------------------ planning (no I/O)
+    def _build(self) -> None:
+        errors: list[str] = []
+        sources: dict[str, list[PointSource]] = {}
+        popts: dict[str, ProfileOptions] = {}
+        by_key: dict[tuple[str, int, int], list[DeviceInstance]] = {}
+        conns: dict[tuple[str, int, int], Connection] = {}
+        for dev in self.ctx.devices:
+            try:
+                conn = Connection.model_validate(dev.connection)
+                if dev.profile_name not in popts:
+                    popts[dev.profile_name] = ProfileOptions.model_validate(dev.profile.options)
+                    sources[dev.profile_name] = [PointSource.model_validate(p.source)
+                                                 for p in dev.profile.points]
+            except ValueError as e:
+                errors.append(f"{dev.path}: {e}")
+                continue
+            key = (conn.host, conn.port, conn.unit)
+            by_key.setdefault(key, []).append(dev)
+            conns.setdefault(key, conn)
+        if errors:
+            raise ConfigError(errors)
+        keys = list(by_key)
+        for i, key in enumerate(keys):
+            conn = conns[key]
+            link = self.links.get(key[:2])
+            if link is None:
+                link = ModbusLink(
+                    conn.host, conn.port, connect_timeout=self.options.connect_timeout,
+                    now=self.ctx.clock.time,
+                    backoff=Backoff(self.options.reconnect_base, self.options.reconnect_cap),
+                )
+                self.links[key[:2]] = link
+            devs = by_key[key]
+            refs: dict[float, list[PointRef]] = {}
+            gaps: dict[float, int] = {}
+            points: dict[int, _WritePoint] = {}
+            tags: list[np.ndarray] = []
+            for d_i, dev in enumerate(devs):
+                po = popts[dev.profile_name]
+                base = self._block_base(dev, popts, errors)
+                tags.append(self.ctx.device_tags(dev))
+                for k, (pc, src) in enumerate(zip(dev.profile.points, sources[dev.profile_name], strict=True)):
+                    if src.poll is not None and src.poll not in po.poll_groups:
+                        errors.append(
+                            f"profile {dev.profile_name!r} point {pc.name!r}: poll group {src.poll!r} "
+                            f"is not in options.poll_groups ({', '.join(po.poll_groups)})")
+                        continue
+                    addr = base + src.address
+                    if addr + src.size > 65536:
+                        errors.append(f"{dev.path}/{pc.name}: address {addr} past 65535 "
+                                      f"(block_base + (n-1)*block_size + address)")
+                        continue
+                    period = po.period(src.poll)
+                    tag = dev.first_tag + k
+                    refs.setdefault(period, []).append(PointRef(tag, src, addr, d_i))
+                    gaps[period] = min(gaps.get(period, po.max_gap), po.max_gap)
+                    points[tag] = _WritePoint(src, addr, period)
+            groups = {}
+            for period, rs in sorted(refs.items()):
+                try:
+                    plans = plan_reads(rs, max_gap=gaps[period])
+                except ValueError as e:
+                    errors.append(f"{devs[0].path}: {e}")
+                    continue
+                groups[period] = _Group(period, [_make_read(p) for p in plans], max_gap=gaps[period])
+            st = Station(
+                key=key, link=link, unit=conn.unit,
+                timeout=conn.timeout or self.options.timeout,
+                retries=self.options.retries if conn.retries is None else conn.retries,
+                devices=devs, groups=groups,
+                tags=np.concatenate(tags) if tags else np.zeros(0, np.int64), points=points,
+                demote=Backoff(self.options.demote_base, self.options.demote_cap),
+            )
+            if self.options.stagger and groups:
+                st.phase = (i / len(keys)) * min(groups)
+            self.stations.append(st)
+            for dev in devs:
+                self._by_device[dev.first_tag] = (st, dev)
+        if errors:
+            raise ConfigError(errors)
+
+    @staticmethod
+    def _block_base(dev: DeviceInstance, popts: dict[str, ProfileOptions], errors: list[str]) -> int:
+        """First register of a child's block: the child profile's block layout (or its
+        parent's when the child profile declares none)."""
+        if dev.parent is None or dev.index is None:
+            return 0
+        po = popts[dev.profile_name]
+        if po.block_size == 0:
+            errors.append(f"{dev.path}: child of {dev.parent} but profile {dev.profile_name!r} "
+                          "has no options.block_size; set block_base and block_size")
+            return 0
+        return po.block_base + (dev.index - 1) * po.block_size
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> None:
+        h = self.ctx.health
+        h.set("devices", len(self.ctx.devices))
+        tasks = [asyncio.create_task(self._station_loop(st), name=f"modbus:{st.name}")
+                 for st in self.stations if st.groups]
+        tasks.append(asyncio.create_task(self._housekeeping(), name="modbus:health"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for link in self.links.values():
+            await link.aclose()
+
+    async def wait_idle(self) -> None:
+        """Wait until no station is polling (tests step the clock, then wait for the I/O)."""
+        await asyncio.sleep(0)
+        await self._idle.wait()
+
+    async def _sleep_or_wake(self, st: Station, t: float) -> None:
+        if st.wake.is_set():
+            st.wake.clear()
+            return
+        clock = self.ctx.clock
+        sleeper = asyncio.ensure_future(clock.sleep_until(t))
+        waker = asyncio.ensure_future(st.wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        st.wake.clear()
+
+    async def _station_loop(self, st: Station) -> None:
+        clock = self.ctx.clock
+        now = clock.time()
+        for g in st.groups.values():
+            g.next = next_due(now, g.period, st.phase) if st.phase else now
+        while True:
+            due_t = min(g.next for g in st.groups.values())
+            if st.demoted_until > due_t:
+                due_t = st.demoted_until
+            if due_t > clock.time():
+                await self._sleep_or_wake(st, due_t)
+            now = clock.time()
+            if st.demoted_until > now:
+                continue
+            due = [g for g in st.groups.values() if g.next <= now]
+            if not due:
+                continue
+            scheduled = min(g.next for g in due)
+            self._busy += 1
+            self._idle.clear()
+            try:
+                async with self._sem:
+                    await self._poll(st, due)
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.set()
+            done = clock.time()
+            took = done - scheduled
+            self.cycle_log.append((done, took))
+            if took > min(g.period for g in due):
+                self.ctx.health.inc("late_cycles")
+            for g in due:
+                g.next = next_due(max(done, g.next + g.period), g.period, st.phase)
+                if g.next <= done:
+                    g.next += g.period
+
+    async def _housekeeping(self) -> None:
+        """Health gauges once a second (clock time): connected devices, demoted, cycle_ms."""
+        clock = self.ctx.clock
+        last = clock.time()
+        while True:
+            await clock.sleep(1.0)
+            self._update_health(last)
+            last = clock.time()
+
+    def _update_health(self, since: float) -> None:
+        h = self.ctx.health
+        h.set("connected", sum(len(s.devices) for s in self.stations if s.up))
+        h.set("demoted", sum(1 for s in self.stations if s.demoted_until > self.ctx.clock.time()))
+        recent = [took for t, took in reversed(self.cycle_log) if t >= since] if self.cycle_log else []
+        if recent:
+            h.set("cycle_ms", 1000.0 * max(recent))
+        for name, key in (("requests", "requests"), ("timeouts", "timeouts"),
+                          ("malformed", "malformed"), ("stale", "stale"), ("resets", "resets")):
+            h.set(name, sum(lk.stats[key] for lk in self.links.values()))
+        h.set("rejected", h.get("malformed") + h.get("stale"))
+
+    # ------------------------------------------------------------------ polling
+    async def _exchange(self, st: Station, pdu: bytes) -> bytes:
+        """One request with bounded retries; returns the checked response data.
+
+        A timeout, a malformed or stale answer, or a lost connection is retried up to
+        ``retries`` times (the link has already reset the connection); a link waiting out its
+        reconnect backoff fails at once. A Modbus exception is an answer: never retried.
+        """
+        link = st.link
+        last: Exception | None = None
+        for _ in range(1 + st.retries):
+            try:
+                async with link.lock:
+                    rpdu = await link.exchange(st.unit, pdu, st.timeout)
+            except (TimeoutError, LinkDown, MalformedFrame) as e:
+                self.ctx.health.inc("errors")
+                last = e
+                if link.waiting:
+                    break
+                continue
+            try:
+                return codec.parse_response(pdu, rpdu)
+            except ExceptionResponse:
+                self.ctx.health.inc("exceptions")
+                raise
+            except MalformedFrame as e:
+                link.stats["malformed"] += 1
+                link.reset()
+                self.ctx.health.inc("errors")
+                last = e
+        raise last if last is not None else LinkDown(f"{st.name}: no attempt made")
+
+    async def _poll(self, st: Station, due: list[_Group]) -> None:
+        clock = self.ctx.clock
+        vals: list[np.ndarray] = []
+        tags: list[np.ndarray] = []
+        texts: list[tuple[int, str]] = []
+        marks: list[tuple[np.ndarray, int]] = []
+        try:
+            for g in due:
+                for rd in g.reads:
+                    now = clock.time()
+                    if rd.split is not None and now < rd.split_until:
+                        for sub in rd.split:
+                            await self._read_one(st, sub, vals, tags, texts, marks, split_ok=False)
+                        continue
+                    rd.split = None
+                    await self._read_one(st, rd, vals, tags, texts, marks, split_ok=True, group=g)
+        except (TimeoutError, LinkDown, MalformedFrame) as e:
+            self._station_failed(st, e)
+            return
+        now = clock.time()
+        if tags:
+            idx = np.concatenate(tags)
+            v = np.concatenate(vals)
+            self.ctx.publish(Batch(idx, v, Q.Good, float(now)))
+            if st.verify:
+                self._check_writes(st, idx, v)
+        if texts:
+            arr = np.empty(len(texts), dtype=object)
+            arr[:] = [t for _, t in texts]
+            self.ctx.publish(Batch(np.asarray([k for k, _ in texts], np.int64), arr, Q.Good, float(now)))
+        for idx_bad, status in marks:
+            self.ctx.mark(idx_bad, status)
+        st.polls += 1
+        if st.up is not True:
+            was_down = st.up is False
+            st.up = True
+            st.failures = 0
+            st.demote.reset()
+            st.demoted_until = 0.0
+            if was_down:
+                self._rlog.available(st.name, "modbus: %s answers again", st.name)
+                # refresh every group now: the slow groups were marked bad too
+                for g in st.groups.values():
+                    if g not in due:
+                        g.next = now
+                st.wake.set()
+
+    async def _read_one(self, st: Station, rd: _Read, vals: list[np.ndarray], tags: list[np.ndarray],
+                        texts: list[tuple[int, str]], marks: list[tuple[np.ndarray, int]],
+                        *, split_ok: bool, group: _Group | None = None) -> None:
+        try:
+            data = await self._exchange(st, rd.pdu)
+        except ExceptionResponse as e:
+            if split_ok and rd.multi and group is not None:
+                rd.split = [_make_read(p) for p in split_by_device(rd.plan, max_gap=group.max_gap)]
+                rd.split_until = self.ctx.clock.time() + self.options.split_hold
+                for sub in rd.split:
+                    await self._read_one(st, sub, vals, tags, texts, marks, split_ok=False)
+                return
+            status = codec.read_status(e.code)
+            self._rlog.every(f"{st.name}:{rd.plan.table}:{rd.plan.start}", self.ctx.clock.time(),
+                             "modbus: %s %s %d+%d: %s -> %s", st.name, rd.plan.table, rd.plan.start,
+                             rd.plan.count, e, Q.name(status))
+            marks.append((rd.tags, status))
+            return
+        v, tx = rd.decoder.decode(data)
+        vals.append(v)
+        tags.append(rd.decoder.tags)
+        texts.extend(tx)
+
+    def _station_failed(self, st: Station, e: Exception) -> None:
+        now = self.ctx.clock.time()
+        st.failures += 1
+        self.ctx.mark(st.tags, Q.BadCommunicationError)
+        if st.up is not False:
+            st.up = False
+            self._rlog.unavailable(st.name, "modbus: %s unavailable: %s (values kept, marked "
+                                   "BadCommunicationError; check power, cabling and address)", st.name, e)
+        if st.failures >= self.options.demote_after:
+            st.demoted_until = now + st.demote.next()
+
+    def _check_writes(self, st: Station, idx: np.ndarray, v: np.ndarray) -> None:
+        pos = {int(t): k for k, t in enumerate(idx.tolist()) if int(t) in st.verify}
+        for tag, k in pos.items():
+            want = st.verify.pop(tag)
+            got = float(v[k])
+            wp = st.points[tag]
+            tol = max(1e-6, abs(wp.source.scale) / 2, abs(want) * 1e-6)
+            if not math.isfinite(got) or abs(got - want) > tol:
+                self.ctx.health.inc("write_mismatch")
+                self._rlog.every(f"mismatch:{tag}", self.ctx.clock.time(),
+                                 "modbus: %s read back %s after writing %s (the device changed or "
+                                 "refused the value)", self.ctx.tagdb.path(tag), got, want)
+
+    # ------------------------------------------------------------------ writes
+    def _locate(self, tag: int) -> tuple[Station, _WritePoint] | None:
+        d = int(self.ctx.tagdb.device_of[tag])
+        entry = self._by_device.get(self.ctx.tagdb.device_first(d))
+        if entry is None:
+            return None
+        st, _ = entry
+        wp = st.points.get(tag)
+        return (st, wp) if wp is not None else None
+
+    async def write(self, tag: int, value: Any) -> int:
+        """Write ``value`` (engineering units) to the point's register(s) or coil.
+
+        Single 16-bit registers use function 0x06, wider types 0x10, coils 0x05 (spec §6.5,
+        §6.6, §6.12); a bool in a register is read-modify-written under the link lock. The
+        returned status is the device's answer (:data:`~drivers.modbus.codec.WRITE_EXCEPTION_STATUS`);
+        the next poll, started at once, reads the point back and counts a mismatch.
+        """
+        loc = self._locate(tag)
+        path = self.ctx.tagdb.path(tag)
+        if loc is None:
+            log.warning("modbus write to %s: not a Modbus point of this driver", path)
+            return Q.BadNodeIdUnknown
+        st, wp = loc
+        src = wp.source
+        if not src.writable:
+            log.warning("modbus write to %s refused: the point is in the %s table, read-only on "
+                        "the device (make it a holding register or coil in the profile)", path, src.table)
+            return Q.BadNotWritable
+        try:
+            if src.table == "coil":
+                pdus = [codec.write_coil_pdu(wp.address, bool(value))]
+            elif src.type == "bool" and src.bit is not None:
+                pdus = []  # read-modify-write below
+            else:
+                regs = codec.encode_value(src, value)
+                pdus = [codec.write_register_pdu(wp.address, regs[0]) if len(regs) == 1
+                        else codec.write_registers_pdu(wp.address, regs)]
+        except (codec.CodecError, TypeError, ValueError) as e:
+            log.warning("modbus write to %s refused: %s", path, e)
+            return Q.BadOutOfRange
+        try:
+            async with st.link.lock:
+                if not pdus:
+                    rq = codec.read_pdu(codec.FC_READ_HOLDING, wp.address, 1)
+                    data = codec.parse_response(rq, await st.link.exchange(st.unit, rq, st.timeout))
+                    word = (data[0] << 8) | data[1]
+                    pdus = [codec.write_register_pdu(
+                        wp.address, codec.set_bit(word, src.bit or 0, bool(value), src.byte_order))]
+                for pdu in pdus:
+                    codec.parse_response(pdu, await st.link.exchange(st.unit, pdu, st.timeout))
+        except ExceptionResponse as e:
+            self.ctx.health.inc("exceptions")
+            status = codec.write_status(e.code)
+            log.warning("modbus write %s = %r: device answered %s -> %s", path, value, e, Q.name(status))
+            if status != Q.Good:
+                return status
+        except TimeoutError as e:
+            self.ctx.health.inc("errors")
+            log.warning("modbus write %s = %r failed: %s", path, value, e)
+            return Q.BadTimeout
+        except (LinkDown, MalformedFrame) as e:
+            self.ctx.health.inc("errors")
+            log.warning("modbus write %s = %r failed: %s", path, value, e)
+            return Q.BadCommunicationError
+        want = float(value) if not isinstance(value, str) else math.nan
+        if math.isfinite(want):
+            st.verify[tag] = want
+        # read back at once: the group of the written point is due now
+        g = st.groups.get(wp.period)
+        if g is not None:
+            g.next = min(g.next, self.ctx.clock.time())
+            st.wake.set()
+        return Q.Good
