@@ -6,5 +6,9 @@ from typing import Any
 
 
 def create(runtime: Any) -> Any:
-    """Return the opcua service for this runtime, or None while it is disabled."""
-    return None
+    """Return the HMI-facing OPC UA server for this runtime, or None when ``opcua.enabled`` is off."""
+    if not runtime.site.config.opcua.enabled:
+        return None
+    from .server import OpcUaService
+
+    return OpcUaService(runtime)

@@ -14,7 +14,6 @@ from scada.users import (
     role_allows,
     verify,
 )
-from tests.fixtures.hmi import leak_check_fixed as _no_leaked_tasks  # noqa: F401
 
 FAST = {"n": 2**10}  # cheap scrypt cost for tests; the default is 2**14
 

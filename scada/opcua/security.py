@@ -1,0 +1,222 @@
+"""Security of the HMI-facing server: certificates, trust list, users (OPC UA Part 2, Part 4 §5.6).
+
+Every unsafe asyncua default is replaced here:
+
+* **User manager** - asyncua's ``PermissiveUserManager`` gives admin rights to anyone named
+  ``admin`` whatever the password. :class:`SiteUserManager` checks the site's salted hashes
+  (:class:`scada.users.UserStore`, with lockout) and maps anonymous clients to ``viewer`` or
+  refuses them, as the site says.
+* **Endpoints** - only Basic256Sha256 and Aes128_Sha256_RsaOaep (Sign, SignAndEncrypt);
+  ``None`` only with ``opcua.allow_security_none``. Basic128Rsa15 and Basic256 (deprecated by
+  OPC UA 1.04, Part 7 "Security Policy" profiles) are never offered.
+* **Client certificates** - checked against a trust list directory
+  (:class:`TrustList`): an unknown certificate gets ``BadCertificateUntrusted`` and a copy in
+  ``rejected/`` for an administrator to move into ``trusted/`` (the usual OPC UA GDS-less
+  workflow, Part 12 §7.3).
+* **Server certificate** - generated on first start (RSA 2048, SHA-256, application URI in
+  the subjectAltName as Part 6 §6.2.2 requires) and kept in ``<state_dir>/opcua/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto import cert_gen
+from asyncua.crypto.permission_rules import User, UserRole
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ..audit import AuditLog
+from ..users import UserStore
+
+log = logging.getLogger(__name__)
+
+#: Policies we offer (never Basic128Rsa15 / Basic256, deprecated and broken).
+SECURE_POLICIES = [
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+]
+DEPRECATED_URIS = (
+    "http://opcfoundation.org/UA/SecurityPolicy#Basic128Rsa15",
+    "http://opcfoundation.org/UA/SecurityPolicy#Basic256",
+)
+
+
+@dataclass
+class ScadaUser(User):
+    """asyncua's session user plus our role (``viewer`` .. ``admin``)."""
+
+    scada_role: str = "viewer"
+
+
+def ensure_server_certificate(directory: Path, app_uri: str, host: str) -> tuple[Path, Path]:
+    """Load or create ``server-cert.der`` / ``server-key.pem`` in ``directory``.
+
+    Regenerated when the stored certificate does not carry ``app_uri`` (the site was renamed)
+    or has expired; the old pair is kept with a ``.old`` suffix.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_p, key_p = directory / "server-cert.der", directory / "server-key.pem"
+    if cert_p.exists() and key_p.exists():
+        try:
+            cert = x509.load_der_x509_certificate(cert_p.read_bytes())
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+            if app_uri in uris and cert.not_valid_after_utc > datetime.now(UTC):
+                return cert_p, key_p
+            log.warning("server certificate %s does not match %s or expired; generating a new one",
+                        cert_p, app_uri)
+        except (ValueError, x509.ExtensionNotFound) as e:
+            log.warning("server certificate %s unreadable (%s); generating a new one", cert_p, e)
+        for p in (cert_p, key_p):
+            p.replace(p.with_name(p.name + ".old"))
+    key = cert_gen.generate_private_key()
+    names = [x509.UniformResourceIdentifier(app_uri), x509.DNSName(socket.gethostname()),
+             x509.DNSName("localhost")]
+    if host not in ("0.0.0.0", "", "localhost"):
+        names.append(x509.DNSName(host))
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key, "SCADA OPC UA server", {"organizationName": "scada"}, names,
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], days=3650,
+    )
+    fd = os.open(key_p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(cert_gen.dump_private_key_as_pem(key))
+    cert_p.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    log.info("generated OPC UA server certificate %s for %s", cert_p, app_uri)
+    return cert_p, key_p
+
+
+def _fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_cert_file(path: Path) -> x509.Certificate:
+    data = path.read_bytes()
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+class TrustList:
+    """Client certificates trusted by fingerprint, from a directory re-read when it changes.
+
+    Used as asyncua's ``certificate_validator`` (called on CreateSession with the client's
+    application certificate). Part 4 §5.6.2: an untrusted certificate is refused with
+    ``BadCertificateUntrusted``; an expired one with ``BadCertificateTimeInvalid``.
+    """
+
+    def __init__(self, trusted_dir: Path, rejected_dir: Path, audit: AuditLog | None = None,
+                 trust_all: bool = False):
+        self.trusted_dir = trusted_dir
+        self.rejected_dir = rejected_dir
+        self.audit = audit
+        self.trust_all = trust_all
+        self._mtime: float = -1.0
+        self._trusted: set[str] = set()
+        trusted_dir.mkdir(parents=True, exist_ok=True)
+        rejected_dir.mkdir(parents=True, exist_ok=True)
+
+    def _reload(self) -> None:
+        try:
+            mtime = self.trusted_dir.stat().st_mtime
+        except FileNotFoundError:
+            self._trusted = set()
+            return
+        if mtime == self._mtime:
+            return
+        found = set()
+        for p in sorted(self.trusted_dir.iterdir()):
+            if p.suffix.lower() not in (".der", ".pem", ".crt", ".cer"):
+                continue
+            try:
+                found.add(_fingerprint(load_cert_file(p).public_bytes(serialization.Encoding.DER)))
+            except ValueError as e:
+                log.warning("trust list: cannot read %s (%s); skipped", p, e)
+        self._trusted, self._mtime = found, mtime
+
+    def is_trusted(self, cert: x509.Certificate) -> bool:
+        self._reload()
+        return _fingerprint(cert.public_bytes(serialization.Encoding.DER)) in self._trusted
+
+    def trust(self, cert_path: Path) -> Path:
+        """Copy a certificate into the trust list (``scada`` tests and admin tooling)."""
+        cert = load_cert_file(cert_path)
+        dest = self.trusted_dir / (_fingerprint(cert.public_bytes(serialization.Encoding.DER))[:16] + ".der")
+        dest.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        self._mtime = -1.0
+        return dest
+
+    async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
+        uri = getattr(app, "ApplicationUri", "") or ""
+        now = datetime.now(UTC)
+        if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
+            self._record(uri, "BadCertificateTimeInvalid")
+            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+        if self.trust_all or self.is_trusted(cert):
+            return
+        der = cert.public_bytes(serialization.Encoding.DER)
+        (self.rejected_dir / (_fingerprint(der)[:16] + ".der")).write_bytes(der)
+        self._record(uri, "BadCertificateUntrusted")
+        log.warning("refused client certificate of %r (%s): not in %s; copy it from %s to trust it",
+                    uri, cert.subject.rfc4514_string(), self.trusted_dir, self.rejected_dir)
+        raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+    def _record(self, uri: str, outcome: str) -> None:
+        if self.audit is not None:
+            self.audit.record(user=None, action="certificate", target=uri or "?", outcome=outcome)
+
+
+class SiteUserManager:
+    """asyncua user manager backed by the site's accounts (replaces PermissiveUserManager).
+
+    ``get_user`` is called by asyncua's ActivateSession with the decrypted user name and
+    password (UserNameIdentityToken, Part 4 §7.36.4) or with neither for an anonymous token.
+    Every refused login is audited with its reason (bad password, unknown user, locked).
+    """
+
+    def __init__(self, store: UserStore, audit: AuditLog | None, anonymous: str):
+        self.store = store
+        self.audit = audit
+        self.anonymous = anonymous
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        if username is None and password is None:
+            if self.anonymous == "viewer":
+                return ScadaUser(role=UserRole.User, name=None, scada_role="viewer")
+            self._record(None, "login", "BadIdentityTokenRejected", reason="anonymous refused")
+            return None
+        res = self.store.authenticate(username, password)
+        if res.user is None:
+            self._record(username, "login", "BadUserAccessDenied", reason=res.reason)
+            log.warning("login refused for user %r: %s", username, res.reason)
+            return None
+        role = UserRole.Admin if res.user.role == "admin" else UserRole.User
+        self._record(res.user.name, "login", "Good", role=res.user.role)
+        return ScadaUser(role=role, name=res.user.name, scada_role=res.user.role)
+
+    def _record(self, user: str | None, action: str, outcome: str, **kw: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(user=user, action=action, target="session", outcome=outcome, **kw)
+
+
+def role_of(user: Any) -> str | None:
+    """Our role of an asyncua session user (None: not logged in / refused)."""
+    if isinstance(user, ScadaUser):
+        return user.scada_role
+    if isinstance(user, User) and user.role == UserRole.Admin and user.name is None:
+        return "admin"  # asyncua's internal server session (our own code, not a client)
+    return None
