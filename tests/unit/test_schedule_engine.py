@@ -1,0 +1,318 @@
+"""Schedule engine on a passive site: server-side writers record every command and play the
+luminaires (following each command, or ignoring it), the stepped clock runs whole nights."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from scada import quality as Q
+from scada.clock import SteppedClock
+from scada.loader import load_site
+from scada.runtime import Runtime
+from scada.schedules.overrides import OverrideStore, new_override
+from scada.schedules.service import ScheduleService, create
+from scada.tags import Batch
+
+PARIS = ZoneInfo("Europe/Paris")
+
+SCHEDULES = """
+schedules:
+  profiles:
+    standard:
+      fade: 30s
+      steps:
+        - {at: dusk, level: 100}
+        - {at: "22:00", level: 70}
+        - {at: midnight-1h, until: midnight+4h, level: 40}
+      switch_off: dawn+10min
+    full:
+      steps: [{at: dusk, level: 100}]
+  calendars:
+    - {name: everyday, profile: standard, priority: 10}
+    - {name: holidays, profile: full, holidays: FR, priority: 50}
+    - {name: festival, profile: full, dates: ["2026-06-21"], areas: [centre], priority: 90}
+"""
+
+
+def site_yaml(state: str, schedules: str = SCHEDULES, n_cab: int = 4, n_gw: int = 4) -> str:
+    return textwrap.dedent(f"""
+    site: {{name: test, latitude: 47.322, longitude: 5.041, timezone: Europe/Paris,
+            state_dir: {state}}}
+    areas: [{{id: centre}}, {{id: chenove}}]
+    profiles:
+      cab:
+        kind: cabinet
+        points:
+          - {{name: contactor_cmd, type: bool, access: rw}}
+          - {{name: group_level, access: rw, eu_range: [0, 100]}}
+      gw:
+        kind: gateway
+        points:
+          - {{name: broadcast_level, access: rw, eu_range: [0, 100]}}
+          - {{name: group00_level, access: rw, eu_range: [0, 100]}}
+          - {{name: group01_level, access: rw, eu_range: [0, 100]}}
+      lum:
+        kind: luminaire
+        points:
+          - {{name: level, unit: "%"}}
+          - {{name: level_cmd, access: rw, eu_range: [0, 100]}}
+          - {{name: lamp_failure, type: bool}}
+    devices:
+      - id: cab-1
+        profile: cab
+        area: centre
+        children:
+          - {{profile: lum, count: {n_cab}, attrs: {{group: 7, nominal_w: 40, legacy_w: 170}}}}
+      - id: gw-1
+        profile: gw
+        area: chenove
+        children:
+          - {{profile: lum, id: "lum-{{n:03d}}", count: {n_gw}, attrs: {{group: 0, nominal_w: 30, legacy_w: 100}}}}
+          - {{profile: lum, id: "lum-{{n:03d}}", start: {n_gw + 1}, count: {n_gw}, attrs: {{group: 1, nominal_w: 30, legacy_w: 100}}}}
+    """) + textwrap.dedent(schedules)
+
+
+class Plant:
+    """Server-side writers standing in for the devices: record commands, move luminaire levels."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.log: list[tuple[float, str, object]] = []
+        self.ignore: set[str] = set()
+        self.contactor: dict[str, bool] = {}
+        for d in rt.site.all_devices():
+            rt.register_writer(d.path, self._handler)
+        self.lum = {d.path: d for d in rt.site.all_devices() if d.kind == "luminaire"}
+        self._set(list(self.lum), 0.0)  # every luminaire reports (off) from the start
+
+    def _set(self, paths: list[str], level: float) -> None:
+        idx, vals = [], []
+        for p in paths:
+            if p in self.ignore:
+                continue
+            idx.append(self.rt.tagdb.index(p + "/level"))
+            vals.append(level)
+        if idx:
+            self.rt.tagdb.apply(Batch.of(idx, vals, Q.Good, self.rt.clock.time()))
+
+    async def _handler(self, i: int, value: object) -> int:
+        path = self.rt.tagdb.path(i)
+        dev, _, point = path.rpartition("/")
+        self.log.append((self.rt.clock.time(), path, value))
+        kids = [p for p in self.lum if p.startswith(dev + "/")]
+        if point == "contactor_cmd":
+            self.contactor[dev] = bool(value)
+            if not value:
+                self._set(kids, 0.0)
+        elif point in ("group_level", "broadcast_level"):
+            self._set(kids, float(value))
+        elif point.startswith("group") and point.endswith("_level"):
+            g = int(point[5:7])
+            self._set([p for p in kids if int(self.lum[p].attrs["group"]) == g], float(value))
+        elif point == "level_cmd":
+            self._set([dev], float(value))
+        return Q.Good
+
+
+def local(y, mo, d, h, mi=0) -> float:
+    return datetime(y, mo, d, h, mi, tzinfo=PARIS).timestamp()
+
+
+@pytest.fixture
+def make(tmp_path):
+    async def _make(start: float, schedules: str = SCHEDULES, **kw):
+        p = tmp_path / "site.yaml"
+        p.write_text(site_yaml(str(tmp_path / "state"), schedules, **kw))
+        site = load_site(p)
+        clock = SteppedClock(start=start)
+        rt = Runtime(site, clock)
+        plant = Plant(rt)
+        svc = create(rt)
+        assert isinstance(svc, ScheduleService)
+        rt.add_service(svc)
+        return rt, plant, svc, clock
+
+    return _make
+
+
+async def run_until(clock: SteppedClock, svc: ScheduleService, t_end: float, step: float = 60.0):
+    task = asyncio.create_task(svc.run())
+    try:
+        while clock.time() < t_end:
+            await clock.advance(min(step, t_end - clock.time()))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_night_steps_group_commands_only(make):
+    # Thursday 15 January 2026, a plain weekday: sunset ~17:15, sunrise next day ~08:25
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 12))
+    await run_until(clock, svc, local(2026, 1, 16, 12))
+    tags = [p for _, p, _ in plant.log]
+    # no individual luminaire command: the cabinet register and the DALI broadcast suffice
+    assert not [t for t in tags if t.endswith("/level_cmd")]
+    cab = [(t, v) for t, p, v in plant.log if p == "centre/cab-1/group_level"]
+    assert [v for _, v in cab] == [100.0, 70.0, 40.0, 70.0]
+    times = [datetime.fromtimestamp(t, PARIS).strftime("%H:%M") for t, _ in cab]
+    assert times[1] == "22:00"
+    con = [(t, v) for t, p, v in plant.log if p == "centre/cab-1/contactor_cmd"]
+    # at start-up (noon) the engine puts the plant in the day state, then on at dusk, off at dawn
+    assert [v for _, v in con] == [False, True, False]
+    # contactor on at sunset (17:1x), off 10 min after sunrise (08:3x)
+    on_local = datetime.fromtimestamp(con[1][0], PARIS)
+    assert (on_local.hour, on_local.minute // 10) == (17, 1)
+    off_local = datetime.fromtimestamp(con[2][0], PARIS)
+    assert (off_local.hour, off_local.minute // 10) == (8, 3)
+    bc = [v for _, p, v in plant.log if p == "chenove/gw-1/broadcast_level"]
+    assert bc == [0.0, 100.0, 70.0, 40.0, 70.0, 0.0]
+    # one command per device per change: cabinet 4 levels + 3 contactor, gateway 6 broadcasts
+    assert len(plant.log) == 4 + 3 + 6
+    # the luminaires followed: no dimming-not-followed
+    assert svc.verifier.failing.sum() == 0
+    assert rt.tagdb.read("_schedules/centre/not_followed").value == 0
+
+
+async def test_ignoring_luminaire_raises_not_followed_and_alarm_api(make):
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 16))
+    plant.ignore.add("centre/cab-1/lum-03")
+
+    calls = []
+
+    class Alarms:
+        def set_condition(self, path, cond, active, message=""):
+            calls.append((path, cond, active, message))
+
+    rt.services["alarms"] = Alarms()
+    await run_until(clock, svc, local(2026, 1, 15, 18))
+    assert ("centre/cab-1/lum-03", "dimming_not_followed", True) in [c[:3] for c in calls]
+    assert len({c[0] for c in calls}) == 1
+    assert "commanded 100 %" in calls[0][3]
+    assert rt.tagdb.read("_schedules/centre/not_followed").value == 1
+    # it starts following again: the alarm clears at the next step's check
+    plant.ignore.clear()
+    await run_until(clock, svc, local(2026, 1, 15, 22, 10))
+    assert calls[-1][:3] == ("centre/cab-1/lum-03", "dimming_not_followed", False)
+
+
+async def test_holiday_and_festival_priority(make):
+    # 14 July 2026 (Fête nationale): holiday profile "full": no dimming steps at all
+    _rt, plant, svc, clock = await make(local(2026, 7, 14, 12))
+    await run_until(clock, svc, local(2026, 7, 15, 12), step=300)
+    cab = [v for _, p, v in plant.log if p == "centre/cab-1/group_level"]
+    assert cab == [100.0]
+
+
+async def test_override_wins_and_expires(make, tmp_path):
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 23, 30))
+    await run_until(clock, svc, local(2026, 1, 15, 23, 35))
+    assert svc.wanted(clock.time())[0] == 70.0
+    # an accident: centre at 100 % for 2 h, written by the CLI into the shared store
+    store = OverrideStore(str(tmp_path / "state" / "schedules"))
+    store.add(
+        new_override(
+            level=100,
+            minutes=120,
+            reason="accident",
+            user="eve",
+            now=clock.time(),
+            areas=["centre"],
+        )
+    )
+    n0 = len(plant.log)
+    await run_until(clock, svc, local(2026, 1, 16, 1, 0))
+    after = plant.log[n0:]
+    assert ("centre/cab-1/group_level", 100.0) in [(p, v) for _, p, v in after]
+    # chenove is not overridden: it went to 40 % at virtual midnight - 1 h as planned
+    assert ("chenove/gw-1/broadcast_level", 40.0) in [(p, v) for _, p, v in after]
+    assert rt.tagdb.read("_schedules/centre/override_active").value is True
+    await run_until(clock, svc, local(2026, 1, 16, 2, 0))
+    last = [v for _, p, v in plant.log if p == "centre/cab-1/group_level"][-1]
+    assert last == 40.0  # override expired at 01:35: back to the plan
+    assert rt.tagdb.read("_schedules/centre/override_active").value is False
+
+
+async def test_opcua_style_override_tags(make):
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 23, 0))
+    await run_until(clock, svc, local(2026, 1, 15, 23, 5))
+    assert await rt.write("_schedules/chenove/override_minutes", 30) == Q.Good
+    assert await rt.write("_schedules/chenove/override_level", 100) == Q.Good
+    assert await rt.write("_schedules/chenove/override_level", 150) == Q.BadOutOfRange
+    await run_until(clock, svc, local(2026, 1, 15, 23, 10))
+    assert plant.log[-1][1:] == ("chenove/gw-1/broadcast_level", 100.0)
+    assert await rt.write("_schedules/chenove/override_minutes", 0) == Q.Good  # cancel
+    await run_until(clock, svc, local(2026, 1, 15, 23, 15))
+    assert plant.log[-1][1:] == ("chenove/gw-1/broadcast_level", 70.0)
+    from scada.audit import AuditLog
+
+    actions = [e["action"] for e in AuditLog.read(svc.audit.path)]
+    assert actions == ["schedule.override", "schedule.override.cancel"]
+
+
+async def test_mixed_levels_use_dali_groups_then_singles(make):
+    sched = (
+        SCHEDULES + "    - {name: g1, profile: full, groups: [1], areas: [chenove], priority: 60}\n"
+    )
+    _rt, plant, svc, clock = await make(local(2026, 1, 15, 21, 0), schedules=sched)
+    await run_until(clock, svc, local(2026, 1, 15, 22, 5))
+    tags = [(p, v) for _, p, v in plant.log]
+    assert ("chenove/gw-1/group00_level", 70.0) in tags
+    assert ("chenove/gw-1/group01_level", 100.0) in tags
+    assert not [p for p, _ in tags if p.endswith("level_cmd")]
+
+
+@pytest.mark.parametrize("night", [(2026, 3, 28), (2026, 10, 24)])
+async def test_dst_nights_one_step_each(make, night):
+    """Step at 02:30 local: on 29 March it does not exist (gap), on 25 October it happens twice."""
+    sched = """
+    schedules:
+      profiles:
+        p:
+          steps:
+            - {at: dusk, level: 100}
+            - {at: "02:30", level: 30}
+            - {at: "05:00", level: 60}
+      calendars:
+        - {name: all, profile: p}
+    """
+    y, m, d = night
+    _rt, plant, svc, clock = await make(local(y, m, d, 12), schedules=sched)
+    await run_until(clock, svc, local(y, m, d + 1, 12), step=120)
+    cab = [(t, v) for t, p, v in plant.log if p == "centre/cab-1/group_level"]
+    assert [v for _, v in cab] == [100.0, 30.0, 60.0]
+    t30 = datetime.fromtimestamp(cab[1][0], UTC)
+    # March: 02:30 does not exist -> 01:30 UTC (the CET reading, i.e. 03:30 CEST);
+    # October: 02:30 happens twice -> only the first one, 02:30 CEST = 00:30 UTC
+    assert (t30.hour, t30.minute) == ((1, 30) if m == 3 else (0, 30))
+
+
+async def test_disabled_or_empty_schedules_give_no_service(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(site_yaml(str(tmp_path), schedules="schedules: {enabled: false}\n"))
+    rt = Runtime(load_site(p), SteppedClock())
+    assert create(rt) is None
+
+
+def test_wanted_is_nan_for_unscheduled(make):
+    sched = """
+    schedules:
+      profiles:
+        p: {steps: [{at: dusk, level: 80}]}
+      calendars:
+        - {name: c, profile: p, areas: [centre]}
+    """
+
+    async def go():
+        _rt, _plant, svc, clock = await make(local(2026, 1, 15, 20), schedules=sched)
+        w = svc.wanted(clock.time())
+        return w, svc.fleet.areas
+
+    w, areas = asyncio.run(go())
+    assert np.all(w[np.array(areas) == "centre"] == 80)
+    assert np.isnan(w[np.array(areas) == "chenove"]).all()
