@@ -114,17 +114,19 @@ class AlarmEngine:
         self.pend_level = np.zeros(cap, dtype=np.int8)
         self.raised_at = np.full(cap, np.nan)
         self.value = np.full(cap, np.nan)
+        self.unsupp_t = np.full(cap, np.nan)
         self.listeners: list[Listener] = []
         self.seq = journal.last_seq
         self.stats = {"evaluations": 0, "batches": 0, "transitions": 0, "journal_errors": 0,
                       "listener_errors": 0}
         self._stale_rows = np.zeros(0, dtype=np.int64)
         self._started = False
+        self._t0 = 0.0
         self._sub: object | None = None
         self._wake = asyncio.Event()
 
     _STATE = ("level", "acked", "shelved", "shelve_until", "suppressed", "oos", "chattering",
-              "pend_t", "pend_level", "raised_at", "value")
+              "pend_t", "pend_level", "raised_at", "value", "unsupp_t")
 
     def _grow(self, need: int) -> None:
         cap = len(self.level)
@@ -134,7 +136,7 @@ class AlarmEngine:
         for name in self._STATE:
             old = getattr(self, name)
             fill = {"acked": True, "shelve_until": np.nan, "pend_t": np.nan, "raised_at": np.nan,
-                    "value": np.nan}.get(name, 0)
+                    "value": np.nan, "unsupp_t": np.nan}.get(name, 0)
             arr = np.full(new, fill, dtype=old.dtype)
             arr[:cap] = old
             setattr(self, name, arr)
@@ -246,6 +248,7 @@ class AlarmEngine:
         self._stale_rows = np.nonzero(self.cond.kind[: self.n] == M.K_STALE)[0]
         self._restore()
         self._started = True
+        self._t0 = self.clock.time()  # stale timeouts of never-seen tags count from here
         self._sub = self.tagdb.subscribe(self._on_changes, name="alarms")
         now = self.clock.time()
         events: list[M.AlarmEvent] = []
@@ -394,6 +397,10 @@ class AlarmEngine:
                         events.append(self._event(c, M.SHELVE, now, user="system",
                                                   comment="auto-shelved: chattering"))
             elif lv == 0:
+                if self.suppressed[c] or self.oos[c]:
+                    # ISA-18.2 §10.3: an alarm suppressed by design (or out of service) that
+                    # returns to normal needs no acknowledgement
+                    self.acked[c] = True
                 events.append(self._event(c, M.CLEAR, now))
                 if self.shelved[c] == M.ONESHOT:
                     # Part 9 §5.8.10: a one-shot shelve ends when the alarm returns to normal
@@ -420,8 +427,19 @@ class AlarmEngine:
         return chat and not was
 
     def _set_suppressed(self, rows: np.ndarray, states: np.ndarray, now: float,
-                        events: list[M.AlarmEvent]) -> None:
+                        events: list[M.AlarmEvent], *, immediate: bool = False) -> None:
+        """Suppression starts at once; it ends ``unsuppress_delay`` after its cause cleared if
+        the alarm is still active or unacknowledged, so the children of a cabinet that just
+        came back get one poll to clear silently instead of flashing 64 red dots."""
+        delay = self.config.unsuppress_delay
         for c, s in zip(rows.tolist(), states.tolist(), strict=True):
+            if s:
+                self.unsupp_t[c] = np.nan
+            elif not immediate and delay > 0 and (self.level[c] != 0 or not self.acked[c]):
+                if math.isnan(self.unsupp_t[c]):
+                    self.unsupp_t[c] = now + delay
+                    self._wake.set()
+                continue
             self.suppressed[c] = s
             events.append(self._event(c, M.SUPPRESS if s else M.UNSUPPRESS, now, user="system"))
 
@@ -501,7 +519,7 @@ class AlarmEngine:
         if len(self._stale_rows):
             r = self._stale_rows
             tags = self.cond.tag[r]
-            seen = self.tagdb.last_seen[tags]
+            seen = np.maximum(self.tagdb.last_seen[tags], self._t0)
             q = self.tagdb.quality[tags]
             want = ((now - seen) >= self.cond.timeout[r]) & (q != np.uint32(0x808D0000))
             cur = self.cond.raw[r] != 0
@@ -522,6 +540,16 @@ class AlarmEngine:
             self.pend_t[due] = np.nan
             keep = lv != self.level[due]
             self._apply_levels(due[keep], lv[keep], now, events)
+        # delayed end of suppression
+        ut = self.unsupp_t[:n]
+        with np.errstate(invalid="ignore"):
+            ud = np.nonzero(ut <= now)[0]
+        if len(ud):
+            self.unsupp_t[ud] = np.nan
+            still = self.supp.suppressed(ud)
+            ud = ud[~still & self.suppressed[ud]]
+            self._set_suppressed(ud, np.zeros(len(ud), dtype=np.bool_), now, events,
+                                 immediate=True)
         # timed shelving expiry
         su = self.shelve_until[:n]
         with np.errstate(invalid="ignore"):
@@ -542,6 +570,9 @@ class AlarmEngine:
                 pt = self.pend_t[:n]
                 if not np.isnan(pt).all():
                     cands.append(float(np.nanmin(pt)))
+                ut = self.unsupp_t[:n]
+                if not np.isnan(ut).all():
+                    cands.append(float(np.nanmin(ut)))
                 su = np.where(self.shelved[:n] == M.TIMED, self.shelve_until[:n], np.nan)
                 if not np.isnan(su).all():
                     cands.append(float(np.nanmin(su)))
@@ -550,8 +581,8 @@ class AlarmEngine:
                 idle = self.cond.raw[r] == 0
                 if idle.any():
                     rr = r[idle]
-                    cands.append(float(np.min(self.tagdb.last_seen[self.cond.tag[rr]]
-                                              + self.cond.timeout[rr])))
+                    seen = np.maximum(self.tagdb.last_seen[self.cond.tag[rr]], self._t0)
+                    cands.append(float(np.min(seen + self.cond.timeout[rr])))
                 if (~idle).any():
                     cands.append(now + max(1.0, float(np.min(self.cond.timeout[r[~idle]])) / 4))
         return max(now, min(cands))

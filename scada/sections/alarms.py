@@ -213,4 +213,7 @@ class AlarmsConfig(Strict):
     chatter: ChatterConfig = Field(default_factory=ChatterConfig)
     #: longest sleep of the timer task (delays, stale, shelve expiry wake it exactly anyway)
     max_tick: Duration = 60.0
+    #: an alarm whose suppression cause cleared stays suppressed this long if it is still
+    #: active (its own device gets a poll to report normal values before it is annunciated)
+    unsuppress_delay: Duration = 10.0
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)

@@ -1,0 +1,394 @@
+"""ISA-18.2 / OPC UA Part 9 state transitions of the alarm engine, driven by real tag changes
+(TagDatabase.apply / mark) on a stepped clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import numpy as np
+import pytest
+
+from scada import quality as Q
+from scada.alarms import model as M
+from tests.fixtures.alarms import AlarmEnv, make_env
+
+CAB = "centre/cab-1"
+LUM = "centre/cab-1/lum-01"
+
+
+@contextlib.asynccontextmanager
+async def running(env: AlarmEnv):
+    """The engine's timer task (delays, stale, shelve expiry) for the duration of a test."""
+    task = asyncio.create_task(env.engine.run())
+    await env.clock.advance(0)
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def healthy(env: AlarmEnv) -> None:
+    env.set({f"{CAB}/comm_ok": 1, f"{CAB}/contactor": 1, f"{CAB}/voltage_l1": 230,
+             f"{CAB}/door_open": 0, f"{CAB}/power_w": 1000})
+    env.set({f"{LUM}/level": 100, f"{LUM}/level_cmd": 100, f"{LUM}/lamp_failure": 0,
+             f"{LUM}/power_w": 50})
+
+
+def events_of(env: AlarmEnv, alarm_id: str) -> list[tuple[str, str]]:
+    return [(e.event, e.state) for e in env.events if e.alarm_id == alarm_id]
+
+
+def test_raise_ack_clear_normal(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    aid = f"{LUM}/lamp_failure"
+    assert env.state(aid) == M.NORMAL
+    env.set({f"{LUM}/lamp_failure": 1})
+    assert env.state(aid) == M.UNACK_ACTIVE
+    assert [a.alarm_id for a in env.engine.active()] == [aid]
+    env.engine.acknowledge(aid, user="olga", role="operator", comment="crew sent")
+    assert env.state(aid) == M.ACK_ACTIVE
+    env.set({f"{LUM}/lamp_failure": 0})
+    assert env.state(aid) == M.NORMAL
+    assert env.engine.active() == []
+    assert events_of(env, aid) == [("raise", M.UNACK_ACTIVE), ("ack", M.ACK_ACTIVE),
+                                   ("clear", M.NORMAL)]
+    ack = next(e for e in env.journal() if e["event"] == "ack")
+    assert (ack["user"], ack["comment"], ack["alarm_id"]) == ("olga", "crew sent", aid)
+
+
+def test_return_to_normal_unacknowledged_is_latched_until_ack(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    aid = f"{LUM}/lamp_failure"
+    env.set({f"{LUM}/lamp_failure": 1})
+    env.set({f"{LUM}/lamp_failure": 0})
+    assert env.state(aid) == M.UNACK_RTN
+    assert [a.alarm_id for a in env.engine.active()] == [aid]  # still a red dot
+    env.engine.acknowledge(aid, user="olga", role="operator")
+    assert env.state(aid) == M.NORMAL
+    with pytest.raises(M.InvalidAlarmState):
+        env.engine.acknowledge(aid, user="olga", role="operator")
+
+
+def test_acknowledge_needs_operator_role_and_denials_are_refused(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    aid = f"{LUM}/lamp_failure"
+    env.set({f"{LUM}/lamp_failure": 1})
+    for role in (None, "viewer"):
+        with pytest.raises(M.AlarmPermissionError, match="operator"):
+            env.engine.acknowledge(aid, user="x", role=role)
+    assert env.state(aid) == M.UNACK_ACTIVE
+    with pytest.raises(M.AlarmPermissionError, match="engineer"):
+        env.engine.shelve(aid, user="olga", role="operator", comment="noisy", duration=60)
+    with pytest.raises(M.AlarmPermissionError):
+        env.engine.set_out_of_service(CAB, True, user="olga", role="operator", comment="works")
+    with pytest.raises(M.UnknownAlarm):
+        env.engine.acknowledge("centre/nope/x", user="olga", role="operator")
+
+
+async def test_on_delay_and_off_delay(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    aid = f"{CAB}/door_open"
+    async with running(env):
+        healthy(env)
+        # a door open for less than the 5 s on-delay never raises
+        env.set({f"{CAB}/door_open": 1})
+        await env.clock.advance(4)
+        env.set({f"{CAB}/door_open": 0})
+        await env.clock.advance(10)
+        assert events_of(env, aid) == []
+        # held for 5 s: raises exactly at the deadline
+        env.set({f"{CAB}/door_open": 1})
+        await env.clock.advance(4.9)
+        assert env.state(aid) == M.NORMAL
+        await env.clock.advance(0.1)
+        assert env.state(aid) == M.UNACK_ACTIVE
+        # off-delay 3 s: a short close does not clear
+        env.set({f"{CAB}/door_open": 0})
+        await env.clock.advance(2)
+        env.set({f"{CAB}/door_open": 1})
+        await env.clock.advance(10)
+        assert env.state(aid) == M.UNACK_ACTIVE
+        env.set({f"{CAB}/door_open": 0})
+        await env.clock.advance(2.9)
+        assert env.state(aid) == M.UNACK_ACTIVE
+        await env.clock.advance(0.1)
+        assert env.state(aid) == M.UNACK_RTN
+    raise_ev = [e for e in env.journal() if e["alarm_id"] == aid and e["event"] == "raise"]
+    assert len(raise_ev) == 1
+
+
+def test_limit_levels_and_deadband(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    aid = f"{CAB}/voltage"
+    v = f"{CAB}/voltage_l1"
+    env.set({v: 246})
+    assert env.engine.view(env.engine.find(aid)).active == 1
+    env.engine.acknowledge(aid, user="o", role="operator")
+    env.set({v: 254})  # High -> HighHigh: needs a new acknowledgement
+    view = env.engine.view(env.engine.find(aid))
+    assert (view.active, view.state) == (2, M.UNACK_ACTIVE)
+    assert "HighHigh voltage 254 V" in view.message
+    env.engine.acknowledge(aid, user="o", role="operator")
+    env.set({v: 252})  # inside HiHi but within the 2 V deadband: stays HighHigh
+    assert env.engine.view(env.engine.find(aid)).active == 2
+    env.set({v: 250})  # back to High: no new ack needed
+    assert env.state(aid) == M.ACK_ACTIVE
+    env.set({v: 244})  # below 245 but within deadband (243): stays High
+    assert env.engine.view(env.engine.find(aid)).active == 1
+    env.set({v: 242})
+    assert env.state(aid) == M.NORMAL
+    env.set({v: 195})
+    assert env.engine.view(env.engine.find(aid)).active == -2
+    env.set({v: 197})  # LowLow until 198
+    assert env.engine.view(env.engine.find(aid)).active == -2
+    env.set({v: 200})
+    assert env.engine.view(env.engine.find(aid)).active == -1
+    evs = [e.event for e in env.events if e.alarm_id == aid]
+    assert evs == ["raise", "ack", "level", "ack", "level", "clear", "raise", "level"]
+
+
+async def test_timed_shelve_expires_and_one_shot_ends_on_return_to_normal(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    aid = f"{LUM}/lamp_failure"
+    async with running(env):
+        healthy(env)
+        env.set({f"{LUM}/lamp_failure": 1})
+        env.engine.shelve(aid, user="eve", role="engineer", comment="lamp ordered",
+                          duration=3600)
+        assert env.state(aid) == M.SHELVED
+        assert env.engine.active() == []
+        assert env.engine.counts()["shelved"] == 1
+        await env.clock.advance(3599)
+        assert env.state(aid) == M.SHELVED
+        await env.clock.advance(1)
+        assert env.state(aid) == M.UNACK_ACTIVE
+        unshelve = [e for e in env.events if e.alarm_id == aid and e.event == "unshelve"]
+        assert unshelve[0].comment == "timed shelve expired"
+        # one-shot: lasts until the alarm returns to normal
+        env.engine.shelve(aid, user="eve", role="engineer", comment="until repaired")
+        await env.clock.advance(7200)
+        assert env.state(aid) == M.SHELVED
+        env.set({f"{LUM}/lamp_failure": 0})
+        assert env.engine.view(env.engine.find(aid)).shelved == M.UNSHELVED
+        assert env.state(aid) == M.UNACK_RTN
+        with pytest.raises(M.InvalidAlarmState):
+            env.engine.unshelve(aid, user="eve", role="engineer")
+        with pytest.raises(ValueError, match="reason"):
+            env.engine.shelve(aid, user="eve", role="engineer", comment="")
+
+
+def test_out_of_service_hides_device_alarms_and_calls_runtime(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    env.set({f"{CAB}/voltage_l1": 250})
+    assert len(env.engine.active()) == 1
+    evs = env.engine.set_out_of_service(CAB, True, user="eve", role="engineer",
+                                        comment="cabinet replaced")
+    assert env.oos_calls == [(CAB, True)]
+    assert {e.event for e in evs} == {"out_of_service"}
+    assert env.state(f"{CAB}/voltage") == M.OUT_OF_SERVICE_STATE
+    assert env.engine.active() == []
+    # what the runtime does: its tags read BadOutOfService; no comm-lost alarm from that
+    env.mark(CAB, Q.BadOutOfService)
+    assert env.engine.view(env.engine.find(f"{CAB}/comm_lost")).active == 0
+    env.engine.set_out_of_service(CAB, False, user="eve", role="engineer", comment="done")
+    assert env.oos_calls[-1] == (CAB, False)
+    assert env.state(f"{CAB}/voltage") == M.UNACK_ACTIVE
+    dev_lines = [e for e in env.journal() if e["name"] == "" and e["device"] == CAB]
+    assert [d["event"] for d in dev_lines] == ["out_of_service", "in_service"]
+
+
+def test_cabinet_comm_loss_one_red_dot_not_64(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    # the driver marks the luminaires first, then the cabinet (worst order)
+    for n in range(1, 65):
+        env.mark(f"{CAB}/lum-{n:02d}", Q.BadCommunicationError)
+    env.mark(CAB, Q.BadCommunicationError)
+    active = env.engine.active()
+    assert [a.alarm_id for a in active] == [f"{CAB}/comm_lost"]
+    lum_comm = [env.engine.view(env.engine.find(f"{CAB}/lum-{n:02d}/comm_lost"))
+                for n in range(1, 65)]
+    assert all(v.active and v.suppressed and v.state == M.SUPPRESSED for v in lum_comm)
+    assert env.engine.counts()["suppressed"] == 64
+    assert env.engine.counts()["active"] == 1
+    # back: the cabinet clears, luminaires clear and are unsuppressed
+    env.set({f"{CAB}/comm_ok": 1})
+    for n in range(1, 65):
+        env.set({f"{CAB}/lum-{n:02d}/level": 100})
+    assert env.engine.counts()["suppressed"] == 0
+    assert [a.alarm_id for a in env.engine.active()] == [f"{CAB}/comm_lost"]  # Unack-RTN
+
+
+async def test_lamp_failure_suppressed_while_contactor_off(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    aid = f"{LUM}/lamp_failure"
+    async with running(env):
+        healthy(env)
+        env.set({f"{CAB}/contactor": 0})
+        env.set({f"{LUM}/lamp_failure": 1})
+        assert env.state(aid) == M.SUPPRESSED
+        assert env.engine.active() == []
+        # switched on and the lamp still fails 10 s later (unsuppress delay): red dot now
+        env.set({f"{CAB}/contactor": 1})
+        await env.clock.advance(9)
+        assert env.state(aid) == M.SUPPRESSED
+        await env.clock.advance(1)
+        assert env.state(aid) == M.UNACK_ACTIVE
+        assert [e.event for e in env.events if e.alarm_id == aid] == ["suppress", "raise", "unsuppress"]
+        # a lamp that recovers within the delay never shows
+        lum2 = "centre/cab-1/lum-02/lamp_failure"
+        env.set({f"{CAB}/contactor": 0})
+        env.set({lum2: 1})
+        env.set({f"{CAB}/contactor": 1})
+        await env.clock.advance(3)
+        env.set({lum2: 0})
+        await env.clock.advance(20)
+        assert env.state(lum2) == M.NORMAL
+        assert [a.alarm_id for a in env.engine.active()] == [aid]
+
+
+async def test_deviation_dimming_not_followed(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    aid = f"{LUM}/dimming_not_followed"
+    async with running(env):
+        healthy(env)
+        env.set({f"{LUM}/level_cmd": 50})  # commanded 50 %, still at 100 %
+        await env.clock.advance(59)
+        assert env.state(aid) == M.NORMAL
+        await env.clock.advance(1)
+        assert env.state(aid) == M.UNACK_ACTIVE
+        env.set({f"{LUM}/level": 59})  # 9 % off: inside tolerance but not deadband (8 %)
+        assert env.engine.view(env.engine.find(aid)).active == 1
+        env.set({f"{LUM}/level": 55})
+        assert env.state(aid) == M.UNACK_RTN
+
+
+async def test_stale_when_no_sample_for_timeout(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    aid = f"{CAB}/meter_stale"
+    async with running(env):
+        healthy(env)
+        await env.clock.advance(599)
+        assert env.state(aid) == M.NORMAL
+        await env.clock.advance(1)
+        assert env.state(aid) == M.UNACK_ACTIVE
+        # the same value again: no change is published, but last_seen moves: clears
+        env.set({f"{CAB}/power_w": 1000})
+        await env.clock.advance(200)
+        assert env.state(aid) == M.UNACK_RTN
+
+
+async def test_rate_of_change(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    aid = f"{LUM}/power_jump"
+
+    async def step(dt: float, v: float) -> None:
+        await env.clock.advance(dt)
+        env.set({f"{LUM}/power_w": v})
+
+    await step(10, 60)   # 1 W/s
+    assert env.state(aid) == M.NORMAL
+    await step(1, 80)    # 20 W/s
+    assert env.state(aid) == M.UNACK_ACTIVE
+    await step(10, 81)
+    assert env.state(aid) == M.UNACK_RTN
+
+
+def test_bad_quality_holds_the_last_decision(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    aid = f"{LUM}/lamp_failure"
+    env.set({f"{LUM}/lamp_failure": 1})
+    env.set({f"{LUM}/lamp_failure": 0}, quality=Q.BadCommunicationError)
+    assert env.engine.view(env.engine.find(aid)).active == 1  # not cleared by a bad value
+
+
+def test_chattering_flags_and_auto_shelves(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    healthy(env)
+    aid = f"{LUM}/lamp_failure"
+    for _ in range(3):
+        env.set({f"{LUM}/lamp_failure": 1})
+        env.set({f"{LUM}/lamp_failure": 0})
+    evs = [e.event for e in env.events if e.alarm_id == aid]
+    assert evs.count("chatter") == 1 and "shelve" in evs
+    assert env.engine.counts()["chattering"] == 1
+    assert env.state(aid) == M.SHELVED
+
+
+def test_external_condition_from_another_service(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    env.engine.set_condition(LUM, "schedule_not_followed", True, priority=2,
+                             category="lighting", message="level 100 % but 50 % scheduled")
+    aid = f"{LUM}/schedule_not_followed"
+    v = env.engine.view(env.engine.find(aid))
+    assert (v.state, v.priority, v.category, v.message) == (
+        M.UNACK_ACTIVE, 2, "lighting", "level 100 % but 50 % scheduled")
+    env.engine.set_condition(LUM, "schedule_not_followed", True)  # idempotent
+    env.engine.set_condition(LUM, "schedule_not_followed", False)
+    assert env.state(aid) == M.UNACK_RTN
+    assert [e.event for e in env.events if e.alarm_id == aid] == ["raise", "clear"]
+    env.engine.set_condition(LUM, "never_raised", False)
+    assert f"{LUM}/never_raised" not in env.engine.by_id
+
+
+def test_restart_restores_states_exactly_without_duplicates(tmp_path, stepped_clock) -> None:
+    env = make_env(tmp_path, stepped_clock)
+    healthy(env)
+    e = env.engine
+    env.set({f"{LUM}/lamp_failure": 1})                     # UnackActive
+    env.set({f"{CAB}/voltage_l1": 250})                     # AckActive
+    e.acknowledge(f"{CAB}/voltage", user="o", role="operator")
+    env.set({"centre/cab-1/lum-02/lamp_failure": 1})        # UnackRTN
+    env.set({"centre/cab-1/lum-02/lamp_failure": 0})
+    env.set({"centre/cab-1/lum-03/lamp_failure": 1})        # shelved
+    e.shelve("centre/cab-1/lum-03/lamp_failure", user="eve", role="engineer", comment="c",
+             duration=7200)
+    e.set_out_of_service("north/cab-2", True, user="eve", role="engineer", comment="works")
+    e.set_condition(LUM, "schedule_not_followed", True, priority=2)
+    before = {a: e.view(c) for a, c in e.by_id.items()}
+    seq = e.seq
+    e.close()
+
+    env2 = make_env(tmp_path, stepped_clock)
+    e2 = env2.engine
+    assert e2.seq == seq
+    for aid, v in before.items():
+        w = e2.view(e2.find(aid))
+        assert (w.state, w.active, w.acked, w.shelved, w.shelve_until, w.oos) == (
+            v.state, v.active, v.acked, v.shelved, v.shelve_until, v.oos), aid
+    assert env2.oos_calls == [("north/cab-2", True)]
+    # data comes back with the same faults: nothing raised twice
+    env2.set({f"{CAB}/comm_ok": 1, f"{CAB}/contactor": 1, f"{CAB}/voltage_l1": 250,
+              f"{CAB}/door_open": 0, f"{LUM}/lamp_failure": 1,
+              "centre/cab-1/lum-02/lamp_failure": 0, "centre/cab-1/lum-03/lamp_failure": 1})
+    assert [x for x in env2.events if x.event == "raise"] == []
+    assert env2.state(f"{CAB}/voltage") == M.ACK_ACTIVE
+    e2.close()
+
+
+def test_vectorised_evaluation_matches_reference_loop(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    t = env.engine.cond
+    rng = np.random.default_rng(7)
+    rows = np.arange(t.n, dtype=np.int64)
+    tagdb = env.tagdb
+    for _ in range(20):
+        n = len(tagdb)
+        value = rng.choice([0.0, 1.0, 50.0, 100.0, 195.0, 200.0, 230.0, 250.0, 260.0], size=n)
+        quality = rng.choice(np.array([Q.Good, Q.BadCommunicationError, Q.BadOutOfService,
+                                       Q.BadWaitingForInitialData], dtype=np.uint32), size=n)
+        rt_v, rt_t = t.rate_v.copy(), t.rate_t.copy()
+        fast = t.evaluate(rows, value, quality, 1000.0)
+        t.rate_v[:], t.rate_t[:] = rt_v, rt_t
+        slow = t.evaluate_loop(rows, value, quality, 1000.0)
+        np.testing.assert_array_equal(fast, slow)
+        t.raw[rows] = fast
