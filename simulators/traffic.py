@@ -1,0 +1,607 @@
+"""Traffic-controller simulator: junction controllers served over OPC UA (asyncua servers).
+
+Information model: ``docs/devices/traffic-controller.md``. In short, each junction is an Object
+under ``Objects/<name>`` in namespace :data:`NAMESPACE` with string NodeIds equal to its dotted
+browse path (``J1.Status.Mode``, ``J1.SignalGroups.SG03.State`` ...).
+
+The controller (:class:`JunctionModel`, pure, no I/O) runs a fixed-time plan on the injectable
+:class:`~scada.clock.Clock`: 4-12 signal groups in 2-4 phases, amber 3 s and all-red 2 s between
+phases, plan changes taking effect at the end of the running cycle (the synchronisation point
+of a coordinated plan). Its alarm status follows NTCIP 1202 ``unitAlarmStatus1`` /
+``shortAlarmStatus`` and French DIASER feedback: a conflict (two conflicting groups green) or a
+red lamp failure is critical and latches fail-safe flashing amber until an operator resets it
+after repair; door open, mains failure (lamps dark, controller on its UPS), detector fault,
+coordination loss and clock drift are reported.
+
+Commands: writable variables ``Commands.PlanRequest`` (Int32), ``Commands.ForceFlashing``
+(Boolean), ``Commands.Reset`` (Boolean) and methods ``SelectPlan``, ``SetFlashing``,
+``ResetFaults`` on the junction object. The controller refuses what it cannot do with the OPC UA
+status a real one would return: unknown plan -> ``BadOutOfRange``, reset while the cause of a
+critical fault is still present -> ``BadInvalidState``, wrong type -> ``BadTypeMismatch``.
+
+Scale: an asyncua ``Server`` costs ~1.1 s and ~40 MB to start (measured, see the doc), a
+junction inside a shared server ~9 ms and ~330 KB. So junctions are grouped by endpoint: every
+device whose ``connection.endpoint`` names the same URL is served by ONE server under its own
+object (``connection.object``, default its id). A city puts e.g. 100 junctions per port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from asyncua import Server, ua
+from asyncua.server.address_space import AttributeService
+
+from scada import quality as Q
+from scada.clock import Clock
+from scada.site import DeviceInstance, Site
+
+log = logging.getLogger("simulators.traffic")
+
+NAMESPACE = "urn:city-scada:traffic-controller"
+
+# Signal group states (Int32 enumeration, see the doc)
+SG_DARK, SG_RED, SG_AMBER, SG_GREEN, SG_FLASHING_AMBER = 0, 1, 2, 3, 4
+# Operating modes
+MODE_NORMAL, MODE_FLASHING, MODE_DARK, MODE_MANUAL = 0, 1, 2, 3
+
+AMBER_S = 3
+ALL_RED_S = 2
+
+#: Faults shared in name with the other simulators, then the controller's own.
+FAULTS = (
+    "door_open", "mains_failure", "conflict", "red_lamp_failure", "amber_lamp_failure",
+    "green_lamp_failure", "detector_fault", "coordination_loss", "clock_drift", "manual",
+    "server_kill", "server_restart",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A fixed-time plan: cycle length and, per phase, when its green starts and how long."""
+
+    number: int
+    cycle_s: int
+    greens: tuple[tuple[int, int], ...]  # (green start in cycle, green duration) per phase
+
+
+def phase_count(groups: int) -> int:
+    return 2 if groups <= 4 else 3 if groups <= 8 else 4
+
+
+def fixed_time_plans(groups: int) -> dict[int, Plan]:
+    """Plans 1-4 (day 90 s, off-peak 72 s, peak 120 s, night 48 s) split over the phases."""
+    p = phase_count(groups)
+    inter = AMBER_S + ALL_RED_S
+    plans = {}
+    for number, cycle in ((1, 90), (2, 72), (3, 120), (4, 48)):
+        green = (cycle - p * inter) // p
+        plans[number] = Plan(number, cycle, tuple((k * (green + inter), green) for k in range(p)))
+    return plans
+
+
+@dataclass
+class JunctionModel:
+    """One junction controller's state, advanced by :meth:`step` on the clock's time."""
+
+    name: str
+    groups: int
+    t0: float
+    plans: dict[int, Plan] = field(default_factory=dict)
+    plan: int = 1
+    plan_request: int = 1
+    cycle_start: float = 0.0
+    cycle_counter: int = 0
+    forced_flash: bool = False
+    manual: bool = False
+    manual_states: tuple[int, ...] = ()
+    reset_pulse: bool = False
+    # faults
+    conflict_cause: bool = False
+    conflict_latched: bool = False
+    red_fail: set[int] = field(default_factory=set)
+    red_latched: bool = False
+    amber_fail: set[int] = field(default_factory=set)
+    green_fail: set[int] = field(default_factory=set)
+    door_open: bool = False
+    mains_failure: bool = False
+    detector_fault: bool = False
+    coordination_loss: bool = False
+    clock_drift_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.groups <= 16:
+            raise ValueError(f"junction {self.name}: {self.groups} signal groups; expected 1-16")
+        if not self.plans:
+            self.plans = fixed_time_plans(self.groups)
+        self.cycle_start = self.t0
+
+    # -------------------------------------------------------------- time
+    def step(self, now: float) -> None:
+        """Advance cycles up to ``now``; a requested plan starts at the next cycle boundary."""
+        cyc = self.plans[self.plan].cycle_s
+        if now < self.cycle_start + cyc:
+            return
+        self.cycle_start += cyc
+        self.cycle_counter += 1
+        if self.plan_request != self.plan:
+            self.plan = self.plan_request
+            cyc = self.plans[self.plan].cycle_s
+        n = int((now - self.cycle_start) // cyc)
+        if n > 0:
+            self.cycle_start += n * cyc
+            self.cycle_counter += n
+
+    # -------------------------------------------------------------- derived state
+    @property
+    def mode(self) -> int:
+        if self.mains_failure:
+            return MODE_DARK
+        if self.conflict_latched or self.red_latched or self.forced_flash:
+            return MODE_FLASHING
+        if self.manual:
+            return MODE_MANUAL
+        return MODE_NORMAL
+
+    def phase_of(self, group: int) -> int:
+        """Phase (0-based) of signal group ``group`` (1-based): groups alternate over phases."""
+        return (group - 1) % phase_count(self.groups)
+
+    def plan_states(self, now: float) -> tuple[int, ...]:
+        plan = self.plans[self.plan]
+        s = (now - self.cycle_start) % plan.cycle_s
+        out = []
+        for g in range(1, self.groups + 1):
+            start, green = plan.greens[self.phase_of(g)]
+            if start <= s < start + green:
+                out.append(SG_GREEN)
+            elif start + green <= s < start + green + AMBER_S:
+                out.append(SG_AMBER)
+            else:
+                out.append(SG_RED)
+        return tuple(out)
+
+    def states(self, now: float) -> tuple[int, ...]:
+        mode = self.mode
+        if mode == MODE_DARK:
+            return (SG_DARK,) * self.groups
+        if mode == MODE_FLASHING:
+            return (SG_FLASHING_AMBER,) * self.groups
+        if mode == MODE_MANUAL and self.manual_states:
+            return self.manual_states
+        return self.plan_states(now)
+
+    def values(self, now: float) -> dict[str, Any]:
+        """Every variable of the junction (suffix after ``<name>.`` -> value)."""
+        v: dict[str, Any] = {
+            "Status.Mode": self.mode,
+            "Status.Plan": self.plan,
+            "Status.CycleCounter": self.cycle_counter,
+            "Status.Flashing": self.mode == MODE_FLASHING,
+            "Status.UnitAlarmStatus": self.unit_alarm_status,
+            "Alarms.Conflict": self.conflict_latched,
+            "Alarms.DoorOpen": self.door_open,
+            "Alarms.MainsFailure": self.mains_failure,
+            "Alarms.DetectorFault": self.detector_fault,
+            "Alarms.CoordinationLoss": self.coordination_loss,
+            "Alarms.ClockDrift": float(self.clock_drift_s),
+            "Commands.PlanRequest": self.plan_request,
+            "Commands.ForceFlashing": self.forced_flash,
+            "Commands.Reset": self.reset_pulse,
+        }
+        for g, st in enumerate(self.states(now), start=1):
+            sg = f"SignalGroups.SG{g:02d}"
+            v[f"{sg}.State"] = st
+            v[f"{sg}.RedLampFailure"] = g in self.red_fail
+            v[f"{sg}.AmberLampFailure"] = g in self.amber_fail
+            v[f"{sg}.GreenLampFailure"] = g in self.green_fail
+        return v
+
+    @property
+    def unit_alarm_status(self) -> int:
+        """A bit field modelled on NTCIP 1202 unitAlarmStatus1 (bit meanings in the doc)."""
+        bits = (
+            self.conflict_latched, bool(self.red_fail), self.mains_failure, self.door_open,
+            self.detector_fault, self.coordination_loss, abs(self.clock_drift_s) >= 1.0,
+            bool(self.amber_fail or self.green_fail),
+        )
+        return sum(1 << k for k, b in enumerate(bits) if b)
+
+    # -------------------------------------------------------------- commands
+    def select_plan(self, plan: Any) -> int:
+        if isinstance(plan, bool) or not isinstance(plan, int):
+            return Q.BadTypeMismatch
+        if plan not in self.plans:
+            return Q.BadOutOfRange
+        self.plan_request = plan
+        return Q.Good
+
+    def set_flashing(self, on: Any) -> int:
+        if not isinstance(on, bool):
+            return Q.BadTypeMismatch
+        self.forced_flash = on
+        return Q.Good
+
+    def reset(self, now: float) -> int:
+        """Reset latched critical faults; refused while their cause is still present."""
+        if self.conflict_cause or self.red_fail:
+            return Q.BadInvalidState
+        if self.conflict_latched or self.red_latched:
+            self.conflict_latched = self.red_latched = False
+            self.cycle_start = now  # start-up: the plan restarts from the beginning of a cycle
+        self.reset_pulse = False
+        return Q.Good
+
+    # -------------------------------------------------------------- faults
+    def apply_fault(self, fault: str, active: bool, now: float, **params: Any) -> None:
+        if fault == "door_open":
+            self.door_open = active
+        elif fault == "mains_failure":
+            self.mains_failure = active
+            if not active:
+                self.cycle_start = now
+        elif fault == "conflict":
+            self.conflict_cause = active
+            if active:
+                self.conflict_latched = True
+        elif fault in ("red_lamp_failure", "amber_lamp_failure", "green_lamp_failure"):
+            group = int(params.get("group", 1))
+            if not 1 <= group <= self.groups:
+                raise ValueError(
+                    f"junction {self.name} has signal groups 1-{self.groups}; got group={group}"
+                )
+            target = {"red_lamp_failure": self.red_fail, "amber_lamp_failure": self.amber_fail,
+                      "green_lamp_failure": self.green_fail}[fault]
+            if active:
+                target.add(group)
+                if fault == "red_lamp_failure":
+                    self.red_latched = True
+            else:
+                target.discard(group)
+        elif fault == "detector_fault":
+            self.detector_fault = active
+        elif fault == "coordination_loss":
+            self.coordination_loss = active
+        elif fault == "clock_drift":
+            self.clock_drift_s = float(params.get("seconds", 30.0)) if active else 0.0
+        elif fault == "manual":
+            self.manual_states = self.states(now) if active else ()
+            self.manual = active
+        else:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+
+
+# ----------------------------------------------------------------------------- OPC UA layer
+_VARIANTS: dict[str, ua.VariantType] = {
+    "Status.Mode": ua.VariantType.Int32,
+    "Status.Plan": ua.VariantType.Int32,
+    "Status.CycleCounter": ua.VariantType.UInt32,
+    "Status.UnitAlarmStatus": ua.VariantType.UInt32,
+    "Alarms.ClockDrift": ua.VariantType.Double,
+    "Commands.PlanRequest": ua.VariantType.Int32,
+}
+
+
+def _variant_type(suffix: str, value: Any) -> ua.VariantType:
+    if suffix in _VARIANTS:
+        return _VARIANTS[suffix]
+    if suffix.endswith(".State"):
+        return ua.VariantType.Int32
+    return ua.VariantType.Boolean if isinstance(value, bool) else ua.VariantType.Double
+
+
+class _CommandAttributeService(AttributeService):
+    """The Write service of a controller: command variables go to the controller, which
+    accepts or refuses them with its own status code (OPC UA Part 4 §5.10.4 per-node results);
+    every other node keeps asyncua's behaviour."""
+
+    def __init__(self, aspace: Any, server: _EndpointServer):
+        super().__init__(aspace)
+        self._server = server
+
+    async def write(self, params: ua.WriteParameters, user: Any = None) -> list[ua.StatusCode]:
+        results: list[ua.StatusCode] = []
+        for wv in params.NodesToWrite:
+            cmd = self._server.commands.get(wv.NodeId)
+            if cmd is not None and wv.AttributeId == ua.AttributeIds.Value:
+                value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
+                results.append(ua.StatusCode(await cmd(value)))
+                continue
+            one = ua.WriteParameters(NodesToWrite=[wv])
+            if user is None:
+                results.extend(await super().write(one))
+            else:
+                results.extend(await super().write(one, user=user))
+        return results
+
+
+class _EndpointServer:
+    """One asyncua server hosting every junction whose endpoint is ``url``."""
+
+    def __init__(self, url: str, clock: Clock, junctions: dict[str, JunctionModel]):
+        self.url = url
+        self.clock = clock
+        self.junctions = junctions  # object name -> model
+        self.server = Server()
+        self.ns = 0
+        self.nodes: dict[str, ua.NodeId] = {}  # full dotted name -> NodeId
+        self.last: dict[str, Any] = {}
+        self.commands: dict[ua.NodeId, Callable[[Any], Any]] = {}
+        self.running = False
+        self._task: asyncio.Task[None] | None = None
+
+    def nid(self, name: str) -> ua.NodeId:
+        return ua.NodeId(name, self.ns, ua.NodeIdType.String)
+
+    async def build(self) -> None:
+        s = self.server
+        await s.init()
+        s.set_endpoint(self.url)
+        s.set_server_name("city-scada traffic-controller simulator")
+        s.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self.ns = await s.register_namespace(NAMESPACE)
+        s.iserver.attribute_service = _CommandAttributeService(s.iserver.aspace, self)
+        now = self.clock.time()
+        for name, model in self.junctions.items():
+            await self._add_junction(name, model, now)
+
+    async def _add_junction(self, name: str, model: JunctionModel, now: float) -> None:
+        ns = self.ns
+        obj = await self.server.nodes.objects.add_object(self.nid(name), ua.QualifiedName(name, ns))
+        folders: dict[str, Any] = {}
+        values = model.values(now)
+        for suffix, value in values.items():
+            parts = suffix.split(".")
+            parent = obj
+            for depth in range(len(parts) - 1):
+                key = ".".join(parts[: depth + 1])
+                if key not in folders:
+                    folders[key] = await parent.add_object(
+                        self.nid(f"{name}.{key}"), ua.QualifiedName(parts[depth], ns)
+                    )
+                parent = folders[key]
+            full = f"{name}.{suffix}"
+            var = await parent.add_variable(
+                self.nid(full), ua.QualifiedName(parts[-1], ns),
+                ua.Variant(value, _variant_type(suffix, value)),
+            )
+            if suffix.startswith("Commands."):
+                await var.set_writable(True)
+            self.nodes[full] = var.nodeid
+        await self.write_values(name, values, now)
+        m = model
+
+        async def plan_cmd(v: Any, m: JunctionModel = m, name: str = name) -> int:
+            return await self.command(name, lambda: m.select_plan(v))
+
+        async def flash_cmd(v: Any, m: JunctionModel = m, name: str = name) -> int:
+            return await self.command(name, lambda: m.set_flashing(v))
+
+        async def reset_cmd(v: Any, m: JunctionModel = m, name: str = name) -> int:
+            if not isinstance(v, bool):
+                return Q.BadTypeMismatch
+            if not v:
+                return Q.Good
+            return await self.command(name, lambda: m.reset(self.clock.time()))
+
+        self.commands[self.nodes[f"{name}.Commands.PlanRequest"]] = plan_cmd
+        self.commands[self.nodes[f"{name}.Commands.ForceFlashing"]] = flash_cmd
+        self.commands[self.nodes[f"{name}.Commands.Reset"]] = reset_cmd
+
+        def method(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def call(parent: ua.NodeId, *args: ua.Variant) -> Any:
+                vals = [a.Value if isinstance(a, ua.Variant) else a for a in args]
+                st = await fn(*vals) if vals else await fn(True)
+                return ua.StatusCode(st) if Q.is_bad(st) else []
+            return call
+
+        await obj.add_method(self.nid(f"{name}.SelectPlan"), ua.QualifiedName("SelectPlan", ns),
+                             method(plan_cmd), [ua.VariantType.Int32], [])
+        await obj.add_method(self.nid(f"{name}.SetFlashing"), ua.QualifiedName("SetFlashing", ns),
+                             method(flash_cmd), [ua.VariantType.Boolean], [])
+        await obj.add_method(self.nid(f"{name}.ResetFaults"), ua.QualifiedName("ResetFaults", ns),
+                             method(reset_cmd), [], [])
+
+    async def command(self, name: str, fn: Callable[[], int]) -> int:
+        status = fn()
+        await self.publish(name)
+        return status
+
+    async def write_values(self, name: str, values: dict[str, Any], now: float) -> None:
+        """Write the changed variables of junction ``name`` with the controller's own clock
+        (drift included) as source timestamp."""
+        model = self.junctions[name]
+        ts = datetime.fromtimestamp(now + model.clock_drift_s, UTC)
+        aspace = self.server.iserver.aspace
+        for suffix, value in values.items():
+            full = f"{name}.{suffix}"
+            if self.last.get(full, _MISSING) == value and type(self.last[full]) is type(value):
+                continue
+            self.last[full] = value
+            dv = ua.DataValue(ua.Variant(value, _variant_type(suffix, value)),
+                              SourceTimestamp=ts, ServerTimestamp=ts)
+            await aspace.write_attribute_value(self.nodes[full], ua.AttributeIds.Value, dv)
+
+    async def publish(self, name: str | None = None) -> None:
+        now = self.clock.time()
+        for n in [name] if name else list(self.junctions):
+            m = self.junctions[n]
+            m.step(now)
+            await self.write_values(n, m.values(now), now)
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.running = True
+        if self._task is None:
+            self._task = asyncio.create_task(self._tick(), name=f"traffic-sim {self.url}")
+
+    async def _tick(self) -> None:
+        while True:
+            await self.clock.sleep_until(math.floor(self.clock.time()) + 1)
+            try:
+                await self.publish()
+            except Exception:
+                log.exception("traffic simulator %s: update failed", self.url)
+
+    async def kill(self) -> None:
+        """Stop serving (clients see the connection drop); the controllers keep running."""
+        if self.running:
+            self.running = False
+            await self.server.stop()
+            # A rebooted controller forgets its sessions; asyncua keeps sessions with live
+            # subscriptions past a transport loss (Part 4 §6.7), so close them explicitly.
+            for sess in list(self.server.iserver._external_sessions.values()):
+                await sess.close_session(True)
+
+    async def revive(self) -> None:
+        if not self.running:
+            await self.server.start()
+            self.running = True
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.kill()
+
+
+_MISSING = object()
+
+
+class TrafficSimulator:
+    """Handle of the running junction simulators: fault injection and shutdown."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.servers: dict[str, _EndpointServer] = {}  # endpoint URL -> server
+        self.where: dict[str, tuple[_EndpointServer, str]] = {}  # device path -> (server, object)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def model(self, device_path: str) -> JunctionModel:
+        srv, name = self._lookup(device_path)
+        return srv.junctions[name]
+
+    def endpoint(self, device_path: str) -> str:
+        return self._lookup(device_path)[0].url
+
+    def _lookup(self, device_path: str) -> tuple[_EndpointServer, str]:
+        try:
+            return self.where[device_path]
+        except KeyError:
+            raise KeyError(
+                f"no simulated junction {device_path!r} (simulated: {', '.join(sorted(self.where))})"
+            ) from None
+
+    def inject(self, device_path: str, fault: str, **params: Any) -> None:
+        """Raise ``fault`` on a junction (see :data:`FAULTS`); published at once.
+
+        ``red_lamp_failure``/``amber_lamp_failure``/``green_lamp_failure`` take ``group=n``,
+        ``clock_drift`` takes ``seconds=s``; ``server_kill`` stops the junction's server (every
+        junction on that endpoint) until cleared; ``server_restart`` stops it and starts it
+        again after ``down_s`` seconds of clock time (default 0).
+        """
+        self._fault(device_path, fault, True, **params)
+
+    def clear(self, device_path: str, fault: str, **params: Any) -> None:
+        """End ``fault`` (critical faults stay latched until a reset command)."""
+        self._fault(device_path, fault, False, **params)
+
+    def _fault(self, device_path: str, fault: str, active: bool, **params: Any) -> None:
+        srv, name = self._lookup(device_path)
+        if fault == "server_kill":
+            self._spawn(srv.kill() if active else srv.revive())
+            return
+        if fault == "server_restart":
+            if active:
+                self._spawn(self._restart(srv, float(params.get("down_s", 0.0))))
+            return
+        now = self.clock.time()
+        srv.junctions[name].apply_fault(fault, active, now, **params)
+        self._spawn(srv.publish(name))
+
+    async def _restart(self, srv: _EndpointServer, down_s: float) -> None:
+        await srv.kill()
+        if down_s > 0:
+            await self.clock.sleep(down_s)
+        await srv.revive()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait until injected faults are published and kills/restarts are done."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def kill(self, device_path: str) -> None:
+        await self._lookup(device_path)[0].kill()
+
+    async def restart(self, device_path: str) -> None:
+        await self._lookup(device_path)[0].revive()
+
+    async def aclose(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await asyncio.gather(*(s.aclose() for s in self.servers.values()), return_exceptions=True)
+        self.servers.clear()
+
+
+def signal_groups(dev: DeviceInstance) -> int:
+    """Signal groups of a junction: ``attrs.signal_groups``, else counted from the profile."""
+    n = dev.attrs.get("signal_groups")
+    if n is not None:
+        return int(n)
+    return sum(1 for p in dev.profile.points if p.name.startswith("sg") and p.name.endswith("_state")) or 8
+
+
+def _endpoint_key(url: str) -> str:
+    u = urlparse(url)
+    if u.scheme != "opc.tcp" or not u.hostname or u.port is None:
+        raise ValueError(f"expected an endpoint 'opc.tcp://host:port[/path]', got {url!r}")
+    return url
+
+
+async def serve_site(site: Site, clock: Clock, devices: list[DeviceInstance]) -> TrafficSimulator:
+    """Serve every junction in ``devices`` (grouped by endpoint, one asyncua server each).
+
+    Servers are built one after another (asyncua's init is CPU-bound) and started together.
+    """
+    sim = TrafficSimulator(clock)
+    groups: dict[str, dict[str, tuple[DeviceInstance, JunctionModel]]] = {}
+    now = clock.time()
+    for dev in devices:
+        if dev.parent is not None:
+            continue
+        url = _endpoint_key(str(dev.connection.get("endpoint", "")))
+        name = str(dev.connection.get("object") or dev.id)
+        objs = groups.setdefault(url, {})
+        if name in objs:
+            raise ValueError(
+                f"{dev.path}: object {name!r} already served at {url} by {objs[name][0].path}; "
+                "give one of them another connection.object"
+            )
+        objs[name] = (dev, JunctionModel(name, signal_groups(dev), now))
+    try:
+        for url, objs in groups.items():
+            srv = _EndpointServer(url, clock, {n: m for n, (_, m) in objs.items()})
+            sim.servers[url] = srv
+            for name, (dev, _) in objs.items():
+                sim.where[dev.path] = (srv, name)
+            await srv.build()
+            await srv.start()
+    except BaseException:
+        await sim.aclose()
+        raise
+    log.info("traffic simulator: %d junctions on %d endpoints", len(sim.where), len(sim.servers))
+    return sim
