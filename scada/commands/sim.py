@@ -1,9 +1,123 @@
-"""CLI commands: sim (filled in by the issue that owns them)."""
+"""``scada sim SITE.yaml``: run every simulated device of a site, with fault injection.
+
+The simulators are found through the ``scada.simulators`` entry points (one per protocol) by
+:func:`simulators.city.start_simulators`; this module imports them only inside the command, so
+the server core never depends on them.
+
+Faults: ``--fault NAME:DEVICE_PATH[:key=value,...]`` applied at start, and a JSON-lines control
+channel (``--control HOST:PORT``, loopback, port 0 = any free port, printed at start and written
+to ``--ready-file``) to inject and clear faults while running; see ``simulators/faults.py``.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
 
 import click
 
 
 def register(main: click.Group) -> None:
     """Add this module's commands to the main group."""
+    main.add_command(sim)
+
+
+def _hostport(value: str) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT such as 127.0.0.1:0, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+@click.command()
+@click.argument("site_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--rate", default=1.0, show_default=True, type=float,
+              help="Clock rate (simulated seconds per real second).")
+@click.option("--fault", "faults", multiple=True, metavar="NAME:PATH[:k=v,...]",
+              help="Fault applied at start, e.g. lamp_failure:centre/cab-001/lum-03 "
+                   "or slow:centre/cab-002:delay=1.5 (repeatable).")
+@click.option("--protocol", "protocols", multiple=True,
+              help="Only simulate these protocols (repeatable; default: all installed).")
+@click.option("--control", default="127.0.0.1:0", show_default=True,
+              help="HOST:PORT of the JSON-lines fault control channel ('' disables it).")
+@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
+              help="Write {pid, control: [host, port], devices} as JSON here once serving.")
+@click.option("--duration", type=float, default=None, help="Stop after this many real seconds.")
+def sim(site_file: str, rate: float, faults: tuple[str, ...], protocols: tuple[str, ...],
+        control: str, ready_file: str | None, duration: float | None) -> None:
+    """Run the simulated devices of SITE_FILE until Ctrl+C (no SCADA server)."""
+    from scada.errors import ConfigError
+    from scada.loader import load_site
+    from simulators.faults import FaultError, parse_fault_spec
+
+    try:
+        site = load_site(site_file, validate_drivers=False)
+    except ConfigError as e:
+        click.echo(str(e), err=True)
+        sys.exit(2)
+    try:
+        parsed = [parse_fault_spec(f) for f in faults]
+    except FaultError as e:
+        raise click.BadParameter(str(e), param_hint="--fault") from None
+    if rate <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--rate")
+    ctl = _hostport(control)
+    try:
+        asyncio.run(_run(site, rate, parsed, list(protocols) or None, ctl, ready_file, duration))
+    except (FaultError, OSError, ValueError) as e:
+        click.echo(f"scada sim: {e}", err=True)
+        sys.exit(1)
+
+
+def _write_ready(path: str, info: dict) -> None:
+    """Atomically write the ready file (another process polls for it)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f)
+    os.replace(tmp, path)
+
+
+async def _run(site, rate: float, faults, protocols, ctl, ready_file, duration) -> None:
+    from scada.clock import make_clock
+    from simulators.city import start_simulators
+    from simulators.faults import ControlServer, FaultRouter
+
+    clock = make_clock(rate)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sims = await start_simulators(site, clock, protocols)
+    server: ControlServer | None = None
+    try:
+        router = FaultRouter(site, sims.handles)
+        for name, path, params in faults:
+            router.inject(path, name, **params)
+            click.echo(f"fault {name} on {path} {params or ''}".rstrip())
+        counts = site.by_protocol()
+        desc = ", ".join(f"{p} {len(counts.get(p, []))} devices" for p in sims.handles)
+        click.echo(f"simulating site {site.name!r} at rate {rate:g}: {desc or 'nothing'}")
+        if ctl is not None:
+            server = ControlServer(router, *ctl)
+            port = await server.start()
+            click.echo(f"control channel: {ctl[0]}:{port} (JSON lines, see simulators/faults.py)")
+        if ready_file:
+            info = {"pid": os.getpid(),
+                    "control": [ctl[0], server.port] if server is not None else None,
+                    "devices": {p: len(counts.get(p, [])) for p in sims.handles}}
+            await asyncio.to_thread(_write_ready, ready_file, info)
+        sys.stdout.flush()
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        await stop.wait()
+    finally:
+        if server is not None:
+            await server.aclose()
+        await sims.aclose()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
