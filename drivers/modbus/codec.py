@@ -286,7 +286,6 @@ class RequestDecoder:
     _num: list[_NumGroup] = field(init=False)
     _bits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(init=False)
     _strings: list[tuple[int, int, int, str]] = field(init=False)
-    _order: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         num: dict[str, list[tuple[int, PointSource, int]]] = {}
@@ -335,7 +334,6 @@ class RequestDecoder:
         self._strings = strings
         parts = [g.tags for g in groups] + ([self._bits[0]] if self._bits else [])
         self.tags = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        self._order = np.zeros(0, np.intp)
 
     @property
     def string_tags(self) -> list[int]:

@@ -143,15 +143,16 @@ class _Read:
     decoder: RequestDecoder
     tags: np.ndarray
     multi: bool
+    max_gap: int
     split: list[_Read] | None = None
     split_until: float = 0.0
 
 
-def _make_read(plan: PlannedRead) -> _Read:
+def _make_read(plan: PlannedRead, max_gap: int) -> _Read:
     dec = RequestDecoder(plan.table, plan.start, plan.count,
                          [(p.tag, p.source, p.address) for p in plan.points])
     return _Read(plan, codec.read_pdu(codec.READ_FC[plan.table], plan.start, plan.count), dec,
-                 dec.all_tags, len(plan.devices) > 1)
+                 dec.all_tags, len(plan.devices) > 1, max_gap)
 
 
 @dataclass(slots=True)
@@ -159,7 +160,6 @@ class _Group:
     period: float
     reads: list[_Read]
     next: float = 0.0
-    max_gap: int = 8
 
 
 @dataclass(slots=True)
@@ -256,8 +256,9 @@ class ModbusDriver(Driver):
                 )
                 self.links[key[:2]] = link
             devs = by_key[key]
-            refs: dict[float, list[PointRef]] = {}
-            gaps: dict[float, int] = {}
+            # planned per (period, profile): each profile's max_gap knows its own register map
+            # (reading through a hole a device does not map would raise exception 0x02)
+            refs: dict[float, dict[str, list[PointRef]]] = {}
             points: dict[int, _WritePoint] = {}
             tags: list[np.ndarray] = []
             for d_i, dev in enumerate(devs):
@@ -277,17 +278,19 @@ class ModbusDriver(Driver):
                         continue
                     period = po.period(src.poll)
                     tag = dev.first_tag + k
-                    refs.setdefault(period, []).append(PointRef(tag, src, addr, d_i))
-                    gaps[period] = min(gaps.get(period, po.max_gap), po.max_gap)
+                    refs.setdefault(period, {}).setdefault(dev.profile_name, []).append(
+                        PointRef(tag, src, addr, d_i))
                     points[tag] = _WritePoint(src, addr, period)
             groups = {}
-            for period, rs in sorted(refs.items()):
-                try:
-                    plans = plan_reads(rs, max_gap=gaps[period])
-                except ValueError as e:
-                    errors.append(f"{devs[0].path}: {e}")
-                    continue
-                groups[period] = _Group(period, [_make_read(p) for p in plans], max_gap=gaps[period])
+            for period, per_profile in sorted(refs.items()):
+                reads: list[_Read] = []
+                for pname, rs in per_profile.items():
+                    gap = popts[pname].max_gap
+                    try:
+                        reads += [_make_read(p, gap) for p in plan_reads(rs, max_gap=gap)]
+                    except ValueError as e:
+                        errors.append(f"{devs[0].path}: profile {pname!r}: {e}")
+                groups[period] = _Group(period, reads)
             st = Station(
                 key=key, link=link, unit=conn.unit,
                 timeout=conn.timeout or self.options.timeout,
@@ -337,8 +340,14 @@ class ModbusDriver(Driver):
 
     async def wait_idle(self) -> None:
         """Wait until no station is polling (tests step the clock, then wait for the I/O)."""
-        await asyncio.sleep(0)
-        await self._idle.wait()
+        quiet = 0
+        while quiet < 5:
+            await asyncio.sleep(0)
+            if self._busy:
+                quiet = 0
+                await self._idle.wait()
+            else:
+                quiet += 1
 
     async def _sleep_or_wake(self, st: Station, t: float) -> None:
         if st.wake.is_set():
@@ -371,7 +380,8 @@ class ModbusDriver(Driver):
             due = [g for g in st.groups.values() if g.next <= now]
             if not due:
                 continue
-            scheduled = min(g.next for g in due)
+            # a demoted station's skipped slots are not "late": count from when it resumed
+            scheduled = max(min(g.next for g in due), st.demoted_until)
             self._busy += 1
             self._idle.clear()
             try:
@@ -459,7 +469,7 @@ class ModbusDriver(Driver):
                             await self._read_one(st, sub, vals, tags, texts, marks, split_ok=False)
                         continue
                     rd.split = None
-                    await self._read_one(st, rd, vals, tags, texts, marks, split_ok=True, group=g)
+                    await self._read_one(st, rd, vals, tags, texts, marks, split_ok=True)
         except (TimeoutError, LinkDown, MalformedFrame) as e:
             self._station_failed(st, e)
             return
@@ -493,12 +503,12 @@ class ModbusDriver(Driver):
 
     async def _read_one(self, st: Station, rd: _Read, vals: list[np.ndarray], tags: list[np.ndarray],
                         texts: list[tuple[int, str]], marks: list[tuple[np.ndarray, int]],
-                        *, split_ok: bool, group: _Group | None = None) -> None:
+                        *, split_ok: bool) -> None:
         try:
             data = await self._exchange(st, rd.pdu)
         except ExceptionResponse as e:
-            if split_ok and rd.multi and group is not None:
-                rd.split = [_make_read(p) for p in split_by_device(rd.plan, max_gap=group.max_gap)]
+            if split_ok and rd.multi:
+                rd.split = [_make_read(p, rd.max_gap) for p in split_by_device(rd.plan, max_gap=rd.max_gap)]
                 rd.split_until = self.ctx.clock.time() + self.options.split_hold
                 for sub in rd.split:
                     await self._read_one(st, sub, vals, tags, texts, marks, split_ok=False)
