@@ -294,3 +294,25 @@ __all__ = [
     "plan_profile",
     "timedelta",
 ]
+
+
+def power_fraction(level_pct: np.ndarray | float) -> np.ndarray:
+    """Input-power fraction of an LED luminaire's rated power at light level ``level_pct``.
+
+    ``f(x) = 0.08 + 0.62 x + 0.30 x^2`` for ``x > 0`` (0 when off): the dimming curve of the
+    project's luminaire model (simulators/luminaire.py docstring; driver losses make 10 % light
+    draw ~14.5 % power). Duplicated here on purpose: the server never imports simulators.
+    """
+    x = np.asarray(level_pct, dtype=np.float64) * 0.01
+    return np.where(x > 0.0, 0.08 + x * (0.62 + 0.30 * x), 0.0)
+
+
+def night_energy_per_w(night: NightPlan, row: int) -> float:
+    """Energy (Wh) per W of rated LED power over night ``row``: sum of segment hours x f(level)."""
+    t = night.times[row]
+    lv = night.levels[row]
+    fin = np.isfinite(t)
+    t, lv = t[fin], lv[fin]
+    if t.size < 2:
+        return 0.0
+    return float(np.sum(np.diff(t) / 3600.0 * power_fraction(lv[:-1])))

@@ -36,9 +36,9 @@ from .common import Duration, Ident, Strict
 #: offset such as ``+10min``, ``-1h``, ``+1h30min``.
 _AT = re.compile(
     r"^\s*(?P<anchor>dusk|dawn|midnight|(?P<h>\d{1,2}):(?P<m>\d{2}))"
-    r"\s*(?P<off>(?:[+-]\s*\d+(?:\.\d+)?\s*(?:h|min|m|s)\s*)*)$"
+    r"\s*(?P<off>(?:[+-]\s*(?:\d+(?:\.\d+)?\s*(?:h|min|m|s)\s*)+)*)$"
 )
-_OFF = re.compile(r"([+-])\s*(\d+(?:\.\d+)?)\s*(h|min|m|s)")
+_OFF = re.compile(r"([+-])|(\d+(?:\.\d+)?)\s*(h|min|m|s)")
 _UNIT = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -56,9 +56,12 @@ def parse_at(v: str) -> tuple[str, float]:
             f"expected dusk, dawn, midnight or HH:MM with an optional offset such as "
             f"'midnight-1h' or 'dawn+10min'; got {v!r}"
         )
-    off = sum(
-        (1.0 if s == "+" else -1.0) * float(n) * _UNIT[u] for s, n, u in _OFF.findall(m["off"])
-    )
+    off, sign = 0.0, 1.0
+    for s, n, u in _OFF.findall(m["off"]):
+        if s:
+            sign = 1.0 if s == "+" else -1.0
+        else:
+            off += sign * float(n) * _UNIT[u]
     if m["h"] is not None:
         h, mi = int(m["h"]), int(m["m"])
         if h > 23 or mi > 59:
