@@ -219,8 +219,9 @@ async def test_silent_device_does_not_delay_the_others(tmp_path, modbus_server, 
         assert h.read("a/m1/voltage").quality == Q.Good
         assert h.read("a/m3/voltage").quality == Q.Good
         assert h.read("a/m2/voltage").quality == Q.BadCommunicationError
-        # demoted: the silent device was asked far fewer times than once per period
-        assert silent.requests < n
+        # demoted: without demotion it would be asked (n + 1) polls x 2 attempts = 22 times;
+        # with it (skips of >= 2, 4, 4 ... s) at most 7 polls x 2 = 14
+        assert silent.requests <= 14
         assert h.drv.links[(srv.host, srv.port)].stats["connects"] == 1
 
 
