@@ -126,6 +126,11 @@ class CounterDeltas:
     last_t: np.ndarray
     first_v: np.ndarray
     last_v: np.ndarray
+    #: part of ``delta`` that came from the pair (last reading of an earlier bucket, first
+    #: reading of this one): spread over a gap by the energy KPI
+    cross: np.ndarray
+    #: bucket of the reading before this bucket's first reading (-1: none)
+    prev_bucket: np.ndarray
 
 
 def counter_deltas(
@@ -167,8 +172,11 @@ def counter_deltas(
     last_v = np.full(nb, np.nan)
     inb = (b >= 0) & (b < nb)
     count = np.bincount(b[inb], minlength=nb)[:nb]
+    cross = np.zeros(nb)
+    prev_bucket = np.full(nb, -1, np.int64)
     if len(t) == 0:
-        return CounterDeltas(delta, resets, repl, count, bad, first_t, last_t, first_v, last_v)
+        return CounterDeltas(delta, resets, repl, count, bad, first_t, last_t, first_v, last_v,
+                             cross, prev_bucket)
     u, fi = np.unique(b[inb], return_index=True)
     idx_in = np.flatnonzero(inb)
     first_t[u], first_v[u] = t[idx_in[fi]], v[idx_in[fi]]
@@ -195,9 +203,13 @@ def counter_deltas(
         s = np.bincount(tb[ok], weights=inc[ok], minlength=nb)[:nb]
         has = np.bincount(tb[ok], minlength=nb)[:nb] > 0
         delta = np.where(has | (count > 0), s, np.nan)
+        xm = ok & (b[:-1] != tb)
+        cross = np.bincount(tb[xm], weights=inc[xm], minlength=nb)[:nb]
+        prev_bucket[tb[xm]] = b[:-1][xm]
     else:
         delta = np.where(count > 0, 0.0, np.nan)
-    return CounterDeltas(delta, resets, repl, count, bad, first_t, last_t, first_v, last_v)
+    return CounterDeltas(delta, resets, repl, count, bad, first_t, last_t, first_v, last_v,
+                         cross, prev_bucket)
 
 
 def buckets_from_raw(backend: Backend, keys: Sequence[str], edges: np.ndarray) -> Buckets:

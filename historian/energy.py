@@ -1,0 +1,486 @@
+"""The 65 % energy-savings KPI, computed the IPMVP way (method: docs/energy-kpi.md).
+
+IPMVP framing (EVO, *International Performance Measurement and Verification Protocol*, Core
+Concepts 2022):
+
+* **Baseline** - the pre-refurbishment installation: each light point's legacy lamp power
+  including ballast losses (``legacy_w``) burning from dusk to dawn.
+* **Routine adjustment** - burning hours differ with night length, so the baseline is computed
+  for the *reporting period's* nights: ``legacy_w x burning_hours(night)`` from the
+  astronomical clock (:func:`scada.astro.burning_hours`, switch-on/off events and offsets as
+  the inventory states), or stipulated hours per night when the contract fixes them.
+* **Non-routine adjustments** - light points added or removed: each inventory entry has
+  ``installed``/``removed`` dates; a point counts in baseline *and* actual only while in
+  service, so adding a street neither flatters nor penalises the savings.
+* **Reporting period energy**, side by side:
+
+  - Option A (retrofit isolation, key parameter measured): measured full-output LED power
+    (median of the daily maxima of ``power_w``) x the stipulated burning hours;
+  - Option B (retrofit isolation, all parameters measured): the luminaires' D4i energy
+    counters ``energy_wh`` (IEC 62386-252 energy reporting);
+  - Option C (whole facility): the cabinets' energy meters ``energy_wh``.
+
+Counters: energy per *night* (local noon to local noon, so a night is never cut in two and
+nothing burns at the boundary); an increment between two readings belongs to the night of the
+later reading; resets (reading goes down: counted from 0), rollovers, and meter replacements
+(an increase faster than 3 x the rated power: not counted, flagged) are handled by
+:func:`historian.query.counter_deltas`. Gaps: when readings resume after missing nights, the
+counter's increase across the gap is spread over the missing nights in proportion to their
+burning hours (*filled*); nights with no reading before or after (start/end of data, or a
+point with no data) are *estimated* from the point's own measured Wh per burning hour (or its
+rated ``nominal_w``). Completeness = measured nights / nights in service.
+
+The inventory (YAML or CSV) is a versioned input: its SHA-256 is printed in every report, so a
+figure can be traced to the exact inputs that produced it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import yaml
+
+from scada import astro
+
+from .base import Backend
+from .query import counter_deltas
+
+log = logging.getLogger("historian.energy")
+
+TARGET_PCT = 65.0
+MEASURED, FILLED, ESTIMATED, INACTIVE = 0, 1, 2, 3
+#: relative uncertainty assumed for each kind of night (docs/energy-kpi.md "Uncertainty")
+U_METER = 0.02  # D4i / cabinet meter accuracy (class 2-like)
+U_FILLED = 0.05
+U_ESTIMATED = 0.25
+
+
+@dataclass(slots=True)
+class LightPoint:
+    path: str
+    legacy_w: float
+    nominal_w: float = 0.0
+    area: str = ""
+    cabinet: str = ""
+    installed: date | None = None
+    removed: date | None = None
+
+
+@dataclass(slots=True)
+class Inventory:
+    """Baseline inventory and adjustments (a versioned input)."""
+
+    points: list[LightPoint]
+    source: str
+    sha256: str
+    on: str = "sunset"
+    off: str = "sunrise"
+    on_offset_s: float = 0.0
+    off_offset_s: float = 0.0
+    stipulated_hours: float | None = None
+    contract_start: date | None = None
+    target_pct: float = TARGET_PCT
+
+
+def _date(v: Any) -> date | None:
+    if v in (None, ""):
+        return None
+    if isinstance(v, date):
+        return v
+    return date.fromisoformat(str(v))
+
+
+def load_inventory(path: str) -> Inventory:
+    """Read an inventory file (``.yaml``/``.yml`` or ``.csv``); see docs/energy-kpi.md."""
+    with open(path, "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
+    meta: dict[str, Any] = {}
+    if path.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    else:
+        doc = yaml.safe_load(data) or {}
+        if not isinstance(doc, dict) or "luminaires" not in doc:
+            raise ValueError(f"{path}: expected a mapping with a 'luminaires' list")
+        rows = doc["luminaires"]
+        meta = doc
+    pts = []
+    for n, r in enumerate(rows, 1):
+        try:
+            pts.append(LightPoint(
+                path=str(r["path"]), legacy_w=float(r["legacy_w"]),
+                nominal_w=float(r.get("nominal_w") or 0.0), area=str(r.get("area") or ""),
+                cabinet=str(r.get("cabinet") or ""), installed=_date(r.get("installed")),
+                removed=_date(r.get("removed")),
+            ))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: luminaire entry {n}: {e!r}; expected path, legacy_w "
+                             "[, nominal_w, area, cabinet, installed, removed]") from None
+    hours = meta.get("hours") or {}
+    contract = meta.get("contract") or {}
+    return Inventory(
+        pts, path, digest, on=hours.get("on", "sunset"), off=hours.get("off", "sunrise"),
+        on_offset_s=float(hours.get("on_offset_s", 0.0)), off_offset_s=float(hours.get("off_offset_s", 0.0)),
+        stipulated_hours=(float(hours["stipulated_per_night"]) if hours.get("stipulated_per_night") else None),
+        contract_start=_date(contract.get("start")), target_pct=float(contract.get("target_pct", TARGET_PCT)),
+    )
+
+
+def inventory_from_site(site: Any) -> Inventory:
+    """Inventory derived from the site's luminaire attributes (``legacy_w``, ``nominal_w``)."""
+    pts = []
+    for d in site.all_devices():
+        if d.kind != "luminaire":
+            continue
+        legacy = d.attrs.get("legacy_w")
+        if legacy is None:
+            continue
+        pts.append(LightPoint(d.path, float(legacy), float(d.attrs.get("nominal_w") or 0.0), d.area,
+                              d.parent or "", _date(d.attrs.get("installed")), _date(d.attrs.get("removed"))))
+    canon = json.dumps([[p.path, p.legacy_w, p.nominal_w, p.area, p.cabinet, str(p.installed), str(p.removed)]
+                        for p in pts]).encode()
+    return Inventory(pts, f"site {site.path} (device attrs)", hashlib.sha256(canon).hexdigest())
+
+
+@dataclass
+class EnergyResult:
+    """Every figure of a report (JSON/CSV/HTML render the same object)."""
+
+    inputs: dict[str, Any]
+    summary: list[dict[str, Any]]
+    monthly: list[dict[str, Any]]
+    contract_years: list[dict[str, Any]]
+    areas: list[dict[str, Any]]
+    cabinets: list[dict[str, Any]]
+    worst_cabinets: list[dict[str, Any]]
+    luminaires: list[dict[str, Any]]
+    uncertainty: str
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "summary": self.summary, "monthly": self.monthly,
+                "contract_years": self.contract_years, "areas": self.areas,
+                "cabinets": self.cabinets, "worst_cabinets": self.worst_cabinets,
+                "luminaires": self.luminaires, "uncertainty": self.uncertainty}
+
+
+# ---------------------------------------------------------------------------- counters
+def counter_energy(
+    backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray,
+    max_w: np.ndarray, progress: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Energy (Wh) per series and night from accumulating counters.
+
+    ``edges`` has one more leading night than the result (its readings only carry the counter
+    across the first boundary). Returns (energy[S, D], status[S, D], resets[S], replacements[S])
+    with status MEASURED / FILLED / ESTIMATED; nights with no way to know are ESTIMATED from
+    the series' own Wh per burning hour (or ``max_w / 3`` ... see the module doc).
+    """
+    S, D1 = len(keys), len(edges) - 1
+    D = D1 - 1
+    bk = backend.buckets(keys, edges)
+    fv = np.full((S, D1), np.nan)
+    lv = np.full((S, D1), np.nan)
+    ft = np.full((S, D1), np.nan)
+    lt = np.full((S, D1), np.nan)
+    cnt = np.zeros((S, D1), np.int64)
+    mono = np.ones((S, D1), bool)
+    ok = (bk.bucket >= 0) & (bk.bucket < D1) & (bk.count > 0)
+    s_, k_ = bk.sid[ok], bk.bucket[ok]
+    fv[s_, k_], lv[s_, k_] = bk.first_v[ok], bk.last_v[ok]
+    ft[s_, k_], lt[s_, k_] = bk.first_t[ok], bk.last_t[ok]
+    cnt[s_, k_] = bk.count[ok]
+    mono[s_, k_] = bk.monotonic[ok]
+    has = cnt > 0
+    # previous night with data, per series and night (-1: none)
+    idx = np.where(has, np.arange(D1)[None, :], -1)
+    prev_incl = np.maximum.accumulate(idx, axis=1)
+    prev = np.full((S, D1), -1, np.int64)
+    prev[:, 1:] = prev_incl[:, :-1]
+    rows = np.arange(S)[:, None]
+    pv = np.where(prev >= 0, lv[rows, np.maximum(prev, 0)], np.nan)
+    pt = np.where(prev >= 0, lt[rows, np.maximum(prev, 0)], np.nan)
+    within = lv - fv
+    cross = fv - pv
+    rate = (max_w / 3600.0)[:, None]
+    with np.errstate(invalid="ignore"):
+        suspicious = has & (~mono | (cross < 0) | (within > rate * np.maximum(lt - ft, 1.0) + 1e-9)
+                            | (cross > rate * np.maximum(ft - pt, 1.0) + 1e-9))
+    resets = np.zeros(S, np.int64)
+    repl = np.zeros(S, np.int64)
+    slow = np.flatnonzero(suspicious.any(axis=1))
+    if len(slow) and progress:
+        progress(f"{len(slow)} counters with resets or jumps: reading them raw")
+    for s in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
+        raw = backend.read_raw(keys[s], float(edges[0]), float(edges[-1]))
+        cd = counter_deltas(raw, edges, max_rate=float(rate[s, 0]))
+        within[s] = np.nan_to_num(cd.delta) - cd.cross
+        cross[s] = np.where(cd.prev_bucket >= 0, cd.cross, np.nan)
+        prev[s] = cd.prev_bucket
+        has[s] = cd.count > 0
+        resets[s] = int(cd.resets.sum())
+        repl[s] = int(cd.replacements.sum())
+    within = np.where(has, within, 0.0)
+    energy = np.where(has, within, 0.0)
+    status = np.where(has, MEASURED, ESTIMATED).astype(np.int8)
+    # the cross-boundary increase: to this night if the previous reading is last night's,
+    # else spread over the gap in proportion to burning hours (those nights: FILLED)
+    has_cross = has & (prev >= 0) & ~np.isnan(cross)
+    direct = has_cross & (prev == np.arange(D1)[None, :] - 1)
+    energy[direct] += cross[direct]
+    gaps = np.argwhere(has_cross & ~direct)
+    for s, k in gaps.tolist():
+        p = int(prev[s, k])
+        w = hours[p + 1 : k + 1].astype(np.float64)
+        tot = w.sum()
+        share = w / tot if tot > 0 else np.full(len(w), 1.0 / len(w))
+        energy[s, p + 1 : k + 1] += cross[s, k] * share
+        status[s, p + 1 : k] = FILLED
+    # nights before the first / after the last reading: estimated from the series' own rate
+    measured_full = (status == MEASURED) & direct & (hours[None, :] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_h = np.where(measured_full, energy / hours[None, :], np.nan)
+    own = np.nanmedian(np.where(np.isnan(per_h).all(axis=1, keepdims=True), 0.0, per_h), axis=1)
+    fallback = max_w / 3.0  # rated LED power (max_w is 3 x rated)
+    rate_h = np.where(np.isnan(per_h).all(axis=1), fallback, own)
+    est = status == ESTIMATED
+    energy[est] = (rate_h[:, None] * hours[None, :])[est]
+    return energy[:, 1:], status[:, 1:], resets, repl
+
+
+# ---------------------------------------------------------------------------- KPI
+def nights(d0: date, d1: date) -> np.ndarray:
+    """Local dates d0..d1 inclusive as days since the epoch."""
+    return np.arange(astro.to_dates([d0])[0], astro.to_dates([d1])[0] + 1, dtype=np.int64)
+
+
+def compute(
+    backend: Backend,
+    inventory: Inventory,
+    *,
+    lat: float,
+    lon: float,
+    tz: str,
+    d0: date,
+    d1: date,
+    area: str | None = None,
+    cabinet_meters: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> EnergyResult:
+    """Savings of the nights ``d0..d1`` (inclusive) for the inventory (see module doc)."""
+    say = progress or (lambda m: None)
+    pts = [p for p in inventory.points if area is None or p.area == area]
+    if not pts:
+        raise ValueError(f"no luminaire in the inventory{f' for area {area!r}' if area else ''}")
+    days = nights(d0 - timedelta(days=1), d1)  # one carry night first
+    edges = astro.local_noon_utc(np.append(days, days[-1] + 1), tz)
+    if inventory.stipulated_hours is not None:
+        hours_all = np.full(len(days), inventory.stipulated_hours)
+    else:
+        hours_all = astro.burning_hours(lat, lon, days, tz, inventory.on, inventory.off,
+                                        inventory.on_offset_s, inventory.off_offset_s)
+    hours = hours_all[1:]
+    D = len(days) - 1
+    L = len(pts)
+    nd = days[1:]
+    inst = np.array([astro.to_dates([p.installed])[0] if p.installed else -(10**9) for p in pts])
+    rem = np.array([astro.to_dates([p.removed])[0] if p.removed else 10**9 for p in pts])
+    active = (nd[None, :] >= inst[:, None]) & (nd[None, :] < rem[:, None])
+    legacy = np.array([p.legacy_w for p in pts])
+    nominal = np.array([p.nominal_w or p.legacy_w / 2.0 for p in pts])
+    baseline = legacy[:, None] * hours[None, :] * active  # Wh
+    say(f"baseline: {L} light points x {D} nights")
+
+    # Option B: luminaire counters
+    say("option B: luminaire energy counters")
+    max_w = 3.0 * np.maximum(nominal, 1.0)
+    eb, st_b, resets, repl = counter_energy(backend, [f"{p.path}/energy_wh" for p in pts], edges,
+                                            hours_all, max_w, say)
+    eb = np.where(active, eb, 0.0)
+    st_b = np.where(active, st_b, INACTIVE)
+
+    # Option A: measured full-output power x stipulated hours
+    say("option A: measured LED power x burning hours")
+    pk = backend.buckets([f"{p.path}/power_w" for p in pts], edges)
+    pmax = np.full((L, D + 1), np.nan)
+    okp = (pk.bucket >= 0) & (pk.bucket <= D) & (pk.count > 0)
+    pmax[pk.sid[okp], pk.bucket[okp]] = pk.vmax[okp]
+    pmax[pmax <= 1.0] = np.nan  # nights it never lit say nothing about its power
+    with np.errstate(invalid="ignore"):
+        p_led = np.where(np.isnan(pmax).all(axis=1), nominal,
+                         np.nanmedian(np.where(np.isnan(pmax).all(axis=1, keepdims=True), 0.0, pmax), axis=1))
+    ea = p_led[:, None] * hours[None, :] * active
+
+    # Option C: cabinet meters against the baseline of the points behind each cabinet
+    cabs = sorted({p.cabinet for p in pts if p.cabinet})
+    cab_ix = {c: i for i, c in enumerate(cabs)}
+    lum_cab = np.array([cab_ix.get(p.cabinet, -1) for p in pts])
+    base_cab = np.zeros((len(cabs), D))
+    np.add.at(base_cab, lum_cab[lum_cab >= 0], baseline[lum_cab >= 0])
+    ec = np.zeros((len(cabs), D))
+    st_c = np.full((len(cabs), D), ESTIMATED, np.int8)
+    if cabinet_meters and cabs:
+        say("option C: cabinet energy meters")
+        cab_max = np.zeros(len(cabs))
+        np.add.at(cab_max, lum_cab[lum_cab >= 0], 3.0 * legacy[lum_cab >= 0])
+        ec, st_c, _, _ = counter_energy(backend, [f"{c}/energy_wh" for c in cabs], edges, hours_all,
+                                        np.maximum(cab_max, 1.0), say)
+        present = (st_c != ESTIMATED).any(axis=1)
+        ec = np.where(present[:, None], ec, np.nan)  # a cabinet without a meter: no option C
+
+    say("aggregating")
+    return _assemble(inventory, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
+                     cabs, lum_cab, base_cab, ec, st_c, backend, d0, d1, area)
+
+
+def _pct(saved: float, base: float) -> float | None:
+    return round(100.0 * saved / base, 3) if base > 0 else None
+
+
+def _kwh(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x / 1000.0, 4)
+
+
+def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl, cabs, lum_cab,
+              base_cab, ec, st_c, backend, d0, d1, area) -> EnergyResult:
+    D = len(nd)
+    months = np.array([date.fromordinal(int(d) + astro._EPOCH_ORD).strftime("%Y-%m") for d in nd])
+    act_n = active.sum()
+    meas = (st_b == MEASURED).sum()
+    filled = (st_b == FILLED).sum()
+    estim = (st_b == ESTIMATED).sum()
+    B = baseline.sum()
+
+    def summary_row(option: str, actual: float, base: float, complete: float | None) -> dict[str, Any]:
+        return {"option": option, "baseline_kwh": _kwh(base), "actual_kwh": _kwh(actual),
+                "saved_kwh": _kwh(base - actual), "savings_pct": _pct(base - actual, base),
+                "target_pct": inv.target_pct, "target_met": (base > 0 and 100 * (base - actual) / base >= inv.target_pct),
+                "completeness_pct": complete}
+
+    completeness = round(100.0 * meas / act_n, 3) if act_n else None
+    ec_valid = ~np.isnan(ec).any(axis=1) if len(cabs) else np.zeros(0, bool)
+    summary = [
+        summary_row("A: measured power x burning hours", float(ea.sum()), float(B), None),
+        summary_row("B: luminaire D4i counters", float(eb.sum()), float(B), completeness),
+    ]
+    if ec_valid.any():
+        cb = float(base_cab[ec_valid].sum())
+        cc = round(100.0 * (st_c[ec_valid] == MEASURED).sum() / st_c[ec_valid].size, 3)
+        summary.append(summary_row("C: cabinet meters", float(np.nansum(ec[ec_valid])), cb, cc))
+    # uncertainty: meter accuracy on measured nights, more on filled/estimated ones (B)
+    e_meas = float(eb[st_b == MEASURED].sum())
+    e_fill = float(eb[st_b == FILLED].sum())
+    e_est = float(eb[st_b == ESTIMATED].sum())
+    u_abs = math.sqrt((U_METER * e_meas) ** 2 + (U_FILLED * e_fill) ** 2 + (U_ESTIMATED * e_est) ** 2)
+    u_pts = 100.0 * u_abs / B if B > 0 else float("nan")
+    sav_b = summary[1]["savings_pct"]
+    uncertainty = (
+        f"Option B savings {sav_b} % +/- {u_pts:.2f} percentage points (1 sigma; docs/energy-kpi.md): "
+        f"{100 * meas / max(act_n, 1):.2f} % of luminaire-nights measured, "
+        f"{100 * filled / max(act_n, 1):.2f} % filled across gaps, {100 * estim / max(act_n, 1):.2f} % estimated; "
+        f"assumed relative uncertainty {U_METER:.0%} measured, {U_FILLED:.0%} filled, {U_ESTIMATED:.0%} estimated."
+    )
+    for r in summary:
+        r["uncertainty_pts"] = round(u_pts, 3) if r["option"].startswith("B") else None
+
+    # monthly and cumulative (option B is the contract figure; A and C beside it)
+    monthly = []
+    cum_b = cum_a = 0.0
+    for m in sorted(set(months.tolist())):
+        sel = months == m
+        b = float(baseline[:, sel].sum())
+        a_b = float(eb[:, sel].sum())
+        a_a = float(ea[:, sel].sum())
+        c_b = float(base_cab[ec_valid][:, sel].sum()) if ec_valid.any() else 0.0
+        a_c = float(np.nansum(ec[ec_valid][:, sel])) if ec_valid.any() else float("nan")
+        n_act = active[:, sel].sum()
+        cum_b += b
+        cum_a += a_b
+        monthly.append({
+            "month": m, "nights": int(sel.sum()), "burning_hours": round(float(hours[sel].sum()), 3),
+            "baseline_kwh": _kwh(b), "actual_kwh_a": _kwh(a_a), "actual_kwh_b": _kwh(a_b),
+            "actual_kwh_c": _kwh(a_c), "savings_pct_a": _pct(b - a_a, b), "savings_pct_b": _pct(b - a_b, b),
+            "savings_pct_c": _pct(c_b - a_c, c_b) if ec_valid.any() else None,
+            "saved_kwh_b": _kwh(b - a_b),
+            "completeness_pct": round(100.0 * (st_b[:, sel] == MEASURED).sum() / n_act, 3) if n_act else None,
+            "cumulative_savings_pct_b": _pct(cum_b - cum_a, cum_b), "target_pct": inv.target_pct,
+        })
+
+    # contract years
+    start = inv.contract_start or d0
+    s_ord = astro.to_dates([start])[0]
+    years = []
+    yi = np.array([_contract_year(start, int(d) + astro._EPOCH_ORD) if d >= s_ord else 0 for d in nd])
+    for y in sorted(set(yi.tolist())):
+        sel = yi == y
+        b = float(baseline[:, sel].sum())
+        a = float(eb[:, sel].sum())
+        first = date.fromordinal(int(nd[sel][0]) + astro._EPOCH_ORD)
+        last = date.fromordinal(int(nd[sel][-1]) + astro._EPOCH_ORD)
+        years.append({"contract_year": int(y), "from": str(first), "to": str(last),
+                      "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
+                      "target_pct": inv.target_pct})
+
+    def group_rows(labels: list[str], name: str) -> list[dict[str, Any]]:
+        out = []
+        lab = np.array(labels)
+        for g in sorted(set(labels)):
+            sel = lab == g
+            b = float(baseline[sel].sum())
+            a = float(eb[sel].sum())
+            n_act = active[sel].sum()
+            out.append({name: g, "luminaires": int(sel.sum()), "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a),
+                        "actual_kwh_a": _kwh(float(ea[sel].sum())), "savings_pct_b": _pct(b - a, b),
+                        "completeness_pct": round(100.0 * (st_b[sel] == MEASURED).sum() / n_act, 3) if n_act else None})
+        return out
+
+    areas = group_rows([p.area for p in pts], "area")
+    cab_rows = group_rows([p.cabinet for p in pts], "cabinet")
+    for r in cab_rows:
+        c = cab_ix = cabs.index(r["cabinet"]) if r["cabinet"] in cabs else -1
+        r["area"] = next((p.area for p in pts if p.cabinet == r["cabinet"]), "")
+        if c >= 0 and ec_valid[cab_ix]:
+            r["actual_kwh_c"] = _kwh(float(ec[c].sum()))
+            r["savings_pct_c"] = _pct(float(base_cab[c].sum() - ec[c].sum()), float(base_cab[c].sum()))
+        else:
+            r["actual_kwh_c"] = r["savings_pct_c"] = None
+    worst = sorted((r for r in cab_rows if r["savings_pct_b"] is not None), key=lambda r: r["savings_pct_b"])[:10]
+    lums = []
+    for i, p in enumerate(pts):
+        b = float(baseline[i].sum())
+        a = float(eb[i].sum())
+        n_act = int(active[i].sum())
+        lums.append({"luminaire": p.path, "cabinet": p.cabinet, "area": p.area, "legacy_w": p.legacy_w,
+                     "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
+                     "nights_in_service": n_act,
+                     "completeness_pct": round(100.0 * int((st_b[i] == MEASURED).sum()) / n_act, 3) if n_act else None,
+                     "filled_nights": int((st_b[i] == FILLED).sum()),
+                     "estimated_nights": int((st_b[i] == ESTIMATED).sum()),
+                     "counter_resets": int(resets[i]), "meter_replacements": int(repl[i])})
+    inputs = {
+        "inventory": inv.source, "inventory_sha256": inv.sha256, "period_from": str(d0), "period_to": str(d1),
+        "area": area or "all", "nights": D, "luminaires": len(pts), "cabinets": len(cabs),
+        "burning_hours": round(float(hours.sum()), 3),
+        "hours_method": (f"stipulated {inv.stipulated_hours} h per night" if inv.stipulated_hours is not None
+                         else f"astronomical clock {inv.on}{inv.on_offset_s:+.0f}s -> {inv.off}{inv.off_offset_s:+.0f}s"),
+        "backend": backend.describe(), "method": "docs/energy-kpi.md (IPMVP options A, B, C)",
+    }
+    return EnergyResult(inputs, summary, monthly, years, areas, cab_rows, worst, lums, uncertainty)
+
+
+def _contract_year(start: date, ordinal: int) -> int:
+    d = date.fromordinal(ordinal)
+    y = d.year - start.year
+    if (d.month, d.day) < (start.month, start.day):
+        y -= 1
+    return y + 1
