@@ -187,7 +187,6 @@ def counter_energy(
     the series' own Wh per burning hour (or ``max_w / 3`` ... see the module doc).
     """
     S, D1 = len(keys), len(edges) - 1
-    D = D1 - 1
     bk = backend.buckets(keys, edges)
     fv = np.full((S, D1), np.nan)
     lv = np.full((S, D1), np.nan)
