@@ -307,7 +307,7 @@ class World:
     # --- encoding ----------------------------------------------------------------------------
     def cabinet_ir(self, cab: Cabinet, now: float) -> np.ndarray:
         r = np.zeros(CAB_IR_SIZE, dtype=np.uint16)
-        lum_faulty = int(np.count_nonzero(self.bank.faults[cab.lum] & 0x005F))
+        lum_faulty = int(np.count_nonzero(self.bank.faults[cab.lum] & 0x007F))
         unreachable = int(np.count_nonzero(self.unreachable[cab.lum]))
         st = 0
         st |= ST_CONTACTOR if cab.contactor else 0
