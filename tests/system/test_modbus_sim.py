@@ -27,13 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "config" / "profiles"
 
 
-def write_site(tmp_path: Path, p1: int, p2: int) -> Path:
+def write_site(tmp_path: Path, p1: int, p2: int, extra: str = "") -> Path:
     """Cabinet c1 (20 luminaires in two lamp groups) alone on p1; c2 (unit 1) and c3 (unit 7)
     sharing p2, told apart by unit id."""
     text = f"""
 site: {{name: simtest, latitude: 47.3, longitude: 5.0}}
 areas: [{{id: a}}]
 include: ["{PROFILES}/cabinet-modbus.yaml", "{PROFILES}/luminaire-modbus.yaml"]
+{extra}
 devices:
   - id: c1
     profile: cabinet-modbus
