@@ -124,6 +124,7 @@ class MqttConnection:
         self._want_reconnect = False
         self._fallback_tried = False
         self._closing = False
+        self._sub_mid = -1
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -238,6 +239,7 @@ class MqttConnection:
         c.on_connect = self._wrap(self._on_connect)
         c.on_disconnect = self._wrap(self._on_disconnect)
         c.on_message = self._wrap(self._on_message)
+        c.on_subscribe = self._wrap(self._on_subscribe)
         c.on_socket_open = self._wrap(self._on_socket_open)
         c.on_socket_close = self._wrap(self._on_socket_close)
         c.on_socket_register_write = self._wrap(self._on_register_write)
@@ -426,7 +428,19 @@ class MqttConnection:
         self._rl.available(f"conn:{self.name}", "MQTT %s: connected to %s:%d again",
                            self.name, self.host, self.port)
         if self.subscriptions:
-            client.subscribe(self.subscriptions)
+            # "connected" once the SUBACK is in: a publisher starting right after our CONNACK
+            # must not overtake our subscriptions (MQTT 3.1.1 §3.8.4: SUBACK confirms them)
+            _, self._sub_mid = client.subscribe(self.subscriptions)
+        else:
+            self._set_connected(True, notify=True)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        if mid != self._sub_mid:
+            return
+        failed = [str(r) for r in rcs if getattr(r, "is_failure", False)]
+        if failed:
+            log.warning("MQTT %s: broker refused %d of %d subscriptions (%s): check its ACL",
+                        self.name, len(failed), len(self.subscriptions), ", ".join(sorted(set(failed))))
         self._set_connected(True, notify=True)
 
     def _drop_client(self) -> None:
