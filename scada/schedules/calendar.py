@@ -114,14 +114,14 @@ def scope_mask(
     """
     n = len(paths)
     out = np.ones((n, len(rules)), dtype=bool)
-    area_arr = np.asarray(areas, dtype=object)
-    group_txt = np.asarray([str(g) for g in groups], dtype=object)
+    area_code, area_names = _factorize(areas)
+    group_code, group_names = _factorize([str(g) for g in groups])
     for r, rule in enumerate(rules):
         m = out[:, r]
         if rule.areas is not None:
-            m &= np.isin(area_arr, rule.areas)
+            m &= np.isin(area_names, rule.areas)[area_code]
         if rule.groups is not None:
-            m &= np.isin(group_txt, [str(g) for g in rule.groups])
+            m &= np.isin(group_names, [str(g) for g in rule.groups])[group_code]
         if rule.devices is not None:
             prefixes = tuple(p.rstrip("/") for p in rule.devices)
             m &= np.fromiter(
@@ -130,6 +130,32 @@ def scope_mask(
                 count=n,
             )
     return out
+
+
+def _factorize(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(code per value, distinct values): membership tests then run on the few distinct values."""
+    index: dict[str, int] = {}
+    codes = np.fromiter(
+        (index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values)
+    )
+    names = np.empty(len(index), dtype=object)
+    names[:] = list(index)
+    return codes, names
+
+
+def classes(scope_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a (n, R) scope mask and each row's class: luminaires every rule treats
+    alike. Rows are packed into integers (R <= 62) so this is a 1-D unique, not a row sort."""
+    n, r = scope_m.shape
+    if r == 0:
+        return np.ones((1, 0), dtype=bool), np.zeros(n, dtype=np.int64)
+    if r <= 62:
+        keys = scope_m.astype(np.int64) @ (np.int64(1) << np.arange(r, dtype=np.int64))
+        uk, klass = np.unique(keys, return_inverse=True)
+        uniq = ((uk[:, None] >> np.arange(r, dtype=np.int64)) & 1).astype(bool)
+        return uniq, klass.reshape(-1)
+    uniq, klass = np.unique(scope_m, axis=0, return_inverse=True)
+    return uniq, np.asarray(klass).reshape(-1)
 
 
 def resolve(date_m: np.ndarray, scope_m: np.ndarray, priorities: Sequence[int]) -> np.ndarray:

@@ -227,6 +227,25 @@ class Plan:
                 per_class[sel] = float(self.nights[name].level_at(t, night))
         return per_class[self.klass]
 
+    def steps(self, classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Breakpoints of every night for the given classes: times and levels (n, D, K).
+
+        One gather over a (profiles, nights, K) stack; unscheduled rows are all ``+inf``."""
+        classes = np.arange(self.rule.shape[0]) if classes is None else np.asarray(classes)
+        names = self.profile_names
+        d = self.anchors.days.size
+        k = max((np_.times.shape[1] for np_ in self.nights.values()), default=1)
+        tt = np.full((len(names) + 1, d, k), np.inf)
+        lv = np.zeros((len(names) + 1, d, k))
+        for p, name in enumerate(names):
+            np_ = self.nights.get(name)
+            if np_ is not None:
+                tt[p, :, : np_.times.shape[1]] = np_.times
+                lv[p, :, : np_.levels.shape[1]] = np_.levels
+        prof = self.profile[classes]  # (n, D), -1 -> last (empty) slab
+        days = np.arange(d)[None, :]
+        return tt[prof, days], lv[prof, days]
+
     def step_times(self, night: int) -> np.ndarray:
         """Every instant something changes in night row ``night`` (sorted, finite)."""
         used = {self.profile_names[p] for p in np.unique(self.profile[:, night]) if p >= 0}
@@ -243,10 +262,7 @@ def build_plan(
     """Resolve calendars for every luminaire class and night, and plan each used profile."""
     rules = list(cfg.calendars if rules is None else rules)
     sm = calendar.scope_mask(rules, scope.areas, scope.paths, scope.groups)
-    if sm.shape[1]:
-        uniq, klass = np.unique(sm, axis=0, return_inverse=True)
-    else:
-        uniq, klass = np.ones((1, 0), dtype=bool), np.zeros(len(scope), dtype=np.int64)
+    uniq, klass = calendar.classes(sm)
     dm = calendar.date_mask(rules, anchors.days)
     rule = calendar.resolve(dm, uniq, [r.priority for r in rules])
     names = list(cfg.profiles)
