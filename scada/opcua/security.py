@@ -31,7 +31,7 @@ from typing import Any
 from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen
-from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -160,7 +160,10 @@ class TrustList:
         return dest
 
     async def __call__(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
-        uri = getattr(app, "ApplicationUri", "") or ""
+        self.check(cert, getattr(app, "ApplicationUri", "") or "")
+
+    def check(self, cert: x509.Certificate, uri: str = "") -> None:
+        """Raise ``ServiceError`` (BadCertificateUntrusted / TimeInvalid) unless trusted."""
         now = datetime.now(UTC)
         if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
             self._record(uri, "BadCertificateTimeInvalid")
@@ -211,6 +214,18 @@ class SiteUserManager:
     def _record(self, user: str | None, action: str, outcome: str, **kw: Any) -> None:
         if self.audit is not None:
             self.audit.record(user=user, action=action, target="session", outcome=outcome, **kw)
+
+
+class PolicedInSession(PermissionRuleset):
+    """Lets every request of an activated session through to :class:`GuardedSession`.
+
+    asyncua's ``SimpleRoleRuleset`` knows only Admin/User/Anonymous and would refuse AddNodes
+    silently (no audit entry) before our session sees it; our session checks our roles and
+    audits each decision instead. Requests without a session are still refused by asyncua.
+    """
+
+    def check_validity(self, user: Any, action_type: Any, body: Any) -> bool:
+        return True
 
 
 def role_of(user: Any) -> str | None:

@@ -33,6 +33,7 @@ import numpy as np
 from asyncua import Node, Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.server.internal_session import InternalSession
+from cryptography import x509
 
 from .. import quality as Q
 from ..audit import AuditLog
@@ -43,6 +44,7 @@ from . import history
 from .address_space import VARIANT, LazyNodes, MonitorRegistry, make_datavalue
 from .security import (
     SECURE_POLICIES,
+    PolicedInSession,
     SiteUserManager,
     TrustList,
     ensure_server_certificate,
@@ -80,6 +82,25 @@ class GuardedSession(InternalSession):
 
     def _name(self) -> str | None:
         return getattr(self.user, "name", None)
+
+    def activate_session(self, params: ua.ActivateSessionParameters, peer_certificate: bytes | None
+                         ) -> ua.ActivateSessionResult:
+        """Refuse sessions on a None channel unless allowed, and check the channel's certificate.
+
+        asyncua accepts an OpenSecureChannel with SecurityPolicy None even when no None endpoint
+        is offered (its connection starts as None and ``select_policy`` keeps it), and checks the
+        client certificate only if CreateSession repeats it. The secure channel's certificate is
+        what protects the traffic, so it is the one checked here (Part 4 §5.6.3 / §6.1.3).
+        """
+        svc = self.scada
+        if not peer_certificate:
+            if not svc.cfg.allow_security_none:
+                svc.audit.record(user=None, action="login", target="session", outcome="BadSecurityPolicyRejected",
+                                 reason="SecurityPolicy None is not allowed on this server")
+                raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
+        else:
+            svc.trust.check(x509.load_der_x509_certificate(peer_certificate))
+        return super().activate_session(params, peer_certificate)
 
     async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
         out = []
@@ -286,7 +307,7 @@ class OpcUaService(Service):
             policies.insert(0, ua.SecurityPolicyType.NoSecurity)
             log.warning("OPC UA: SecurityPolicy None is OFFERED at %s (opcua.allow_security_none: true). "
                         "Use only for a demo or a lab; HMI traffic is then unencrypted.", self.endpoint)
-        server.set_security_policy(policies)
+        server.set_security_policy(policies, permission_ruleset=PolicedInSession())
         tokens: list[type] = [ua.UserNameIdentityToken]
         if cfg.anonymous == "viewer":
             tokens.insert(0, ua.AnonymousIdentityToken)
