@@ -1,9 +1,245 @@
-"""CLI commands: alarms (filled in by the issue that owns them)."""
+"""CLI commands: ``scada alarms`` (active, history, metrics, CSV/JSON export) reading the alarm
+journal directly, and ``scada ack`` / ``scada shelve`` / ``scada out-of-service`` calling the
+running server's OPC UA Alarms & Conditions methods (so the role checks and the audit are the
+server's, whoever calls)."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
+import json
+import os
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
 import click
+
+from scada.sections.common import parse_duration
+
+FIELDS = ("seq", "ts", "time", "alarm_id", "device", "area", "name", "category", "priority",
+          "severity", "event", "state", "active", "acked", "shelved", "suppressed", "oos",
+          "user", "comment", "value", "message")
+RETAINED_HIDDEN = ("Suppressed", "Shelved", "OutOfService")
 
 
 def register(main: click.Group) -> None:
     """Add this module's commands to the main group."""
+    main.add_command(alarms)
+    main.add_command(ack)
+    main.add_command(shelve)
+    main.add_command(out_of_service)
+
+
+def _journal_dir(site_file: str | None, directory: str | None) -> str:
+    if directory:
+        return directory
+    from scada.alarms.service import alarms_dir
+    from scada.commands.core import DEMO_SITE, load_or_exit
+
+    site = load_or_exit(site_file or str(DEMO_SITE))
+    return alarms_dir(site)
+
+
+def parse_time(s: str | None, now: float | None = None) -> float | None:
+    """``2026-01-05T18:00``, ``2026-01-05`` (UTC unless an offset is given), ``2h`` / ``3d``
+    (that long ago) or POSIX seconds."""
+    if s is None:
+        return None
+    now = time.time() if now is None else now
+    if re.fullmatch(r"\d+(\.\d+)?", s) and float(s) > 1e8:
+        return float(s)
+    try:
+        return now - parse_duration(s)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise click.BadParameter(f"expected an ISO date/time (2026-01-05T18:00) or an age "
+                                 f"(2h, 3d), got {s!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _iso(ts: Any) -> str:
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="seconds") if isinstance(
+        ts, (int, float)) else ""
+
+
+def _rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**{k: e.get(k) for k in FIELDS}, "time": _iso(e.get("ts"))} for e in entries]
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, out: str | None, columns: tuple[str, ...]) -> None:
+    if fmt == "json":
+        text = json.dumps(rows, indent=1, default=str, ensure_ascii=False) + "\n"
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(FIELDS), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        text = buf.getvalue()
+    else:
+        if not rows:
+            text = "no alarms\n"
+        else:
+            widths = {c: max(len(c), *(len(str(r.get(c) if r.get(c) is not None else "")) for r in rows))
+                      for c in columns}
+            lines = ["  ".join(c.ljust(min(widths[c], 60)) for c in columns)]
+            for r in rows:
+                lines.append("  ".join(str(r.get(c) if r.get(c) is not None else "")[:60].ljust(
+                    min(widths[c], 60)) for c in columns))
+            text = "\n".join(lines) + "\n"
+    if out:
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        click.echo(f"wrote {len(rows)} rows to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.command()
+@click.option("--site", "site_file", default=None, help="Site file (default: the demo site).")
+@click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
+              help="Alarm journal directory (default: <state_dir>/alarms of the site).")
+@click.option("--history", is_flag=True, help="List journaled transitions instead of the active set.")
+@click.option("--since", default=None, help="With --history/--metrics: from (ISO time or age: 2h, 7d).")
+@click.option("--until", default=None, help="With --history/--metrics: until (ISO time or age).")
+@click.option("--device", default=None, help="Only alarms of devices under this path prefix.")
+@click.option("--all", "show_all", is_flag=True, help="Active set: include suppressed, shelved, "
+              "out-of-service alarms.")
+@click.option("--metrics", is_flag=True, help="ISA-18.2 performance metrics.")
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text",
+              show_default=True)
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+              help="Write to this file (CSV/JSON export).")
+def alarms(site_file: str | None, directory: str | None, history: bool, since: str | None,
+           until: str | None, device: str | None, show_all: bool, metrics: bool, fmt: str,
+           output: str | None) -> None:
+    """Show alarms from the journal: the active set (red dots), --history, or --metrics."""
+    from scada.alarms import metrics as MX
+    from scada.alarms.journal import read_journal, replay
+
+    d = _journal_dir(site_file, directory)
+    if not os.path.isdir(d):
+        click.echo(f"no alarm journal in {d} (has the server run with alarms enabled?)", err=True)
+        sys.exit(1)
+    t0, t1 = parse_time(since), parse_time(until)
+    entries = read_journal(d, since=t0 if (history or metrics) else None,
+                           until=t1 if (history or metrics) else None)
+    if device:
+        pre = device.rstrip("/")
+        entries = [e for e in entries
+                   if e.get("device") == pre or str(e.get("device", "")).startswith(pre + "/")]
+    if metrics:
+        m = MX.compute(entries, now=t1 or time.time())
+        if fmt == "json":
+            _emit_json(m, output)
+        else:
+            text = MX.format_text(m, _iso) + "\n"
+            if output:
+                with open(output, "w", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                click.echo(text, nl=False)
+        return
+    if history:
+        _emit(_rows(entries), fmt, output,
+              ("time", "event", "state", "alarm_id", "priority", "user", "comment", "message"))
+        return
+    states, _ = replay(entries)
+    current = [e for e in states.values()
+               if (e.get("active") or not e.get("acked", True))
+               and (show_all or e.get("state") not in RETAINED_HIDDEN)]
+    current.sort(key=lambda e: (e.get("priority", 4), -e.get("ts", 0)))
+    _emit(_rows(current), fmt, output,
+          ("time", "state", "priority", "alarm_id", "value", "message"))
+
+
+def _emit_json(obj: Any, out: str | None) -> None:
+    text = json.dumps(obj, indent=1, default=str) + "\n"
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
+# ----------------------------------------------------------------------------- actions over OPC UA
+def _endpoint(site_file: str | None, endpoint: str | None) -> str:
+    if endpoint:
+        return endpoint
+    from scada.commands.core import DEMO_SITE, load_or_exit
+
+    site = load_or_exit(site_file or str(DEMO_SITE))
+    return f"opc.tcp://{site.config.opcua.host}:{site.config.opcua.port}/scada"
+
+
+def _client_opts(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--site", "site_file", default=None, help="Site file (endpoint from its opcua section)."),
+        click.option("--endpoint", default=None, help="OPC UA endpoint (opc.tcp://host:port/scada)."),
+        click.option("--user", "-u", default=None, envvar="SCADA_USER", help="OPC UA user name."),
+        click.option("--password", "-p", default=None, envvar="SCADA_PASSWORD",
+                     help="Password (or SCADA_PASSWORD; prompted if a user is given without it)."),
+        click.option("--comment", "-m", default="", help="Comment recorded with the action."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _call(site_file: str | None, endpoint: str | None, user: str | None, password: str | None,
+          what: str, **kw: Any) -> None:
+    from scada.alarms.opcua_ac import ClientError, call_action
+
+    if user and password is None:
+        password = click.prompt(f"password for {user}", hide_input=True)
+    try:
+        msg = asyncio.run(call_action(_endpoint(site_file, endpoint), user, password, what, **kw))
+    except ClientError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(msg)
+
+
+@click.command()
+@click.argument("alarm_id")
+@_client_opts
+def ack(alarm_id: str, site_file: str | None, endpoint: str | None, user: str | None,
+        password: str | None, comment: str) -> None:
+    """Acknowledge ALARM (area/device/name) through the server (operator role)."""
+    _call(site_file, endpoint, user, password, "acknowledge", alarm_id=alarm_id, comment=comment)
+
+
+@click.command()
+@click.argument("alarm_id")
+@_client_opts
+@click.option("--duration", "-d", default=None, help="Timed shelve (15min, 2h); default: one-shot.")
+@click.option("--unshelve", is_flag=True, help="Unshelve instead.")
+def shelve(alarm_id: str, site_file: str | None, endpoint: str | None, user: str | None,
+           password: str | None, comment: str, duration: str | None, unshelve: bool) -> None:
+    """Shelve ALARM (engineer role): timed with --duration, else one-shot; --unshelve."""
+    if unshelve:
+        _call(site_file, endpoint, user, password, "unshelve", alarm_id=alarm_id, comment=comment)
+        return
+    if not comment:
+        raise click.UsageError("shelving needs a reason: --comment/-m")
+    secs = parse_duration(duration) if duration else None
+    _call(site_file, endpoint, user, password, "shelve", alarm_id=alarm_id, comment=comment,
+          duration=secs)
+
+
+@click.command("out-of-service")
+@click.argument("device")
+@_client_opts
+@click.option("--back", is_flag=True, help="Put the device back in service.")
+def out_of_service(device: str, site_file: str | None, endpoint: str | None, user: str | None,
+                   password: str | None, comment: str, back: bool) -> None:
+    """Take DEVICE (area/device) out of service for works, or --back (engineer role)."""
+    _call(site_file, endpoint, user, password, "out_of_service", device=device,
+          oos=not back, comment=comment)

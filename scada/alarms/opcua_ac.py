@@ -1,0 +1,459 @@
+"""OPC UA Alarms & Conditions (Part 9) on top of asyncua's event support.
+
+asyncua ships the A&C *types* and event objects but no condition model; this module is that
+model for the alarm engine, attached to the HMI server (``runtime.services["opcua"]``):
+
+* **Condition instances.** Each alarm that has had an event is an Object
+  ``ns=<site>;s=<area>/<device>/<name>#alarm`` (browse name = the alarm name) under its device
+  node, so the ConditionId in events resolves and methods can be called on it. Instances are
+  created on first use only: a city of 800,000 potential alarms costs nodes only for the alarms
+  that ever fired (Part 9 §4.10 allows conditions that are not all exposed).
+* **Events.** Each engine transition becomes one condition event (OffNormalAlarmType for
+  discrete alarms, SystemOffNormalAlarmType for communication/stale, ExclusiveLimitAlarmType for
+  limits with LimitState, ExclusiveDeviationAlarmType for deviations, AlarmConditionType
+  otherwise) carrying the Part 9 state variables (ActiveState, AckedState, ConfirmedState,
+  EnabledState, SuppressedState, OutOfServiceState, ShelvingState/CurrentState,
+  SuppressedOrShelved, Retain, Severity, Comment, ClientUserId). Events are propagated to the
+  device, the area folder and the Server object (Part 9 §4.4 / Part 3 HasNotifier hierarchy:
+  asyncua delivers an event only to monitored items of its emitting node, so it is triggered on
+  each). ``Retain`` is true while the alarm is an annunciated red dot (active or
+  unacknowledged, not suppressed, shelved or out of service).
+* **Methods**, linked on the type-level method nodes so they apply to every condition
+  (``Call(ObjectId=ConditionId, MethodId=...)``, Part 9 §5.5-5.8): Acknowledge (9111),
+  AddComment (9029), ShelvingState TimedShelve/OneShotShelve/Unshelve (9213/9212/9211 and the
+  ShelvedStateMachineType ones), RemoveFromService/PlaceInService (17869/17870: the whole
+  device), ConditionRefresh/ConditionRefresh2 (3875/12912: RefreshStart, the retained set,
+  RefreshEnd to the calling subscription). Each checks the caller's role through the server's
+  session (operator to acknowledge/comment, engineer to shelve and for out-of-service) and
+  answers BadUserAccessDenied otherwise; the engine journals and audits the action.
+  Acknowledge accepts the condition's latest EventId or an empty one (the CLI's "current
+  state"); a stale EventId is BadEventIdUnknown. Shelve methods accept an optional trailing
+  comment argument (the reason).
+* ``Objects/Alarms`` has ``SetOutOfService(DevicePath, OutOfService, Comment)`` for devices
+  without alarm instances (the CLI's ``scada out-of-service``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import Client, ua
+from asyncua.common import event_objects as eo
+
+from . import model as M
+
+log = logging.getLogger("scada.alarms.opcua")
+
+SUFFIX = "#alarm"
+ALARMS_OBJECT = "#Alarms"
+
+_EVENT_TYPE = {
+    M.K_DISCRETE: ua.ObjectIds.OffNormalAlarmType,
+    M.K_QUALITY: ua.ObjectIds.SystemOffNormalAlarmType,
+    M.K_STALE: ua.ObjectIds.SystemOffNormalAlarmType,
+    M.K_LIMIT: ua.ObjectIds.ExclusiveLimitAlarmType,
+    M.K_DEVIATION: ua.ObjectIds.ExclusiveDeviationAlarmType,
+    M.K_RATE: ua.ObjectIds.AlarmConditionType,
+    M.K_EXTERNAL: ua.ObjectIds.AlarmConditionType,
+}
+_CLASS = {
+    "system": (ua.ObjectIds.SystemConditionClassType, "System"),
+    "cabinet": (ua.ObjectIds.ProcessConditionClassType, "Process"),
+    "lighting": (ua.ObjectIds.ProcessConditionClassType, "Process"),
+    "traffic": (ua.ObjectIds.ProcessConditionClassType, "Process"),
+}
+
+
+def _v(x: Any) -> Any:
+    return x.Value if isinstance(x, ua.Variant) else x
+
+
+def _text(x: Any) -> str:
+    x = _v(x)
+    if isinstance(x, ua.LocalizedText):
+        return x.Text or ""
+    return "" if x is None else str(x)
+
+
+class AlarmConditions:
+    """The Part 9 condition model of one engine on one asyncua server."""
+
+    def __init__(self, engine: Any, opcua: Any):
+        self.engine = engine
+        self.svc = opcua
+        self._queue: deque[M.AlarmEvent] = deque()
+        self._ready = asyncio.Event()
+        self._nodes: set[int] = set()
+        self._last_eid: dict[int, bytes] = {}
+        self._templates: dict[int, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.stats = {"events": 0, "nodes": 0, "calls": 0, "denied": 0}
+
+    # ------------------------------------------------------------------ wiring
+    def attach(self) -> None:
+        """Hook into the server's start (or start now if it already runs)."""
+        self.svc.on_started.append(self._on_started)
+        started = getattr(self.svc, "started", None)
+        if getattr(self.svc, "server", None) is not None and started is not None and started.is_set():
+            asyncio.get_running_loop().create_task(self._on_started(self.svc))
+
+    async def _on_started(self, svc: Any) -> None:
+        server = svc.server
+        ns = svc.namespace_index
+        self.ns = ns
+        for tid in set(_EVENT_TYPE.values()):
+            self._templates[tid] = eo.IMPLEMENTED_EVENTS[tid]()
+        link = server.iserver.isession.add_method_callback
+        for mid in (ua.ObjectIds.AcknowledgeableConditionType_Acknowledge,):
+            link(ua.NodeId(mid), self._acknowledge)
+        link(ua.NodeId(ua.ObjectIds.ConditionType_AddComment), self._add_comment)
+        for mid in (ua.ObjectIds.AlarmConditionType_ShelvingState_TimedShelve,
+                    ua.ObjectIds.ShelvedStateMachineType_TimedShelve):
+            link(ua.NodeId(mid), self._timed_shelve)
+        for mid in (ua.ObjectIds.AlarmConditionType_ShelvingState_OneShotShelve,
+                    ua.ObjectIds.ShelvedStateMachineType_OneShotShelve):
+            link(ua.NodeId(mid), self._oneshot_shelve)
+        for mid in (ua.ObjectIds.AlarmConditionType_ShelvingState_Unshelve,
+                    ua.ObjectIds.ShelvedStateMachineType_Unshelve):
+            link(ua.NodeId(mid), self._unshelve)
+        link(ua.NodeId(ua.ObjectIds.AlarmConditionType_RemoveFromService), self._remove_from_service)
+        link(ua.NodeId(ua.ObjectIds.AlarmConditionType_PlaceInService), self._place_in_service)
+        link(ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh), self._refresh)
+        link(ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh2), self._refresh)
+        obj = await server.nodes.objects.add_object(ua.NodeId(ALARMS_OBJECT, ns),
+                                                    ua.QualifiedName("Alarms", ns))
+        await obj.add_method(
+            ua.NodeId(ALARMS_OBJECT + ".SetOutOfService", ns), ua.QualifiedName("SetOutOfService", ns),
+            self._set_oos_method,
+            [ua.VariantType.String, ua.VariantType.Boolean, ua.VariantType.String], [])
+        self.engine.listeners.append(self.on_events)
+        # the red dots that exist already (restored from the journal) get their nodes now
+        for c in self.engine.retained().tolist():
+            await self._ensure_node(c)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._pump(), name="alarms:opcua")
+        log.info("OPC UA Alarms & Conditions attached (%d alarm instances, %d retained)",
+                 self.engine.n, len(self.engine.retained()))
+
+    async def close(self) -> None:
+        if self.on_events in self.engine.listeners:
+            self.engine.listeners.remove(self.on_events)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    # ------------------------------------------------------------------ events
+    def on_events(self, events: list[M.AlarmEvent]) -> None:
+        self._queue.extend(events)
+        self._ready.set()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                e = self._queue.popleft()
+                try:
+                    await self._emit(e)
+                except Exception:
+                    log.exception("OPC UA A&C: could not send the event of %s (%s)", e.alarm_id, e.event)
+                if self.stats["events"] % 200 == 0:
+                    await asyncio.sleep(0)
+
+    def cond_nodeid(self, c: int) -> ua.NodeId:
+        return ua.NodeId(self.engine.ids[c] + SUFFIX, self.ns)
+
+    async def _ensure_node(self, c: int) -> None:
+        if c in self._nodes or self.svc.server is None:
+            return
+        self._nodes.add(c)
+        nid = self.cond_nodeid(c)
+        try:
+            parent = await self.svc.device_node(self.engine.device[c])
+        except KeyError:
+            parent = self.svc.server.nodes.objects
+        try:
+            await parent.add_object(nid, ua.QualifiedName(self.engine.name[c], self.ns))
+            self.stats["nodes"] += 1
+        except ua.UaStatusCodeError as e:
+            if e.code != ua.StatusCodes.BadNodeIdExists:
+                raise
+
+    def _build(self, c: int, e: M.AlarmEvent | None, eid: bytes) -> Any:
+        eng = self.engine
+        kind = int(eng.cond.kind[c])
+        tmpl = self._templates[_EVENT_TYPE[kind]]
+        ev = copy.copy(tmpl)
+        ev.__dict__ = dict(tmpl.__dict__)
+        v = e if e is not None else eng.view(c)
+        active = v.active != 0
+        hidden = bool(v.shelved or v.suppressed or v.oos)
+        now = datetime.now(UTC)
+        ev.EventId = eid
+        ev.SourceNode = ua.NodeId(v.device, self.ns)
+        ev.SourceName = v.device
+        ev.Time = datetime.fromtimestamp(v.ts, UTC) if v.ts else now
+        ev.ReceiveTime = now
+        ev.Message = ua.LocalizedText(v.message or f"{v.device} {v.name}")
+        ev.Severity = int(v.severity)
+        ev.LastSeverity = int(v.severity)
+        cls_id, cls_name = _CLASS.get(v.category, _CLASS["system"])
+        ev.ConditionClassId = ua.NodeId(cls_id)
+        ev.ConditionClassName = ua.LocalizedText(cls_name)
+        ev.ConditionName = v.name
+        ev.BranchId = ua.NodeId()
+        ev.Retain = bool((active or not v.acked) and not hidden)
+        ev.EnabledState = ua.LocalizedText("Enabled")
+        setattr(ev, "EnabledState/Id", True)
+        ev.Quality = ua.StatusCode(ua.StatusCodes.Good)
+        ev.Comment = ua.LocalizedText(v.comment or "")
+        ev.ClientUserId = v.user or ""
+        ev.AckedState = ua.LocalizedText("Acknowledged" if v.acked else "Unacknowledged")
+        setattr(ev, "AckedState/Id", bool(v.acked))
+        ev.ConfirmedState = ua.LocalizedText("Confirmed")
+        setattr(ev, "ConfirmedState/Id", True)
+        ev.ActiveState = ua.LocalizedText("Active" if active else "Inactive")
+        setattr(ev, "ActiveState/Id", active)
+        ev.SuppressedState = ua.LocalizedText("Suppressed" if v.suppressed else "Unsuppressed")
+        setattr(ev, "SuppressedState/Id", bool(v.suppressed))
+        ev.OutOfServiceState = ua.LocalizedText("Out of Service" if v.oos else "In Service")
+        setattr(ev, "OutOfServiceState/Id", bool(v.oos))
+        ev.SuppressedOrShelved = bool(v.suppressed or v.shelved)
+        ev.add_property("ShelvingState/CurrentState",
+                        ua.LocalizedText(M.SHELVE_NAMES[int(v.shelved)]), ua.VariantType.LocalizedText)
+        if kind == M.K_LIMIT:
+            ev.add_property("LimitState/CurrentState",
+                            ua.LocalizedText(M.LEVEL_NAMES.get(int(v.active), "")),
+                            ua.VariantType.LocalizedText)
+        ev.add_property("NodeId", self.cond_nodeid(c), ua.VariantType.NodeId)
+        return ev
+
+    def _emitters(self, c: int) -> list[ua.NodeId]:
+        out = [ua.NodeId(ua.ObjectIds.Server)]
+        try:
+            out.append(self.svc.area_node(self.engine.area[c]).nodeid)
+        except KeyError:
+            pass
+        out.append(ua.NodeId(self.engine.device[c], self.ns))
+        return out
+
+    async def _trigger(self, c: int, ev: Any, subscription_id: int | None = None) -> None:
+        ss = self.svc.server.iserver.subscription_service
+        for node in self._emitters(c):
+            e2 = copy.copy(ev)
+            e2.__dict__ = dict(ev.__dict__)
+            e2.emitting_node = node
+            await ss.trigger_event(e2, subscription_id=subscription_id)
+
+    async def _emit(self, e: M.AlarmEvent) -> None:
+        if self.svc.server is None:
+            return
+        c = e.cond
+        await self._ensure_node(c)
+        eid = f"{e.seq}".encode()
+        self._last_eid[c] = eid
+        await self._trigger(c, self._build(c, e, eid))
+        self.stats["events"] += 1
+
+    # ------------------------------------------------------------------ methods
+    def _cond_of(self, objid: Any) -> int | None:
+        nid = _v(objid)
+        s = getattr(nid, "Identifier", None)
+        if not isinstance(s, str) or SUFFIX not in s:
+            return None
+        return self.engine.by_id.get(s.split(SUFFIX, 1)[0])
+
+    def _caller(self) -> tuple[str | None, str | None]:
+        return self.svc.user_name(), self.svc.role_of()
+
+    def _run(self, fn: Any, *a: Any, **kw: Any) -> ua.StatusCode:
+        self.stats["calls"] += 1
+        try:
+            fn(*a, **kw)
+        except M.AlarmPermissionError as ex:
+            self.stats["denied"] += 1
+            log.info("OPC UA A&C: denied: %s", ex)
+            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+        except M.UnknownAlarm:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        except M.InvalidAlarmState as ex:
+            msg = str(ex)
+            if "acknowledged" in msg:
+                return ua.StatusCode(ua.StatusCodes.BadConditionBranchAlreadyAcked)
+            if "not shelved" in msg:
+                return ua.StatusCode(ua.StatusCodes.BadConditionNotShelved)
+            return ua.StatusCode(ua.StatusCodes.BadInvalidState)
+        except ValueError:
+            return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+        return ua.StatusCode(ua.StatusCodes.Good)
+
+    async def _acknowledge(self, objid: Any, event_id: Any = None, comment: Any = None) -> ua.StatusCode:
+        c = self._cond_of(objid)
+        if c is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        eid = _v(event_id)
+        if eid and eid != self._last_eid.get(c):
+            return ua.StatusCode(ua.StatusCodes.BadEventIdUnknown)
+        user, role = self._caller()
+        return self._run(self.engine.acknowledge, self.engine.ids[c], user=user, role=role,
+                         comment=_text(comment))
+
+    async def _add_comment(self, objid: Any, event_id: Any = None, comment: Any = None) -> ua.StatusCode:
+        c = self._cond_of(objid)
+        if c is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        user, role = self._caller()
+        return self._run(self.engine.add_comment, self.engine.ids[c], user=user, role=role,
+                         comment=_text(comment))
+
+    async def _timed_shelve(self, objid: Any, shelving_time: Any = None, comment: Any = None) -> ua.StatusCode:
+        c = self._cond_of(objid)
+        if c is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        ms = _v(shelving_time)
+        if not isinstance(ms, (int, float)) or ms <= 0:
+            return ua.StatusCode(ua.StatusCodes.BadShelvingTimeOutOfRange)
+        user, role = self._caller()
+        return self._run(self.engine.shelve, self.engine.ids[c], user=user, role=role,
+                         comment=_text(comment) or "timed shelve (OPC UA)", duration=ms / 1000.0)
+
+    async def _oneshot_shelve(self, objid: Any, comment: Any = None) -> ua.StatusCode:
+        c = self._cond_of(objid)
+        if c is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        user, role = self._caller()
+        return self._run(self.engine.shelve, self.engine.ids[c], user=user, role=role,
+                         comment=_text(comment) or "one-shot shelve (OPC UA)")
+
+    async def _unshelve(self, objid: Any, comment: Any = None) -> ua.StatusCode:
+        c = self._cond_of(objid)
+        if c is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        user, role = self._caller()
+        return self._run(self.engine.unshelve, self.engine.ids[c], user=user, role=role,
+                         comment=_text(comment))
+
+    async def _service(self, objid: Any, oos: bool, comment: Any) -> ua.StatusCode:
+        c = self._cond_of(objid)
+        if c is None:
+            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
+        user, role = self._caller()
+        return self._run(self.engine.set_out_of_service, self.engine.device[c], oos, user=user,
+                         role=role, comment=_text(comment))
+
+    async def _remove_from_service(self, objid: Any, comment: Any = None) -> ua.StatusCode:
+        return await self._service(objid, True, comment)
+
+    async def _place_in_service(self, objid: Any, comment: Any = None) -> ua.StatusCode:
+        return await self._service(objid, False, comment)
+
+    async def _set_oos_method(self, objid: Any, device: Any, oos: Any, comment: Any = None) -> ua.StatusCode:
+        user, role = self._caller()
+        return self._run(self.engine.set_out_of_service, _text(device), bool(_v(oos)), user=user,
+                         role=role, comment=_text(comment))
+
+    async def _refresh(self, objid: Any, subscription_id: Any = None, mid: Any = None) -> ua.StatusCode:
+        """ConditionRefresh (Part 9 §5.5.7): RefreshStart, every retained red dot, RefreshEnd,
+        to the calling subscription only."""
+        ss = self.svc.server.iserver.subscription_service
+        sid = _v(subscription_id)
+        if sid not in ss.subscriptions:
+            return ua.StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid)
+        await self._marker(ua.ObjectIds.RefreshStartEventType, sid)
+        for c in self.engine.retained().tolist():
+            v = self.engine.view(c)
+            if v.hidden:
+                continue
+            await self._ensure_node(c)
+            eid = self._last_eid.setdefault(c, f"r{c}".encode())
+            await self._trigger(c, self._build(c, None, eid), subscription_id=sid)
+        await self._marker(ua.ObjectIds.RefreshEndEventType, sid)
+        return ua.StatusCode(ua.StatusCodes.Good)
+
+    async def _marker(self, etype: int, sid: int) -> None:
+        ev = eo.IMPLEMENTED_EVENTS[etype]()
+        ev.EventId = f"{etype}:{self.engine.seq}".encode()
+        ev.SourceNode = ua.NodeId(ua.ObjectIds.Server)
+        ev.SourceName = "Server"
+        ev.Time = ev.ReceiveTime = datetime.now(UTC)
+        ev.Severity = 1
+        ev.Message = ua.LocalizedText("RefreshStart" if etype == ua.ObjectIds.RefreshStartEventType
+                                      else "RefreshEnd")
+        ev.emitting_node = ua.NodeId(ua.ObjectIds.Server)
+        await self.svc.server.iserver.subscription_service.trigger_event(ev, subscription_id=sid)
+
+
+# ----------------------------------------------------------------------------- client side (CLI)
+class ClientError(Exception):
+    """An action over OPC UA failed; the message names the alarm and the server's answer."""
+
+
+async def _ns(client: Client) -> int:
+    arr = await client.get_namespace_array()
+    for k, uri in enumerate(arr):
+        if uri.startswith("urn:scada"):
+            return k
+    raise ClientError(f"the server has no urn:scada namespace (namespaces: {arr})")
+
+
+async def call_action(endpoint: str, user: str | None, password: str | None, what: str,
+                      **kw: Any) -> str:
+    """Call one A&C method as ``user`` (the server checks the role): ``acknowledge``,
+    ``shelve`` (duration s or None = one-shot), ``unshelve``, ``out_of_service``."""
+    client = Client(endpoint, timeout=10)
+    if user:
+        client.set_user(user)
+        client.set_password(password or "")
+    try:
+        await client.connect()
+    except (OSError, TimeoutError, ua.UaError) as e:
+        raise ClientError(f"cannot connect to {endpoint}: {e} (is `scada run`/`scada demo` running?)") from e
+    try:
+        ns = await _ns(client)
+        comment = ua.LocalizedText(kw.get("comment") or "")
+        if what == "out_of_service":
+            node = client.get_node(ua.NodeId(ALARMS_OBJECT, ns))
+            args = [ua.Variant(kw["device"], ua.VariantType.String),
+                    ua.Variant(bool(kw["oos"]), ua.VariantType.Boolean),
+                    ua.Variant(kw.get("comment") or "", ua.VariantType.String)]
+            method = ua.NodeId(ALARMS_OBJECT + ".SetOutOfService", ns)
+            target = kw["device"]
+        else:
+            target = kw["alarm_id"]
+            node = client.get_node(ua.NodeId(target + SUFFIX, ns))
+            if what == "acknowledge":
+                method = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+                args = [ua.Variant(b"", ua.VariantType.ByteString), comment]
+            elif what == "shelve" and kw.get("duration"):
+                method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_TimedShelve)
+                args = [ua.Variant(float(kw["duration"]) * 1000.0, ua.VariantType.Double), comment]
+            elif what == "shelve":
+                method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_OneShotShelve)
+                args = [comment]
+            elif what == "unshelve":
+                method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_Unshelve)
+                args = [comment]
+            else:
+                raise ClientError(f"unknown action {what!r}")
+        try:
+            await node.call_method(method, *args)
+        except ua.UaStatusCodeError as e:
+            name = getattr(ua.StatusCode(e.code), "name", None) or f"0x{e.code:08X}"
+            hint = {
+                "BadUserAccessDenied": "your role does not allow this (log in with --user)",
+                "BadNodeIdInvalid": "no such alarm instance on the server (see `scada alarms`)",
+                "BadNodeIdUnknown": "no such alarm or device",
+                "BadConditionBranchAlreadyAcked": "already acknowledged",
+                "BadConditionNotShelved": "the alarm is not shelved",
+            }.get(name, "")
+            raise ClientError(f"{what} {target}: {name}{': ' + hint if hint else ''}") from e
+        return f"{what.replace('_', ' ')} {target}: done"
+    finally:
+        await client.disconnect()
+
