@@ -363,7 +363,7 @@ def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
     def summary_row(option: str, actual: float, base: float, complete: float | None) -> dict[str, Any]:
         return {"option": option, "baseline_kwh": _kwh(base), "actual_kwh": _kwh(actual),
                 "saved_kwh": _kwh(base - actual), "savings_pct": _pct(base - actual, base),
-                "target_pct": inv.target_pct, "target_met": (base > 0 and 100 * (base - actual) / base >= inv.target_pct),
+                "target_pct": inv.target_pct, "target_met": bool(base > 0 and 100 * (base - actual) / base >= inv.target_pct),
                 "completeness_pct": complete}
 
     completeness = round(100.0 * meas / act_n, 3) if act_n else None

@@ -241,8 +241,9 @@ class HistorianService(Service):
             setter = getattr(alarms, "set_condition", None)
             if setter is not None:
                 try:
-                    setter("_system/historian", "spool_high", alarm,
-                           message=f"historian spool {vals['spool_fill_pct']:.0f} % full")
+                    setter("_system/historian", "spool_high", alarm, priority=2, category="system",
+                           message=f"historian spool {vals['spool_fill_pct']:.0f} % full: "
+                                   "the historian backend is down or too slow")
                 except TypeError:
                     log.debug("alarm engine set_condition has another signature; tag only")
 

@@ -1,9 +1,220 @@
-"""CLI commands: report (filled in by the issue that owns them)."""
+"""CLI: ``scada report energy|availability|interventions`` and ``scada history TAG``.
+
+Reports read the historian from *another process* while the server writes: the embedded store
+is a set of immutable Parquet segments, so a reader never blocks the server nor sees half a
+block (points still in the server's spool - the last second or so - are not visible yet).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import click
+
+from scada.commands.core import DEMO_SITE, load_or_exit
 
 
 def register(main: click.Group) -> None:
-    """Add this module's commands to the main group."""
+    main.add_command(report)
+    main.add_command(history)
+
+
+def _site(site_file: str):
+    site = load_or_exit(site_file)
+    if not os.path.isabs(site.config.site.state_dir):
+        site.config.site.state_dir = os.path.join(os.path.dirname(os.path.abspath(site.path)),
+                                                  site.config.site.state_dir)
+    return site
+
+
+def _reader(site):
+    from historian.base import load_backend
+    from historian.service import resolve_dir
+
+    cfg = site.config.historian
+    root = resolve_dir(type("R", (), {"site": site})(), cfg.path)
+    return load_backend(cfg.backend, os.path.join(root, "data"), cfg.options)
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+class _Progress:
+    """Progress on stderr: step number, what is being done, elapsed seconds."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.t0 = total, 0, time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        self.n += 1
+        done = min(self.n, self.total)
+        bar = "#" * (20 * done // self.total) + "." * (20 - 20 * done // self.total)
+        click.echo(f"[{bar}] {time.monotonic() - self.t0:6.1f} s  {msg}", err=True)
+
+
+site_option = click.option("--site", "site_file", default=str(DEMO_SITE), show_default=True,
+                           type=click.Path(dir_okay=False), help="Site file (historian settings).")
+fmt_option = click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html",
+                          show_default=True)
+out_option = click.option("--out", type=click.Path(dir_okay=False), help="Write to a file (default stdout).")
+
+
+@click.group()
+def report() -> None:
+    """Contract reports for auditors (energy savings, availability, interventions)."""
+
+
+@report.command("energy")
+@site_option
+@click.option("--from", "d0", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First night (local date).")
+@click.option("--to", "d1", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last night (inclusive).")
+@click.option("--area", default=None, help="Only this area.")
+@click.option("--inventory", type=click.Path(exists=True, dir_okay=False),
+              help="Baseline inventory (YAML/CSV); default: luminaire attrs of the site.")
+@fmt_option
+@out_option
+def energy(site_file, d0, d1, area, inventory, fmt, out) -> None:
+    """Energy savings against the legacy baseline (IPMVP options A, B, C), docs/energy-kpi.md."""
+    from historian import energy as E
+    from historian import report as R
+
+    site = _site(site_file)
+    inv = E.load_inventory(inventory) if inventory else E.inventory_from_site(site)
+    if not inv.points:
+        raise click.UsageError("no luminaire with a legacy_w attribute in the site; give --inventory")
+    s = site.config.site
+    backend = _reader(site)
+    prog = _Progress(7)
+    try:
+        res = E.compute(backend, inv, lat=s.latitude, lon=s.longitude, tz=s.timezone, d0=d0.date(),
+                        d1=d1.date(), area=area, progress=prog)
+    finally:
+        backend.close()
+    prog("rendering")
+    r = res.as_dict()
+    text = R.to_json(r) if fmt == "json" else R.to_csv(r) if fmt == "csv" else R.energy_html(r)
+    _emit(text, out)
+
+
+@report.command("availability")
+@site_option
+@click.option("--from", "d0", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--to", "d1", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
+@click.option("--area", default=None)
+@fmt_option
+@out_option
+def availability_cmd(site_file, d0, d1, area, fmt, out) -> None:
+    """Equipment availability (contract: 99 %) per device, class, area and month, with outages."""
+    from historian import availability as A
+    from historian import report as R
+
+    site = _site(site_file)
+    backend = _reader(site)
+    try:
+        r = A.compute(backend, site, d0.date(), d1.date(), area=area, progress=_Progress(3))
+    finally:
+        backend.close()
+    text = R.to_json(r) if fmt == "json" else R.to_csv(r) if fmt == "csv" else A.to_html(r)
+    _emit(text, out)
+
+
+@report.command("interventions")
+@site_option
+@click.option("--journal", type=click.Path(exists=True), help="Alarm journal file or directory "
+              "(default: <state_dir>/<alarms.journal>).")
+@click.option("--from", "d0", type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--to", "d1", type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
+@fmt_option
+@out_option
+def interventions_cmd(site_file, journal, d0, d1, fmt, out) -> None:
+    """Time to acknowledge and to clear alarms per priority, category, area: median, p90, month."""
+    from historian import interventions as I
+    from historian import report as R
+
+    site = _site(site_file)
+    path = journal or os.path.join(site.config.site.state_dir, site.config.alarms.journal)
+    r = I.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
+    text = R.to_json(r) if fmt == "json" else R.to_csv(r) if fmt == "csv" else I.to_html(r)
+    _emit(text, out)
+
+
+def _when(v: str, tz: str) -> float:
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise click.BadParameter(f"{v!r}: expected an ISO date or time such as 2025-03-01 or "
+                                 "2025-03-01T18:00 (site time zone unless given)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=ZoneInfo(tz))
+    return dt.timestamp()
+
+
+@click.command()
+@click.argument("tag")
+@site_option
+@click.option("--from", "t0", required=True, help="Start (ISO date/time, site time zone unless given).")
+@click.option("--to", "t1", required=True, help="End (exclusive).")
+@click.option("--agg", default=None, help="Aggregate interval (15min, 1h, 1d); raw points if omitted.")
+@click.option("--fn", "fn", default="avg", show_default=True,
+              type=click.Choice(["avg", "min", "max", "first", "last", "count", "time_avg", "integral"]))
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@out_option
+def history(tag, site_file, t0, t1, agg, fn, fmt, out) -> None:
+    """Recorded history of TAG (raw with status, or aggregated per interval), CSV or JSON."""
+    import json
+
+    from historian.query import aggregate
+    from scada import quality as Q
+    from scada.sections.common import parse_duration
+
+    site = _site(site_file)
+    tz = site.config.site.timezone
+    a, b = _when(t0, tz), _when(t1, tz)
+    backend = _reader(site)
+    try:
+        raw = backend.read_raw(tag, a, b)
+    finally:
+        backend.close()
+    zi = ZoneInfo(tz)
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, zi).isoformat(timespec="milliseconds")
+
+    rows: list[dict[str, object]]
+    if agg:
+        try:
+            interval = parse_duration(agg)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--agg") from None
+        res = aggregate(raw, a, b, interval, fn)
+        rows = [{"time": iso(t), fn: (None if v != v else float(v)), "good_points": int(c), "bad_points": int(n)}
+                for t, v, c, n in zip(res.start.tolist(), res.value.tolist(), res.count.tolist(),
+                                      res.bad.tolist(), strict=True)]
+    else:
+        rows = [{"time": iso(t), "value": (None if v != v else v), "status": Q.name(q)}
+                for t, v, q in zip(raw.t.tolist(), raw.v.tolist(), raw.q.tolist(), strict=True)]
+    if not rows:
+        click.echo(f"no recorded points for {tag} in that range", err=True)
+    if fmt == "json":
+        _emit(json.dumps({"tag": tag, "from": iso(a), "to": iso(b), "points": rows}, indent=1) + "\n", out)
+    else:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        cols = list(rows[0].keys()) if rows else ["time", "value", "status"]
+        w = csv.DictWriter(buf, cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+        _emit(buf.getvalue(), out)
+

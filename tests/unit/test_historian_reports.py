@@ -1,0 +1,162 @@
+"""Reports end to end through the CLI (click runner; embedded store on disk, no sockets):
+energy HTML/CSV/JSON agree, availability from recorded quality and faults, intervention
+delays from an alarm journal, ``scada history`` raw and aggregated."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+from click.testing import CliRunner
+
+from cli import main
+from historian.base import Points
+from historian.embedded import EmbeddedBackend
+from scada import astro
+from scada import quality as Q
+from tests.fixtures.historian import make_site
+
+T0 = 1_735_689_600.0  # 2025-01-01T00:00Z
+
+
+def _store(site):
+    return EmbeddedBackend(os.path.join(site.config.site.state_dir, "historian", "data"), {"fsync": False})
+
+
+def _energy_data(site, days: int = 31):
+    """Every luminaire of the site burns sunset -> sunrise at 40 W (legacy 170 W) in January 2025."""
+    d = astro.to_dates(np.array(["2024-12-31"], dtype="datetime64[D]"))[0] + np.arange(days + 2)
+    on, off, _ = astro.night_bounds(47.322, 5.0415, d, "Europe/Paris")
+    t = np.arange(T0 - 86400, T0 + (days + 1) * 86400, 900.0)
+    lit = np.concatenate(([0.0], np.cumsum(off - on)))
+    k = np.searchsorted(on, t, side="right") - 1
+    kk = np.maximum(k, 0)
+    wh = 40.0 * (lit[kk] + np.where(k >= 0, np.clip(t - on[kk], 0, (off - on)[kk]), 0)) / 3600
+    keys = [f"{dev.path}/energy_wh" for dev in site.all_devices() if dev.kind == "luminaire"]
+    n = len(t)
+    return Points.of(keys, np.repeat(np.arange(len(keys)), n), np.tile(t, len(keys)), np.tile(wh, len(keys)))
+
+
+def test_energy_report_formats_agree(tmp_path):
+    site = make_site(tmp_path, cabinets=2, lamps=3)
+    b = _store(site)
+    b.write(_energy_data(site), "jan")
+    b.close()
+    r = CliRunner()
+    args = ["report", "energy", "--site", site.path, "--from", "2025-01-01", "--to", "2025-01-31"]
+    res = r.invoke(main, [*args, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    b_row = data["summary"][1]
+    assert b_row["savings_pct"] == 76.471 and b_row["completeness_pct"] == 100.0
+    assert len(data["inputs"]["inventory_sha256"]) == 64
+    assert [m["month"] for m in data["monthly"]] == ["2025-01"]
+    out = tmp_path / "r.html"
+    res = r.invoke(main, [*args, "--format", "html", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "76.471" in page
+    assert data["inputs"]["inventory_sha256"] in page
+    assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    res = r.invoke(main, [*args, "--format", "csv"])
+    rows = [row for row in csv.reader(io.StringIO(res.stdout)) if row]
+    assert any(row[0] == "summary" and "76.471" in row for row in rows)
+    assert sum(1 for row in rows if row[0] == "luminaires") == 6
+    # area filter
+    res = r.invoke(main, [*args, "--area", "north", "--format", "json"])
+    assert json.loads(res.stdout)["inputs"]["luminaires"] == 3
+
+
+def test_availability_from_quality_and_faults(tmp_path):
+    site = make_site(tmp_path, cabinets=1, lamps=2, areas=("centre",))
+    b = _store(site)
+    day = 86400.0
+    # cab-1: comm lost 2 h on Jan 10; lum-01: lamp failure 24 h on Jan 20; lum-02: 1 day out of service
+    pts = [
+        ("centre/cab-1/energy_wh", [T0 - 4000, T0 + 9 * day, T0 + 9 * day + 7200], [1, 1, 1],
+         [Q.Good, Q.BadCommunicationError, Q.Good]),
+        ("centre/cab-1/lum-01/power_w", [T0 - 4000], [40], [Q.Good]),
+        ("centre/cab-1/lum-01/lamp_failure", [T0 - 4000, T0 + 19 * day, T0 + 20 * day], [0, 1, 0], [Q.Good] * 3),
+        ("centre/cab-1/lum-02/power_w", [T0 - 4000, T0 + 4 * day, T0 + 5 * day], [40, 40, 40],
+         [Q.Good, Q.BadOutOfService, Q.Good]),
+    ]
+    keys = [p[0] for p in pts]
+    b.write(Points.of(keys, np.concatenate([[i] * len(p[1]) for i, p in enumerate(pts)]),
+                      np.concatenate([p[1] for p in pts]), np.concatenate([p[2] for p in pts]),
+                      np.concatenate([p[3] for p in pts])), "av")
+    b.close()
+    # the site's local time is Europe/Paris: January starts 1 h before T0 (00:00 local)
+    res = CliRunner().invoke(main, ["report", "availability", "--site", site.path, "--from", "2025-01-01",
+                                    "--to", "2025-01-31", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    dev = {d["device"]: d for d in r["devices"]}
+    month = 31 * 24.0
+    assert dev["centre/cab-1"]["down_h"] == 2.0
+    assert dev["centre/cab-1"]["available_pct"] == round(100 * (1 - 2 / month), 4)
+    assert dev["centre/cab-1/lum-01"]["down_h"] == 24.0
+    assert dev["centre/cab-1/lum-02"]["planned_h"] == 24.0
+    assert dev["centre/cab-1/lum-02"]["available_pct"] == 100.0
+    causes = sorted((o["device"], o["cause"], o["hours"]) for o in r["outages"])
+    assert causes == [("centre/cab-1", "BadCommunicationError", 2.0),
+                      ("centre/cab-1/lum-01", "lamp_failure", 24.0)]
+    total = 3 * month - 24.0
+    assert r["summary"][0]["available_pct"] == round(100 * (1 - 26 / total), 4)
+    assert r["summary"][0]["target_met"] is False  # 98.8 % < 99 %
+
+
+def test_interventions_from_journal(tmp_path):
+    site = make_site(tmp_path, cabinets=1, lamps=1)
+    j = tmp_path / "journal-000001.jsonl"
+    lines = []
+    seq = 0
+
+    def ev(ts, aid, event, prio=1, cat="lighting"):
+        nonlocal seq
+        seq += 1
+        lines.append(json.dumps({"seq": seq, "ts": ts, "alarm_id": aid, "device": aid.rsplit("/", 1)[0],
+                                 "area": "centre", "name": aid.rsplit("/", 1)[1], "category": cat,
+                                 "priority": prio, "event": event, "state": "x", "user": "op"}))
+
+    # three priority-1 alarms acknowledged after 5, 10, 30 min and cleared after 60, 120, 240 min
+    for n, (ack, clr) in enumerate(((5, 60), (10, 120), (30, 240))):
+        t = T0 + 86400 * (n + 1)
+        aid = f"centre/cab-1/alarm{n}"
+        ev(t, aid, "raise")
+        ev(t + ack * 60, aid, "ack")
+        ev(t + clr * 60, aid, "clear")
+    ev(T0 + 86400 * 10, "centre/cab-1/open", "raise", prio=2, cat="comms")
+    j.write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(main, ["report", "interventions", "--site", site.path, "--journal", str(j),
+                                    "--format", "json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    p1 = next(x for x in r["by_priority"] if x["priority"] == 1)
+    assert p1["alarms"] == 3 and p1["ack_median_min"] == 10.0 and p1["clear_median_min"] == 120.0
+    assert p1["ack_p90_min"] == float(np.percentile([5, 10, 30], 90))
+    assert [o["alarm_id"] for o in r["open_at_end"]] == ["centre/cab-1/open"]
+    html = CliRunner().invoke(main, ["report", "interventions", "--site", site.path, "--journal", str(j)])
+    assert "<svg" in html.stdout
+
+
+def test_history_command_raw_and_aggregated(tmp_path):
+    site = make_site(tmp_path, cabinets=1, lamps=1)
+    b = _store(site)
+    key = "centre/cab-1/power_w"
+    t = T0 + np.arange(120) * 60.0
+    q = np.where(np.arange(120) == 5, Q.BadCommunicationError, Q.Good)
+    b.write(Points.of([key], np.zeros(120), t, np.arange(120.0), q), "h")
+    b.close()
+    r = CliRunner()
+    res = r.invoke(main, ["history", key, "--site", site.path, "--from", "2025-01-01T01:00+01:00",
+                          "--to", "2025-01-01T03:00+01:00", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    pts = json.loads(res.stdout)["points"]
+    assert len(pts) == 120 and pts[5]["status"] == "BadCommunicationError"
+    res = r.invoke(main, ["history", key, "--site", site.path, "--from", "2025-01-01T01:00+01:00",
+                          "--to", "2025-01-01T03:00+01:00", "--agg", "1h", "--fn", "max"])
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [(r_["max"], r_["bad_points"]) for r_ in rows] == [("59.0", "1"), ("119.0", "0")]
