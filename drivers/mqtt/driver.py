@@ -401,15 +401,18 @@ class MqttDriver(Driver):
         if not pending:
             return
         self.stats["messages"] += len(pending)
-        groups: dict[int, tuple[Shape, list[Any], list[int], list[float], list[int]]] = {}
+        groups: dict[int, tuple[Shape, list[Any], list[int], list[float], list[int], list[int]]] = {}
         li: list[int] = []
         lv: list[float] = []
         lt: list[float] = []
+        lg: list[int] = []
         lslots: list[int] = []
         now = self.ctx.clock.time()
         avail_events: dict[int, bool] = {}
-        seen: set[int] = set()
-        dup = False
+        # generation of a message = how many earlier messages of the same device are in this
+        # burst; each generation is applied as its own batch, in order, so a replayed backlog
+        # (persistent session after an outage) keeps every sample (historian) in sequence
+        occ: dict[int, int] = {}
         rejects = self.rejects
         for b, topic, payload in pending:
             routes = b.routes.get(topic)
@@ -432,15 +435,17 @@ class MqttDriver(Driver):
                                else decode_text(payload, shape.max_payload))
                         decoded = True
                     fr = shape.decode_fast(obj) if shape.fast else None
+                    gen = occ.get(r.slot, 0)
                     if fr is not None:
                         row, ts = fr
                         g = groups.get(id(shape))
                         if g is None:
-                            g = groups[id(shape)] = (shape, [], [], [], [])
+                            g = groups[id(shape)] = (shape, [], [], [], [], [])
                         g[1].append(row)
                         g[2].append(r.first)
                         g[3].append(ts if ts is not None else now)
                         g[4].append(r.slot)
+                        g[5].append(gen)
                     else:
                         vals, ts = shape.decode_slow(obj)
                         t = ts if ts is not None else now
@@ -448,55 +453,60 @@ class MqttDriver(Driver):
                             li.append(r.first + shape.fields[k].offset_in_device)
                             lv.append(v)
                             lt.append(t)
+                            lg.append(gen)
                         lslots.append(r.slot)
-                    if r.slot in seen:
-                        dup = True
-                    seen.add(r.slot)
+                    occ[r.slot] = gen + 1
                 except Reject as e:
                     rejects[e.reason] += 1
                     self._rl.every(f"reject:{e.reason}", time.monotonic(),
                                    "MQTT message on %r rejected (%s): %s; skipped",
                                    topic[:120], e.reason, e.detail[:200])
                     break
-        # assemble one batch
+        # assemble the batch (one per generation; normally exactly one)
         parts_i: list[np.ndarray] = []
         parts_v: list[np.ndarray] = []
         parts_t: list[np.ndarray] = []
+        parts_g: list[np.ndarray] = []
         slots_seen: list[np.ndarray] = []
-        for shape, rows, firsts, tss, slots in groups.values():
+        for shape, rows, firsts, tss, slots, gens in groups.values():
             vals, ok = shape.convert_rows(rows)
             f = np.asarray(firsts, dtype=np.int64)
             ts = np.asarray(tss, dtype=np.float64)
             sl = np.asarray(slots, dtype=np.int64)
+            ge = np.asarray(gens, dtype=np.int64)
             if not ok.all():
                 bad = int((~ok).sum())
                 rejects[NON_FINITE] += bad
                 self._rl.every(f"reject:{NON_FINITE}", time.monotonic(), "MQTT: %d message(s) of %s "
                                "with non-finite numbers rejected; skipped", bad, shape.topic_name)
-                vals, f, ts, sl = vals[ok], f[ok], ts[ok], sl[ok]
+                vals, f, ts, sl, ge = vals[ok], f[ok], ts[ok], sl[ok], ge[ok]
             k = len(shape.fields)
             parts_i.append((f[:, None] + shape.offsets[None, :]).ravel())
             parts_v.append(vals.ravel())
             parts_t.append(np.repeat(ts, k))
+            parts_g.append(np.repeat(ge, k))
             slots_seen.append(sl)
         if li:
             parts_i.append(np.asarray(li, dtype=np.int64))
             parts_v.append(np.asarray(lv, dtype=np.float64))
             parts_t.append(np.asarray(lt, dtype=np.float64))
+            parts_g.append(np.asarray(lg, dtype=np.int64))
             slots_seen.append(np.asarray(lslots, dtype=np.int64))
         if parts_i:
             idx = np.concatenate(parts_i) if len(parts_i) > 1 else parts_i[0]
             vals = np.concatenate(parts_v) if len(parts_v) > 1 else parts_v[0]
             tss = np.concatenate(parts_t) if len(parts_t) > 1 else parts_t[0]
-            if dup:
-                # the same device twice in one burst: keep each tag's last sample only
-                rev = idx[::-1]
-                _, first_rev = np.unique(rev, return_index=True)
-                keep = np.sort(len(idx) - 1 - first_rev)
-                idx, vals, tss = idx[keep], vals[keep], tss[keep]
-            if len(idx):
-                self.ctx.publish(Batch(idx, vals, Q.Good, tss))
-                self.stats["batches"] += 1
+            if len(occ) == len(pending) or max(occ.values(), default=1) <= 1:
+                if len(idx):
+                    self.ctx.publish(Batch(idx, vals, Q.Good, tss))
+                    self.stats["batches"] += 1
+            else:
+                gens = np.concatenate(parts_g) if len(parts_g) > 1 else parts_g[0]
+                for gen in range(int(gens.max()) + 1):
+                    m = gens == gen
+                    if m.any():
+                        self.ctx.publish(Batch(idx[m], vals[m], Q.Good, tss[m]))
+                        self.stats["batches"] += 1
             sl = np.concatenate(slots_seen) if slots_seen else np.zeros(0, dtype=np.int64)
             if len(sl):
                 self.last_msg[sl] = now
