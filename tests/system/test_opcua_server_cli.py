@@ -1,0 +1,74 @@
+"""The CLI client (``scada tags / watch / write / user add``) against our server, in a
+separate process as an operator would run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from scada import quality as Q
+from scada.users import verify
+
+SCADA = [sys.executable, "-m", "cli"]
+
+
+async def _scada(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+    p = await asyncio.create_subprocess_exec(*SCADA, *args, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await asyncio.wait_for(p.communicate(), 60)
+    return p.returncode, out.decode(), err.decode()
+
+
+async def test_tags_json_and_table(hmi):
+    hmi.feed({"centre/cab-01/lum-01/level": 12.5, "centre/cab-01/lum-02/level": 50.0}, source_ts=1_700_000_000.0)
+    rc, out, err = await _scada("tags", "centre/*/lum-*/level", "--endpoint", hmi.url, "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["path"] for r in rows] == [f"centre/cab-01/lum-0{n}/level" for n in (1, 2, 3)]
+    assert rows[0] == {"path": "centre/cab-01/lum-01/level", "value": 12.5, "unit": "%", "status": "Good",
+                       "source_time": "2023-11-14T22:13:20+00:00"}
+    assert rows[2]["status"] == "BadWaitingForInitialData" and rows[2]["value"] is None
+    rc, out, err = await _scada("tags", "north/*", "--endpoint", hmi.url)
+    assert rc == 0, err
+    assert "north/cab-02/power_w" in out and "BadWaitingForInitialData" in out
+
+
+async def test_write_as_operator_and_refusals(hmi):
+    hmi.feed({"centre/cab-01/group_level": 10.0})
+    rc, out, err = await _scada("write", "centre/cab-01/group_level", "65", "--endpoint", hmi.url,
+                                "--user", "op1", "--password", "pw-operator")
+    assert rc == 0, err
+    assert "Good" in out and hmi.writes == [("centre/cab-01/group_level", 65.0)]
+    rc, out, err = await _scada("write", "centre/cab-01/group_level", "70", "--endpoint", hmi.url)
+    assert rc == 1 and "BadUserAccessDenied" in out
+    rc, out, err = await _scada("write", "centre/cab-01/group_level", "70", "--endpoint", hmi.url,
+                                "--user", "op1", "--password", "wrong")
+    assert rc == 1 and "BadUserAccessDenied" in err and "locked" in err
+    assert hmi.runtime.tagdb.read("centre/cab-01/group_level").value == 65.0
+
+
+async def test_watch_prints_changes(hmi):
+    hmi.feed({"centre/cab-01/power_w": 100.0})
+    p = await asyncio.create_subprocess_exec(
+        *SCADA, "watch", "centre/cab-01/power_w", "--endpoint", hmi.url, "--json", "--count", "2",
+        "--interval", "50", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    line = await asyncio.wait_for(p.stdout.readline(), 30)
+    assert json.loads(line)["value"] == 100.0
+    hmi.runtime.tagdb.mark([hmi.runtime.tagdb.index("centre/cab-01/power_w")], Q.BadCommunicationError)
+    line = await asyncio.wait_for(p.stdout.readline(), 30)
+    assert json.loads(line)["status"] == "BadCommunicationError"
+    await asyncio.wait_for(p.wait(), 30)
+    assert p.returncode == 0
+
+
+async def test_user_add_prints_a_verifiable_hash(tmp_path):
+    rc, out, err = await _scada("user", "add", "alice", "--role", "operator", "--password", "s3cret!")
+    assert rc == 0, err
+    assert "s3cret" not in out
+    h = out.split("password_hash: '")[1].split("'")[0]
+    assert verify("s3cret!", h) and not verify("other", h)
+    f = tmp_path / "users.yaml"
+    rc, out, err = await _scada("user", "add", "bob", "--role", "engineer", "--out", str(f), env=None)
+    assert rc == 0 and "generated password for bob" in err
+    assert f.read_text().startswith("users:\n  - {name: bob, role: engineer")
