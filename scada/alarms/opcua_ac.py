@@ -377,6 +377,9 @@ class AlarmConditions:
         return ua.StatusCode(ua.StatusCodes.Good)
 
     async def _marker(self, etype: int, sid: int) -> None:
+        """RefreshStart/RefreshEnd to every event item of the subscription, bypassing the where
+        clause: a client filtering on AlarmConditionType must still see the refresh bracket
+        (Part 9 §5.5.7), and asyncua's where-clause evaluation would drop them."""
         ev = eo.IMPLEMENTED_EVENTS[etype]()
         ev.EventId = f"{etype}:{self.engine.seq}".encode()
         ev.SourceNode = ua.NodeId(ua.ObjectIds.Server)
@@ -385,8 +388,19 @@ class AlarmConditions:
         ev.Severity = 1
         ev.Message = ua.LocalizedText("RefreshStart" if etype == ua.ObjectIds.RefreshStartEventType
                                       else "RefreshEnd")
-        ev.emitting_node = ua.NodeId(ua.ObjectIds.Server)
-        await self.svc.server.iserver.subscription_service.trigger_event(ev, subscription_id=sid)
+        sub = self.svc.server.iserver.subscription_service.subscriptions.get(sid)
+        if sub is None:
+            return
+        mis = sub.monitored_item_srv
+        for mids in list(mis._monitored_events.values()):
+            for mid in list(mids):
+                mdata = mis._monitored_items.get(mid)
+                if mdata is None:
+                    continue
+                fl = ua.EventFieldList()
+                fl.ClientHandle = mdata.client_handle
+                fl.EventFields = ev.to_event_fields(mdata.filter.SelectClauses)
+                await mis.isub.enqueue_event(mid, fl, mdata.queue_size)
 
 
 # ----------------------------------------------------------------------------- client side (CLI)
@@ -394,16 +408,19 @@ class ClientError(Exception):
     """An action over OPC UA failed; the message names the alarm and the server's answer."""
 
 
-async def _ns(client: Client) -> int:
+DEFAULT_NS = "urn:scada:streetlight:tags"
+
+
+async def _ns(client: Client, uri: str) -> int:
     arr = await client.get_namespace_array()
-    for k, uri in enumerate(arr):
-        if uri.startswith("urn:scada"):
-            return k
-    raise ClientError(f"the server has no urn:scada namespace (namespaces: {arr})")
+    if uri in arr:
+        return arr.index(uri)
+    raise ClientError(f"the server has no namespace {uri!r} (namespaces: {arr}); "
+                      f"pass the site's opcua.namespace_uri")
 
 
 async def call_action(endpoint: str, user: str | None, password: str | None, what: str,
-                      **kw: Any) -> str:
+                      namespace_uri: str = DEFAULT_NS, **kw: Any) -> str:
     """Call one A&C method as ``user`` (the server checks the role): ``acknowledge``,
     ``shelve`` (duration s or None = one-shot), ``unshelve``, ``out_of_service``."""
     client = Client(endpoint, timeout=10)
@@ -415,7 +432,7 @@ async def call_action(endpoint: str, user: str | None, password: str | None, wha
     except (OSError, TimeoutError, ua.UaError) as e:
         raise ClientError(f"cannot connect to {endpoint}: {e} (is `scada run`/`scada demo` running?)") from e
     try:
-        ns = await _ns(client)
+        ns = await _ns(client, namespace_uri)
         comment = ua.LocalizedText(kw.get("comment") or "")
         if what == "out_of_service":
             node = client.get_node(ua.NodeId(ALARMS_OBJECT, ns))

@@ -171,13 +171,18 @@ def _emit_json(obj: Any, out: str | None) -> None:
 
 
 # ----------------------------------------------------------------------------- actions over OPC UA
-def _endpoint(site_file: str | None, endpoint: str | None) -> str:
-    if endpoint:
-        return endpoint
+def _endpoint(site_file: str | None, endpoint: str | None) -> tuple[str, str]:
+    """(endpoint, namespace URI) from the options or the site's ``opcua:`` section."""
+    from scada.alarms.opcua_ac import DEFAULT_NS
+
+    if endpoint and not site_file:
+        return endpoint, DEFAULT_NS
     from scada.commands.core import DEMO_SITE, load_or_exit
 
     site = load_or_exit(site_file or str(DEMO_SITE))
-    return f"opc.tcp://{site.config.opcua.host}:{site.config.opcua.port}/scada"
+    cfg = site.config.opcua
+    uri = getattr(cfg, "namespace_uri", DEFAULT_NS)
+    return endpoint or f"opc.tcp://{cfg.host}:{cfg.port}/scada", uri
 
 
 def _client_opts(f: Any) -> Any:
@@ -200,7 +205,8 @@ def _call(site_file: str | None, endpoint: str | None, user: str | None, passwor
     if user and password is None:
         password = click.prompt(f"password for {user}", hide_input=True)
     try:
-        msg = asyncio.run(call_action(_endpoint(site_file, endpoint), user, password, what, **kw))
+        url, uri = _endpoint(site_file, endpoint)
+        msg = asyncio.run(call_action(url, user, password, what, namespace_uri=uri, **kw))
     except ClientError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
