@@ -407,6 +407,9 @@ class MqttDriver(Driver):
         lt: list[float] = []
         lg: list[int] = []
         lslots: list[int] = []
+        si: list[int] = []  # string points (rare: firmware versions, states as text)
+        sv: list[str] = []
+        st: list[float] = []
         now = self.ctx.clock.time()
         avail_events: dict[int, bool] = {}
         # generation of a message = how many earlier messages of the same device are in this
@@ -450,6 +453,11 @@ class MqttDriver(Driver):
                         vals, ts = shape.decode_slow(obj)
                         t = ts if ts is not None else now
                         for k, v in vals:
+                            if v.__class__ is str:
+                                si.append(r.first + shape.fields[k].offset_in_device)
+                                sv.append(v)
+                                st.append(t)
+                                continue
                             li.append(r.first + shape.fields[k].offset_in_device)
                             lv.append(v)
                             lt.append(t)
@@ -486,7 +494,7 @@ class MqttDriver(Driver):
             parts_t.append(np.repeat(ts, k))
             parts_g.append(np.repeat(ge, k))
             slots_seen.append(sl)
-        if li:
+        if li or si:
             parts_i.append(np.asarray(li, dtype=np.int64))
             parts_v.append(np.asarray(lv, dtype=np.float64))
             parts_t.append(np.asarray(lt, dtype=np.float64))
@@ -507,6 +515,8 @@ class MqttDriver(Driver):
                     if m.any():
                         self.ctx.publish(Batch(idx[m], vals[m], Q.Good, tss[m]))
                         self.stats["batches"] += 1
+            if si:
+                self.ctx.publish(Batch.of(si, sv, Q.Good, st))
             sl = np.concatenate(slots_seen) if slots_seen else np.zeros(0, dtype=np.int64)
             if len(sl):
                 self.last_msg[sl] = now
@@ -581,7 +591,7 @@ class MqttDriver(Driver):
             self.ctx.log.info("write %s/%s refused: gateway %s is offline", spec.device, spec.point,
                               self._slot_path[spec.gw_slot])
             return Q.BadCommunicationError
-        raw = raw_for_write(spec.src, value)
+        raw = raw_for_write(spec.src, value, spec.command.value_type)
         payload = json.dumps(render_payload(spec.command.payload, raw, spec.segments), separators=(",", ":"))
         fut: asyncio.Future[int] | None = None
         expected = float(value)

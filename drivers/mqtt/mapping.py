@@ -119,6 +119,8 @@ class CommandDef(_Model):
     payload: Any = Field(default_factory=lambda: {"level": "{value}"})
     qos: Literal[0, 1] = 1
     retain: bool = False
+    #: JSON type of the published value: ``int`` rounds (DALI arc levels 0-254 are integers)
+    value_type: Literal["auto", "int", "float"] = "auto"
 
     @field_validator("topic")
     @classmethod
@@ -507,11 +509,15 @@ def is_online(av: Availability, payload_value: Any) -> bool:
     return False
 
 
-def raw_for_write(src: MqttPointSource, value: Any) -> Any:
+def raw_for_write(src: MqttPointSource, value: Any, value_type: str = "auto") -> Any:
     """Engineering value -> the raw value published (inverse of scale/offset), JSON-typed."""
     if isinstance(value, bool):
         return value
-    raw = (float(value) - src.offset) / src.scale
+    raw = round((float(value) - src.offset) / src.scale, 9)  # 127.00000000000001 -> 127.0
+    if value_type == "int":
+        return round(raw)
+    if value_type == "float":
+        return raw
     return int(raw) if raw.is_integer() else raw
 
 
