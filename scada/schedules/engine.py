@@ -13,9 +13,9 @@ Command minimisation follows what each protocol offers:
   ``level_cmd`` (short address) for the rest.
 * Anything else with ``level_cmd``: individual writes.
 
-A command is sent only when its target differs from what was last sent; sending a broader
-command (broadcast, cabinet register) forgets the narrower ones it overrode, so they are sent
-again when needed. Commands go through :meth:`scada.runtime.Runtime.write` at most
+Commands are planned from the *difference* between the wanted levels and the levels last
+commanded (see :class:`Commander`), so a steady night sends nothing and an override of one
+street sends a few commands, not the whole city's. Commands go through :meth:`scada.runtime.Runtime.write` at most
 ``rate_limit`` per second of the injected clock.
 
 Verification: every luminaire covered by a command must report ``level`` within ``tolerance``
@@ -120,114 +120,167 @@ def _uniform(vals: np.ndarray) -> tuple[bool, float]:
     return (hi - lo) < 1e-9, lo
 
 
+def _mode(vals: np.ndarray) -> float:
+    """Most common level among ``vals`` (no NaN); the lowest on ties (deterministic)."""
+    u, c = np.unique(vals, return_counts=True)
+    return float(u[np.argmax(c)])
+
+
 class Commander:
-    """Turns a wanted-level vector into the minimal command list, remembering what was sent."""
+    """Turns a wanted-level vector into the minimal command list.
+
+    It remembers the level last *commanded* to each luminaire (and each cabinet's contactor),
+    so only luminaires whose wanted level differs cause commands, and for each cabinet or
+    gateway with changes it picks the cheaper of two plans: commands for the changed
+    luminaires only (DALI group commands where a whole group agrees, else individual), or one
+    broad command at the most common level followed by commands for the exceptions.
+    """
 
     def __init__(self, fleet: Fleet):
         self.fleet = fleet
-        self.sent: dict[str, Any] = {}
+        self.commanded = np.full(len(fleet), np.nan)
+        self.contactor: dict[str, bool] = {}
+        self._last: np.ndarray | None = None
+        self._unsent = 0
 
-    def forget(self, prefix: str) -> None:
-        for k in [k for k in self.sent if k.startswith(prefix)]:
-            del self.sent[k]
+    @property
+    def settled(self) -> bool:
+        """Every command of the last plan was accepted."""
+        return self._unsent == 0
 
-    def _emit(self, out: list[Command], cmd: Command) -> None:
-        if self.sent.get(cmd.tag) == cmd.value:
-            return
-        out.append(cmd)
+    def forget(self) -> None:
+        """Forget what was commanded (after a reconnect: re-send everything on the next plan)."""
+        self.commanded[:] = np.nan
+        self.contactor.clear()
+        self._last = None
 
     def plan(self, wanted: np.ndarray) -> list[Command]:
         """Commands that bring the fleet to ``wanted`` (NaN: leave alone), contactors first."""
+        if (
+            self._last is not None
+            and self._unsent == 0
+            and np.array_equal(wanted, self._last, equal_nan=True)
+        ):
+            return []  # nothing changed since a plan that was fully carried out
+        cmds = self._plan(wanted)
+        self._last = wanted.copy()
+        self._unsent = len(cmds)
+        return cmds
+
+    def _plan(self, wanted: np.ndarray) -> list[Command]:
         f = self.fleet
+        first: list[Command] = []
         out: list[Command] = []
+        last: list[Command] = []
         ends = np.r_[f.starts[1:], len(f)] if len(f) else np.empty(0, np.int64)
-        for _pi, (a, b) in enumerate(zip(f.starts, ends, strict=True)):
+        for a, b in zip(f.starts, ends, strict=True):
             idx = f.order[a:b]
-            parent = f.parent_list[f.parent_of[idx[0]]]
-            kind = f.parent_kind[f.parent_of[idx[0]]]
+            pi = f.parent_of[idx[0]]
+            parent, kind = f.parent_list[pi], f.parent_kind[pi]
             vals = wanted[idx]
             sched = idx[~np.isnan(vals)]
             if sched.size == 0:
                 continue
-            same, lvl = _uniform(vals)
+            w = wanted[sched]
+            if kind == "cabinet+contactor":
+                on = bool(w.max() > 0)
+                if self.contactor.get(parent) != on:
+                    cmd = Command(
+                        f"{parent}/contactor_cmd",
+                        on,
+                        "contactor",
+                        sched,
+                        0.0 if not on else float("nan"),
+                    )
+                    (first if on else last).append(cmd)
+                if not on:
+                    continue  # contactor open: levels are moot
+            changed = sched[~np.isclose(self.commanded[sched], w, atol=1e-9, equal_nan=False)]
+            if changed.size == 0:
+                continue
             if kind.startswith("cabinet"):
-                has_contactor = kind == "cabinet+contactor"
-                anyon = bool(np.nanmax(vals) > 0)
-                if has_contactor:
-                    self._emit(
-                        out,
-                        Command(
-                            f"{parent}/contactor_cmd",
-                            anyon,
-                            "contactor",
-                            sched,
-                            lvl if same else float("nan"),
-                        ),
-                    )
-                if same and (lvl > 0 or not has_contactor):
-                    self._emit(out, Command(f"{parent}/group_level", lvl, "cabinet", sched, lvl))
-                elif not same:
-                    self._singles(out, sched, wanted)
+                out += self._cabinet(parent, sched, changed, wanted)
             elif kind == "dali":
-                if same:
-                    self._emit(
-                        out, Command(f"{parent}/broadcast_level", lvl, "broadcast", sched, lvl)
-                    )
-                    continue
-                groups = np.array([str(f.groups[i]) for i in sched], dtype=object)
-                rest: list[np.ndarray] = []
-                for g in np.unique(groups):
-                    members = sched[groups == g]
-                    gsame, glvl = _uniform(wanted[members])
-                    try:
-                        gn = int(g)
-                    except ValueError:
-                        gn = -1
-                    if gsame and 0 <= gn <= 15:
-                        self._emit(
-                            out,
-                            Command(f"{parent}/group{gn:02d}_level", glvl, "group", members, glvl),
-                        )
-                    else:
-                        rest.append(members)
-                if rest:
-                    self._singles(out, np.concatenate(rest), wanted)
+                out += self._dali(parent, sched, changed, wanted)
             else:
-                self._singles(out, sched, wanted)
-        # contactor on before levels, off after: sort so contactor-on first, contactor-off last
-        out.sort(
-            key=lambda c: (
-                0 if (c.kind == "contactor" and c.value) else (2 if c.kind == "contactor" else 1)
-            )
-        )
+                out += self._singles(changed, wanted)
+        return first + out + last
+
+    def _cabinet(
+        self, parent: str, sched: np.ndarray, changed: np.ndarray, wanted: np.ndarray
+    ) -> list[Command]:
+        same, lvl = _uniform(wanted[sched])
+        if same:
+            return [Command(f"{parent}/group_level", lvl, "cabinet", sched, lvl)]
+        narrow = self._singles(changed, wanted)
+        m = _mode(wanted[sched])
+        exc = sched[wanted[sched] != m]
+        broad = [
+            Command(f"{parent}/group_level", m, "cabinet", sched, m),
+            *self._singles(exc, wanted),
+        ]
+        return broad if len(broad) < len(narrow) else narrow
+
+    def _dali(
+        self, parent: str, sched: np.ndarray, changed: np.ndarray, wanted: np.ndarray
+    ) -> list[Command]:
+        same, lvl = _uniform(wanted[sched])
+        if same:
+            return [Command(f"{parent}/broadcast_level", lvl, "broadcast", sched, lvl)]
+        narrow = self._groups(parent, sched, changed, wanted)
+        m = _mode(wanted[sched])
+        exc = sched[wanted[sched] != m]
+        broad = [
+            Command(f"{parent}/broadcast_level", m, "broadcast", sched, m),
+            *self._groups(parent, sched, exc, wanted),
+        ]
+        return broad if len(broad) < len(narrow) else narrow
+
+    def _groups(
+        self, parent: str, sched: np.ndarray, targets: np.ndarray, wanted: np.ndarray
+    ) -> list[Command]:
+        """Bring ``targets`` to their wanted level: one DALI group command (IEC 62386-102 group
+        address) per group whose scheduled members all want the same level, else individual."""
+        f = self.fleet
+        if targets.size == 0:
+            return []
+        gs = np.array([str(f.groups[i]) for i in sched], dtype=object)
+        tg = np.array([str(f.groups[i]) for i in targets], dtype=object)
+        out: list[Command] = []
+        rest: list[np.ndarray] = []
+        for g in np.unique(tg):
+            members = sched[gs == g]
+            gsame, glvl = _uniform(wanted[members])
+            gn = int(g) if g.isdigit() else -1
+            if gsame and 0 <= gn <= 15:
+                out.append(Command(f"{parent}/group{gn:02d}_level", glvl, "group", members, glvl))
+            else:
+                rest.append(targets[tg == g])
+        if rest:
+            out += self._singles(np.concatenate(rest), wanted)
         return out
 
-    def _singles(self, out: list[Command], idx: np.ndarray, wanted: np.ndarray) -> None:
-        for i in idx:
-            v = float(wanted[i])
-            self._emit(
-                out, Command(f"{self.fleet.paths[i]}/level_cmd", v, "single", np.array([i]), v)
+    def _singles(self, idx: np.ndarray, wanted: np.ndarray) -> list[Command]:
+        return [
+            Command(
+                f"{self.fleet.paths[i]}/level_cmd",
+                float(wanted[i]),
+                "single",
+                np.array([i]),
+                float(wanted[i]),
             )
+            for i in idx
+        ]
 
     def mark_sent(self, cmd: Command) -> None:
-        """Remember ``cmd`` as sent; a broader command makes narrower cached ones stale."""
-        parent = cmd.tag.rsplit("/", 1)[0]
-        if cmd.kind in ("broadcast", "cabinet"):
-            self.forget(parent + "/group")
-            for i in cmd.covers:
-                self.sent.pop(f"{self.fleet.paths[i]}/level_cmd", None)
-        elif cmd.kind == "group":
-            for i in cmd.covers:
-                self.sent.pop(f"{self.fleet.paths[i]}/level_cmd", None)
-            self.sent.pop(parent + "/broadcast_level", None)
-        elif cmd.kind == "single":
-            p = self.fleet.parent_paths[int(cmd.covers[0])]
-            if p:
-                self.sent.pop(p + "/broadcast_level", None)
-                self.sent.pop(p + "/group_level", None)
-                self.forget(p + "/group0")
-                self.forget(p + "/group1")
-        self.sent[cmd.tag] = cmd.value
+        """Record a command the device accepted (a refused one is planned again next time)."""
+        self._unsent = max(0, self._unsent - 1)
+        if cmd.kind == "contactor":
+            self.contactor[cmd.tag.rsplit("/", 1)[0]] = bool(cmd.value)
+            if not cmd.value:
+                self.commanded[cmd.covers] = 0.0
+            return
+        self.commanded[cmd.covers] = cmd.level
 
 
 class Verifier:

@@ -189,10 +189,11 @@ class ScheduleService(Service):
         # inline (not to_thread) so a stepped clock sees the override at the exact tick
         if self.store.reload_if_changed():
             self._ov_masks.clear()
-        cmds = self.commander.plan(self.wanted(now))
+        wanted = self.wanted(now)
+        cmds = self.commander.plan(wanted)
         await self._send(cmds)
         await self._verify(self.clock.time())
-        self._publish(now)
+        self._publish(now, wanted)
         self.sent_log = cmds
         return cmds
 
@@ -253,9 +254,7 @@ class ScheduleService(Service):
                     log.warning("dimming not followed: %s", msg)
                 self._alarmed_log += 1
 
-    def _publish(self, now: float) -> None:
-        _plan, _row = self.plan_for(now)
-        w = self.wanted(now)
+    def _publish(self, now: float, w: np.ndarray) -> None:
         active = self.store.active(now)
         idx: list[int] = []
         vals: list[float] = []

@@ -255,16 +255,64 @@ async def test_opcua_style_override_tags(make):
     assert actions == ["schedule.override", "schedule.override.cancel"]
 
 
-async def test_mixed_levels_use_dali_groups_then_singles(make):
+async def test_mixed_levels_use_one_dali_group_command(make):
     sched = (
         SCHEDULES + "    - {name: g1, profile: full, groups: [1], areas: [chenove], priority: 60}\n"
     )
-    _rt, plant, svc, clock = await make(local(2026, 1, 15, 21, 0), schedules=sched)
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 21, 0), schedules=sched)
     await run_until(clock, svc, local(2026, 1, 15, 22, 5))
     tags = [(p, v) for _, p, v in plant.log]
-    assert ("chenove/gw-1/group00_level", 70.0) in tags
-    assert ("chenove/gw-1/group01_level", 100.0) in tags
-    assert not [p for p, _ in tags if p.endswith("level_cmd")]
+    # dusk already passed at start-up: one broadcast at 100 %; at 22:00 only DALI group 0 dims
+    # (group 1 stays at 100 % under the g1 rule): one group command, nothing else
+    assert [t for t in tags if t[0].startswith("chenove")] == [
+        ("chenove/gw-1/broadcast_level", 100.0),
+        ("chenove/gw-1/group00_level", 70.0),
+    ]
+    for i in range(1, 5):
+        assert rt.tagdb.read(f"chenove/gw-1/lum-{i:03d}/level").value == 70.0
+        assert rt.tagdb.read(f"chenove/gw-1/lum-{i + 4:03d}/level").value == 100.0
+
+
+def test_commander_minimal_plans(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(site_yaml(str(tmp_path), n_cab=10, n_gw=8))
+    site = load_site(p)
+    from scada.schedules.engine import Commander, Fleet
+
+    f = Fleet(site)
+    c = Commander(f)
+    paths = np.array(f.paths)
+    w = np.full(len(f), 60.0)
+    cmds = c.plan(w)
+    assert [(x.tag, x.value) for x in cmds] == [
+        ("centre/cab-1/contactor_cmd", True),
+        ("centre/cab-1/group_level", 60.0),
+        ("chenove/gw-1/broadcast_level", 60.0),
+    ]
+    for x in cmds:
+        c.mark_sent(x)
+    assert c.plan(w) == []  # steady state: nothing to send
+    # one luminaire of each device overridden: one individual command each, no broad command
+    w2 = w.copy()
+    w2[paths == "centre/cab-1/lum-03"] = 100.0
+    w2[paths == "chenove/gw-1/lum-011"] = 100.0
+    assert sorted((x.tag, x.value) for x in c.plan(w2)) == [
+        ("centre/cab-1/lum-03/level_cmd", 100.0),
+        ("chenove/gw-1/lum-011/level_cmd", 100.0),
+    ]
+    # all but one cabinet luminaire change: cabinet register at the mode + one exception
+    w3 = np.where(np.char.startswith(paths.astype(str), "centre"), 30.0, 60.0)
+    w3[paths == "centre/cab-1/lum-05"] = 60.0
+    got = [(x.tag, x.value) for x in c.plan(w3)]
+    assert got == [("centre/cab-1/group_level", 30.0), ("centre/cab-1/lum-05/level_cmd", 60.0)]
+    # everything off: contactor opens, the gateway gets broadcast 0
+    off = c.plan(np.zeros(len(f)))
+    assert [(x.tag, x.value) for x in off] == [
+        ("chenove/gw-1/broadcast_level", 0.0),
+        ("centre/cab-1/contactor_cmd", False),
+    ]
+    # a refused command is not marked sent: planned again
+    assert len(c.plan(np.zeros(len(f)))) == 2
 
 
 @pytest.mark.parametrize("night", [(2026, 3, 28), (2026, 10, 24)])
