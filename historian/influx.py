@@ -161,16 +161,17 @@ class InfluxBackend(Backend):
         delay = 0.2
         for attempt in range(self.retries + 1):
             status, text, hdrs = self._request("POST", f"/api/v2/write?{q}", body, headers)
-            if 200 <= status < 300:
+            action = classify(status, len(part))
+            if action == "ok":
                 return
             msg = text[:300].decode(errors="replace")
-            if status == 413 and len(part) > 1:
+            if action == "split":
                 half = len(part) // 2
                 log.info("historian server says batch of %d lines too large; splitting", len(part))
                 for sl in (slice(0, half), slice(half, len(part))):
                     self._post(Points(part.keys, part.sid[sl], part.t[sl], part.v[sl], part.q[sl]), depth + 1)
                 return
-            if status in (429, 503) or status >= 500:
+            if action == "retry":
                 retry_after = _retry_after(hdrs)
                 if attempt < self.retries and (retry_after or 0) <= 1.0:
                     _time.sleep(retry_after or delay)  # worker thread, not the event loop
@@ -296,6 +297,18 @@ class InfluxBackend(Backend):
 
     def stats(self) -> dict[str, float]:
         return {"requests": float(self.requests), "written_points": float(self.written_points)}
+
+
+def classify(status: int, lines: int) -> str:
+    """What to do with a write answer (Telegraf outputs/influxdb_v2 errors.go): ``ok``,
+    ``split`` (413 and more than one line), ``retry`` (429, 5xx) or ``reject`` (other 4xx)."""
+    if 200 <= status < 300:
+        return "ok"
+    if status == 413 and lines > 1:
+        return "split"
+    if status == 429 or status >= 500:
+        return "retry"
+    return "reject"
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:

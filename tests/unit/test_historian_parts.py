@@ -1,0 +1,164 @@
+"""Historian parts without sockets: recorder selection, spool bounds and damage, segment
+selection and compaction, single writer, line protocol, write-error classification, aggregates
+and counter corner cases."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from historian.base import HistorianError, Points, Raw
+from historian.embedded import EmbeddedBackend, live_segments
+from historian.influx import classify, line_protocol
+from historian.query import aggregate, counter_deltas
+from historian.service import HistorianService
+from historian.spool import Spool, SpoolFull
+from scada import quality as Q
+from scada.clock import SteppedClock
+from scada.runtime import Runtime
+from scada.tags import Batch
+from tests.fixtures.historian import make_site
+
+T0 = 1_735_689_600.0
+
+
+@pytest.fixture
+def svc(tmp_path):
+    site = make_site(tmp_path, cabinets=1, lamps=2, historian="  deadband: {power_w: 5.0}\n  options: {fsync: false}")
+    rt = Runtime(site, SteppedClock(T0))
+    return rt, HistorianService(rt)
+
+
+async def test_recorder_deadband_discrete_and_quality(svc):
+    rt, h = svc
+    p = rt.tagdb.index("centre/cab-1/lum-01/power_w")
+    f = rt.tagdb.index("centre/cab-1/lum-01/lamp_failure")
+    seq = [(100.0, Q.Good), (103.0, Q.Good), (106.0, Q.Good), (106.5, Q.Good), (106.5, Q.BadCommunicationError),
+           (90.0, Q.Good)]
+    for k, (v, q) in enumerate(seq):
+        rt.tagdb.apply(Batch.of([p, f], [v, k % 2], [q, Q.Good], T0 + k))
+    pts = h.recorder.take()
+    got = {(pts.keys[s], t, v) for s, t, v in zip(pts.sid.tolist(), pts.t.tolist(), pts.v.tolist(), strict=True)}
+    power = sorted((t - T0, v) for k, t, v in got if k.endswith("power_w"))
+    # 103 is within 5 W of 100; 106 is not; 106.5 only recorded when its quality changes
+    assert power == [(0, 100.0), (2, 106.0), (4, 106.5), (5, 90.0)]
+    assert sorted(t - T0 for k, t, v in got if k.endswith("lamp_failure")) == [0, 1, 2, 3, 4, 5]
+    assert len(h.recorder.take()) == 0
+    await h.aclose()
+
+
+async def test_own_health_not_recorded(svc):
+    _rt, h = svc
+    h.publish_health()
+    assert len(h.recorder.take()) == 0  # _system/historian/* excluded (no feedback loop)
+    await h.aclose()
+
+
+async def test_spool_alarm_above_80_percent_and_dropped_when_full(svc, tmp_path):
+    rt, h = svc
+    h.spool.max_bytes = 10_000
+    p = rt.tagdb.indices_of_point("power_w")
+    k = 0
+    while h.spool.fill < 0.8:
+        rt.tagdb.apply(Batch.of(p, np.full(len(p), 100.0 + 10 * k), Q.Good, T0 + k))
+        await h.spool_now()
+        k += 1
+    h.publish_health()
+    assert rt.tagdb.read("_system/historian/spool_alarm").value is True
+    for j in range(200):
+        rt.tagdb.apply(Batch.of(p, np.full(len(p), 1e6 + 10 * j), Q.Good, T0 + 1000 + j))
+        await h.spool_now()
+    assert h.spool.dropped > 0 and h.spool.bytes <= 10_000
+    h.publish_health()
+    assert rt.tagdb.read("_system/historian/dropped").value == h.spool.dropped
+    await h.flush()  # the backend takes everything spooled
+    h.publish_health()
+    assert rt.tagdb.read("_system/historian/spool_alarm").value is False
+    await h.aclose()
+
+
+def test_spool_round_trip_and_damaged_file(tmp_path):
+    sp = Spool(str(tmp_path / "sp"), max_bytes=10**6, fsync=False)
+    pts = Points.of(["a/b/c", "a/b/d"], [1, 0, 1], [1.0, 2.0, 3.0], [np.nan, 5.0, 6.0], [Q.Bad, 0, 0])
+    name = sp.append(pts)
+    back, batch = sp.read(name)
+    assert back.keys == ["a/b/c", "a/b/d"] and back.sid.tolist() == [1, 0, 1]
+    assert np.isnan(back.v[0]) and back.q.tolist() == [Q.Bad, 0, 0] and batch
+    with open(os.path.join(sp.dir, name), "r+b") as f:
+        f.write(b"garbage!")
+    with pytest.raises(HistorianError, match="damaged"):
+        sp.read(name)
+    # a new Spool on the same directory (restart) sees the blocks in order and keeps numbering
+    n2 = sp.append(pts)
+    sp2 = Spool(sp.dir, max_bytes=10**6, fsync=False)
+    assert sp2.pending() == [name, n2] and sp2.append(pts) > n2
+    small = Spool(str(tmp_path / "small"), max_bytes=100, fsync=False)
+    with pytest.raises(SpoolFull, match="spool_max_bytes"):
+        small.append(pts)
+    assert small.dropped == 3
+
+
+def test_live_segments_prefers_compactions():
+    names = ["0000000001_0_9_a.parquet", "0000000002_0_9_b.parquet", "c0000000001-0000000002_0_9.parquet",
+             "0000000003_0_9_c.parquet", "c0000000001-0000000003_0_9.parquet", ".tmp-x", "series.tsv"]
+    assert [s.name for s in live_segments(names)] == ["c0000000001-0000000003_0_9.parquet"]
+    assert [s.name for s in live_segments(names[:4])] == ["c0000000001-0000000002_0_9.parquet",
+                                                          "0000000003_0_9_c.parquet"]
+
+
+def test_embedded_compaction_keeps_later_writes_and_single_writer(tmp_path):
+    b = EmbeddedBackend(str(tmp_path / "s"), {"fsync": False, "compact_after": 0})
+    key = ["x/y/z"]
+    for k in range(10):
+        b.write(Points.of(key, [0, 0], [T0 + k, T0 + 100], [float(k), float(k)]), f"b{k}")
+    reader = EmbeddedBackend(str(tmp_path / "s"))  # another process would do the same
+    before = reader.read_raw(key[0], T0, T0 + 200)
+    assert b.compact(min_blocks=4) == 10
+    after = reader.read_raw(key[0], T0, T0 + 200)
+    assert before.v.tolist() == after.v.tolist() == [*range(10), 9.0]  # later block wins at T0+100
+    assert b.stats()["segments"] == 1
+    other = EmbeddedBackend(str(tmp_path / "s"))
+    with pytest.raises(HistorianError, match=r"writer\.lock"):
+        other.write(Points.of(key, [0], [T0], [1.0]), "z")
+    for x in (b, reader, other):
+        x.close()
+
+
+def test_line_protocol_escapes_and_nan():
+    pts = Points.of(["a b/c,d=e", "ok/x"], [0, 1], [T0 + 0.0015, T0], [1.5, np.nan], [0, Q.BadCommunicationError])
+    text = b"".join(line_protocol(pts, "scada", "ms")).decode()
+    assert text == (r"scada,tag=a\ b/c\,d\=e v=1.5,q=0i 1735689600002" + "\n"
+                    f"scada,tag=ok/x q={Q.BadCommunicationError}i 1735689600000\n")
+
+
+def test_write_error_classification():
+    assert classify(204, 10) == "ok"
+    assert classify(413, 10) == "split" and classify(413, 1) == "reject"
+    assert classify(429, 10) == classify(503, 10) == classify(500, 10) == "retry"
+    assert classify(400, 10) == classify(401, 10) == classify(404, 10) == "reject"
+
+
+def test_time_weighted_average_and_integral():
+    raw = Raw(np.array([0.0, 600.0, 1800.0]), np.array([10.0, 20.0, 0.0]), np.zeros(3, np.uint32))
+    a = aggregate(raw, 0.0, 3600.0, 3600.0, "time_avg")
+    assert a.value.tolist() == [(10 * 600 + 20 * 1200 + 0 * 1800) / 3600]
+    i = aggregate(raw, 0.0, 3600.0, 1800.0, "integral")
+    assert i.value.tolist() == [10 * 600 + 20 * 1200, 0.0]
+    with pytest.raises(ValueError, match="unknown aggregate"):
+        aggregate(raw, 0, 1, 1, "median")
+
+
+def test_counter_rollover_and_replacement():
+    edges = np.array([0.0, 1000.0, 2000.0])
+    # 16-bit counter rolls over 65535 -> 5; then a replaced meter starts at 50,000
+    raw = Raw(np.array([0.0, 400, 800, 1200, 1600, 1700]), np.array([65500.0, 65530, 5, 15, 50_000, 50_010]),
+              np.zeros(6, np.uint32))
+    d = counter_deltas(raw, edges, rollover=65536.0, max_rate=1.0)
+    assert d.delta.tolist() == [30.0 + 11.0, 10.0 + 10.0]
+    assert d.resets.tolist() == [1, 0] and d.replacements.tolist() == [0, 1]
+    # bad readings are skipped and counted
+    raw2 = Raw(np.array([0.0, 10, 20]), np.array([1.0, 1e9, 3.0]), np.array([0, Q.BadCommunicationError, 0], np.uint32))
+    d2 = counter_deltas(raw2, np.array([0.0, 100.0]))
+    assert d2.delta.tolist() == [2.0] and d2.bad.tolist() == [1]
