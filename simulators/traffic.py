@@ -454,6 +454,12 @@ class _EndpointServer:
         """Stop serving (clients see the connection drop); the controllers keep running."""
         if self.running:
             self.running = False
+            # asyncua's stop() waits for its 1 s CurrentTime loop to wake up; end it at once
+            iserver = self.server.iserver
+            if iserver.time_task is not None:
+                iserver.time_task.cancel()
+                await asyncio.gather(iserver.time_task, return_exceptions=True)
+                iserver.time_task = None
             await self.server.stop()
             # A rebooted controller forgets its sessions; asyncua keeps sessions with live
             # subscriptions past a transport loss (Part 4 §6.7), so close them explicitly.
