@@ -364,3 +364,32 @@ def test_wanted_is_nan_for_unscheduled(make):
     w, areas = asyncio.run(go())
     assert np.all(w[np.array(areas) == "centre"] == 80)
     assert np.isnan(w[np.array(areas) == "chenove"]).all()
+
+
+async def test_photocell_hysteresis_window_and_fallback(make):
+    sched = SCHEDULES.replace(
+        "schedules:\n", "schedules:\n  photocell: {tag: centre/ws-1/lux, on_lux: 20, off_lux: 40}\n"
+    )
+    rt, _plant, svc, clock = await make(local(2026, 1, 15, 13, 0), schedules=sched)
+    from scada.tags import PointDef
+
+    lux = rt.tagdb.add_tag("centre/ws-1/lux", PointDef("lux", unit="lx"))
+
+    def sensor(v: float, q: int = Q.Good) -> None:
+        rt.tagdb.apply(Batch.of([lux], [v], q, clock.time()))
+
+    lum = svc.fleet.paths.index("centre/cab-1/lum-01")
+    sensor(5.0)  # dark at 13:00 (a covered cell): outside max_shift of dusk -> ignored
+    assert svc.wanted(clock.time())[lum] == 0.0
+    await clock.advance_to(local(2026, 1, 15, 16, 40))  # dusk ~17:14: inside the 1 h window
+    assert svc.wanted(clock.time())[lum] == 100.0  # storm: lights on early
+    sensor(30.0)  # between the thresholds: stays on (hysteresis)
+    assert svc.wanted(clock.time())[lum] == 100.0
+    sensor(50.0)  # bright again: off
+    assert svc.wanted(clock.time())[lum] == 0.0
+    sensor(30.0)
+    assert svc.wanted(clock.time())[lum] == 0.0
+    await clock.advance_to(local(2026, 1, 15, 17, 30))  # after dusk, the cell still sees light
+    assert svc.wanted(clock.time())[lum] == 0.0
+    sensor(30.0, Q.BadCommunicationError)  # sensor lost: astronomical clock decides
+    assert svc.wanted(clock.time())[lum] == 100.0
