@@ -23,8 +23,10 @@ def register(main: click.Group) -> None:
     main.add_command(history)
 
 
-def _site(site_file: str):
+def _site(site_file: str, state_dir: str | None = None):
     site = load_or_exit(site_file)
+    if state_dir:
+        site.config.site.state_dir = os.path.abspath(state_dir)
     if not os.path.isabs(site.config.site.state_dir):
         site.config.site.state_dir = os.path.join(os.path.dirname(os.path.abspath(site.path)),
                                                   site.config.site.state_dir)
@@ -62,8 +64,14 @@ class _Progress:
         click.echo(f"[{bar}] {time.monotonic() - self.t0:6.1f} s  {msg}", err=True)
 
 
-site_option = click.option("--site", "site_file", default=str(DEMO_SITE), show_default=True,
-                           type=click.Path(dir_okay=False), help="Site file (historian settings).")
+_site_file = click.option("--site", "site_file", default=str(DEMO_SITE), show_default=True,
+                          type=click.Path(dir_okay=False), help="Site file (historian settings).")
+_state_dir = click.option("--state-dir", default=None, type=click.Path(file_okay=False),
+                          help="State directory of the server (default: the site's state_dir).")
+
+
+def site_option(f):
+    return _site_file(_state_dir(f))
 fmt_option = click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html",
                           show_default=True)
 out_option = click.option("--out", type=click.Path(dir_okay=False), help="Write to a file (default stdout).")
@@ -83,12 +91,12 @@ def report() -> None:
               help="Baseline inventory (YAML/CSV); default: luminaire attrs of the site.")
 @fmt_option
 @out_option
-def energy(site_file, d0, d1, area, inventory, fmt, out) -> None:
+def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
     """Energy savings against the legacy baseline (IPMVP options A, B, C), docs/energy-kpi.md."""
     from historian import energy as E
     from historian import report as R
 
-    site = _site(site_file)
+    site = _site(site_file, state_dir)
     inv = E.load_inventory(inventory) if inventory else E.inventory_from_site(site)
     if not inv.points:
         raise click.UsageError("no luminaire with a legacy_w attribute in the site; give --inventory")
@@ -113,12 +121,12 @@ def energy(site_file, d0, d1, area, inventory, fmt, out) -> None:
 @click.option("--area", default=None)
 @fmt_option
 @out_option
-def availability_cmd(site_file, d0, d1, area, fmt, out) -> None:
+def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
     """Equipment availability (contract: 99 %) per device, class, area and month, with outages."""
     from historian import availability as A
     from historian import report as R
 
-    site = _site(site_file)
+    site = _site(site_file, state_dir)
     backend = _reader(site)
     try:
         r = A.compute(backend, site, d0.date(), d1.date(), area=area, progress=_Progress(3))
@@ -136,12 +144,12 @@ def availability_cmd(site_file, d0, d1, area, fmt, out) -> None:
 @click.option("--to", "d1", type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
 @fmt_option
 @out_option
-def interventions_cmd(site_file, journal, d0, d1, fmt, out) -> None:
+def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
     """Time to acknowledge and to clear alarms per priority, category, area: median, p90, month."""
     from historian import interventions as I
     from historian import report as R
 
-    site = _site(site_file)
+    site = _site(site_file, state_dir)
     path = journal or os.path.join(site.config.site.state_dir, site.config.alarms.journal)
     r = I.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
     text = R.to_json(r) if fmt == "json" else R.to_csv(r) if fmt == "csv" else I.to_html(r)
@@ -169,7 +177,7 @@ def _when(v: str, tz: str) -> float:
               type=click.Choice(["avg", "min", "max", "first", "last", "count", "time_avg", "integral"]))
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @out_option
-def history(tag, site_file, t0, t1, agg, fn, fmt, out) -> None:
+def history(tag, site_file, state_dir, t0, t1, agg, fn, fmt, out) -> None:
     """Recorded history of TAG (raw with status, or aggregated per interval), CSV or JSON."""
     import json
 
@@ -177,7 +185,7 @@ def history(tag, site_file, t0, t1, agg, fn, fmt, out) -> None:
     from scada import quality as Q
     from scada.sections.common import parse_duration
 
-    site = _site(site_file)
+    site = _site(site_file, state_dir)
     tz = site.config.site.timezone
     a, b = _when(t0, tz), _when(t1, tz)
     backend = _reader(site)
