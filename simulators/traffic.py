@@ -33,11 +33,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from asyncua import Server, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AttributeService
+from asyncua.server.user_managers import UserManager
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from scada import quality as Q
 from scada.clock import Clock
@@ -322,14 +327,72 @@ class _CommandAttributeService(AttributeService):
         return results
 
 
+_SECURITY = {
+    ("Basic256Sha256", "Sign"): ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ("Basic256Sha256", "SignAndEncrypt"): ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ("Aes128_Sha256_RsaOaep", "Sign"): ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ("Aes128_Sha256_RsaOaep", "SignAndEncrypt"): ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+}
+
+
+@dataclass
+class EndpointSecurity:
+    """What the devices on one endpoint ask for: the server offers exactly that."""
+
+    policies: set[tuple[str, str]] = field(default_factory=set)  # (policy, mode)
+    users: dict[str, str] = field(default_factory=dict)
+    anonymous: bool = False
+
+    def add(self, conn: dict[str, Any]) -> None:
+        policy = str(conn.get("security_policy", "None"))
+        mode = str(conn.get("mode", "None"))
+        if (policy, mode) != ("None", "None") and (policy, mode) not in _SECURITY:
+            raise ValueError(f"unsupported security {policy}/{mode}")
+        self.policies.add((policy, mode))
+        user = conn.get("username")
+        if user:
+            self.users[str(user)] = str(conn.get("password") or "")
+        else:
+            self.anonymous = True
+
+    @property
+    def secure(self) -> bool:
+        return any(p != ("None", "None") for p in self.policies)
+
+
+class _Users(UserManager):
+    """A controller's local accounts: exact username/password pairs, nothing else."""
+
+    def __init__(self, users: dict[str, str], anonymous: bool):
+        self.users = users
+        self.anonymous = anonymous
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        if username is None:
+            return User(role=UserRole.User) if self.anonymous else None
+        if username in self.users and self.users[username] == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+def server_certificate_path(state_dir: str | Path, url: str) -> Path:
+    """Where the simulator keeps the certificate of the server at ``url`` (DER)."""
+    u = urlparse(url)
+    return Path(state_dir) / "simulators" / "traffic" / f"{u.hostname}_{u.port}" / "server-cert.der"
+
+
 class _EndpointServer:
     """One asyncua server hosting every junction whose endpoint is ``url``."""
 
-    def __init__(self, url: str, clock: Clock, junctions: dict[str, JunctionModel]):
+    def __init__(self, url: str, clock: Clock, junctions: dict[str, JunctionModel],
+                 security: EndpointSecurity | None = None, state_dir: str | Path = "."):
         self.url = url
         self.clock = clock
         self.junctions = junctions  # object name -> model
-        self.server = Server()
+        self.security = security or EndpointSecurity({("None", "None")}, {}, True)
+        self.state_dir = state_dir
+        self.server = Server(user_manager=_Users(self.security.users, self.security.anonymous))
         self.ns = 0
         self.nodes: dict[str, ua.NodeId] = {}  # full dotted name -> NodeId
         self.last: dict[str, Any] = {}
@@ -345,7 +408,26 @@ class _EndpointServer:
         await s.init()
         s.set_endpoint(self.url)
         s.set_server_name("city-scada traffic-controller simulator")
-        s.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        sec = self.security
+        s.set_security_policy([ua.SecurityPolicyType.NoSecurity if p == ("None", "None") else _SECURITY[p]
+                               for p in sorted(sec.policies)])
+        tokens: list[type] = [ua.UserNameIdentityToken] if sec.users else []
+        if sec.anonymous:
+            tokens.append(ua.AnonymousIdentityToken)
+        s.set_identity_tokens(tokens)
+        if sec.secure:
+            cert = server_certificate_path(self.state_dir, self.url)
+            cert.parent.mkdir(parents=True, exist_ok=True)
+            key = cert.with_name("server-key.pem")
+            uri = "urn:city-scada:simulator:traffic"
+            await s.set_application_uri(uri)
+            await setup_self_signed_certificate(
+                key, cert, uri, urlparse(self.url).hostname or "localhost",
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                {"commonName": "traffic-controller simulator", "organizationName": "city-scada"},
+            )
+            await s.load_certificate(str(cert))
+            await s.load_private_key(str(key))
         self.ns = await s.register_namespace(NAMESPACE)
         s.iserver.attribute_service = _CommandAttributeService(s.iserver.aspace, self)
         now = self.clock.time()
@@ -585,11 +667,13 @@ async def serve_site(site: Site, clock: Clock, devices: list[DeviceInstance]) ->
     """
     sim = TrafficSimulator(clock)
     groups: dict[str, dict[str, tuple[DeviceInstance, JunctionModel]]] = {}
+    security: dict[str, EndpointSecurity] = {}
     now = clock.time()
     for dev in devices:
         if dev.parent is not None:
             continue
         url = _endpoint_key(str(dev.connection.get("endpoint", "")))
+        security.setdefault(url, EndpointSecurity()).add(dev.connection)
         name = str(dev.connection.get("object") or dev.id)
         objs = groups.setdefault(url, {})
         if name in objs:
@@ -600,7 +684,8 @@ async def serve_site(site: Site, clock: Clock, devices: list[DeviceInstance]) ->
         objs[name] = (dev, JunctionModel(name, signal_groups(dev), now))
     try:
         for url, objs in groups.items():
-            srv = _EndpointServer(url, clock, {n: m for n, (_, m) in objs.items()})
+            srv = _EndpointServer(url, clock, {n: m for n, (_, m) in objs.items()}, security[url],
+                                  site.config.site.state_dir)
             sim.servers[url] = srv
             for name, (dev, _) in objs.items():
                 sim.where[dev.path] = (srv, name)
