@@ -246,7 +246,14 @@ class ScheduleService(Service):
                 else f"{path}: follows the schedule again"
             )
             if setc is not None:
-                r = setc(path, "dimming_not_followed", active, message=msg)
+                r = setc(
+                    path,
+                    "dimming_not_followed",
+                    active,
+                    message=msg,
+                    category="lighting",
+                    priority=3,
+                )
                 if inspect.isawaitable(r):
                     await r
             if active:

@@ -51,7 +51,7 @@ async def test_dali_broadcast_then_group_command_and_not_followed(tmp_path, mosq
         calls: list[tuple[str, str, bool]] = []
 
         class AlarmsAPI:
-            def set_condition(self, path, name, active, message=""):
+            def set_condition(self, path, name, active, message="", **kw):
                 calls.append((path, name, active))
 
             async def aclose(self):

@@ -90,7 +90,7 @@ class Night:
         rt = self.rt
 
         class AlarmsAPI:  # the alarm service's external-condition API, recorded
-            def set_condition(_, path, name, active, message=""):
+            def set_condition(_, path, name, active, message="", **kw):
                 self.alarms.append((path, name, active, message))
 
         rt.services["alarms"] = AlarmsAPI()

@@ -186,7 +186,7 @@ async def test_ignoring_luminaire_raises_not_followed_and_alarm_api(make):
     calls = []
 
     class Alarms:
-        def set_condition(self, path, cond, active, message=""):
+        def set_condition(self, path, cond, active, message="", **kw):
             calls.append((path, cond, active, message))
 
     rt.services["alarms"] = Alarms()
@@ -393,3 +393,21 @@ async def test_photocell_hysteresis_window_and_fallback(make):
     assert svc.wanted(clock.time())[lum] == 0.0
     sensor(30.0, Q.BadCommunicationError)  # sensor lost: astronomical clock decides
     assert svc.wanted(clock.time())[lum] == 100.0
+
+
+async def test_not_followed_reaches_the_real_alarm_engine(make):
+    alarms_service = pytest.importorskip("scada.alarms.service")
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 17, 0))
+    alarms = alarms_service.create(rt)
+    assert alarms is not None
+    rt.services["alarms"] = alarms
+    plant.ignore.add("centre/cab-1/lum-02")
+    try:
+        await run_until(clock, svc, local(2026, 1, 15, 17, 40))
+        active = {a.alarm_id: a for a in alarms.engine.active()}
+        a = active["centre/cab-1/lum-02/dimming_not_followed"]
+        assert a.category == "lighting" and a.priority == 3
+        assert "commanded 100 %" in a.message
+        assert [k for k in active if k.endswith("dimming_not_followed")] == [a.alarm_id]
+    finally:
+        await alarms.aclose()
