@@ -15,13 +15,16 @@ one *immutable* file, written to a temporary name, fsynced and renamed into plac
 Layout of ``<dir>``::
 
     series.tsv                       append-only "id<TAB>tag path" lines
+    blocks.log                       batch ids of stored blocks (idempotent replays)
     segments/<seq>_<tmin>_<tmax>_<batch>.parquet       one per written block
     segments/c<seqlo>-<seqhi>_<tmin>_<tmax>.parquet    compaction of blocks seqlo..seqhi
     writer.lock                      held (flock) by the one writing process
 
 Times are stored as int64 microseconds (``t``), the series as uint32 (``sid``), the value as
-double (``v``) and the OPC UA status code as uint32 (``q``). Same (series, time) written twice:
-the later block wins (overwrite), at read time and at compaction. A block whose batch id is
+double (``v``), the OPC UA status code as uint32 (``q``) and the block number as uint32 (``b``,
+constant per block: run-length encoded to almost nothing). Same (series, time) written twice:
+the later block wins (overwrite) when reading raw values. Compaction only concatenates (12 M
+points/s here; a de-duplicating GROUP BY ran at 0.4 M/s), rows keep their ``b``. A block whose batch id is
 already stored is skipped, so spool replays after a crash are idempotent.
 """
 
@@ -193,6 +196,13 @@ class EmbeddedBackend(Backend):
         segs = [s for s in (parse_segment(n) for n in names) if s is not None]
         self._seq = max((s.hi for s in segs), default=-1)
         self._batches = {s.batch for s in segs if s.batch}
+        # batch ids of blocks already folded into compactions (replays after a crash skip them)
+        try:
+            with open(os.path.join(self.path, "blocks.log"), encoding="utf-8") as f:
+                tail = f.readlines()[-100_000:]
+            self._batches.update(line.strip() for line in tail if line.strip())
+        except FileNotFoundError:
+            pass
 
     def write(self, points: Points, batch_id: str) -> None:
         """Write one block as one immutable segment (see module doc)."""
@@ -219,8 +229,11 @@ class EmbeddedBackend(Backend):
                     sids, t, v, q = sids[keep], t[keep], v[keep], q[keep]
                 self._seq += 1
                 name = f"{self._seq:010d}_{int(t.min())}_{int(t.max())}_{batch or 'x'}.parquet"
-                self._copy({"sid": sids, "t": t, "v": v, "q": q}, name)
+                self._copy({"sid": sids, "t": t, "v": v, "q": q,
+                            "b": np.full(len(t), self._seq, np.uint32)}, name)
                 self._batches.add(batch)
+                with open(os.path.join(self.path, "blocks.log"), "a", encoding="utf-8") as f:
+                    f.write(batch + "\n")
                 self.written_points += len(t)
             except (OSError, duckdb.IOException) as e:
                 raise BackendUnavailable(
@@ -236,7 +249,7 @@ class EmbeddedBackend(Backend):
         try:
             cur.register("_block", _relation(cur, data))
             cur.execute(
-                f"COPY (SELECT sid::UINTEGER AS sid, t, v, q::UINTEGER AS q FROM _block) TO '{tmp}' "
+                f"COPY (SELECT sid::UINTEGER AS sid, t, v, q::UINTEGER AS q, b::UINTEGER AS b FROM _block) TO '{tmp}' "
                 f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL {self.zstd_level}, "
                 "ROW_GROUP_SIZE 122880)"
             )
@@ -251,12 +264,14 @@ class EmbeddedBackend(Backend):
         os.replace(tmp, os.path.join(self.segdir, name))
         self.written_bytes += os.path.getsize(os.path.join(self.segdir, name))
 
-    def compact(self, min_blocks: int = 8) -> int:
-        """Merge the uncompacted blocks into one file (later blocks win on equal series+time).
+    def compact(self, min_blocks: int = 8, fan_in: int = 8, max_level: int = 4) -> int:
+        """Merge the uncompacted blocks into one file, then merge runs of ``fan_in`` compacted
+        files of the same level (level = log_fan_in of blocks covered / min_blocks) into the
+        next level, up to ``max_level``; so a year of one-second blocks stays a few dozen files.
 
-        Returns the number of blocks merged. Readers never see a partial state: the merged
-        file appears (rename) before its sources are deleted, and :func:`live_segments` prefers
-        it from that moment.
+        Returns the number of raw blocks merged. Readers never see a partial state: a merged
+        file appears (rename) before its sources are deleted, and :func:`live_segments`
+        prefers it from that moment. Rows keep their block number ``b``.
         """
         with self._lock:
             self._open_writer()
@@ -264,37 +279,58 @@ class EmbeddedBackend(Backend):
             raw = [s for s in segs if not s.compacted]
             if len(raw) < min_blocks:
                 return 0
-            lo, hi = raw[0].lo, raw[-1].hi
-            # also fold earlier small compactions that sit right before this run
-            files = [os.path.join(self.segdir, s.name) for s in segs if s.lo >= lo]
-            cur = self._con.cursor()
-            try:
-                tmin, tmax = cur.execute(
-                    f"SELECT min(t), max(t) FROM read_parquet({files!r})"
-                ).fetchone()
-                name = f"c{lo:010d}-{hi:010d}_{tmin}_{tmax}.parquet"
-                tmp = os.path.join(self.segdir, f".tmp-{name}")
-                cur.execute(
-                    f"COPY (SELECT sid, t, arg_max(v, _seq) AS v, arg_max(q, _seq) AS q FROM "
-                    f"(SELECT *, {_SEQ_SQL} AS _seq FROM read_parquet({files!r}, filename=true)) "
-                    "GROUP BY sid, t ORDER BY sid, t) "
-                    f"TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL {self.zstd_level}, "
-                    "ROW_GROUP_SIZE 122880)"
-                )
-            except duckdb.Error as e:
-                log.warning("compaction of blocks %d-%d failed (%s); will retry later", lo, hi, e)
+            if not self._merge(raw):
                 return 0
-            finally:
-                cur.close()
-            if self.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
+            merged = len(raw)
+            while True:  # tiers
+                comps = [s for s in live_segments(os.listdir(self.segdir)) if s.compacted]
+
+                def level(sg: Segment) -> int:
+                    return int(np.log((sg.hi - sg.lo + 1) / max(min_blocks, 1)) / np.log(fan_in) + 1e-9)
+
+                run: list[Segment] = []
+                for sg in comps:
+                    if run and (level(sg) != level(run[-1]) or sg.lo != run[-1].hi + 1):
+                        run = []
+                    run.append(sg)
+                    if len(run) == fan_in:
+                        break
+                if len(run) < fan_in or level(run[0]) >= max_level or not self._merge(run):
+                    return merged
+
+    def _merge(self, segs: list[Segment]) -> bool:
+        files = [os.path.join(self.segdir, sg.name) for sg in segs]
+        lo, hi = segs[0].lo, segs[-1].hi
+        tmin, tmax = min(sg.tmin for sg in segs), max(sg.tmax for sg in segs)
+        name = f"c{lo:010d}-{hi:010d}_{tmin}_{tmax}.parquet"
+        tmp = os.path.join(self.segdir, f".tmp-{name}")
+        cur = self._con.cursor()
+        try:
+            # plain concatenation: every row keeps its block number ``b``, which decides
+            # between two values of the same series and time at read time (later wins)
+            cur.execute(
+                f"COPY (SELECT sid, t, v, q, b FROM read_parquet({files!r})) "
+                f"TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL {self.zstd_level}, "
+                "ROW_GROUP_SIZE 122880)"
+            )
+        except duckdb.Error as e:
+            log.warning("compaction of blocks %d-%d failed (%s); will retry later", lo, hi, e)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            return False
+        finally:
+            cur.close()
+        if self.fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
                 os.fsync(fd)
+            finally:
                 os.close(fd)
-            os.replace(tmp, os.path.join(self.segdir, name))
-            for f in files:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f)
-            return len(raw)
+        os.replace(tmp, os.path.join(self.segdir, name))
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f)
+        return True
 
     # ------------------------------------------------------------------ reading
     def _files(self, t0: float | None = None, t1: float | None = None) -> list[str]:
@@ -335,8 +371,8 @@ class EmbeddedBackend(Backend):
             return Raw.empty()
         lim = f" LIMIT {int(limit)}" if limit else ""
         res = self._query(
-            lambda files: f"SELECT t, arg_max(v, {_SEQ_SQL}) AS v, arg_max(q, {_SEQ_SQL}) AS q "
-            f"FROM read_parquet({files!r}, filename=true) WHERE sid = ? AND t >= ? AND t < ? "
+            lambda files: "SELECT t, arg_max(v, b) AS v, arg_max(q, b) AS q "
+            f"FROM read_parquet({files!r}) WHERE sid = ? AND t >= ? AND t < ? "
             f"GROUP BY t ORDER BY t{lim}",
             t0, t1, [sid, int(t0 * US), int(t1 * US)],
         )
@@ -404,11 +440,6 @@ class EmbeddedBackend(Backend):
                 os.close(self._lockfile)
                 self._lockfile = None
             self._con.close()
-
-
-# sequence number of the block a row came from, from its file name (compacted: its last block)
-_SEQ_SQL = ("CAST(regexp_extract(filename, '(?:^|/)c?(?:\\d+-)?(\\d+)_-?\\d+_-?\\d+(?:_[A-Za-z0-9]+)?\\.parquet$', 1) "
-            "AS BIGINT)")
 
 
 def _relation(cur: duckdb.DuckDBPyConnection, data: dict[str, np.ndarray]) -> Any:
