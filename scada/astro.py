@@ -239,6 +239,18 @@ def sun_events(
             f"latitude must be within +/-90 and longitude within +/-180 deg, got {lat}, {lon}"
         )
     shape = np.broadcast_shapes(lat_b.shape, lon_b.shape, days.shape)
+    pos = np.broadcast_shapes(lat_b.shape, lon_b.shape)
+    if days.ndim == 1 and len(pos) >= 2 and pos[-1] == 1 and int(np.prod(pos)) > 1:
+        # many groups usually share a handful of positions (one per site): compute each
+        # distinct position once and gather
+        pairs = np.stack(
+            [np.broadcast_to(lat_b, pos).ravel(), np.broadcast_to(lon_b, pos).ravel()], 1
+        )
+        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+        if len(uniq) < len(pairs):
+            ev = sun_events(uniq[:, :1], uniq[:, 1:], days, tz)
+            inv = np.asarray(inv).reshape(-1)
+            return {k: v[inv].reshape(shape) for k, v in ev.items()}
     guess = local_noon_utc(days, tz)
     solar = _solar_for(guess, int(np.prod(shape)))
     noon = _transit(lat_b, lon_b, guess, solar)
@@ -253,7 +265,7 @@ def sun_events(
     vm = (out["sunset"] + next_rise) / 2.0
     out["virtual_midnight"] = np.where(np.isnan(vm), (noon + noon_next) / 2.0, vm)
     out["solar_noon"] = noon
-    return {k: np.broadcast_to(v, shape).astype(np.float64, copy=False) for k, v in out.items()}
+    return {k: v if v.shape == shape else np.broadcast_to(v, shape).copy() for k, v in out.items()}
 
 
 _ON = {"sunset": "sunset", "civil_dusk": "civil_dusk", "nautical_dusk": "nautical_dusk"}
@@ -294,13 +306,19 @@ def night_bounds(
     midnight = (noon + noon_next) / 2.0
     lat_b = np.asarray(lat, dtype=np.float64)
     lon_b = np.asarray(lon, dtype=np.float64)
-    alt = 90.0 - ZENITH[_PAIR_ZENITH[on]]
-    dark_today = solar_elevation(lat_b, lon_b, noon) < alt  # polar night on the date
-    dark_next = solar_elevation(lat_b, lon_b, noon_next) < alt
-    t_on = ev[on]
-    t_on = np.where(np.isnan(t_on), np.where(dark_today, noon, midnight), t_on)
-    t_off = ev_next[off]
-    t_off = np.where(np.isnan(t_off), np.where(dark_next, noon_next, midnight), t_off)
+    t_on = ev[on].copy()
+    t_off = ev_next[off].copy()
+    # missing events only (polar latitudes): polar night if the sun stays below the event's
+    # altitude at solar noon, else polar day
+    shape = t_on.shape
+    lat_f = np.broadcast_to(lat_b, shape)
+    lon_f = np.broadcast_to(lon_b, shape)
+    for t, ref, alt_of in ((t_on, noon, on), (t_off, noon_next, off)):
+        miss = np.isnan(t)
+        if miss.any():
+            alt = 90.0 - ZENITH[_PAIR_ZENITH[alt_of]]
+            dark = solar_elevation(lat_f[miss], lon_f[miss], ref[miss]) < alt
+            t[miss] = np.where(dark, ref[miss], midnight[miss])
     t_off = np.maximum(t_off, t_on)
     return t_on, t_off, ev["virtual_midnight"]
 

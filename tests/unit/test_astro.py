@@ -134,3 +134,18 @@ def test_solar_elevation_sign_at_noon_and_midnight():
 def test_bad_coordinates_rejected():
     with pytest.raises(ValueError, match="latitude"):
         astro.sun_events(95.0, 0.0, [date(2026, 1, 1)], "UTC")
+
+
+def test_many_groups_sharing_positions_match_single_site():
+    days = np.arange(np.datetime64("2026-01-01"), np.datetime64("2026-03-01"))
+    lats = np.array([[47.322], [47.322], [50.6], [47.322]])
+    lons = np.array([[5.041], [5.041], [3.1], [5.041]])
+    ev = astro.sun_events(lats, lons, days, "Europe/Paris")
+    one = astro.sun_events(47.322, 5.041, days, "Europe/Paris")
+    for k in astro.EVENTS:
+        assert np.array_equal(ev[k][3], one[k])
+    ev[k][0, 0] = 0.0  # results are writable arrays, not shared views
+    assert ev[k][1, 0] != 0.0
+    bh = astro.burning_hours(lats, lons, days, "Europe/Paris")
+    assert bh.shape == (4, days.size)
+    assert np.allclose(bh[0], astro.burning_hours(47.322, 5.041, days, "Europe/Paris"))
