@@ -83,18 +83,6 @@ def bench_embedded(n_points: int, n_tags: int, tmp: str) -> dict[str, float]:
     out["compacted_blocks"] = merged
     out["disk_bytes_per_point_compacted"] = b.stats()["disk_bytes"] / total
     b.close()
-    out["pipeline_pts_s"] = asyncio.run(_pipeline(n_points, n_tags, tmp))
-    return out
-
-
-async def _pipeline(n_points: int, n_tags: int, tmp: str) -> float:
-    """tagdb.apply -> recorder -> spool (fsync) -> embedded store, blocks of 500,000 points."""
-    from historian.service import HistorianService
-    from scada.clock import SteppedClock
-    from scada.loader import load_site
-    from scada.runtime import Runtime
-    from scada.tags import Batch
-
     site_dir = os.path.join(tmp, "site")
     os.makedirs(site_dir, exist_ok=True)
     with open(os.path.join(site_dir, "site.yaml"), "w") as f:
@@ -105,7 +93,19 @@ profiles:
 devices:
   - {{id: cab, profile: lamp, area: a, children: [{{profile: lamp, count: {min(n_tags, 4096)}}}]}}
 """)
-    site = load_site(os.path.join(site_dir, "site.yaml"))
+    out["pipeline_pts_s"] = asyncio.run(_pipeline(n_points, n_tags, os.path.join(site_dir, "site.yaml")))
+    return out
+
+
+async def _pipeline(n_points: int, n_tags: int, site_file: str) -> float:
+    """tagdb.apply -> recorder -> spool (fsync) -> embedded store, blocks of 500,000 points."""
+    from historian.service import HistorianService
+    from scada.clock import SteppedClock
+    from scada.loader import load_site
+    from scada.runtime import Runtime
+    from scada.tags import Batch
+
+    site = load_site(site_file)
     rt = Runtime(site, SteppedClock(T0))
     h = HistorianService(rt)
     idx = rt.tagdb.indices_of_point("energy_wh")
