@@ -411,3 +411,58 @@ async def test_not_followed_reaches_the_real_alarm_engine(make):
         assert [k for k in active if k.endswith("dimming_not_followed")] == [a.alarm_id]
     finally:
         await alarms.aclose()
+
+
+async def test_override_survives_restart_and_refused_write_is_retried(make, tmp_path):
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 23, 0))
+    store = OverrideStore(str(tmp_path / "state" / "schedules"))
+    store.add(
+        new_override(
+            level=90,
+            minutes=60,
+            reason="event",
+            user="eve",
+            now=clock.time(),
+            devices=["chenove/gw-1"],
+        )
+    )
+    # a fresh service (server restart) on the same state directory picks the override up
+    rt2 = Runtime(rt.site, clock)
+    plant2 = Plant(rt2)
+    svc2 = create(rt2)
+    refuse = {"n": 1}
+    orig = plant2._handler
+
+    async def flaky(i, value):
+        if refuse["n"] and rt2.tagdb.path(i).endswith("broadcast_level"):
+            refuse["n"] -= 1
+            return Q.BadCommunicationError  # gateway busy: refused once
+        return await orig(i, value)
+
+    rt2.register_writer("chenove/gw-1", flaky)
+    await svc2.tick()
+    assert ("chenove/gw-1/broadcast_level", 90.0) not in [(p, v) for _, p, v in plant2.log]
+    await clock.advance(10)
+    await svc2.tick()
+    assert plant2.log[-1][1:] == ("chenove/gw-1/broadcast_level", 90.0)
+    await clock.advance(3600)
+    await svc2.tick()
+    # expired at 00:00: back to the plan (40 % from virtual midnight - 1 h)
+    assert plant2.log[-1][1:] == ("chenove/gw-1/broadcast_level", 40.0)
+
+
+async def test_rate_limit_spreads_commands_over_clock_seconds(make):
+    sched = SCHEDULES.replace("schedules:\n", "schedules:\n  rate_limit: 2\n")
+    rt, plant, svc, clock = await make(local(2026, 1, 15, 20, 0), schedules=sched, n_cab=3)
+    # six luminaires with different levels -> individual commands, at most 2 per second
+    paths = svc.fleet.paths
+    wanted = np.array([10.0 * (k + 1) for k in range(len(paths))])
+    svc.wanted = lambda t: wanted  # type: ignore[method-assign]
+    task = asyncio.create_task(svc.tick())
+    for _ in range(10):
+        await clock.advance(1.0)
+    await task
+    times = [t for t, p, _ in plant.log if p.endswith("level_cmd")]
+    assert len(times) >= 6
+    per_second = np.unique(np.floor(np.array(times) - times[0]), return_counts=True)[1]
+    assert per_second.max() <= 2
