@@ -414,7 +414,7 @@ async def test_not_followed_reaches_the_real_alarm_engine(make):
 
 
 async def test_override_survives_restart_and_refused_write_is_retried(make, tmp_path):
-    rt, plant, svc, clock = await make(local(2026, 1, 15, 23, 0))
+    rt, _plant, _svc, clock = await make(local(2026, 1, 15, 23, 0))
     store = OverrideStore(str(tmp_path / "state" / "schedules"))
     store.add(
         new_override(
@@ -453,7 +453,7 @@ async def test_override_survives_restart_and_refused_write_is_retried(make, tmp_
 
 async def test_rate_limit_spreads_commands_over_clock_seconds(make):
     sched = SCHEDULES.replace("schedules:\n", "schedules:\n  rate_limit: 2\n")
-    rt, plant, svc, clock = await make(local(2026, 1, 15, 20, 0), schedules=sched, n_cab=3)
+    _rt, plant, svc, clock = await make(local(2026, 1, 15, 20, 0), schedules=sched, n_cab=3)
     # six luminaires with different levels -> individual commands, at most 2 per second
     paths = svc.fleet.paths
     wanted = np.array([10.0 * (k + 1) for k in range(len(paths))])
