@@ -104,6 +104,7 @@ class ScheduleService(Service):
         self._minutes: dict[str, float] = {}
         self._photocell_dark: bool | None = None
         self._alarmed_log = 0
+        self._refused: set[tuple[str, int]] = set()
 
     # ----------------------------------------------------------------- planning
     def plan_for(self, t: float) -> tuple[Plan, int]:
@@ -206,13 +207,20 @@ class ScheduleService(Service):
                 await self.clock.sleep(1.0)
             status = await self.runtime.write(cmd.tag, cmd.value)
             if not Q.is_good(status):
-                log.warning(
-                    "schedule command %s = %r refused: %s; retried next tick",
-                    cmd.tag,
-                    cmd.value,
-                    Q.name(status),
-                )
+                # logged once per tag and status (an out-of-service cabinet refuses every tick)
+                key = (cmd.tag, int(status))
+                if key not in self._refused:
+                    self._refused.add(key)
+                    log.warning(
+                        "schedule command %s = %r refused: %s; retried every tick until "
+                        "accepted (check the device's connection or out-of-service state)",
+                        cmd.tag,
+                        cmd.value,
+                        Q.name(status),
+                    )
                 continue
+            if self._refused:
+                self._refused = {k for k in self._refused if k[0] != cmd.tag}
             self.commands_sent += 1
             self.commander.mark_sent(cmd)
             level = cmd.level
