@@ -22,7 +22,7 @@ from tests.system.test_modbus_sim import write_site
 pytestmark = pytest.mark.system
 
 DRIVER_OPTS = """drivers:
-  modbus: {timeout: 0.25, retries: 0, connect_timeout: 0.5, demote_after: 2, demote_base: 4, demote_cap: 8}
+  modbus: {timeout: 0.25, retries: 0, connect_timeout: 0.5, demote_after: 2, demote_base: 4, demote_cap: 8, startup_spread: 0}
 """
 
 
