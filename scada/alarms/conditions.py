@@ -49,6 +49,7 @@ class ConditionTable:
             setattr(self, f, np.full(cap, _DEFAULTS[f], dtype=np.float64))
         self._ptr: np.ndarray = np.zeros(1, dtype=np.int64)
         self._rows: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._is_ref: np.ndarray = np.zeros(1, dtype=np.bool_)
         self.has_ref = False
         self._dirty_index = True
 
@@ -93,6 +94,9 @@ class ConditionTable:
         order = np.argsort(tags, kind="stable")
         self._rows = rows[order]
         counts = np.bincount(tags, minlength=ntags) if len(tags) else np.zeros(ntags, dtype=np.int64)
+        self._is_ref = np.zeros(max(ntags, 1), dtype=np.bool_)
+        refs = self.ref[:n]
+        self._is_ref[refs[refs >= 0]] = True
         self._ptr = np.zeros(max(ntags, len(counts)) + 1, dtype=np.int64)
         np.cumsum(counts, out=self._ptr[1:len(counts) + 1])
         self._ptr[len(counts) + 1:] = self._ptr[len(counts)]
@@ -114,7 +118,8 @@ class ConditionTable:
         else:
             offs = np.repeat(start - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
             rows = self._rows[offs + np.arange(total)]
-        if self.has_ref or total != len(cnt):
+        if total != len(cnt) or (self.has_ref and self._is_ref[t].any()):
+            # a row is reached twice only through its tag and its reference tag
             rows = np.unique(rows)
         return rows
 

@@ -58,6 +58,16 @@ class _Fmt(dict):
 
 
 @dataclass(slots=True)
+class _Bulk:
+    """Raises of one batch: journal lines now, AlarmEvent objects after the write."""
+
+    seq0: int
+    rows: np.ndarray
+    ts: float
+    lines: list[str]
+
+
+@dataclass(slots=True)
 class _Pending:
     """A suppression rule waiting for the whole site to be declared."""
 
@@ -96,6 +106,11 @@ class AlarmEngine:
         self.unit: list[str] = []
         self.msg: list[str] = []
         self._prefix: list[str] = []
+        #: JSON of the message when the template needs no value (most): no formatting per raise
+        self._static_msg: list[str | None] = []
+        #: bytes of a raise line after the varying head (prefix + message), static templates
+        self._tail: list[bytes | None] = []
+        self._any_dynamic = False
         self.by_id: dict[str, int] = {}
         self.by_device: dict[str, list[int]] = {}
         self.shelve_info: dict[int, tuple[str, str]] = {}
@@ -190,18 +205,32 @@ class AlarmEngine:
         self.category.append(category)
         self.priority.append(priority)
         self.severity.append(severity)
-        self.template.append(template or "{device} {name}")
+        self.template.append("")
         self.location.append(location)
         self.unit.append(unit)
         self.msg.append("")
         self._prefix.append(
             f'"alarm_id":{jstr(aid)},"device":{jstr(device)},"area":{jstr(area)},'
             f'"name":{jstr(name)},"category":{jstr(category)},"priority":{priority},'
-            f'"severity":{severity},"kind":"{M.KIND_NAMES[kind]}"'
+            f'"severity":{severity}' + (',"kind":"external"' if kind == M.K_EXTERNAL else "")
         )
+        self._static_msg.append(None)
+        self._tail.append(None)
+        self._set_template(c, template or "{device} {name}")
         self.by_id[aid] = c
         self.by_device.setdefault(device, []).append(c)
         return c
+
+    def _set_template(self, c: int, template: str) -> None:
+        self.template[c] = template
+        if "{value" in template or "{limit" in template:
+            self._any_dynamic = True
+            self._static_msg[c] = None
+            self._tail[c] = None
+        else:
+            self.msg[c] = self._message(c, float("nan"), 0)
+            self._static_msg[c] = jstr(self.msg[c])
+            self._tail[c] = f'{self._prefix[c]},"message":{self._static_msg[c]}}}\n'.encode()
 
     def _resolve_rules(self) -> None:
         for p in self._pending_rules:
@@ -251,7 +280,7 @@ class AlarmEngine:
         self._t0 = self.clock.time()  # stale timeouts of never-seen tags count from here
         self._sub = self.tagdb.subscribe(self._on_changes, name="alarms")
         now = self.clock.time()
-        events: list[M.AlarmEvent] = []
+        events: list[Any] = []
         # suppression from scratch, compared with the restored flags
         self.supp.update(self.supp.all_rules(), self.cond.raw, self.tagdb.value,
                          self.tagdb.quality)
@@ -320,11 +349,11 @@ class AlarmEngine:
         srules = self.supp.rules_for(ch.indices, None) if self.supp.n else None
         if len(rows) == 0 and (srules is None or len(srules) == 0):
             return
-        events: list[M.AlarmEvent] = []
+        events: list[Any] = []
         self._process(rows, ch.server_ts, events, tags=srules)
         self._commit(events)
 
-    def _process(self, rows: np.ndarray, now: float, events: list[M.AlarmEvent],
+    def _process(self, rows: np.ndarray, now: float, events: list[Any],
                  tags: np.ndarray | None) -> None:
         """Evaluate ``rows``; apply suppression changes, then immediate level transitions."""
         self.stats["batches"] += 1
@@ -336,7 +365,7 @@ class AlarmEngine:
         self.cond.raw[rc] = lc
         self._after_raw(rc, lc, now, events, tag_rules=tags)
 
-    def _after_raw(self, rc: np.ndarray, lc: np.ndarray, now: float, events: list[M.AlarmEvent],
+    def _after_raw(self, rc: np.ndarray, lc: np.ndarray, now: float, events: list[Any],
                    tag_rules: np.ndarray | None = None) -> None:
         if self.supp.n:
             rules = self.supp.rules_for(None, rc) if len(rc) else np.zeros(0, dtype=np.int64)
@@ -373,30 +402,20 @@ class AlarmEngine:
         return now_r, lv[~later]
 
     def _apply_levels(self, rows: np.ndarray, levels: np.ndarray, now: float,
-                      events: list[M.AlarmEvent]) -> None:
+                      events: list[Any]) -> None:
         tags = self.cond.tag[rows]
         vals = np.where(tags >= 0, self.tagdb.value[tags], self.value[rows])
-        for c, lv, v in zip(rows.tolist(), levels.tolist(), vals.tolist(), strict=True):
-            old = int(self.level[c])
+        old = self.level[rows]
+        up = old == 0
+        if up.any():
+            self._bulk_raise(rows[up], levels[up], vals[up], now, events)
+        rest = ~up
+        for c, lv, v in zip(rows[rest].tolist(), levels[rest].tolist(), vals[rest].tolist(),
+                            strict=True):
+            old_c = int(self.level[c])
             self.level[c] = lv
             self.value[c] = v
-            if old == 0:
-                self.acked[c] = False
-                self.raised_at[c] = now
-                self.msg[c] = self._message(c, v, lv)
-                events.append(self._event(c, M.RAISE, now))
-                if self._chatter(c, now):
-                    events.append(self._event(c, M.CHATTER, now, user="system",
-                                              comment="chattering: "
-                                              f"{self.config.chatter.count} raises within "
-                                              f"{self.config.chatter.window:g} s"))
-                    if self.config.chatter.auto_shelve and not self.shelved[c]:
-                        self.shelved[c] = M.TIMED
-                        self.shelve_until[c] = now + self.config.chatter.auto_shelve
-                        self.shelve_info[c] = ("system", "auto-shelved: chattering")
-                        events.append(self._event(c, M.SHELVE, now, user="system",
-                                                  comment="auto-shelved: chattering"))
-            elif lv == 0:
+            if lv == 0:
                 if self.suppressed[c] or self.oos[c]:
                     # ISA-18.2 §10.3: an alarm suppressed by design (or out of service) that
                     # returns to normal needs no acknowledgement
@@ -409,11 +428,63 @@ class AlarmEngine:
                     events.append(self._event(c, M.UNSHELVE, now, user="system",
                                               comment="one-shot shelve ended: returned to normal"))
             else:
-                if abs(lv) > abs(old):
+                if abs(lv) > abs(old_c):
                     self.acked[c] = False
                 self.msg[c] = self._message(c, v, lv)
                 events.append(self._event(c, M.LEVEL, now))
         self.stats["transitions"] += len(rows)
+
+    _RAISE_FMT = ('{"seq":%d,"ts":%s,"event":"raise","state":"%s","active":%d,"acked":false,'
+                  '"shelved":%d,"shelve_until":%s,"suppressed":%s,"oos":%s,"user":null,'
+                  '"comment":null,"value":%s,%s,"message":%s}\n')
+
+    def _bulk_raise(self, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray, now: float,
+                    events: list[Any]) -> None:
+        """Raise many alarms at once (a flood is one batch): state updated with array
+        operations; each journal line is one bytes formatting of (seq, level, value) plus a
+        precomputed per-alarm tail (identity and message). The AlarmEvent objects for the
+        listeners are made after the journal write (in :meth:`_commit`), so a 10,000-alarm
+        flood reaches the journal in milliseconds."""
+        n = len(rows)
+        self.level[rows] = levels
+        self.value[rows] = vals
+        self.acked[rows] = False
+        self.raised_at[rows] = now
+        sh = self.shelved[rows]
+        sup = self.suppressed[rows]
+        oos = self.oos[rows]
+        hidden = (sh != 0) | sup | oos
+        seq0 = self.seq + 1
+        self.seq += n
+        rl, ll, vl = rows.tolist(), levels.tolist(), vals.tolist()
+        uniq = {v: (repr(v).encode() if math.isfinite(v) else b"null") for v in set(vl)}
+        vs = [uniq[v] for v in vl]
+        tails = self._tail
+        if self._any_dynamic:
+            for k, c in enumerate(rl):  # templates that show the value / limit
+                if tails[c] is None:
+                    self.msg[c] = self._message(c, vl[k], ll[k])
+        ts = repr(now)
+        if not hidden.any():
+            head = (b'{"seq":%d,"ts":' + ts.encode() + b',"event":"raise","state":"UnackActive",'
+                    b'"acked":false,"shelved":0,"shelve_until":null,"suppressed":false,'
+                    b'"oos":false,"user":null,"comment":null,"active":%d,"value":%s,%s')
+            lines = [head % (seq0 + k, ll[k], vs[k], tails[c] or self._dyn_tail(c))
+                     for k, c in enumerate(rl)]
+        else:
+            shl, supl, oosl = sh.tolist(), sup.tolist(), oos.tolist()
+            su = self.shelve_until[rows].tolist()
+            pre = self._prefix
+            fmt = self._RAISE_FMT
+            lines = [(fmt % (seq0 + k, ts, M.state_name(True, False, shl[k], supl[k], oosl[k]),
+                             ll[k], shl[k], jnum(su[k]), "true" if supl[k] else "false",
+                             "true" if oosl[k] else "false", vs[k].decode(), pre[c],
+                             jstr(self.msg[c]))).encode()
+                     for k, c in enumerate(rl)]
+        events.append(_Bulk(seq0, rows, now, lines))
+
+    def _dyn_tail(self, c: int) -> bytes:
+        return f'{self._prefix[c]},"message":{jstr(self.msg[c])}}}\n'.encode()
 
     def _chatter(self, c: int, now: float) -> bool:
         cfg = self.config.chatter
@@ -427,7 +498,7 @@ class AlarmEngine:
         return chat and not was
 
     def _set_suppressed(self, rows: np.ndarray, states: np.ndarray, now: float,
-                        events: list[M.AlarmEvent], *, immediate: bool = False) -> None:
+                        events: list[Any], *, immediate: bool = False) -> None:
         """Suppression starts at once; it ends ``unsuppress_delay`` after its cause cleared if
         the alarm is still active or unacknowledged, so the children of a cabinet that just
         came back get one poll to clear silently instead of flashing 64 red dots."""
@@ -456,8 +527,10 @@ class AlarmEngine:
             return f"{self.device[c]} {self.name[c]} (message template error: {e})"
 
     def _event(self, c: int, event: str, now: float, *, user: str | None = None,
-               comment: str | None = None) -> M.AlarmEvent:
-        self.seq += 1
+               comment: str | None = None, seq: int | None = None) -> M.AlarmEvent:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
         lv = int(self.level[c])
         acked = bool(self.acked[c])
         sh = int(self.shelved[c])
@@ -466,7 +539,7 @@ class AlarmEngine:
         v = float(self.value[c])
         su = float(self.shelve_until[c])
         return M.AlarmEvent(
-            self.seq, now, c, self.ids[c], self.device[c], self.area[c], self.name[c],
+            seq, now, c, self.ids[c], self.device[c], self.area[c], self.name[c],
             self.category[c], self.priority[c], self.severity[c], event,
             M.state_name(lv != 0, acked, sh, sup, oos), lv, acked, sh, sup, oos,
             None if math.isnan(v) else v, self.msg[c], user, comment,
@@ -484,16 +557,41 @@ class AlarmEngine:
             f'"comment":{jstr(e.comment)},"value":{jnum(e.value)},"message":{jstr(e.message)}}}\n'
         )
 
-    def _commit(self, events: list[M.AlarmEvent], extra_lines: Iterable[str] = ()) -> None:
+    def _commit(self, events: list[Any], extra_lines: Iterable[str] = ()) -> None:
         """Journal (one write), then announce. A journal failure is logged and counted but the
-        alarms are still announced: the operator must see the fault even if the disk is full."""
+        alarms are still announced: the operator must see the fault even if the disk is full.
+
+        ``events`` holds :class:`AlarmEvent` objects and :class:`_Bulk` raises; the bulk raises
+        become events after the write, then their chattering check runs (its events are
+        journaled in a second write, still before anything is announced)."""
+        lines = [x.encode() for x in extra_lines]
         if not events:
-            lines = list(extra_lines)
             if lines:
                 self._write(lines)
             return
-        lines = [*extra_lines, *(self._line(e) for e in events)]
+        bulk = False
+        for item in events:
+            if isinstance(item, _Bulk):
+                lines.extend(item.lines)
+                bulk = True
+            else:
+                lines.append(self._line(item).encode())
         self._write(lines)
+        if bulk:
+            out: list[M.AlarmEvent] = []
+            late: list[M.AlarmEvent] = []
+            for item in events:
+                if not isinstance(item, _Bulk):
+                    out.append(item)
+                    continue
+                for k, c in enumerate(item.rows.tolist()):
+                    out.append(self._event(c, M.RAISE, item.ts, seq=item.seq0 + k))
+                    if self._chatter(c, item.ts):
+                        self._on_chatter(c, item.ts, late)
+            if late:
+                self._write([self._line(e).encode() for e in late])
+                out.extend(late)
+            events = out
         for fn in tuple(self.listeners):
             try:
                 fn(events)
@@ -501,7 +599,19 @@ class AlarmEngine:
                 self.stats["listener_errors"] += 1
                 log.exception("alarm listener %r failed on %d events", fn, len(events))
 
-    def _write(self, lines: list[str]) -> None:
+    def _on_chatter(self, c: int, now: float, events: list[Any]) -> None:
+        cfg = self.config.chatter
+        events.append(self._event(c, M.CHATTER, now, user="system",
+                                  comment=f"chattering: {cfg.count} raises within {cfg.window:g} s"))
+        if cfg.auto_shelve and not self.shelved[c]:
+            self.shelved[c] = M.TIMED
+            self.shelve_until[c] = now + cfg.auto_shelve
+            self.shelve_info[c] = ("system", "auto-shelved: chattering")
+            events.append(self._event(c, M.SHELVE, now, user="system",
+                                      comment="auto-shelved: chattering"))
+            self._wake.set()
+
+    def _write(self, lines: list[bytes]) -> None:
         try:
             self.journal.write(lines)
         except OSError as e:
@@ -514,7 +624,7 @@ class AlarmEngine:
     def due(self, now: float) -> None:
         """Fire delays, stale timeouts and shelve expiries that are due at ``now``."""
         n = self.n
-        events: list[M.AlarmEvent] = []
+        events: list[Any] = []
         # stale: no sample for `timeout`
         if len(self._stale_rows):
             r = self._stale_rows
@@ -797,7 +907,7 @@ class AlarmEngine:
             c = self._external_row(device_path, name, category, priority,
                                    severity or PRIORITY_SEVERITY[priority])
         if message:
-            self.template[c] = message.replace("{", "{{").replace("}", "}}")
+            self._set_template(c, message.replace("{", "{{").replace("}", "}}"))
         lv = 1 if active else 0
         if int(self.cond.raw[c]) == lv:
             return
@@ -805,7 +915,7 @@ class AlarmEngine:
         now = self.clock.time()
         if value is not None:
             self.value[c] = value
-        events: list[M.AlarmEvent] = []
+        events: list[Any] = []
         rows = np.asarray([c], dtype=np.int64)
         levels = np.asarray([lv], dtype=np.int8)
         self._after_raw(rows, levels, now, events)

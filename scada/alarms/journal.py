@@ -136,9 +136,10 @@ class Journal:
                         return max(seqs)
         return 0
 
-    def write(self, lines: Iterable[str]) -> int:
-        """Append ``lines`` (each ending with a newline) in one ``write()``; return bytes."""
-        data = "".join(lines).encode("utf-8")
+    def write(self, lines: Iterable[bytes]) -> int:
+        """Append ``lines`` (UTF-8 bytes, each ending with a newline) in one ``write()``;
+        return the number of bytes written."""
+        data = b"".join(lines)
         if not data:
             return 0
         view = memoryview(data)
