@@ -115,8 +115,11 @@ class Options(BaseModel):
     demote_after: int = Field(2, ge=1)
     demote_base: float = Field(5.0, gt=0)
     demote_cap: float = Field(60.0, gt=0)
-    #: spread stations' poll phases over the period (not every cabinet in the same ms)
+    #: spread stations' poll phases over each group's period (not every cabinet in the same ms,
+    #: and not every cabinet's 60 s luminaire read in the same 2 s)
     stagger: bool = True
+    #: at start, first polls of every group are spread over at most this many seconds
+    startup_spread: float = Field(30.0, ge=0)
     #: how long a coalesced read split after an exception stays split before retrying
     split_hold: float = Field(300.0, gt=0)
 
@@ -160,6 +163,11 @@ class _Group:
     period: float
     reads: list[_Read]
     next: float = 0.0
+    #: grid of this group's polls: phase + k * period
+    phase: float = 0.0
+    #: time of the first poll
+    first: float = 0.0
+    polls: int = 0
 
 
 @dataclass(slots=True)
@@ -182,7 +190,6 @@ class Station:
     groups: dict[float, _Group]
     tags: np.ndarray
     points: dict[int, _WritePoint]
-    phase: float = 0.0
     up: bool | None = None
     failures: int = 0
     demoted_until: float = 0.0
@@ -218,8 +225,9 @@ class ModbusDriver(Driver):
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        #: (clock time at completion, seconds from scheduled start to completion) per station poll
-        self.cycle_log: deque[tuple[float, float]] = deque(maxlen=200_000)
+        #: per station poll: (clock time at completion, seconds from scheduled start to
+        #: completion, shortest period of the groups polled)
+        self.cycle_log: deque[tuple[float, float, float]] = deque(maxlen=200_000)
         self._build()
 
     # ------------------------------------------------------------------ planning (no I/O)
@@ -299,8 +307,11 @@ class ModbusDriver(Driver):
                 tags=np.concatenate(tags) if tags else np.zeros(0, np.int64), points=points,
                 demote=Backoff(self.options.demote_base, self.options.demote_cap),
             )
-            if self.options.stagger and groups:
-                st.phase = (i / len(keys)) * min(groups)
+            t0 = self.ctx.clock.time()
+            frac = i / len(keys) if self.options.stagger else 0.0
+            for g in groups.values():
+                g.phase = t0 + frac * g.period
+                g.first = t0 + frac * min(g.period, self.options.startup_spread)
             self.stations.append(st)
             for dev in devs:
                 self._by_device[dev.first_tag] = (st, dev)
@@ -365,9 +376,10 @@ class ModbusDriver(Driver):
 
     async def _station_loop(self, st: Station) -> None:
         clock = self.ctx.clock
-        now = clock.time()
+        # first poll of each group soon after start (spread over startup_spread), then on the
+        # group's own grid phase + k * period (spread over the period across stations)
         for g in st.groups.values():
-            g.next = next_due(now, g.period, st.phase) if st.phase else now
+            g.next = max(clock.time(), g.first)
         while True:
             due_t = min(g.next for g in st.groups.values())
             if st.demoted_until > due_t:
@@ -393,11 +405,13 @@ class ModbusDriver(Driver):
                     self._idle.set()
             done = clock.time()
             took = done - scheduled
-            self.cycle_log.append((done, took))
-            if took > min(g.period for g in due):
+            period = min(g.period for g in due)
+            self.cycle_log.append((done, took, period))
+            if took > period:
                 self.ctx.health.inc("late_cycles")
             for g in due:
-                g.next = next_due(max(done, g.next + g.period), g.period, st.phase)
+                g.polls += 1
+                g.next = next_due(done, g.period, g.phase)
                 if g.next <= done:
                     g.next += g.period
 
@@ -414,7 +428,11 @@ class ModbusDriver(Driver):
         h = self.ctx.health
         h.set("connected", sum(len(s.devices) for s in self.stations if s.up))
         h.set("demoted", sum(1 for s in self.stations if s.demoted_until > self.ctx.clock.time()))
-        recent = [took for t, took in reversed(self.cycle_log) if t >= since] if self.cycle_log else []
+        recent = []
+        for t, took, _ in reversed(self.cycle_log):
+            if t < since:
+                break
+            recent.append(took)
         if recent:
             h.set("cycle_ms", 1000.0 * max(recent))
         for name, key in (("requests", "requests"), ("timeouts", "timeouts"),

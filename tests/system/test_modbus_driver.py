@@ -209,12 +209,12 @@ async def test_silent_device_does_not_delay_the_others(tmp_path, modbus_server, 
     async with Harness(path, stepped_clock) as h:
         stations = {s.devices[0].id: s for s in h.drv.stations}
         assert len(h.drv.links) == 2  # units 1 and 2 share one connection
-        polls0 = {k: s.polls for k, s in stations.items()}
+        polls0 = {k: s.groups[2.0].polls for k, s in stations.items()}
         n = 10
         await h.step(2.0, n=n)
         # every healthy station completed exactly one poll per period, none late
-        assert stations["m1"].polls - polls0["m1"] == n
-        assert stations["m3"].polls - polls0["m3"] == n
+        assert stations["m1"].groups[2.0].polls - polls0["m1"] == n
+        assert stations["m3"].groups[2.0].polls - polls0["m3"] == n
         assert h.health("late_cycles") == 0
         assert h.read("a/m1/voltage").quality == Q.Good
         assert h.read("a/m3/voltage").quality == Q.Good

@@ -29,7 +29,7 @@ include:
   - {profiles}/cabinet-modbus.yaml
   - {profiles}/luminaire-modbus.yaml
 drivers:
-  modbus: {{timeout: 0.25, retries: 1, connect_timeout: 0.5, demote_after: 3, demote_base: 2, demote_cap: 4}}
+  modbus: {{timeout: 0.25, retries: 1, connect_timeout: 0.5, demote_after: 3, demote_base: 2, demote_cap: 4, startup_spread: 0}}
 devices:
   - id: cab-01
     profile: cabinet-modbus
@@ -152,11 +152,11 @@ async def test_cabinet_offline_marks_cabinet_and_luminaires_then_recovers(city):
 
 async def test_silent_cabinet_goes_bad_others_keep_their_cycle(city):
     other = next(s for s in city.drv.stations if s.devices[0].id == "cab-02")
-    polls = other.polls
+    polls = other.groups[STATUS].polls
     city.sim.inject("centre/cab-01", "silent")
     k = await city.until("centre/cab-01/voltage_l1", lambda s: s.quality == Q.BadCommunicationError, 2)
     await city.step(n=5)
-    assert other.polls - polls == k + 5  # one poll per period, none skipped or delayed
+    assert other.groups[STATUS].polls - polls == k + 5  # one poll per period, none skipped or delayed
     assert city.read("centre/cab-02/voltage_l1").quality == Q.Good
     city.sim.clear("centre/cab-01", "silent")
     await city.until("centre/cab-01/voltage_l1", lambda s: s.quality == Q.Good, 4)
