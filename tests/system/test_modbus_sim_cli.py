@@ -76,3 +76,16 @@ def test_bad_fault_spec_is_a_usage_error(tmp_path):
                           "--fault", "lamp_failure:a/nowhere"],
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert res.returncode == 1 and "unknown device 'a/nowhere'" in res.stderr
+
+
+def test_shard_serves_only_its_share_of_the_cabinets(tmp_path):
+    import subprocess
+
+    p1, p2 = free_port(), free_port()
+    site = write_site(tmp_path, p1, p2)
+    ready = tmp_path / "ready.json"
+    res = subprocess.run([sys.executable, str(REPO / "cli.py"), "sim", str(site), "--shard", "1/3",
+                          "--duration", "0.5", "--control", "", "--ready-file", str(ready)],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(ready.read_text())["devices"] == {"modbus": 25}   # c2 and its 24 luminaires
