@@ -399,6 +399,12 @@ class ModbusDriver(Driver):
             try:
                 async with self._sem:
                     await self._poll(st, due)
+            except Exception as e:  # a bug must not stop this station's polling, nor the others'
+                self.ctx.health.inc("errors")
+                self._rlog.every(f"crash:{st.key}", clock.time(), "modbus: %s poll failed "
+                                 "unexpectedly: %r (station marked bad, polling goes on)", st.name, e,
+                                 level=logging.ERROR)
+                self._station_failed(st, e)
             finally:
                 self._busy -= 1
                 if self._busy == 0:
