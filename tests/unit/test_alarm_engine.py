@@ -254,6 +254,19 @@ async def test_lamp_failure_suppressed_while_contactor_off(alarm_env: AlarmEnv) 
         assert [a.alarm_id for a in env.engine.active()] == [aid]
 
 
+def test_commanded_flashing_is_not_an_alarm(alarm_env: AlarmEnv) -> None:
+    env = alarm_env
+    aid = "north/j-1/flashing"
+    env.set({"north/j-1/flash_cmd": 1, "north/j-1/flashing": 0})
+    env.set({"north/j-1/flashing": 1})  # flashing because the operator asked for it
+    assert env.state(aid) == M.SUPPRESSED
+    env.set({"north/j-1/flashing": 0})
+    env.set({"north/j-1/flash_cmd": 0})
+    assert env.state(aid) == M.NORMAL
+    env.set({"north/j-1/flashing": 1})  # fail-safe flashing nobody commanded: red dot
+    assert env.state(aid) == M.UNACK_ACTIVE
+
+
 async def test_deviation_dimming_not_followed(alarm_env: AlarmEnv) -> None:
     env = alarm_env
     aid = f"{LUM}/dimming_not_followed"
