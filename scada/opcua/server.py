@@ -100,6 +100,11 @@ class GuardedSession(InternalSession):
                 raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
         else:
             svc.trust.check(x509.load_der_x509_certificate(peer_certificate))
+        if not self.is_activated():
+            active = sum(1 for s in self.iserver._external_sessions.values() if s.is_activated())
+            if active >= svc.cfg.max_sessions:
+                svc.audit.record(user=None, action="login", target="session", outcome="BadTooManySessions")
+                raise ServiceError(ua.StatusCodes.BadTooManySessions)
         return super().activate_session(params, peer_certificate)
 
     async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
@@ -283,14 +288,14 @@ class OpcUaService(Service):
         self.trust = TrustList(self.trust_dir, self.state_dir / "rejected", self.audit, cfg.trust_all_clients)
         server = Server(user_manager=SiteUserManager(self.users, self.audit, cfg.anonymous))
         iserver = server.iserver
-        GuardedSession.scada = self
+        session_cls = type("GuardedSession", (GuardedSession,), {"scada": self})  # one per server
 
         def create_session(name: str, user: Any = None, external: bool = False) -> InternalSession:
             if user is None:
                 from asyncua.crypto.permission_rules import User, UserRole
                 user = User(role=UserRole.Anonymous)
-            return GuardedSession(iserver, iserver.aspace, iserver.subscription_service, name, user=user,
-                                  external=external)
+            return session_cls(iserver, iserver.aspace, iserver.subscription_service, name, user=user,
+                               external=external)
 
         iserver.create_session = create_session  # type: ignore[method-assign]
         iserver.allow_remote_admin = False
@@ -315,7 +320,6 @@ class OpcUaService(Service):
         server.set_certificate_validator(self.trust)
         # resource bounds (asyncua issues on sessions never activated, partial chunks, orphans)
         iserver.max_connections = cfg.max_sessions
-        type(iserver.isession).max_connections = cfg.max_sessions
         iserver.max_subscriptions = cfg.max_sessions * cfg.max_subscriptions_per_session
         iserver.max_pending_activation_seconds = 10.0
         iserver.max_session_timeout_ms = cfg.session_timeout * 1000.0

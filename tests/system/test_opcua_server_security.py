@@ -150,3 +150,34 @@ async def test_role_matrix(hmi, user):
     assert [(e["action"], e["user"], e["outcome"] == "Good") for e in audit] == [
         ("write", user, "write" in EXPECTED[role]), ("add_nodes", user, "add_nodes" in EXPECTED[role])]
     assert all(e["role"] == role for e in audit)
+
+
+async def test_sessions_bounded(tmp_path):
+    """max_sessions bounds connections and activated sessions (asyncua refuses the TCP
+    connection itself past max_connections, which we set to the same figure)."""
+    from tests.fixtures.hmi import start_hmi
+
+    h = await start_hmi(tmp_path, extra="max_sessions: 2")
+    c1, c2, c3 = h.client(), h.client(), h.client()
+    try:
+        await c1.connect()
+        await c2.connect()
+        try:
+            await c3.connect()
+            refused = None
+        except ua.UaStatusCodeError as e:
+            refused = ua.StatusCode(e.code).name
+        except ConnectionError:
+            refused = "connection refused"
+        c3.disconnect_socket()
+        assert refused in ("BadTooManySessions", "connection refused")
+        await c1.disconnect()
+        async with h.client() as c:  # a slot comes back
+            assert await h.node(c, "centre/cab-01/contactor").read_data_value(raise_on_bad_status=False)
+    finally:
+        for c in (c1, c2):
+            try:
+                await c.disconnect()
+            except (ConnectionError, ua.UaError):
+                pass
+        await h.runtime.stop()
