@@ -200,6 +200,11 @@ async def test_frozen_connection_detected_by_keepalive(tmp_path, stepped_clock):
 
 async def test_unreachable_devices_listed_and_do_not_delay_others(tmp_path, stepped_clock):
     dead1, dead2, live = free_port(), free_port(), free_port()
+    # a device that accepts TCP but never answers (its connect attempt runs into the timeout):
+    # a frozen proxy in front of the live simulator
+    hung = FreezableProxy(live)
+    hung.frozen = True
+    await hung.start()
     site = write_site(tmp_path, [
         {"id": "j-live", "profile": "junction-opcua-4", "area": "centre",
          "connection": {"endpoint": endpoint(live)}},
@@ -207,15 +212,23 @@ async def test_unreachable_devices_listed_and_do_not_delay_others(tmp_path, step
          "connection": {"endpoint": endpoint(dead1)}},
         {"id": "j-dead2", "profile": "junction-opcua-4", "area": "north",
          "connection": {"endpoint": endpoint(dead2)}},
+        {"id": "j-hung", "profile": "junction-opcua-4", "area": "north",
+         "connection": {"endpoint": endpoint(hung.port)}},
     ])
-    async with traffic_rig(site, stepped_clock, simulate=["centre/j-live"], connect=False) as rig:
-        with pytest.raises(OpcUaConnectError) as ei:
-            await rig.driver.wait_connected(2)
-        assert set(ei.value.failures) == {"centre/j-dead1", "north/j-dead2"}
-        assert "centre/j-dead1" in str(ei.value) and "north/j-dead2" in str(ei.value)
-        assert _all_good(rig, "centre/j-live")
-        assert rig.read("centre/j-dead1/mode").quality == Q.BadCommunicationError
-        assert await rig.runtime.write("centre/j-dead1/plan_cmd", 2) == Q.BadCommunicationError
+    try:
+        async with traffic_rig(site, stepped_clock, simulate=["centre/j-live"], connect=False) as rig:
+            # the live junction is served while the hung one is still in its connect timeout
+            await wait_until(lambda: _all_good(rig, "centre/j-live"), within=4, what="live Good")
+            with pytest.raises(OpcUaConnectError) as ei:
+                await rig.driver.wait_connected(1)
+            assert set(ei.value.failures) == {"centre/j-dead1", "north/j-dead2", "north/j-hung"}
+            assert "centre/j-dead1" in str(ei.value) and "north/j-dead2" in str(ei.value)
+            assert "ConnectionRefused" in ei.value.failures["centre/j-dead1"]
+            assert "Refused" not in ei.value.failures["north/j-hung"]  # still waiting, not refused
+            assert rig.read("centre/j-dead1/mode").quality == Q.BadCommunicationError
+            assert await rig.runtime.write("centre/j-dead1/plan_cmd", 2) == Q.BadCommunicationError
+    finally:
+        await hung.aclose()
 
 
 async def test_browse_paths_and_unknown_nodes(tmp_path, stepped_clock):
