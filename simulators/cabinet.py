@@ -118,10 +118,18 @@ def u32(v: np.ndarray | float, scale: float = 1.0) -> np.ndarray:
     return np.clip(np.rint(np.asarray(v, dtype=np.float64) / scale), 0, 0xFFFFFFFF).astype(np.uint64)
 
 
+def _clip16(x: float) -> int:
+    return min(max(round(x), 0), 0xFFFF)
+
+
+def _clip32(x: float) -> int:
+    return min(max(round(x), 0), 0xFFFFFFFF)
+
+
 def encode_luminaire_ir(bank: LuminaireBank, ix: np.ndarray) -> np.ndarray:
     """Input-register blocks of luminaires ``ix`` (bank indices): (len(ix), BLOCK_SIZE) uint16."""
     out = np.zeros((len(ix), BLOCK_SIZE), dtype=np.uint16)
-    st = bank.status_word()[ix]
+    st = bank.status_word(ix)
     supply = (st & 0x0060) != 0
     out[:, LIR_STATUS] = st | np.where(supply, LST_SUPPLY, 0).astype(np.uint16)
     out[:, LIR_LEVEL] = u16(bank.level[ix], 0.1)
@@ -151,9 +159,11 @@ class Cabinet:
     breaker_tripped: bool = False
     group_level_raw: int = 1000   # x0.1 %
     group_fade_raw: int = 0       # x0.1 s
-    meter_wh: float = 0.0
-    phase_v: np.ndarray = field(default_factory=lambda: np.full(3, 230.0))
-    mains_override: float | None = None
+    #: views into the world's per-cabinet arrays (phase voltages, meter, mains ok, override)
+    phase_v: np.ndarray = field(default_factory=lambda: np.full(3, 230.0), repr=False)
+    _meter: np.ndarray = field(default_factory=lambda: np.zeros(1), repr=False)
+    _mains: np.ndarray = field(default_factory=lambda: np.ones(1, dtype=bool), repr=False)
+    _override: np.ndarray = field(default_factory=lambda: np.full(1, np.nan), repr=False)
     # communication faults (offline / silent / slow / exception)
     offline: bool = False
     silent: bool = False
@@ -171,8 +181,26 @@ class Cabinet:
         return int(self.dev.connection.get("unit", 1))
 
     @property
+    def meter_wh(self) -> float:
+        """Active energy import counter of the cabinet's 3-phase meter (Wh)."""
+        return float(self._meter[0])
+
+    @meter_wh.setter
+    def meter_wh(self, wh: float) -> None:
+        self._meter[0] = wh
+
+    @property
+    def mains_override(self) -> float | None:
+        v = float(self._override[0])
+        return None if math.isnan(v) else v
+
+    @mains_override.setter
+    def mains_override(self, volts: float | None) -> None:
+        self._override[0] = np.nan if volts is None else volts
+
+    @property
     def mains_present(self) -> bool:
-        return bool(np.all(self.phase_v > 100.0))
+        return bool(self._mains[0])
 
     @property
     def feeding(self) -> bool:
@@ -221,12 +249,23 @@ class World:
         self.bank.energy_wh[:] = op_h * self.bank.nominal_w * 0.7   # history: ~70 % mean load
         self.cab_of = np.zeros(n, dtype=np.int64)
         self.phase_of = np.zeros(n, dtype=np.int64)
+        nc = len(self.cabinets)
+        self.phase_v = np.full((nc, 3), 230.0)
+        self.meter = np.zeros(nc)
+        self.mains_ok = np.ones(nc, dtype=bool)
+        self.override = np.full(nc, np.nan)
         for cab in self.cabinets:
-            self.cab_of[cab.lum] = cab.no
+            no = cab.no
+            self.cab_of[cab.lum] = no
             self.phase_of[cab.lum] = np.arange(cab.count) % 3
+            cab.phase_v = self.phase_v[no]
+            cab._meter = self.meter[no:no + 1]
+            cab._mains = self.mains_ok[no:no + 1]
+            cab._override = self.override[no:no + 1]
             cab.meter_wh = float(self.bank.energy_wh[cab.lum].sum() * (1 + LINE_LOSS))
-        self._nonempty = [c for c in self.cabinets if c.count > 0]
-        self._ne_starts = np.array([c.first for c in self._nonempty], dtype=np.int64)
+        nonempty = [c.no for c in self.cabinets if c.count > 0]
+        self._ne_idx = np.array(nonempty, dtype=np.int64)
+        self._ne_starts = np.array([self.cabinets[k].first for k in nonempty], dtype=np.int64)
         self._last_meter_t = now
         self._v_offset = rng.uniform(-4.0, 4.0, (len(self.cabinets), 3))
         self._v_phase = rng.uniform(0.0, 2 * math.pi, len(self.cabinets))
@@ -250,10 +289,11 @@ class World:
             return
         day = 2 * math.pi * ((now % 86400.0) / 86400.0)
         v = 231.0 + self._v_offset + 3.0 * np.sin(day + self._v_phase)[:, None]
-        for cab in self.cabinets:
-            if cab.mains_override is not None:
-                v[cab.no, :] = cab.mains_override
-            cab.phase_v = v[cab.no]
+        forced = ~np.isnan(self.override)
+        if forced.any():
+            v[forced] = self.override[forced, None]
+        self.phase_v[:] = v                       # in place: cabinets hold row views
+        self.mains_ok[:] = (v > 100.0).all(axis=1)
         self.bank.mains_v[:] = v[self.cab_of, self.phase_of]
 
     def sync(self, force: bool = False) -> float:
@@ -272,13 +312,9 @@ class World:
         if self.bank.n:
             # energy_reset of a luminaire happens between steps, so this delta is never negative
             de = self.bank.energy_wh - e0
-            per_cab = np.add.reduceat(de, self._ne_starts)
-            for k, cab in enumerate(self._nonempty):
-                cab.meter_wh += float(per_cab[k]) * (1 + LINE_LOSS)
+            self.meter[self._ne_idx] += np.add.reduceat(de, self._ne_starts) * (1 + LINE_LOSS)
         dt_h = (now - self._last_meter_t) / 3600.0
-        for cab in self.cabinets:
-            if cab.mains_present:
-                cab.meter_wh += CONTROLLER_W * dt_h
+        self.meter += (CONTROLLER_W * dt_h) * self.mains_ok
         self._last_meter_t = now
         self._aggregate()
 
@@ -293,9 +329,7 @@ class World:
         else:
             pp = np.zeros((nc, 3))
         pp *= 1 + LINE_LOSS
-        for cab in self.cabinets:
-            if cab.mains_present:
-                pp[cab.no, :] += CONTROLLER_W / 3
+        pp += (CONTROLLER_W / 3) * self.mains_ok[:, None]
         self._cab_phase_power = pp
         self._cab_power = pp.sum(axis=1)
 
@@ -305,32 +339,35 @@ class World:
         self._aggregate()
 
     # --- encoding ----------------------------------------------------------------------------
-    def cabinet_ir(self, cab: Cabinet, now: float) -> np.ndarray:
-        r = np.zeros(CAB_IR_SIZE, dtype=np.uint16)
-        lum_faulty = int(np.count_nonzero(self.bank.faults[cab.lum] & 0x007F))
-        unreachable = int(np.count_nonzero(self.unreachable[cab.lum]))
-        st = 0
-        st |= ST_CONTACTOR if cab.contactor else 0
-        st |= ST_DOOR if cab.door_open else 0
-        st |= ST_BREAKER if cab.breaker_tripped else 0
-        st |= ST_MAINS if cab.mains_present else 0
-        st |= ST_COMM_OK if unreachable == 0 else 0
-        st |= ST_LUM_FAULT if lum_faulty else 0
+    def cabinet_ir(self, cab: Cabinet, now: float) -> list[int]:
+        """Input registers 0-31 of a cabinet (plain ints: 32 values are cheaper than numpy)."""
+        sl = cab.lum
+        lum_faulty = int(np.count_nonzero(self.bank.faults[sl] & 0x007F))
+        unreachable = int(np.count_nonzero(self.unreachable[sl]))
+        st = ((ST_CONTACTOR if cab.contactor else 0) | (ST_DOOR if cab.door_open else 0)
+              | (ST_BREAKER if cab.breaker_tripped else 0) | (ST_MAINS if cab.mains_present else 0)
+              | (ST_COMM_OK if unreachable == 0 else 0) | (ST_LUM_FAULT if lum_faulty else 0))
+        volts = cab.phase_v.tolist()
+        phase_w = self._cab_phase_power[cab.no].tolist()
+        power = _clip32(self._cab_power[cab.no] * 10.0)
+        energy = _clip32(cab.meter_wh)
+        uptime = _clip32(now - self.t0)
+        r = [0] * CAB_IR_SIZE
         r[IR_STATUS] = st
         r[IR_LUM_COUNT] = cab.count
-        r[IR_V_L1:IR_V_L3 + 1] = u16(cab.phase_v, 0.1)
+        for k in range(3):
+            r[IR_V_L1 + k] = _clip16(volts[k] * 10.0)
+            r[IR_I_L1 + k] = _clip16(phase_w[k] / (max(volts[k], 1.0) * POWER_FACTOR) * 100.0)
         r[IR_FREQ] = 5000 + round(2 * math.sin(now / 97.0))
-        r[IR_POWER:IR_POWER + 2] = split32(u32(self._cab_power[cab.no], 0.1))
-        r[IR_ENERGY:IR_ENERGY + 2] = split32(u32(cab.meter_wh), high_first=False)
-        amps = self._cab_phase_power[cab.no] / (np.maximum(cab.phase_v, 1.0) * POWER_FACTOR)
-        r[IR_I_L1:IR_I_L1 + 3] = u16(amps, 0.01)
-        r[IR_UPTIME:IR_UPTIME + 2] = split32(u32(max(0.0, now - self.t0)))
+        r[IR_POWER], r[IR_POWER + 1] = power >> 16, power & 0xFFFF          # ABCD
+        r[IR_ENERGY], r[IR_ENERGY + 1] = energy & 0xFFFF, energy >> 16      # CDAB
+        r[IR_UPTIME], r[IR_UPTIME + 1] = uptime >> 16, uptime & 0xFFFF
         r[IR_LUM_FAULTY] = lum_faulty
         r[IR_LUM_UNREACHABLE] = unreachable
         return r
 
-    def cabinet_hr(self, cab: Cabinet) -> np.ndarray:
-        r = np.zeros(CAB_HR_SIZE, dtype=np.uint16)
+    def cabinet_hr(self, cab: Cabinet) -> list[int]:
+        r = [0] * CAB_HR_SIZE
         r[HR_GROUP_LEVEL] = cab.group_level_raw
         r[HR_GROUP_FADE] = cab.group_fade_raw
         return r
@@ -430,7 +467,7 @@ class Endpoint:
         area = CAB_IR_SIZE if table == "input" else CAB_HR_SIZE
         if end <= area:
             regs = w.cabinet_ir(cab, now) if table == "input" else w.cabinet_hr(cab)
-            return regs[address:end].tolist()
+            return regs[address:end]
         return self._read_blocks(cab, table, address, end)
 
     def _blocks(self, cab: Cabinet, address: int, end: int) -> tuple[np.ndarray, int, int] | ExcCodes:

@@ -278,10 +278,12 @@ class LuminaireBank:
         self.driver_temp_c = temp
 
     # --- helpers for simulators -----------------------------------------------------------
-    def status_word(self) -> np.ndarray:
-        """uint16 status: fault bits 0-6 (FAULT_*), bit 8 powered, bit 9 lamp on, bit 10 fading."""
-        s = self.faults.astype(np.uint16).copy()
-        s |= np.where(self.powered, 0x0100, 0).astype(np.uint16)
-        s |= np.where(self.level > 0, 0x0200, 0).astype(np.uint16)
-        s |= np.where(self._fade_t1 > self.t, 0x0400, 0).astype(np.uint16)
+    def status_word(self, idx: Any = None) -> np.ndarray:
+        """uint16 status of luminaires ``idx`` (all by default): fault bits 0-6 (FAULT_*),
+        bit 8 powered, bit 9 lamp on, bit 10 fading."""
+        ix = self._ix(idx)
+        s = self.faults[ix].astype(np.uint16)
+        s |= self.powered[ix].astype(np.uint16) << 8
+        s |= (self.level[ix] > 0).astype(np.uint16) << 9
+        s |= (self._fade_t1[ix] > self.t).astype(np.uint16) << 10
         return s
