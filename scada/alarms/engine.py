@@ -130,6 +130,8 @@ class AlarmEngine:
         self.raised_at = np.full(cap, np.nan)
         self.value = np.full(cap, np.nan)
         self.unsupp_t = np.full(cap, np.nan)
+        self.ext_on = np.zeros(cap, dtype=np.bool_)
+        self._any_ext = False
         self.listeners: list[Listener] = []
         self.seq = journal.last_seq
         self.stats = {"evaluations": 0, "batches": 0, "transitions": 0, "journal_errors": 0,
@@ -141,7 +143,7 @@ class AlarmEngine:
         self._wake = asyncio.Event()
 
     _STATE = ("level", "acked", "shelved", "shelve_until", "suppressed", "oos", "chattering",
-              "pend_t", "pend_level", "raised_at", "value", "unsupp_t")
+              "pend_t", "pend_level", "raised_at", "value", "unsupp_t", "ext_on")
 
     def _grow(self, need: int) -> None:
         cap = len(self.level)
@@ -358,7 +360,8 @@ class AlarmEngine:
         """Evaluate ``rows``; apply suppression changes, then immediate level transitions."""
         self.stats["batches"] += 1
         self.stats["evaluations"] += len(rows)
-        new = self.cond.evaluate(rows, self.tagdb.value, self.tagdb.quality, now)
+        new = self._combine(rows, self.cond.evaluate(rows, self.tagdb.value, self.tagdb.quality,
+                                                     now))
         chg = new != self.cond.raw[rows]
         rc = rows[chg]
         lc = new[chg]
@@ -896,19 +899,32 @@ class AlarmEngine:
                       severity: int | None = None, value: float | None = None) -> None:
         """Raise or clear a condition computed by another service (the schedule engine's
         "dimming not followed", a historian backlog ...). Created on first use; journaled and
-        announced like any other alarm."""
+        announced like any other alarm.
+
+        If the device already has a tag-based alarm of that name (a profile's
+        ``dimming_not_followed`` deviation), the external condition is OR-ed into it: the alarm
+        is active while either the tags or the other service say so (one alarm, one red dot);
+        the profile's priority, category and message template are kept."""
         if not 1 <= priority <= 4:
             raise ValueError(f"alarm {device_path}/{name}: priority must be 1..4, got {priority}")
         aid = f"{device_path}/{name}"
         c = self.by_id.get(aid)
+        if c is not None and int(self.cond.kind[c]) != M.K_EXTERNAL:
+            self._any_ext = True
         if c is None:
             if not active:
                 return
             c = self._external_row(device_path, name, category, priority,
                                    severity or PRIORITY_SEVERITY[priority])
-        if message:
-            self._set_template(c, message.replace("{", "{{").replace("}", "}}"))
-        lv = 1 if active else 0
+        rows = np.asarray([c], dtype=np.int64)
+        if int(self.cond.kind[c]) != M.K_EXTERNAL:
+            self.ext_on[c] = bool(active)
+            lv = int(self._combine(rows, self.cond.evaluate(
+                rows, self.tagdb.value, self.tagdb.quality, self.clock.time()))[0])
+        else:
+            if message:
+                self._set_template(c, message.replace("{", "{{").replace("}", "}}"))
+            lv = 1 if active else 0
         if int(self.cond.raw[c]) == lv:
             return
         self.cond.raw[c] = lv
@@ -916,10 +932,17 @@ class AlarmEngine:
         if value is not None:
             self.value[c] = value
         events: list[Any] = []
-        rows = np.asarray([c], dtype=np.int64)
         levels = np.asarray([lv], dtype=np.int8)
         self._after_raw(rows, levels, now, events)
         self._commit(events)
+
+    def _combine(self, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Tag evaluation OR external condition (see :meth:`set_condition`)."""
+        if self._any_ext:
+            ext = self.ext_on[rows] & (new == 0)
+            if ext.any():
+                new = np.where(ext, np.int8(1), new)
+        return new
 
 
 def build_from_site(site: Any, tagdb: TagDatabase, clock: Clock, journal: Journal, **kw: Any) -> AlarmEngine:

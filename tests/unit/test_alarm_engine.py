@@ -353,6 +353,24 @@ def test_external_condition_from_another_service(alarm_env: AlarmEnv) -> None:
     assert f"{LUM}/never_raised" not in env.engine.by_id
 
 
+async def test_external_condition_merges_into_a_tag_based_alarm(alarm_env: AlarmEnv) -> None:
+    """The schedule engine reports "dimming not followed" for a luminaire whose profile has a
+    deviation alarm of that name: one alarm, active while either source says so."""
+    env = alarm_env
+    aid = f"{LUM}/dimming_not_followed"
+    async with running(env):
+        healthy(env)  # level == level_cmd: the tags say normal
+        env.engine.set_condition(LUM, "dimming_not_followed", True, message="group step missed")
+        await env.clock.advance(60)  # the profile's on-delay still applies
+        assert env.state(aid) == M.UNACK_ACTIVE
+        env.set({f"{LUM}/level": 99})  # a tag change does not clear what the schedule reports
+        assert env.state(aid) == M.UNACK_ACTIVE
+        env.engine.set_condition(LUM, "dimming_not_followed", False)
+        assert env.state(aid) == M.UNACK_RTN
+        assert f"{LUM}/dimming_not_followed" in env.engine.by_id
+        assert [e.event for e in env.events if e.alarm_id == aid] == ["raise", "clear"]
+
+
 def test_restart_restores_states_exactly_without_duplicates(tmp_path, stepped_clock) -> None:
     env = make_env(tmp_path, stepped_clock)
     healthy(env)
