@@ -8,15 +8,12 @@ are followed through to the tags' values and status codes.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from scada import quality as Q
-from scada.loader import load_site
-from scada.runtime import Runtime
 from simulators.cabinet import LINE_LOSS, serve_site
 from tests.conftest import free_port
+from tests.system.test_modbus_driver import Harness
 from tests.system.test_modbus_sim import write_site
 
 pytestmark = pytest.mark.system
@@ -26,39 +23,29 @@ DRIVER_OPTS = """drivers:
 """
 
 
-class E2E:
+class E2E(Harness):
+    """The Modbus driver harness of test_modbus_driver.py, with our simulators as the devices."""
+
     def __init__(self, tmp_path, clock):
-        path = write_site(tmp_path, free_port(), free_port(), DRIVER_OPTS)
-        self.site = load_site(path)
-        self.clock = clock
-        self.rt = Runtime(self.site, clock)
-        self.rt.load_drivers(only=["modbus"])
-        self.drv = self.rt.drivers["modbus"]
+        super().__init__(write_site(tmp_path, free_port(), free_port(), DRIVER_OPTS), clock)
         self.sim = None
-        self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> E2E:
         self.sim = await serve_site(self.site, self.clock, self.site.by_protocol()["modbus"])
-        self.task = asyncio.create_task(self.drv.run(), name="e2e-modbus-driver")
-        await self.step(0)
-        return self
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            await self.sim.aclose()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        await self.drv.aclose()
-        await self.sim.aclose()
-
-    async def step(self, seconds: float = 2.0, n: int = 1) -> None:
-        for _ in range(n):
-            await self.clock.advance(seconds)
-            await self.drv.wait_idle()
-            await self.clock.advance(0)
-            await self.drv.wait_idle()
+        try:
+            await super().__aexit__(*exc)
+        finally:
+            await self.sim.aclose()
 
     def tag(self, path: str):
-        return self.rt.tagdb.read(path)
+        return self.read(path)
 
     def lum(self, path: str) -> int:
         return self.sim.world.lum_path[path][1]
