@@ -230,6 +230,10 @@ class World:
                 block_base=int(opts.get("block_base", BLOCK_BASE)),
                 block_size=int(opts.get("block_size", BLOCK_SIZE)),
             )
+            if len(kids) and (cab.block_of.min() < 0 or len(np.unique(cab.block_of)) != len(kids)):
+                raise ValueError(
+                    f"{dev.path}: luminaire numbers must be unique and start at 1 (block n is at "
+                    f"block_base + (n-1)*block_size); check the children's start/count")
             if cab.block_size < BLOCK_SIZE:
                 raise ValueError(
                     f"{dev.path}: luminaire profile block_size {cab.block_size} is smaller than "

@@ -96,3 +96,25 @@ def test_router_answers_errors_instead_of_raising():
     ans = r.handle_request({"op": "inject", "path": "a/b", "fault": "x"})
     assert ans["ok"] is False and "unknown device" in ans["error"]
     assert "unknown op" in r.handle_request({"op": "nope"})["error"]
+
+
+def test_luminaire_numbers_must_start_at_one(tmp_path):
+    from pathlib import Path
+
+    from scada.clock import SteppedClock
+    from scada.loader import load_site
+    from simulators.cabinet import World
+
+    profiles = Path(__file__).resolve().parents[2] / "config" / "profiles"
+    p = tmp_path / "site.yaml"
+    p.write_text(f"""
+site: {{name: t, latitude: 47.3, longitude: 5.0}}
+areas: [{{id: a}}]
+include: ["{profiles}/cabinet-modbus.yaml", "{profiles}/luminaire-modbus.yaml"]
+devices:
+  - {{id: c, profile: cabinet-modbus, area: a, connection: {{host: 127.0.0.1, port: 1502}},
+     children: [{{profile: luminaire-modbus, count: 3, start: 0}}]}}
+""", encoding="utf-8")
+    site = load_site(p, validate_drivers=False)
+    with pytest.raises(ValueError, match="a/c: luminaire numbers must be unique and start at 1"):
+        World(SteppedClock(), site.devices, seed=1)
