@@ -64,7 +64,8 @@ class _Bulk:
     seq0: int
     rows: np.ndarray
     ts: float
-    lines: list[str]
+    lines: list[bytes]
+    event: str = M.RAISE
 
 
 @dataclass(slots=True)
@@ -411,25 +412,26 @@ class AlarmEngine:
         old = self.level[rows]
         up = old == 0
         if up.any():
-            self._bulk_raise(rows[up], levels[up], vals[up], now, events)
-        rest = ~up
+            self._bulk(M.RAISE, rows[up], levels[up], vals[up], now, events)
+        # clears in bulk too (a flood ends as one batch), except one-shot shelved alarms
+        down = ~up & (levels == 0) & (self.shelved[rows] != M.ONESHOT)
+        if down.any():
+            self._bulk(M.CLEAR, rows[down], levels[down], vals[down], now, events)
+        rest = ~up & ~down
         for c, lv, v in zip(rows[rest].tolist(), levels[rest].tolist(), vals[rest].tolist(),
                             strict=True):
             old_c = int(self.level[c])
             self.level[c] = lv
             self.value[c] = v
-            if lv == 0:
+            if lv == 0:  # a one-shot shelved alarm returning to normal
                 if self.suppressed[c] or self.oos[c]:
-                    # ISA-18.2 §10.3: an alarm suppressed by design (or out of service) that
-                    # returns to normal needs no acknowledgement
                     self.acked[c] = True
                 events.append(self._event(c, M.CLEAR, now))
-                if self.shelved[c] == M.ONESHOT:
-                    # Part 9 §5.8.10: a one-shot shelve ends when the alarm returns to normal
-                    self.shelved[c] = M.UNSHELVED
-                    self.shelve_info.pop(c, None)
-                    events.append(self._event(c, M.UNSHELVE, now, user="system",
-                                              comment="one-shot shelve ended: returned to normal"))
+                # Part 9 §5.8.10: a one-shot shelve ends when the alarm returns to normal
+                self.shelved[c] = M.UNSHELVED
+                self.shelve_info.pop(c, None)
+                events.append(self._event(c, M.UNSHELVE, now, user="system",
+                                          comment="one-shot shelve ended: returned to normal"))
             else:
                 if abs(lv) > abs(old_c):
                     self.acked[c] = False
@@ -437,25 +439,31 @@ class AlarmEngine:
                 events.append(self._event(c, M.LEVEL, now))
         self.stats["transitions"] += len(rows)
 
-    _RAISE_FMT = ('{"seq":%d,"ts":%s,"event":"raise","state":"%s","active":%d,"acked":false,'
-                  '"shelved":%d,"shelve_until":%s,"suppressed":%s,"oos":%s,"user":null,'
-                  '"comment":null,"value":%s,%s,"message":%s}\n')
+    _LINE_FMT = ('{"seq":%d,"ts":%s,"event":"%s","state":"%s","active":%d,"acked":%s,'
+                 '"shelved":%d,"shelve_until":%s,"suppressed":%s,"oos":%s,"user":null,'
+                 '"comment":null,"value":%s,%s,"message":%s}\n')
 
-    def _bulk_raise(self, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray, now: float,
-                    events: list[Any]) -> None:
-        """Raise many alarms at once (a flood is one batch): state updated with array
-        operations; each journal line is one bytes formatting of (seq, level, value) plus a
-        precomputed per-alarm tail (identity and message). The AlarmEvent objects for the
+    def _bulk(self, event: str, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray,
+              now: float, events: list[Any]) -> None:
+        """Raise (or clear) many alarms at once: a flood is one batch. State is updated with
+        array operations; each journal line is one bytes formatting of (seq, level, value) and
+        a precomputed per-alarm tail (identity and message). The AlarmEvent objects for the
         listeners are made after the journal write (in :meth:`_commit`), so a 10,000-alarm
         flood reaches the journal in milliseconds."""
         n = len(rows)
         self.level[rows] = levels
         self.value[rows] = vals
-        self.acked[rows] = False
-        self.raised_at[rows] = now
+        if event == M.RAISE:
+            self.acked[rows] = False
+            self.raised_at[rows] = now
         sh = self.shelved[rows]
         sup = self.suppressed[rows]
         oos = self.oos[rows]
+        if event == M.CLEAR:
+            # ISA-18.2 §10.3: an alarm suppressed by design (or out of service) that returns
+            # to normal needs no acknowledgement (nobody was shown it)
+            self.acked[rows[sup | oos]] = True
+        acked = self.acked[rows]
         hidden = (sh != 0) | sup | oos
         seq0 = self.seq + 1
         self.seq += n
@@ -463,28 +471,36 @@ class AlarmEngine:
         uniq = {v: (repr(v).encode() if math.isfinite(v) else b"null") for v in set(vl)}
         vs = [uniq[v] for v in vl]
         tails = self._tail
-        if self._any_dynamic:
+        if self._any_dynamic and event == M.RAISE:
             for k, c in enumerate(rl):  # templates that show the value / limit
                 if tails[c] is None:
                     self.msg[c] = self._message(c, vl[k], ll[k])
-        ts = repr(now)
-        if not hidden.any():
-            head = (b'{"seq":%d,"ts":' + ts.encode() + b',"event":"raise","state":"UnackActive",'
-                    b'"acked":false,"shelved":0,"shelve_until":null,"suppressed":false,'
-                    b'"oos":false,"user":null,"comment":null,"active":%d,"value":%s,%s')
+        ts = repr(now).encode()
+        if not hidden.any() and (event == M.RAISE or not acked.any() or acked.all()):
+            if event == M.RAISE:
+                state, ack = b"UnackActive", b"false"
+            else:
+                state, ack = (b"Normal", b"true") if acked.all() else (b"UnackRTN", b"false")
+            head = (b'{"seq":%d,"ts":' + ts + b',"event":"' + event.encode() + b'","state":"'
+                    + state + b'","acked":' + ack + b',"shelved":0,"shelve_until":null,'
+                    b'"suppressed":false,"oos":false,"user":null,"comment":null,"active":%d,'
+                    b'"value":%s,%s')
             lines = [head % (seq0 + k, ll[k], vs[k], tails[c] or self._dyn_tail(c))
                      for k, c in enumerate(rl)]
         else:
-            shl, supl, oosl = sh.tolist(), sup.tolist(), oos.tolist()
+            shl, supl, oosl, al = sh.tolist(), sup.tolist(), oos.tolist(), acked.tolist()
             su = self.shelve_until[rows].tolist()
             pre = self._prefix
-            fmt = self._RAISE_FMT
-            lines = [(fmt % (seq0 + k, ts, M.state_name(True, False, shl[k], supl[k], oosl[k]),
-                             ll[k], shl[k], jnum(su[k]), "true" if supl[k] else "false",
-                             "true" if oosl[k] else "false", vs[k].decode(), pre[c],
-                             jstr(self.msg[c]))).encode()
+            fmt = self._LINE_FMT
+            act = event == M.RAISE
+            tsd = ts.decode()
+            lines = [(fmt % (seq0 + k, tsd, event,
+                             M.state_name(act, al[k], shl[k], supl[k], oosl[k]), ll[k],
+                             "true" if al[k] else "false", shl[k], jnum(su[k]),
+                             "true" if supl[k] else "false", "true" if oosl[k] else "false",
+                             vs[k].decode(), pre[c], jstr(self.msg[c]))).encode()
                      for k, c in enumerate(rl)]
-        events.append(_Bulk(seq0, rows, now, lines))
+        events.append(_Bulk(seq0, rows, now, lines, event))
 
     def _dyn_tail(self, c: int) -> bytes:
         return f'{self._prefix[c]},"message":{jstr(self.msg[c])}}}\n'.encode()
@@ -587,9 +603,10 @@ class AlarmEngine:
                 if not isinstance(item, _Bulk):
                     out.append(item)
                     continue
+                raising = item.event == M.RAISE
                 for k, c in enumerate(item.rows.tolist()):
-                    out.append(self._event(c, M.RAISE, item.ts, seq=item.seq0 + k))
-                    if self._chatter(c, item.ts):
+                    out.append(self._event(c, item.event, item.ts, seq=item.seq0 + k))
+                    if raising and self._chatter(c, item.ts):
                         self._on_chatter(c, item.ts, late)
             if late:
                 self._write([self._line(e).encode() for e in late])

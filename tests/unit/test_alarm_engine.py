@@ -423,3 +423,26 @@ def test_vectorised_evaluation_matches_reference_loop(alarm_env: AlarmEnv) -> No
         slow = t.evaluate_loop(rows, value, quality, 1000.0)
         np.testing.assert_array_equal(fast, slow)
         t.raw[rows] = fast
+
+
+def test_journal_lines_match_announced_events_in_mixed_floods(alarm_env: AlarmEnv) -> None:
+    """Bulk raise/clear lines are formatted separately from the events: they must agree."""
+    env = alarm_env
+    healthy(env)
+    lamps = {f"{CAB}/lum-{n:02d}/lamp_failure": 1 for n in range(1, 65)}
+    env.engine.shelve(f"{CAB}/lum-05/lamp_failure", user="e", role="engineer", comment="x",
+                      duration=3600)
+    env.engine.shelve(f"{CAB}/lum-06/lamp_failure", user="e", role="engineer", comment="y")
+    env.set({f"{CAB}/contactor": 0})
+    env.set(dict.fromkeys(list(lamps)[:10], 1))          # suppressed raises
+    env.set({f"{CAB}/contactor": 1})
+    env.set(lamps)                                         # the rest: unhidden raises
+    env.engine.acknowledge(f"{CAB}/lum-20/lamp_failure", user="o", role="operator")
+    env.set(dict.fromkeys(lamps, 0))                       # mixed clears
+    keys = ("seq", "event", "state", "active", "acked", "shelved", "suppressed", "oos", "value")
+    journal = {e["seq"]: tuple(e[k] for k in keys) for e in env.journal()}
+    for ev in env.events:
+        d = ev.as_dict()
+        assert journal[ev.seq] == tuple(d[k] for k in keys), ev
+    assert len(journal) == len(env.events)
+    assert {e.event for e in env.events} >= {"raise", "clear", "suppress", "unshelve", "ack"}
