@@ -25,10 +25,11 @@ file, line and path. Semantics are in docs/schedules.md; in short::
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, field_validator, model_validator
 
 from .common import Duration, Ident, Strict
 
@@ -42,6 +43,10 @@ _OFF = re.compile(r"([+-])|(\d+(?:\.\d+)?)\s*(h|min|m|s)")
 _UNIT = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+#: profile names of the ``schedules:`` section being validated, so a rule naming an unknown
+#: profile is reported at its own line (``schedules.calendars[3].profile``)
+_PROFILES: ContextVar[frozenset[str] | None] = ContextVar("schedule_profiles", default=None)
 
 
 def parse_at(v: str) -> tuple[str, float]:
@@ -130,6 +135,16 @@ class Rule(Strict):
 
     model_config = Strict.model_config | {"populate_by_name": True}
 
+    @field_validator("profile")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        names = _PROFILES.get()
+        if names is not None and v not in names:
+            raise ValueError(
+                f"unknown schedule profile {v!r}; defined: {', '.join(sorted(names)) or 'none'}"
+            )
+        return v
+
     @model_validator(mode="after")
     def _range(self) -> Rule:
         if self.start and self.end and self.end < self.start:
@@ -171,14 +186,23 @@ class SchedulesConfig(Strict):
     tick: Duration = 10.0
     photocell: Photocell | None = None
 
-    @model_validator(mode="after")
-    def _refs(self) -> SchedulesConfig:
-        names = set(self.profiles)
-        bad = [r.profile for r in self.calendars if r.profile not in names]
-        if self.default_profile is not None and self.default_profile not in names:
-            bad.append(self.default_profile)
-        if bad:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_profiles(cls, data: Any, handler: ModelWrapValidatorHandler[SchedulesConfig]):
+        profiles = data.get("profiles") if isinstance(data, dict) else None
+        names = frozenset(profiles) if isinstance(profiles, dict) else None
+        token = _PROFILES.set(names)
+        try:
+            return handler(data)
+        finally:
+            _PROFILES.reset(token)
+
+    @field_validator("default_profile")
+    @classmethod
+    def _default(cls, v: str | None) -> str | None:
+        names = _PROFILES.get()
+        if v is not None and names is not None and v not in names:
             raise ValueError(
-                f"unknown schedule profile(s) {sorted(set(bad))}; defined: {sorted(names) or 'none'}"
+                f"unknown schedule profile {v!r}; defined: {', '.join(sorted(names)) or 'none'}"
             )
-        return self
+        return v

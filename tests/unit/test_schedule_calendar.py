@@ -183,9 +183,31 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_unknown_profile_and_hysteresis_rejected():
-    with pytest.raises(ValidationError, match="unknown schedule profile"):
+    with pytest.raises(ValidationError, match="unknown schedule profile 'nope'"):
         SchedulesConfig(profiles={}, calendars=[{"name": "c", "profile": "nope"}])
     with pytest.raises(ValidationError, match="hysteresis"):
         SchedulesConfig(photocell={"tag": "a/b/lux", "on_lux": 50, "off_lux": 10})
     with pytest.raises(ValidationError, match="before its start"):
         Rule(name="r", profile="p", **{"from": date(2026, 2, 1), "to": date(2026, 1, 1)})
+
+
+def test_unknown_profile_reported_at_the_rule_line(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        textwrap.dedent("""
+    site: {name: t, latitude: 47, longitude: 5}
+    areas: [{id: a}]
+    schedules:
+      profiles:
+        p: {steps: [{at: dusk, level: 100}]}
+      calendars:
+        - {name: c, profile: p}
+        - {name: d, profile: nope}
+      default_profile: also-missing
+    """)
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_site(p)
+    text = str(ei.value)
+    assert "s.yaml:9: schedules.calendars[1].profile: unknown schedule profile 'nope'" in text
+    assert "s.yaml:10: schedules.default_profile: unknown schedule profile 'also-missing'" in text
