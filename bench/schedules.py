@@ -189,9 +189,27 @@ def city_commands(n: int) -> dict[str, float]:
         site = load_site(path)
     fleet = Fleet(site)
     cmd = Commander(fleet)
+    # steady-state cost of one engine tick: wanted levels for every luminaire + the diff
+    from scada.schedules.planner import Anchors as _A
+    from scada.schedules.planner import Scope as _S
+    from scada.schedules.planner import build_plan as _bp
+
+    scope = _S(fleet.paths, fleet.areas, fleet.groups)
+    anchors = _A.compute(LAT, LON, TZ, np.array([day_number(date(2026, 1, 15))]), CFG)
+    plan = _bp(CFG, anchors, scope)
+    t_mid = float(anchors.midnight[0])
+    for c in cmd.plan(plan.levels(t_mid, 0)):
+        cmd.mark_sent(c)
+    t0 = time.perf_counter()
+    n_ticks = 200
+    for k in range(n_ticks):
+        cmd.plan(plan.levels(t_mid + k, 0))
+    tick_ms = (time.perf_counter() - t0) * 1000 / n_ticks
+    cmd = Commander(fleet)
     out: dict[str, float] = {
         "luminaires": len(fleet),
         "cabinets_and_gateways": len(fleet.parent_list),
+        "steady_tick_ms": tick_ms,
     }
     t0 = time.perf_counter()
     dusk = cmd.plan(np.full(len(fleet), 100.0))
@@ -262,8 +280,10 @@ def main() -> None:
         f"  uniform dimming step         {int(c['step_commands']):>6}   "
         f"({c['luminaires'] / c['step_commands']:.0f}x fewer than naive)"
     )
-    print(f"  one area overridden (diff)   {int(c['area_override_commands']):>6}   "
-          f"({int(c['area_override_luminaires']):,} luminaires in that area)")
+    print(
+        f"  one area overridden (diff)   {int(c['area_override_commands']):>6}   "
+        f"({int(c['area_override_luminaires']):,} luminaires in that area)"
+    )
     print(
         f"  DALI groups 0-3 at 40 %      {int(c['mixed_dali_group_commands']):>6}   "
         f"(individual writes among them: {int(c['mixed_singles'])})"
