@@ -118,7 +118,8 @@ class SimGateway:
         will = Will(f"dali/{self.id}/status", b'{"online":false}', 1, True)
         self.conn = MqttConnection(
             host=cfg.host, port=cfg.port, client_id=f"{client_prefix}-{self.id}", name=f"sim {self.id}",
-            protocol="auto", clean_start=False, session_expiry=3600, keepalive=30, will=will,
+            # amqtt (embedded) is MQTT 3.1.1 only and mis-parses a v5 CONNECT carrying a Will
+            protocol="3.1.1" if cfg.embedded else "auto", clean_start=False, session_expiry=3600, keepalive=30, will=will,
             subscriptions=[(f"dali/{self.id}/+/+/set", 1), (f"dali/{self.id}/broadcast/set", 1),
                            (f"dali/{self.id}/query", 1)],
             max_queued=max(1000, 4 * n + 100), max_inflight=1000,
@@ -311,7 +312,8 @@ class SimGateway:
         """Come back after :meth:`disconnect` (same client id: the persistent session resumes)."""
         old = self.conn
         self.conn = MqttConnection(
-            host=old.host, port=old.port, client_id=old.client_id, name=old.name, protocol="auto",
+            host=old.host, port=old.port, client_id=old.client_id, name=old.name,
+            protocol=old.protocol_pref,
             clean_start=False, session_expiry=3600, keepalive=30, will=old.will,
             subscriptions=old.subscriptions, max_queued=old.max_queued, max_inflight=1000,
             on_message=self._on_message, on_connected=self._on_connected,

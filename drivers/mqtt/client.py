@@ -41,6 +41,8 @@ from drivers.base import Backoff, RateLimitedLog
 
 log = logging.getLogger("drivers.mqtt.client")
 
+#: Seconds to wait for CONNACK and SUBACK after the TCP connection is up.
+CONNACK_TIMEOUT = 5.0
 #: Packets read per readable event at most (so one busy connection cannot starve the loop).
 MAX_PACKETS_PER_WAKEUP = 5000
 
@@ -125,6 +127,7 @@ class MqttConnection:
         self._fallback_tried = False
         self._closing = False
         self._sub_mid = -1
+        self._fallback_pending = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -143,11 +146,20 @@ class MqttConnection:
             return False
         return True
 
-    async def aclose(self, *, graceful: bool = True) -> None:
-        """Disconnect (a clean DISCONNECT: the broker does not send the Will) and stop."""
+    async def aclose(self, *, graceful: bool = True, flush_within: float = 2.0) -> None:
+        """Disconnect (a clean DISCONNECT: the broker does not send the Will) and stop.
+
+        QoS 1 messages still in flight get ``flush_within`` seconds to be acknowledged first,
+        and the socket is read dry before closing: closing with unread data makes the kernel
+        answer with a TCP reset, which some brokers (amqtt) handle by leaking the connection.
+        """
         self._closing = True
         c = self._client
         if c is not None and self.connected and graceful:
+            deadline = time.monotonic() + flush_within
+            while self.queued and self.connected and time.monotonic() < deadline:  # noqa: ASYNC110 - paho has no ack event
+                await asyncio.sleep(0.01)
+            self._on_readable()
             try:
                 c.disconnect()
                 c.loop_write()
@@ -277,7 +289,7 @@ class MqttConnection:
                 await asyncio.sleep(self.backoff.next())
                 continue
             # wait for CONNACK / loss, ticking loop_misc (keepalive) every second
-            connack_deadline = time.monotonic() + max(10.0, self.keepalive)
+            connack_deadline = time.monotonic() + CONNACK_TIMEOUT
             while not self._lost.is_set():
                 try:
                     await asyncio.wait_for(self._lost.wait(), 1.0)
@@ -290,15 +302,24 @@ class MqttConnection:
                     self._teardown_client_socket()
                     break
                 if not self.connected and time.monotonic() > connack_deadline:
-                    self._rl.unavailable(f"conn:{self.name}", "MQTT %s: no CONNACK from %s:%d; "
-                                         "reconnecting", self.name, self.host, self.port)
-                    self._teardown_client_socket()
+                    self._rl.unavailable(f"conn:{self.name}", "MQTT %s: no CONNACK/SUBACK from %s:%d "
+                                         "within %.0f s; reconnecting", self.name, self.host,
+                                         self.port, CONNACK_TIMEOUT)
+                    if (self.protocol_pref == "auto" and self.protocol == mqtt.MQTTv5
+                            and not self._fallback_tried):
+                        self._switch_to_311()  # a 3.1.1 broker silently ignoring v5
+                    else:
+                        self._teardown_client_socket()
                     break
                 try:
                     c.loop_misc()
                 except Exception:
                     self._callback_failed("loop_misc")
             self._set_connected(False, notify=True)
+            if self._fallback_pending:
+                self._fallback_pending = False
+                self._drop_client()
+                continue  # retry at once with MQTT 3.1.1
             if self._closing:
                 return
             await asyncio.sleep(self.backoff.next())
@@ -413,8 +434,9 @@ class MqttConnection:
             if unsupported and self.protocol_pref == "auto" and self.protocol == mqtt.MQTTv5:
                 log.info("MQTT %s: broker %s:%d does not speak MQTT 5; falling back to 3.1.1",
                          self.name, self.host, self.port)
-                self.protocol = mqtt.MQTTv311
-                self._drop_client()
+                # never close paho's socket from inside its callback (it holds its callback
+                # lock): the connection task rebuilds the client
+                self._switch_to_311()
                 return
             self._rl.unavailable(f"conn:{self.name}", "MQTT %s: broker %s:%d refused the "
                                  "connection: %s (check username/password/client id)",
@@ -443,6 +465,12 @@ class MqttConnection:
                         self.name, len(failed), len(self.subscriptions), ", ".join(sorted(set(failed))))
         self._set_connected(True, notify=True)
 
+    def _switch_to_311(self) -> None:
+        self._fallback_tried = True
+        self.protocol = mqtt.MQTTv311
+        self._fallback_pending = True
+        self._lost.set()
+
     def _drop_client(self) -> None:
         """Forget the paho client (protocol change): the next attempt builds a new one."""
         self._teardown_client_socket()
@@ -458,9 +486,7 @@ class MqttConnection:
         elif (self.protocol_pref == "auto" and self.protocol == mqtt.MQTTv5
               and not self._fallback_tried and not self._closing):
             # some 3.1.1-only brokers close the socket on a v5 CONNECT instead of answering
-            self._fallback_tried = True
-            self.protocol = mqtt.MQTTv311
-            self._client = None
+            self._switch_to_311()
         self._set_connected(False, notify=True)
         self._lost.set()
 

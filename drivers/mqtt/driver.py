@@ -292,7 +292,10 @@ class MqttDriver(Driver):
 
         return MqttConnection(
             host=b.key[0], port=b.key[1], client_id=cid, name=f"{b.key[0]}:{b.key[1]}",
-            protocol=cfg.protocol, clean_start=False, session_expiry=self.options.session_expiry_s,
+            # amqtt (embedded) speaks 3.1.1 only; skipping the v5 attempt also avoids the socket
+            # amqtt leaves open after refusing a v5 CONNECT
+            protocol="3.1.1" if b.embedded and cfg.protocol == "auto" else cfg.protocol,
+            clean_start=False, session_expiry=self.options.session_expiry_s,
             keepalive=cfg.keepalive, username=cfg.username, password=cfg.password, tls=tls,
             subscriptions=[(f, 1) for f in sorted(b.filters)], max_queued=self.options.max_queued,
             on_message=on_message, on_connected=on_connected, on_disconnected=on_disconnected,
