@@ -732,7 +732,7 @@ class CabinetSimulators:
 
     def _apply(self, path: str, name: str, params: dict[str, Any], on: bool) -> None:
         w = self.world
-        now = w.sync(force=True)
+        now = w.sync()     # within max_stale: exact on a stepped clock
         if path in w.by_path and name in CABINET_FAULTS:
             cab = w.by_path[path]
             self._cabinet_fault(cab, name, params, on, now)
