@@ -272,6 +272,7 @@ def main() -> None:
         f"{int(c['cabinets_and_gateways'])} cabinets/gateways (naive: {int(c['luminaires']):,} "
         f"individual writes):"
     )
+    print(f"  steady engine tick: {c['steady_tick_ms']:.2f} ms (wanted levels + diff, no change)")
     print(
         f"  dusk (contactors + levels)   {int(c['dusk_commands']):>6}   "
         f"({c['plan_ms']:.1f} ms to compute)"
