@@ -38,7 +38,7 @@ from scada.tags import Changes, TagDatabase
 
 from . import model as M
 from .conditions import ConditionTable
-from .journal import Journal, jnum, jstr, read_journal, replay
+from .journal import Journal, current_states, jnum, jstr
 from .suppression import SRC_ALARM, SRC_POINT, SuppressionTable
 
 log = logging.getLogger("scada.alarms")
@@ -88,6 +88,8 @@ class AlarmEngine:
         self.tagdb = tagdb
         self.clock = clock
         self.journal = journal
+        if journal.snapshot is None:
+            journal.snapshot = self.snapshot
         self.config = config or AlarmsConfig()
         self.on_out_of_service = on_out_of_service
         self.audit = audit
@@ -300,14 +302,9 @@ class AlarmEngine:
                 self.on_out_of_service(d, True)
 
     def _restore(self) -> None:
-        entries = read_journal(self.journal.directory)
-        if not entries:
+        alarms, devices, raised = current_states(self.journal.directory)
+        if not alarms and not devices:
             return
-        raised: dict[str, float] = {}
-        for e in entries:
-            if e.get("event") == M.RAISE:
-                raised[e["alarm_id"]] = e["ts"]
-        alarms, devices = replay(entries)
         self.oos_devices = {d for d, e in devices.items() if e.get("event") == M.OUT_OF_SERVICE}
         for aid, e in alarms.items():
             c = self.by_id.get(aid)
@@ -339,6 +336,23 @@ class AlarmEngine:
                  int((self.level[: self.n] != 0).sum()), int((~self.acked[: self.n]).sum()),
                  int((self.shelved[: self.n] != 0).sum()), len(self.oos_devices),
                  self.journal.directory)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every alarm not in its default state (Normal, in service, not shelved/suppressed),
+        and the devices out of service, as of ``seq`` (see :class:`Journal`)."""
+        n = self.n
+        rows = np.nonzero((self.level[:n] != 0) | ~self.acked[:n] | (self.shelved[:n] != 0)
+                          | self.suppressed[:n] | self.oos[:n])[0]
+        out = []
+        for c in rows.tolist():
+            d = self.view(c).as_dict()
+            d["raised_ts"] = None if math.isnan(self.raised_at[c]) else float(self.raised_at[c])
+            if self.shelved[c]:
+                d["user"], d["comment"] = self.shelve_info.get(c, ("", ""))
+            if int(self.cond.kind[c]) == M.K_EXTERNAL:
+                d["kind"] = "external"
+            out.append(d)
+        return {"seq": self.seq, "alarms": out, "devices": sorted(self.oos_devices)}
 
     def close(self) -> None:
         if self._sub is not None:

@@ -32,13 +32,14 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 log = logging.getLogger("scada.alarms.journal")
 
 _NAME = re.compile(r"journal-(\d{6})\.jsonl$")
 DEAD_LETTERS = "dead-letters.jsonl"
+SNAPSHOT = "snapshot.json"
 
 
 def journal_files(directory: str) -> list[str]:
@@ -68,13 +69,17 @@ class Journal:
     """Writer of the journal directory (single writer: the alarm engine of one server)."""
 
     def __init__(self, directory: str, *, fsync: str = "interval", fsync_interval: float = 1.0,
-                 rotate_bytes: int = 64 * 1024 * 1024):
+                 rotate_bytes: int = 64 * 1024 * 1024,
+                 snapshot: Callable[[], dict[str, Any]] | None = None):
         if fsync not in ("always", "interval", "never"):
             raise ValueError(f"alarms.fsync: expected always, interval or never, got {fsync!r}")
         self.directory = directory
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self.rotate_bytes = rotate_bytes
+        #: called at each rotation: the writer's current states, saved as snapshot.json so a
+        #: restart replays only the files written since (bounded start-up time)
+        self.snapshot = snapshot
         os.makedirs(directory, exist_ok=True)
         files = journal_files(directory)
         self._num = 1
@@ -83,7 +88,9 @@ class Journal:
             self._num = int(m.group(1)) if m else 1
         self.path = self._file(self._num)
         self.repaired = self._repair(self.path)
-        self.last_seq = self._last_seq(files)
+        snap = load_snapshot(directory)
+        # the snapshot's seq counts when the files before it were archived
+        self.last_seq = max(self._last_seq(files), int(snap.get("seq", 0)) if snap else 0)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._size = os.fstat(self._fd).st_size
         self._dirty = False
@@ -169,6 +176,21 @@ class Journal:
         self._size = 0
         self._dirty = False
         self.stats["rotations"] += 1
+        if self.snapshot is not None:
+            self.write_snapshot(self.snapshot())
+
+    def write_snapshot(self, data: dict[str, Any]) -> None:
+        """Atomically replace ``snapshot.json`` (states as of ``data['seq']``, valid for the
+        journal files numbered ``>= file``)."""
+        data = {**data, "file": self._num}
+        path = os.path.join(self.directory, SNAPSHOT)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, default=str, ensure_ascii=False)
+            f.flush()
+            if self.fsync != "never":
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     async def run_fsync(self) -> None:
         """Background flusher for the ``interval`` policy (real time: durability is physical)."""
@@ -254,6 +276,66 @@ def read_journal(path_or_dir: str | os.PathLike[str], since: float | None = None
             out.append(e)
     out.sort(key=lambda e: e.get("seq", 0))
     return out
+
+
+def _file_number(f: str) -> int:
+    m = _NAME.search(f)
+    return int(m.group(1)) if m else -1
+
+
+def iter_journal(directory: str, first_file: int = 0) -> Iterator[dict[str, Any]]:
+    """Stream the entries of the journal files numbered ``>= first_file`` (constant memory)."""
+    for f in journal_files(directory):
+        if _file_number(f) >= first_file:
+            yield from _read_file(f)
+
+
+def load_snapshot(directory: str) -> dict[str, Any] | None:
+    p = os.path.join(directory, SNAPSHOT)
+    if not os.path.exists(p):
+        return None
+    try:
+        with open(p, encoding="utf-8") as f:
+            snap = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("alarm snapshot %s unreadable (%s); replaying the whole journal", p, e)
+        return None
+    if not isinstance(snap, dict) or not isinstance(snap.get("alarms"), list):
+        log.warning("alarm snapshot %s has an unexpected shape; replaying the whole journal", p)
+        return None
+    return snap
+
+
+def current_states(directory: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, float]]:
+    """The state of every alarm and device as of the end of the journal: the snapshot (if any)
+    plus the entries written after it, streamed. Returns ``(alarms, devices, raised_ts)``
+    like :func:`replay`, plus the time of each alarm's last raise."""
+    alarms: dict[str, dict[str, Any]] = {}
+    devices: dict[str, dict[str, Any]] = {}
+    raised: dict[str, float] = {}
+    snap = load_snapshot(directory)
+    first, after = 0, 0
+    if snap is not None:
+        first, after = int(snap.get("file", 0)), int(snap.get("seq", 0))
+        for e in snap["alarms"]:
+            alarms[e["alarm_id"]] = e
+            if isinstance(e.get("raised_ts"), (int, float)):
+                raised[e["alarm_id"]] = e["raised_ts"]
+        for d in snap.get("devices", []):
+            devices[d] = {"device": d, "event": "out_of_service", "name": "", "alarm_id": d}
+    for e in iter_journal(directory, first):
+        if e.get("seq", 0) <= after:
+            continue
+        if not e.get("name"):
+            if e.get("event") in ("out_of_service", "in_service"):
+                devices[e.get("device", "")] = e
+            continue
+        aid = e.get("alarm_id")
+        if isinstance(aid, str):
+            alarms[aid] = e
+            if e.get("event") == "raise":
+                raised[aid] = e["ts"]
+    return alarms, devices, raised
 
 
 def replay(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:

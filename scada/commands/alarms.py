@@ -123,19 +123,29 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
            output: str | None) -> None:
     """Show alarms from the journal: the active set (red dots), --history, or --metrics."""
     from scada.alarms import metrics as MX
-    from scada.alarms.journal import read_journal, replay
+    from scada.alarms.journal import current_states, read_journal
 
     d = _journal_dir(site_file, directory)
     if not os.path.isdir(d):
         click.echo(f"no alarm journal in {d} (has the server run with alarms enabled?)", err=True)
         sys.exit(1)
+    pre = device.rstrip("/") if device else None
+
+    def mine(e: dict[str, Any]) -> bool:
+        dev = str(e.get("device", ""))
+        return pre is None or dev == pre or dev.startswith(pre + "/")
+
+    if not (history or metrics):
+        states, _, _ = current_states(d)
+        current = [e for e in states.values()
+                   if mine(e) and (e.get("active") or not e.get("acked", True))
+                   and (show_all or e.get("state") not in RETAINED_HIDDEN)]
+        current.sort(key=lambda e: (e.get("priority", 4), -e.get("ts", 0)))
+        _emit(_rows(current), fmt, output,
+              ("time", "state", "priority", "alarm_id", "value", "message"))
+        return
     t0, t1 = parse_time(since), parse_time(until)
-    entries = read_journal(d, since=t0 if (history or metrics) else None,
-                           until=t1 if (history or metrics) else None)
-    if device:
-        pre = device.rstrip("/")
-        entries = [e for e in entries
-                   if e.get("device") == pre or str(e.get("device", "")).startswith(pre + "/")]
+    entries = [e for e in read_journal(d, since=t0, until=t1) if mine(e)]
     if metrics:
         m = MX.compute(entries, now=t1 or time.time())
         if fmt == "json":
@@ -148,17 +158,8 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
             else:
                 click.echo(text, nl=False)
         return
-    if history:
-        _emit(_rows(entries), fmt, output,
-              ("time", "event", "state", "alarm_id", "priority", "user", "comment", "message"))
-        return
-    states, _ = replay(entries)
-    current = [e for e in states.values()
-               if (e.get("active") or not e.get("acked", True))
-               and (show_all or e.get("state") not in RETAINED_HIDDEN)]
-    current.sort(key=lambda e: (e.get("priority", 4), -e.get("ts", 0)))
-    _emit(_rows(current), fmt, output,
-          ("time", "state", "priority", "alarm_id", "value", "message"))
+    _emit(_rows(entries), fmt, output,
+          ("time", "event", "state", "alarm_id", "priority", "user", "comment", "message"))
 
 
 def _emit_json(obj: Any, out: str | None) -> None:

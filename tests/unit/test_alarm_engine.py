@@ -406,6 +406,39 @@ def test_restart_restores_states_exactly_without_duplicates(tmp_path, stepped_cl
     e2.close()
 
 
+def test_snapshot_at_rotation_bounds_the_replay(tmp_path, stepped_clock) -> None:
+    """Old journal files can be archived: the snapshot written at each rotation restores
+    what they held."""
+    import os
+
+    from scada.alarms.journal import SNAPSHOT, journal_files
+
+    env = make_env(tmp_path, stepped_clock, alarms_extra="rotate_mb: 0.004\n")
+    healthy(env)
+    e = env.engine
+    env.set({f"{LUM}/lamp_failure": 1})
+    e.shelve(f"{LUM}/lamp_failure", user="eve", role="engineer", comment="ordered", duration=600)
+    e.set_out_of_service("north/cab-2", True, user="eve", role="engineer", comment="works")
+    e.set_condition(CAB, "schedule_missed", True, priority=2)
+    for k in range(30):  # churn on other alarms: several rotations
+        env.set({"centre/cab-1/lum-02/lamp_failure": k % 2})
+    before = {a: e.view(c) for a, c in e.by_id.items()}
+    e.close()
+    d = e.journal.directory
+    files = journal_files(d)
+    assert len(files) > 3 and os.path.exists(os.path.join(d, SNAPSHOT))
+    for f in files[:-1]:  # archive everything but the current file
+        os.remove(f)
+    env2 = make_env(tmp_path, stepped_clock, alarms_extra="rotate_mb: 0.004\n")
+    e2 = env2.engine
+    for aid, v in before.items():
+        w = e2.view(e2.find(aid))
+        assert (w.state, w.active, w.acked, w.shelved, w.shelve_until, w.oos) == (
+            v.state, v.active, v.acked, v.shelved, v.shelve_until, v.oos), aid
+    assert e2.find(f"{CAB}/schedule_missed") >= 0
+    e2.close()
+
+
 def test_vectorised_evaluation_matches_reference_loop(alarm_env: AlarmEnv) -> None:
     env = alarm_env
     t = env.engine.cond
