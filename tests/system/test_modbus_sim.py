@@ -195,6 +195,11 @@ async def test_per_luminaire_writes_single_and_multiple(sim):
     assert w.bank.level[sim.lum("a/c3/l05")] == 100.0
     rd = await c.read_holding_registers(1000 + 16 * 2, count=1, device_id=7)
     assert rd.registers == [333]
+    # level and its fade time in one FC16 write: the fade applies to that level change
+    assert not (await c.write_registers(1000 + 16 * 5, [500, 40], device_id=7)).isError()
+    assert (await c.read_holding_registers(1000 + 16 * 5, count=2, device_id=7)).registers == [500, 40]
+    await sim.clock.advance(2)
+    assert (await c.read_input_registers(1000 + 16 * 5 + 1, count=1, device_id=7)).registers == [750]
 
 
 async def test_contactor_coil_cuts_and_restores_power(sim):
