@@ -267,7 +267,7 @@ def decode_json(payload: bytes, max_payload: int) -> Any:
         rest = text[e.pos:].strip()
         if (not rest or e.msg.startswith("Unterminated")
                 or (len(rest) < 5 and any(lit.startswith(rest) for lit in _LITERALS))
-                or (rest[:1] in "-0123456789" and rest.rstrip("0123456789.eE+-") == "")):
+                or (len(rest) < 32 and rest.strip("0123456789.eE+-") == "")):
             raise Reject(TRUNCATED, f"{e.msg} at char {e.pos}") from None
         raise Reject(NOT_JSON, f"{e.msg} at char {e.pos}") from None
     except RecursionError:
