@@ -35,6 +35,22 @@ _DEFAULTS = {"eq": 1.0, "hihi": np.nan, "hi": np.nan, "lo": np.nan, "lolo": np.n
              "off_delay": 0.0, "rate_v": np.nan, "rate_t": np.nan}
 
 
+def csr_gather(ptr: np.ndarray, order: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Values ``order[ptr[k]:ptr[k+1]]`` for every key ``k`` of ``keys``, concatenated, in one
+    vectorised gather; the flag says every key had at most one value (no duplicates possible)."""
+    start = ptr[keys]
+    cnt = ptr[keys + 1] - start
+    sel = cnt > 0
+    if not sel.any():
+        return np.zeros(0, dtype=np.int64), True
+    start, cnt = start[sel], cnt[sel]
+    total = int(cnt.sum())
+    if total == len(cnt):  # one value per key: the common case
+        return order[start], True
+    offs = np.repeat(start - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
+    return order[offs + np.arange(total)], False
+
+
 class ConditionTable:
     """Column store of every condition row and its raw (undelayed) level."""
 
@@ -104,21 +120,9 @@ class ConditionTable:
 
     def rows_for(self, tags: np.ndarray) -> np.ndarray:
         """Rows concerned by the changed ``tags`` (vectorised CSR gather, duplicates removed)."""
-        ptr = self._ptr
-        t = tags[tags < len(ptr) - 1]
-        start = ptr[t]
-        cnt = ptr[t + 1] - start
-        sel = cnt > 0
-        if not sel.any():
-            return np.zeros(0, dtype=np.int64)
-        start, cnt = start[sel], cnt[sel]
-        total = int(cnt.sum())
-        if total == len(cnt):  # one row per tag: the common case
-            rows = self._rows[start]
-        else:
-            offs = np.repeat(start - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
-            rows = self._rows[offs + np.arange(total)]
-        if total != len(cnt) or (self.has_ref and self._is_ref[t].any()):
+        t = tags[tags < len(self._ptr) - 1]
+        rows, one_each = csr_gather(self._ptr, self._rows, t)
+        if not one_each or (self.has_ref and self._is_ref[t].any()):
             # a row is reached twice only through its tag and its reference tag
             rows = np.unique(rows)
         return rows

@@ -742,14 +742,7 @@ class AlarmEngine:
                 now = self.clock.time()
                 self.due(now)
                 nxt = self.next_deadline(self.clock.time())
-                sleeper = asyncio.ensure_future(self.clock.sleep(nxt - self.clock.time()))
-                waiter = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for t in (sleeper, waiter):
-                        t.cancel()
-                    await asyncio.gather(sleeper, waiter, return_exceptions=True)
+                await M.sleep_or_wake(self.clock, nxt - self.clock.time(), self._wake)
         finally:
             fs.cancel()
             await asyncio.gather(fs, return_exceptions=True)

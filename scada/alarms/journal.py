@@ -323,9 +323,14 @@ def current_states(directory: str) -> tuple[dict[str, dict[str, Any]], dict[str,
                 raised[e["alarm_id"]] = e["raised_ts"]
         for d in snap.get("devices", []):
             devices[d] = {"device": d, "event": "out_of_service", "name": "", "alarm_id": d}
-    for e in iter_journal(directory, first):
-        if e.get("seq", 0) <= after:
-            continue
+    _fold((e for e in iter_journal(directory, first) if e.get("seq", 0) > after),
+          alarms, devices, raised)
+    return alarms, devices, raised
+
+
+def _fold(entries: Iterable[dict[str, Any]], alarms: dict[str, dict[str, Any]],
+          devices: dict[str, dict[str, Any]], raised: dict[str, float] | None = None) -> None:
+    for e in entries:
         if not e.get("name"):
             if e.get("event") in ("out_of_service", "in_service"):
                 devices[e.get("device", "")] = e
@@ -333,9 +338,8 @@ def current_states(directory: str) -> tuple[dict[str, dict[str, Any]], dict[str,
         aid = e.get("alarm_id")
         if isinstance(aid, str):
             alarms[aid] = e
-            if e.get("event") == "raise":
+            if raised is not None and e.get("event") == "raise":
                 raised[aid] = e["ts"]
-    return alarms, devices, raised
 
 
 def replay(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -347,12 +351,5 @@ def replay(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]]
     """
     alarms: dict[str, dict[str, Any]] = {}
     devices: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        if not e.get("name"):
-            if e.get("event") in ("out_of_service", "in_service"):
-                devices[e.get("device", "")] = e
-            continue
-        aid = e.get("alarm_id")
-        if isinstance(aid, str):
-            alarms[aid] = e
+    _fold(entries, alarms, devices)
     return alarms, devices

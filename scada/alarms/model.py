@@ -23,6 +23,7 @@ annunciated then (ISA-18.2 §11.4).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,3 +140,16 @@ class AlarmEvent:
             "suppressed": self.suppressed, "oos": self.oos, "user": self.user,
             "comment": self.comment, "value": self.value, "message": self.message,
         }
+
+
+async def sleep_or_wake(clock: Any, seconds: float, wake: asyncio.Event) -> None:
+    """Sleep ``seconds`` on ``clock`` or until ``wake`` is set, whichever comes first (the timer
+    tasks sleep to their next deadline and are woken when a nearer one appears)."""
+    sleeper = asyncio.ensure_future(clock.sleep(max(0.0, seconds)))
+    waiter = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (sleeper, waiter):
+            t.cancel()
+        await asyncio.gather(sleeper, waiter, return_exceptions=True)

@@ -269,14 +269,7 @@ class Notifier:
                 now = self.clock.time()
                 self.due(now)
                 nxt = min((d for s in self._esc.values() for d, *_ in s), default=now + 3600)
-                sleeper = asyncio.ensure_future(self.clock.sleep(max(0.0, nxt - now)))
-                waiter = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for t in (sleeper, waiter):
-                        t.cancel()
-                    await asyncio.gather(sleeper, waiter, return_exceptions=True)
+                await M.sleep_or_wake(self.clock, nxt - now, self._wake)
         finally:
             for t in tasks:
                 t.cancel()

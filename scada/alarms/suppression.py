@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conditions import csr_gather
+
 _BAD = np.uint32(0x80000000)
 
 SRC_ALARM, SRC_POINT = 0, 1
@@ -35,15 +37,7 @@ def _csr(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _gather(ptr: np.ndarray, order: np.ndarray, keys: np.ndarray) -> np.ndarray:
     keys = keys[(keys >= 0) & (keys < len(ptr) - 1)]
-    start = ptr[keys]
-    cnt = ptr[keys + 1] - start
-    sel = cnt > 0
-    if not sel.any():
-        return np.zeros(0, dtype=np.int64)
-    start, cnt = start[sel], cnt[sel]
-    total = int(cnt.sum())
-    offs = np.repeat(start - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
-    return np.unique(order[offs + np.arange(total)])
+    return np.unique(csr_gather(ptr, order, keys)[0])
 
 
 class SuppressionTable:
