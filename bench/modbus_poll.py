@@ -243,7 +243,7 @@ async def city(site_path: Path, warmup: float, window: float):
         "window_s": round(dt, 1),
         "driver_cpu_pct": round(100 * cpu / dt, 1),
         "polls": polls,
-        "polls_expected": int(n_st * window / 2.0),
+        "polls_expected": int(n_st * window / 2.0 + n_st * window / 60.0),
         "late_polls": int(h.get("late_cycles") - late0),
         "errors": int(h.get("errors") - err0),
         "requests_per_s": round((sum(lk.stats["requests"] for lk in drv.links.values()) - req0) / dt, 1),

@@ -409,3 +409,43 @@ async def test_loader_reports_source_errors_with_lines(tmp_path):
         load_site(path)
     text = str(e.value)
     assert "site.yaml:" in text and "uint33" in text and "colour" in text
+
+
+async def test_writes_never_interleave_with_polls_on_a_shared_connection(tmp_path, modbus_server, stepped_clock):
+    srv = await modbus_server(units=(1, 2))
+    fill_vendor(srv, unit=1)
+    fill_vendor(srv, unit=2)
+    async with Harness(vendor_site(tmp_path, (srv.port, 1), (srv.port, 2)), stepped_clock) as h:
+        assert len(h.drv.links) == 1
+        sp1 = h.rt.tagdb.index("a/m1/setpoint")
+        sp2 = h.rt.tagdb.index("a/m2/setpoint")
+
+        async def polls() -> None:
+            for _ in range(10):
+                await h.clock.advance(2.0)
+                await asyncio.sleep(0.01)
+
+        values = [0.5 * k for k in range(40)]
+        results = await asyncio.gather(
+            polls(), *(h.drv.write(sp1 if k % 2 else sp2, v) for k, v in enumerate(values)))
+        await h.drv.wait_idle()
+        assert results[1:] == [Q.Good] * len(values)
+        assert srv.registers("holding", 30, 1, unit=1) == [int(values[-1] * 2)]
+        assert srv.registers("holding", 30, 1, unit=2) == [int(values[-2] * 2)]
+        assert h.health("stale") == 0 and h.health("malformed") == 0 and h.health("errors") == 0
+        await h.step(0)
+        assert h.read("a/m1/setpoint").value == values[-1]
+        assert h.read("a/m2/setpoint").value == values[-2]
+
+
+async def test_health_counters_are_system_tags(tmp_path, modbus_server, stepped_clock):
+    srv = await modbus_server()
+    fill_vendor(srv)
+    async with Harness(vendor_site(tmp_path, (srv.port, 1)), stepped_clock) as h:
+        await h.step(1.0, n=2)  # the housekeeping runs on the clock, once a second
+        h.rt.publish_health()
+        assert h.read("_system/modbus/devices").value == 1
+        assert h.read("_system/modbus/connected").value == 1
+        assert h.read("_system/modbus/requests").value >= 6
+        assert h.read("_system/modbus/timeouts").value == 0
+        assert h.rt.tagdb.info("_system/modbus/stale").point.description
