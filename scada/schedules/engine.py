@@ -47,7 +47,7 @@ class Command:
 
     tag: str
     value: Any
-    kind: str  # contactor | cabinet | broadcast | group | single
+    kind: str  # contactor | fade | cabinet | broadcast | group | single
     covers: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     level: float = float("nan")
 
@@ -85,9 +85,11 @@ class Fleet:
             else np.empty(0, np.int64)
         )
         self.parent_kind: list[str] = []
+        self.parent_fade: list[bool] = []  # cabinet has a group_fade_s register
         for p in self.parent_list:
             dev = parents.get(p)
             names = {x.name for x in dev.profile.points} if dev is not None else set()
+            self.parent_fade.append("group_fade_s" in names)
             if "group_level" in names:
                 self.parent_kind.append(
                     "cabinet+contactor" if "contactor_cmd" in names else "cabinet"
@@ -140,6 +142,7 @@ class Commander:
         self.fleet = fleet
         self.commanded = np.full(len(fleet), np.nan)
         self.contactor: dict[str, bool] = {}
+        self.fade: dict[str, float] = {}
         self._last: np.ndarray | None = None
         self._unsent = 0
 
@@ -152,22 +155,27 @@ class Commander:
         """Forget what was commanded (after a reconnect: re-send everything on the next plan)."""
         self.commanded[:] = np.nan
         self.contactor.clear()
+        self.fade.clear()
         self._last = None
 
-    def plan(self, wanted: np.ndarray) -> list[Command]:
-        """Commands that bring the fleet to ``wanted`` (NaN: leave alone), contactors first."""
+    def plan(self, wanted: np.ndarray, fades: np.ndarray | None = None) -> list[Command]:
+        """Commands that bring the fleet to ``wanted`` (NaN: leave alone), contactors first.
+
+        ``fades`` (s per luminaire, the profile's fade) is written to a cabinet's
+        ``group_fade_s`` register before its ``group_level`` when it differs from the last one.
+        """
         if (
             self._last is not None
             and self._unsent == 0
             and np.array_equal(wanted, self._last, equal_nan=True)
         ):
             return []  # nothing changed since a plan that was fully carried out
-        cmds = self._plan(wanted)
+        cmds = self._plan(wanted, fades)
         self._last = wanted.copy()
         self._unsent = len(cmds)
         return cmds
 
-    def _plan(self, wanted: np.ndarray) -> list[Command]:
+    def _plan(self, wanted: np.ndarray, fades: np.ndarray | None) -> list[Command]:
         f = self.fleet
         first: list[Command] = []
         out: list[Command] = []
@@ -199,7 +207,16 @@ class Commander:
             if changed.size == 0:
                 continue
             if kind.startswith("cabinet"):
-                out += self._cabinet(parent, sched, changed, wanted)
+                cab = self._cabinet(parent, sched, changed, wanted)
+                if fades is not None and f.parent_fade[pi] and cab[0].kind == "cabinet":
+                    fade = float(np.max(fades[sched]))
+                    if self.fade.get(parent) != fade:
+                        out.append(
+                            Command(
+                                f"{parent}/group_fade_s", fade, "fade", np.empty(0, dtype=np.int64)
+                            )
+                        )
+                out += cab
             elif kind == "dali":
                 out += self._dali(parent, sched, changed, wanted)
             else:
@@ -275,6 +292,9 @@ class Commander:
     def mark_sent(self, cmd: Command) -> None:
         """Record a command the device accepted (a refused one is planned again next time)."""
         self._unsent = max(0, self._unsent - 1)
+        if cmd.kind == "fade":
+            self.fade[cmd.tag.rsplit("/", 1)[0]] = float(cmd.value)
+            return
         if cmd.kind == "contactor":
             self.contactor[cmd.tag.rsplit("/", 1)[0]] = bool(cmd.value)
             if not cmd.value:

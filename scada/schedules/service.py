@@ -191,7 +191,8 @@ class ScheduleService(Service):
         if self.store.reload_if_changed():
             self._ov_masks.clear()
         wanted = self.wanted(now)
-        cmds = self.commander.plan(wanted)
+        plan, row = self.plan_for(now)
+        cmds = self.commander.plan(wanted, self._fades(plan, row))
         await self._send(cmds)
         await self._verify(self.clock.time())
         self._publish(now, wanted)

@@ -66,6 +66,7 @@ schedules:
   tick: 20s
   profiles:
     evening:
+      fade: 20s
       steps:
         - {{at: dusk, level: 100}}
         - {{at: "18:00", level: 50}}
@@ -172,5 +173,10 @@ async def test_evening_followed_through_modbus_and_ignoring_luminaire_alarmed(tm
         assert not [t for t in tags if t.endswith("level_cmd")]
         c1 = [v for _, t, v in n.writes if t == "a/c1/group_level"]
         assert c1 == [100.0, 50.0, 30.0]
+        # the profile's fade goes to the cabinet's fade register once, before the first level
+        c1_all = [(t, v) for _, t, v in n.writes if t.startswith("a/c1/") and "contactor" not in t]
+        assert c1_all[0] == ("a/c1/group_fade_s", 20.0)
+        assert [t for t, _ in c1_all].count("a/c1/group_fade_s") == 1
+        assert n.rt.tagdb.read("a/c1/group_fade_s").value == pytest.approx(20.0)
         con = [v for _, t, v in n.writes if t == "a/c1/contactor_cmd"]
         assert con == [False, True, False]
