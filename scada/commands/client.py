@@ -103,6 +103,7 @@ async def _connect(o: dict[str, Any]):
     from asyncua.crypto import security_policies as sp
 
     c = Client(o["endpoint"], timeout=o["timeout"])
+    c.session_timeout = 60_000  # the server clamps longer requests anyway
     if o["username"]:
         c.set_user(o["username"])
         c.set_password(o["password"] or "")

@@ -74,6 +74,26 @@ async def test_history_raw_with_continuation_and_processed(hmi):
         assert r.StatusCode.value == ua.StatusCodes.BadAggregateNotSupported
 
 
+async def test_history_from_the_real_historian(tmp_path):
+    """End to end with the historian service (embedded backend): values fed to the tag
+    database, recorded, flushed, read back over OPC UA HistoryRead."""
+    from tests.fixtures.hmi import start_hmi
+
+    h = await start_hmi(tmp_path, services=("historian", "opcua"))
+    try:
+        path = "centre/cab-01/power_w"
+        now = h.runtime.clock.time()
+        for k, v in enumerate((100.0, 150.0, 125.0)):
+            h.feed({path: v}, source_ts=now - 30 + k * 10)
+        await h.runtime.services["historian"].flush()
+        async with h.client() as c:
+            dvs = await h.node(c, path).read_raw_history(_dt(now - 60), _dt(now + 1))
+        assert [dv.Value.Value for dv in dvs] == [100.0, 150.0, 125.0]
+        assert [round(dv.SourceTimestamp.timestamp()) for dv in dvs] == [round(now - 30 + k * 10) for k in range(3)]
+    finally:
+        await h.runtime.stop()
+
+
 async def test_no_historian_means_history_unsupported(hmi):
     async with hmi.client() as c:
         n = hmi.node(c, "centre/cab-01/power_w")
