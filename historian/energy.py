@@ -15,7 +15,7 @@ Concepts 2022):
 * **Reporting period energy**, side by side:
 
   - Option A (retrofit isolation, key parameter measured): measured full-output LED power
-    (median of the daily maxima of ``power_w``) x the stipulated burning hours;
+    (mean of the nightly maxima of ``power_w``) x the stipulated burning hours;
   - Option B (retrofit isolation, all parameters measured): the luminaires' D4i energy
     counters ``energy_wh`` (IEC 62386-252 energy reporting);
   - Option C (whole facility): the cabinets' energy meters ``energy_wh``.
@@ -27,8 +27,8 @@ later reading; resets (reading goes down: counted from 0), rollovers, and meter 
 :func:`historian.query.counter_deltas`. Gaps: when readings resume after missing nights, the
 counter's increase across the gap is spread over the missing nights in proportion to their
 burning hours (*filled*); nights with no reading before or after (start/end of data, or a
-point with no data) are *estimated* from the point's own measured Wh per burning hour (or its
-rated ``nominal_w``). Completeness = measured nights / nights in service.
+point with no data) are *estimated* from the point's own Wh per burning hour over its fully
+measured nights (or its rated ``nominal_w``). Completeness = measured nights / nights in service.
 
 The inventory (YAML or CSV) is a versioned input: its SHA-256 is printed in every report, so a
 figure can be traced to the exact inputs that produced it.
@@ -52,7 +52,7 @@ import yaml
 
 from scada import astro
 
-from .base import Backend
+from .base import Backend, Buckets
 from .query import counter_deltas
 
 log = logging.getLogger("historian.energy")
@@ -177,7 +177,7 @@ class EnergyResult:
 # ---------------------------------------------------------------------------- counters
 def counter_energy(
     backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray,
-    max_w: np.ndarray, progress: Callable[[str], None] | None = None,
+    max_w: np.ndarray, progress: Callable[[str], None] | None = None, bk: Buckets | dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Energy (Wh) per series and night from accumulating counters.
 
@@ -187,19 +187,24 @@ def counter_energy(
     the series' own Wh per burning hour (or ``max_w / 3`` ... see the module doc).
     """
     S, D1 = len(keys), len(edges) - 1
-    bk = backend.buckets(keys, edges)
-    fv = np.full((S, D1), np.nan)
-    lv = np.full((S, D1), np.nan)
-    ft = np.full((S, D1), np.nan)
-    lt = np.full((S, D1), np.nan)
-    cnt = np.zeros((S, D1), np.int64)
-    mono = np.ones((S, D1), bool)
-    ok = (bk.bucket >= 0) & (bk.bucket < D1) & (bk.count > 0)
-    s_, k_ = bk.sid[ok], bk.bucket[ok]
-    fv[s_, k_], lv[s_, k_] = bk.first_v[ok], bk.last_v[ok]
-    ft[s_, k_], lt[s_, k_] = bk.first_t[ok], bk.last_t[ok]
-    cnt[s_, k_] = bk.count[ok]
-    mono[s_, k_] = bk.monotonic[ok]
+    if isinstance(bk, dict):  # roll-up matrices [series, night]
+        fv, lv, ft, lt = bk["first_v"], bk["last_v"], bk["first_t"], bk["last_t"]
+        cnt, mono = bk["count"], bk["mono"]
+    else:
+        if bk is None:
+            bk = backend.buckets(keys, edges)
+        fv = np.full((S, D1), np.nan)
+        lv = np.full((S, D1), np.nan)
+        ft = np.full((S, D1), np.nan)
+        lt = np.full((S, D1), np.nan)
+        cnt = np.zeros((S, D1), np.int64)
+        mono = np.ones((S, D1), bool)
+        ok = (bk.bucket >= 0) & (bk.bucket < D1) & (bk.count > 0)
+        s_, k_ = bk.sid[ok], bk.bucket[ok]
+        fv[s_, k_], lv[s_, k_] = bk.first_v[ok], bk.last_v[ok]
+        ft[s_, k_], lt[s_, k_] = bk.first_t[ok], bk.last_t[ok]
+        cnt[s_, k_] = bk.count[ok]
+        mono[s_, k_] = bk.monotonic[ok]
     has = cnt > 0
     # previous night with data, per series and night (-1: none)
     idx = np.where(has, np.arange(D1)[None, :], -1)
@@ -247,11 +252,12 @@ def counter_energy(
         status[s, p + 1 : k] = FILLED
     # nights before the first / after the last reading: estimated from the series' own rate
     measured_full = (status == MEASURED) & direct & (hours[None, :] > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_h = np.where(measured_full, energy / hours[None, :], np.nan)
-    own = np.nanmedian(np.where(np.isnan(per_h).all(axis=1, keepdims=True), 0.0, per_h), axis=1)
+    # Wh per burning hour over the fully measured nights (ratio of sums), else the rated power
+    e_full = np.where(measured_full, energy, 0.0).sum(axis=1)
+    h_full = np.where(measured_full, hours[None, :], 0.0).sum(axis=1)
     fallback = max_w / 3.0  # rated LED power (max_w is 3 x rated)
-    rate_h = np.where(np.isnan(per_h).all(axis=1), fallback, own)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate_h = np.where(h_full > 0, e_full / h_full, fallback)
     est = status == ESTIMATED
     energy[est] = (rate_h[:, None] * hours[None, :])[est]
     return energy[:, 1:], status[:, 1:], resets, repl
@@ -275,8 +281,13 @@ def compute(
     area: str | None = None,
     cabinet_meters: bool = True,
     progress: Callable[[str], None] | None = None,
+    rollups: Any = None,
 ) -> EnergyResult:
-    """Savings of the nights ``d0..d1`` (inclusive) for the inventory (see module doc)."""
+    """Savings of the nights ``d0..d1`` (inclusive) for the inventory (see module doc).
+
+    ``rollups`` (:class:`historian.rollup.Rollups`): read per-night counter summaries from
+    there, computing missing or stale nights first, instead of scanning raw data.
+    """
     say = progress or (lambda m: None)
     pts = [p for p in inventory.points if area is None or p.area == area]
     if not pts:
@@ -303,21 +314,36 @@ def compute(
     # Option B: luminaire counters
     say("option B: luminaire energy counters")
     max_w = 3.0 * np.maximum(nominal, 1.0)
-    eb, st_b, resets, repl = counter_energy(backend, [f"{p.path}/energy_wh" for p in pts], edges,
-                                            hours_all, max_w, say)
+    night_dates = [d0 - timedelta(days=1) + timedelta(days=k) for k in range(D + 1)]
+
+    def summaries(keys: list[str]) -> dict[str, np.ndarray] | None:
+        if rollups is None:
+            return None
+        rollups.update(backend, keys, tz, night_dates[0], night_dates[-1])
+        return rollups.matrices(keys, night_dates)
+
+    e_keys = [f"{p.path}/energy_wh" for p in pts]
+    eb, st_b, resets, repl = counter_energy(backend, e_keys, edges, hours_all, max_w, say, summaries(e_keys))
     eb = np.where(active, eb, 0.0)
     st_b = np.where(active, st_b, INACTIVE)
 
     # Option A: measured full-output power x stipulated hours
     say("option A: measured LED power x burning hours")
-    pk = backend.buckets([f"{p.path}/power_w" for p in pts], edges)
-    pmax = np.full((L, D + 1), np.nan)
-    okp = (pk.bucket >= 0) & (pk.bucket <= D) & (pk.count > 0)
-    pmax[pk.sid[okp], pk.bucket[okp]] = pk.vmax[okp]
+    p_keys = [f"{p.path}/power_w" for p in pts]
+    if set(backend.series("*/power_w")).isdisjoint(p_keys):
+        pk = _empty_buckets_like(p_keys)  # no power recorded: rated power stands in
+    else:
+        pk = summaries(p_keys) or backend.buckets(p_keys, edges)
+    if isinstance(pk, dict):
+        pmax = np.where(pk["count"] > 0, pk["vmax"], np.nan)
+    else:
+        pmax = np.full((L, D + 1), np.nan)
+        okp = (pk.bucket >= 0) & (pk.bucket <= D) & (pk.count > 0)
+        pmax[pk.sid[okp], pk.bucket[okp]] = pk.vmax[okp]
     pmax[pmax <= 1.0] = np.nan  # nights it never lit say nothing about its power
-    with np.errstate(invalid="ignore"):
-        p_led = np.where(np.isnan(pmax).all(axis=1), nominal,
-                         np.nanmedian(np.where(np.isnan(pmax).all(axis=1, keepdims=True), 0.0, pmax), axis=1))
+    n_p = (~np.isnan(pmax)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_led = np.where(n_p > 0, np.nansum(pmax, axis=1) / np.maximum(n_p, 1), nominal)
     ea = p_led[:, None] * hours[None, :] * active
 
     # Option C: cabinet meters against the baseline of the points behind each cabinet
@@ -332,14 +358,21 @@ def compute(
         say("option C: cabinet energy meters")
         cab_max = np.zeros(len(cabs))
         np.add.at(cab_max, lum_cab[lum_cab >= 0], 3.0 * legacy[lum_cab >= 0])
-        ec, st_c, _, _ = counter_energy(backend, [f"{c}/energy_wh" for c in cabs], edges, hours_all,
-                                        np.maximum(cab_max, 1.0), say)
+        c_keys = [f"{c}/energy_wh" for c in cabs]
+        ec, st_c, _, _ = counter_energy(backend, c_keys, edges, hours_all, np.maximum(cab_max, 1.0), say,
+                                        summaries(c_keys))
         present = (st_c != ESTIMATED).any(axis=1)
         ec = np.where(present[:, None], ec, np.nan)  # a cabinet without a meter: no option C
 
     say("aggregating")
     return _assemble(inventory, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
                      cabs, lum_cab, base_cab, ec, st_c, backend, d0, d1, area)
+
+
+def _empty_buckets_like(keys: list[str]) -> Buckets:
+    z = np.zeros(0)
+    zi = np.zeros(0, np.int64)
+    return Buckets(keys, zi, zi, z, z, z, z, z, z, zi, zi, np.zeros(0, bool))
 
 
 def _pct(saved: float, base: float) -> float | None:
@@ -352,120 +385,133 @@ def _kwh(x: float) -> float | None:
 
 def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl, cabs, lum_cab,
               base_cab, ec, st_c, backend, d0, d1, area) -> EnergyResult:
+    """Every table of the report from the per luminaire x night arrays (vectorised: totals per
+    luminaire and per night first, then grouped sums with bincount)."""
     D = len(nd)
-    months = np.array([date.fromordinal(int(d) + astro._EPOCH_ORD).strftime("%Y-%m") for d in nd])
-    act_n = active.sum()
-    meas = (st_b == MEASURED).sum()
-    filled = (st_b == FILLED).sum()
-    estim = (st_b == ESTIMATED).sum()
-    B = baseline.sum()
+    target = inv.target_pct
+    # per luminaire and per night totals
+    base_l, eb_l, ea_l = baseline.sum(1), eb.sum(1), ea.sum(1)
+    act_l = active.sum(1)
+    meas = st_b == MEASURED
+    meas_l = meas.sum(1)
+    fill_l = (st_b == FILLED).sum(1)
+    est_l = (st_b == ESTIMATED).sum(1)
+    base_d, eb_d, ea_d = baseline.sum(0), eb.sum(0), ea.sum(0)
+    act_d, meas_d = active.sum(0), meas.sum(0)
+    ec_valid = ~np.isnan(ec).any(axis=1) if len(cabs) else np.zeros(0, bool)
+    have_c = bool(ec_valid.any())
+    cb_d = base_cab[ec_valid].sum(0) if have_c else np.zeros(D)
+    ec_d = np.nansum(ec[ec_valid], axis=0) if have_c else np.zeros(D)
+
+    act_n, meas_n = int(act_l.sum()), int(meas_l.sum())
+    filled, estim = int(fill_l.sum()), int(est_l.sum())
+    B = float(base_l.sum())
 
     def summary_row(option: str, actual: float, base: float, complete: float | None) -> dict[str, Any]:
         return {"option": option, "baseline_kwh": _kwh(base), "actual_kwh": _kwh(actual),
                 "saved_kwh": _kwh(base - actual), "savings_pct": _pct(base - actual, base),
-                "target_pct": inv.target_pct, "target_met": bool(base > 0 and 100 * (base - actual) / base >= inv.target_pct),
+                "target_pct": target, "target_met": bool(base > 0 and 100 * (base - actual) / base >= target),
                 "completeness_pct": complete}
 
-    completeness = round(100.0 * meas / act_n, 3) if act_n else None
-    ec_valid = ~np.isnan(ec).any(axis=1) if len(cabs) else np.zeros(0, bool)
+    completeness = round(100.0 * meas_n / act_n, 3) if act_n else None
     summary = [
-        summary_row("A: measured power x burning hours", float(ea.sum()), float(B), None),
-        summary_row("B: luminaire D4i counters", float(eb.sum()), float(B), completeness),
+        summary_row("A: measured power x burning hours", float(ea_l.sum()), B, None),
+        summary_row("B: luminaire D4i counters", float(eb_l.sum()), B, completeness),
     ]
-    if ec_valid.any():
-        cb = float(base_cab[ec_valid].sum())
-        cc = round(100.0 * (st_c[ec_valid] == MEASURED).sum() / st_c[ec_valid].size, 3)
-        summary.append(summary_row("C: cabinet meters", float(np.nansum(ec[ec_valid])), cb, cc))
-    # uncertainty: meter accuracy on measured nights, more on filled/estimated ones (B)
-    e_meas = float(eb[st_b == MEASURED].sum())
+    if have_c:
+        cc = round(100.0 * float((st_c[ec_valid] == MEASURED).sum()) / st_c[ec_valid].size, 3)
+        summary.append(summary_row("C: cabinet meters", float(ec_d.sum()), float(cb_d.sum()), cc))
+    # uncertainty: meter accuracy on measured nights, more on filled/estimated ones (option B)
+    e_meas = float(eb[meas].sum())
     e_fill = float(eb[st_b == FILLED].sum())
     e_est = float(eb[st_b == ESTIMATED].sum())
     u_abs = math.sqrt((U_METER * e_meas) ** 2 + (U_FILLED * e_fill) ** 2 + (U_ESTIMATED * e_est) ** 2)
     u_pts = 100.0 * u_abs / B if B > 0 else float("nan")
-    sav_b = summary[1]["savings_pct"]
     uncertainty = (
-        f"Option B savings {sav_b} % +/- {u_pts:.2f} percentage points (1 sigma; docs/energy-kpi.md): "
-        f"{100 * meas / max(act_n, 1):.2f} % of luminaire-nights measured, "
+        f"Option B savings {summary[1]['savings_pct']} % +/- {u_pts:.2f} percentage points (1 sigma; "
+        f"docs/energy-kpi.md): {100 * meas_n / max(act_n, 1):.2f} % of luminaire-nights measured, "
         f"{100 * filled / max(act_n, 1):.2f} % filled across gaps, {100 * estim / max(act_n, 1):.2f} % estimated; "
         f"assumed relative uncertainty {U_METER:.0%} measured, {U_FILLED:.0%} filled, {U_ESTIMATED:.0%} estimated."
     )
     for r in summary:
         r["uncertainty_pts"] = round(u_pts, 3) if r["option"].startswith("B") else None
 
-    # monthly and cumulative (option B is the contract figure; A and C beside it)
+    # months (option B is the contract figure; A and C beside it) and the cumulative trajectory
+    day_dates = [date.fromordinal(int(d) + astro._EPOCH_ORD) for d in nd]
+    month_lab, mi = np.unique(np.array([f"{x.year:04d}-{x.month:02d}" for x in day_dates]), return_inverse=True)
+    M = len(month_lab)
+
+    def by_month(x: np.ndarray) -> list[float]:
+        return np.bincount(mi, weights=x.astype(np.float64), minlength=M).tolist()
+
+    mb, mab, maa, mcb, mac = by_month(base_d), by_month(eb_d), by_month(ea_d), by_month(cb_d), by_month(ec_d)
+    mact, mmeas, mn, mh = by_month(act_d), by_month(meas_d), by_month(np.ones(D)), by_month(hours)
     monthly = []
     cum_b = cum_a = 0.0
-    for m in sorted(set(months.tolist())):
-        sel = months == m
-        b = float(baseline[:, sel].sum())
-        a_b = float(eb[:, sel].sum())
-        a_a = float(ea[:, sel].sum())
-        c_b = float(base_cab[ec_valid][:, sel].sum()) if ec_valid.any() else 0.0
-        a_c = float(np.nansum(ec[ec_valid][:, sel])) if ec_valid.any() else float("nan")
-        n_act = active[:, sel].sum()
+    for k, m in enumerate(month_lab.tolist()):
+        b, a_b, a_a = mb[k], mab[k], maa[k]
         cum_b += b
         cum_a += a_b
         monthly.append({
-            "month": m, "nights": int(sel.sum()), "burning_hours": round(float(hours[sel].sum()), 3),
+            "month": m, "nights": int(mn[k]), "burning_hours": round(mh[k], 3),
             "baseline_kwh": _kwh(b), "actual_kwh_a": _kwh(a_a), "actual_kwh_b": _kwh(a_b),
-            "actual_kwh_c": _kwh(a_c), "savings_pct_a": _pct(b - a_a, b), "savings_pct_b": _pct(b - a_b, b),
-            "savings_pct_c": _pct(c_b - a_c, c_b) if ec_valid.any() else None,
+            "actual_kwh_c": _kwh(mac[k]) if have_c else None, "savings_pct_a": _pct(b - a_a, b),
+            "savings_pct_b": _pct(b - a_b, b), "savings_pct_c": _pct(mcb[k] - mac[k], mcb[k]) if have_c else None,
             "saved_kwh_b": _kwh(b - a_b),
-            "completeness_pct": round(100.0 * (st_b[:, sel] == MEASURED).sum() / n_act, 3) if n_act else None,
-            "cumulative_savings_pct_b": _pct(cum_b - cum_a, cum_b), "target_pct": inv.target_pct,
+            "completeness_pct": round(100.0 * mmeas[k] / mact[k], 3) if mact[k] else None,
+            "cumulative_savings_pct_b": _pct(cum_b - cum_a, cum_b), "target_pct": target,
         })
 
     # contract years
     start = inv.contract_start or d0
-    s_ord = astro.to_dates([start])[0]
+    yi = np.array([_contract_year(start, x.toordinal()) if x >= start else 0 for x in day_dates])
     years = []
-    yi = np.array([_contract_year(start, int(d) + astro._EPOCH_ORD) if d >= s_ord else 0 for d in nd])
     for y in sorted(set(yi.tolist())):
         sel = yi == y
-        b = float(baseline[:, sel].sum())
-        a = float(eb[:, sel].sum())
-        first = date.fromordinal(int(nd[sel][0]) + astro._EPOCH_ORD)
-        last = date.fromordinal(int(nd[sel][-1]) + astro._EPOCH_ORD)
-        years.append({"contract_year": int(y), "from": str(first), "to": str(last),
+        b, a = float(base_d[sel].sum()), float(eb_d[sel].sum())
+        days_sel = [x for x, s_ in zip(day_dates, sel.tolist(), strict=True) if s_]
+        years.append({"contract_year": int(y), "from": str(days_sel[0]), "to": str(days_sel[-1]),
                       "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
-                      "target_pct": inv.target_pct})
+                      "target_pct": target})
 
     def group_rows(labels: list[str], name: str) -> list[dict[str, Any]]:
-        out = []
-        lab = np.array(labels)
-        for g in sorted(set(labels)):
-            sel = lab == g
-            b = float(baseline[sel].sum())
-            a = float(eb[sel].sum())
-            n_act = active[sel].sum()
-            out.append({name: g, "luminaires": int(sel.sum()), "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a),
-                        "actual_kwh_a": _kwh(float(ea[sel].sum())), "savings_pct_b": _pct(b - a, b),
-                        "completeness_pct": round(100.0 * (st_b[sel] == MEASURED).sum() / n_act, 3) if n_act else None})
-        return out
+        lab, inv_ = np.unique(np.array(labels), return_inverse=True)
+        G = len(lab)
+
+        def g(x: np.ndarray) -> list[float]:
+            return np.bincount(inv_, weights=x.astype(np.float64), minlength=G).tolist()
+
+        n, gb, ga, gaa, gact, gmeas = g(np.ones(len(labels))), g(base_l), g(eb_l), g(ea_l), g(act_l), g(meas_l)
+        return [{name: str(lab[k]), "luminaires": int(n[k]), "baseline_kwh": _kwh(gb[k]), "actual_kwh_b": _kwh(ga[k]),
+                 "actual_kwh_a": _kwh(gaa[k]), "savings_pct_b": _pct(gb[k] - ga[k], gb[k]),
+                 "completeness_pct": round(100.0 * gmeas[k] / gact[k], 3) if gact[k] else None}
+                for k in range(G)]
 
     areas = group_rows([p.area for p in pts], "area")
     cab_rows = group_rows([p.cabinet for p in pts], "cabinet")
+    cab_ix = {c: i for i, c in enumerate(cabs)}
+    area_of = {p.cabinet: p.area for p in pts}
+    ec_tot = np.nansum(ec, axis=1) if len(cabs) else np.zeros(0)
+    cb_tot = base_cab.sum(1) if len(cabs) else np.zeros(0)
     for r in cab_rows:
-        c = cab_ix = cabs.index(r["cabinet"]) if r["cabinet"] in cabs else -1
-        r["area"] = next((p.area for p in pts if p.cabinet == r["cabinet"]), "")
-        if c >= 0 and ec_valid[cab_ix]:
-            r["actual_kwh_c"] = _kwh(float(ec[c].sum()))
-            r["savings_pct_c"] = _pct(float(base_cab[c].sum() - ec[c].sum()), float(base_cab[c].sum()))
+        c = cab_ix.get(r["cabinet"], -1)
+        r["area"] = area_of.get(r["cabinet"], "")
+        if c >= 0 and ec_valid[c]:
+            r["actual_kwh_c"] = _kwh(float(ec_tot[c]))
+            r["savings_pct_c"] = _pct(float(cb_tot[c] - ec_tot[c]), float(cb_tot[c]))
         else:
             r["actual_kwh_c"] = r["savings_pct_c"] = None
     worst = sorted((r for r in cab_rows if r["savings_pct_b"] is not None), key=lambda r: r["savings_pct_b"])[:10]
-    lums = []
-    for i, p in enumerate(pts):
-        b = float(baseline[i].sum())
-        a = float(eb[i].sum())
-        n_act = int(active[i].sum())
-        lums.append({"luminaire": p.path, "cabinet": p.cabinet, "area": p.area, "legacy_w": p.legacy_w,
-                     "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
-                     "nights_in_service": n_act,
-                     "completeness_pct": round(100.0 * int((st_b[i] == MEASURED).sum()) / n_act, 3) if n_act else None,
-                     "filled_nights": int((st_b[i] == FILLED).sum()),
-                     "estimated_nights": int((st_b[i] == ESTIMATED).sum()),
-                     "counter_resets": int(resets[i]), "meter_replacements": int(repl[i])})
+    lums = [
+        {"luminaire": p.path, "cabinet": p.cabinet, "area": p.area, "legacy_w": p.legacy_w,
+         "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
+         "nights_in_service": int(n_act),
+         "completeness_pct": round(100.0 * m_ / n_act, 3) if n_act else None,
+         "filled_nights": int(f_), "estimated_nights": int(e_), "counter_resets": int(r_), "meter_replacements": int(x_)}
+        for p, b, a, n_act, m_, f_, e_, r_, x_ in zip(
+            pts, base_l.tolist(), eb_l.tolist(), act_l.tolist(), meas_l.tolist(), fill_l.tolist(), est_l.tolist(),
+            resets.tolist(), repl.tolist(), strict=True)
+    ]
     inputs = {
         "inventory": inv.source, "inventory_sha256": inv.sha256, "period_from": str(d0), "period_to": str(d1),
         "area": area or "all", "nights": D, "luminaires": len(pts), "cabinets": len(cabs),

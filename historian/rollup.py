@@ -1,0 +1,188 @@
+"""Daily (per-night) roll-ups of counters, so a year's KPI reads 366 small files instead of a
+billion raw values.
+
+One file per point and night (local noon to local noon, as the KPI counts):
+``<dir>/night-YYYY-MM-DD.<point>.npy``, a numpy structured array (no zip, read with one
+``fromfile``) holding per series the first and last good reading (time, value), good and bad
+counts and a monotonic flag - the :class:`historian.base.Buckets` summary the KPI consumes. Row 0
+is a header: ``id = -1`` and ``count`` = the highest block sequence number of the embedded store
+the night was computed from. Series are numbered in ``<dir>/keys.txt`` (append-only).
+
+Staleness: a night whose time range is touched by a block written after the roll-up (a spool
+replay after an outage, a late import) is recomputed on the next :meth:`Rollups.update`; for
+non-embedded backends roll-ups are recomputed when asked (``force``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import date, timedelta
+
+import numpy as np
+
+from scada import astro
+
+from .base import Backend, Buckets
+
+ROW = np.dtype([("id", "<i8"), ("first_t", "<f8"), ("first_v", "<f8"), ("last_t", "<f8"),
+                ("last_v", "<f8"), ("vmax", "<f8"), ("count", "<i8"), ("bad", "<i8"), ("mono", "?")])
+FIELDS = ("first_t", "first_v", "last_t", "last_v", "vmax", "count", "bad", "mono")
+
+
+class Rollups:
+    def __init__(self, directory: str):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self._keys: list[str] = []
+        self._index: dict[str, int] = {}
+        p = os.path.join(self.dir, "keys.txt")
+        if os.path.exists(p):
+            with open(p, encoding="utf-8") as f:
+                self._keys = [line.rstrip("\n") for line in f if line.strip()]
+            self._index = {k: i for i, k in enumerate(self._keys)}
+
+    def _ids(self, keys: Sequence[str]) -> np.ndarray:
+        new = [k for k in dict.fromkeys(keys) if k not in self._index]
+        if new:
+            with open(os.path.join(self.dir, "keys.txt"), "a", encoding="utf-8") as f:
+                f.write("".join(k + "\n" for k in new))
+            for k in new:
+                self._index[k] = len(self._keys)
+                self._keys.append(k)
+        return np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+
+    def path(self, night: date, point: str) -> str:
+        return os.path.join(self.dir, f"night-{night.isoformat()}.{point}.npy")
+
+    def _load(self, night: date, point: str) -> np.ndarray | None:
+        p = self.path(night, point)
+        try:
+            return np.load(p)
+        except FileNotFoundError:
+            return None
+
+    def write_night(self, night: date, point: str, keys: Sequence[str], cols: dict[str, np.ndarray],
+                    seq: int = -1) -> None:
+        """Store one night's summary of ``point`` series (rows parallel to ``keys``), merged with
+        the rows already stored for other series; the file is replaced atomically."""
+        ids = self._ids(keys)
+        rows = np.zeros(len(ids), ROW)
+        rows["id"] = ids
+        for f in FIELDS:
+            rows[f] = cols[f]
+        old = self._load(night, point)
+        if old is not None:
+            keep = old[1:][~np.isin(old["id"][1:], ids)]
+            if len(keep):
+                rows = np.concatenate([keep, rows])
+                seq = min(seq, int(old["count"][0])) if seq >= 0 else seq
+        head = np.zeros(1, ROW)
+        head["id"], head["count"] = -1, seq
+        p = self.path(night, point)
+        tmp = p + ".tmp.npy"
+        np.save(tmp, np.concatenate([head, rows]))
+        os.replace(tmp, p)
+
+    def update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
+               force: bool = False) -> int:
+        """(Re)compute the nights ``d0..d1`` that are missing or stale; returns how many."""
+        nights = [d0 + timedelta(days=k) for k in range((d1 - d0).days + 1)]
+        point = _point(keys)
+        seq_now, blocks = _blocks(backend)
+        ids = self._ids(keys)
+        todo = [n for n in nights if force or self._stale(n, point, ids, tz, seq_now, blocks)]
+        runs: list[list[date]] = []
+        for n in todo:  # contiguous runs: one push-down each
+            if runs and (n - runs[-1][-1]).days == 1:
+                runs[-1].append(n)
+            else:
+                runs.append([n])
+        for run in runs:
+            edges = astro.local_noon_utc(astro.to_dates([*run, run[-1] + timedelta(days=1)]), tz)
+            bk = backend.buckets(keys, edges)
+            for j, night in enumerate(run):
+                m = bk.bucket == j
+                s = bk.sid[m]
+                # series without a point that night are stored as empty rows: known, no data
+                full: dict[str, np.ndarray] = {f: np.full(len(keys), np.nan) for f in FIELDS[:5]}
+                full.update(count=np.zeros(len(keys), np.int64), bad=np.zeros(len(keys), np.int64),
+                            mono=np.ones(len(keys), bool))
+                for f, src in (("first_t", bk.first_t), ("first_v", bk.first_v), ("last_t", bk.last_t),
+                               ("last_v", bk.last_v), ("vmax", bk.vmax), ("count", bk.count), ("bad", bk.bad),
+                               ("mono", bk.monotonic)):
+                    full[f][s] = src[m]
+                self.write_night(night, point, list(keys), full, seq_now)
+        return len(todo)
+
+    def _stale(self, night: date, point: str, ids: np.ndarray, tz: str, seq_now: int,
+               blocks: list[tuple[int, int, int]]) -> bool:
+        arr = self._load(night, point)
+        if arr is None:
+            return True
+        have = arr["id"][1:]
+        if not (len(have) == len(ids) and np.array_equal(have, ids)) and not np.isin(ids, have).all():
+            return True
+        seq = int(arr["count"][0])
+        if seq_now < 0 or seq >= seq_now:
+            return False
+        a, b = astro.local_noon_utc(astro.to_dates([night, night + timedelta(days=1)]), tz) * 1e6
+        return any(hi > seq and tmax >= a and tmin < b for hi, tmin, tmax in blocks)
+
+    def matrices(self, keys: Sequence[str], nights: Sequence[date]) -> dict[str, np.ndarray] | None:
+        """[series, night] matrices of every summary field, or None if a night is missing.
+        Fast path: a night stored for exactly these series in this order is one column copy."""
+        point = _point(keys)
+        ids = np.fromiter((self._index.get(k, -1) for k in keys), np.int64, len(keys))
+        S, N = len(keys), len(nights)
+        # filled night by night into [night, series] (contiguous rows), returned transposed
+        out = {f: np.empty((N, S), ROW[f]) for f in FIELDS}
+        pos = None
+        for j, night in enumerate(nights):
+            arr = self._load(night, point)
+            if arr is None:
+                return None
+            rows = arr[1:]
+            if len(rows) == S and np.array_equal(rows["id"], ids):
+                for f in FIELDS:
+                    out[f][j] = rows[f]
+                continue
+            for f in FIELDS:
+                out[f][j] = np.nan if f in FIELDS[:5] else (f == "mono")
+            if pos is None:
+                pos = np.full(max(len(self._keys), 1), -1, np.int64)
+                pos[ids[ids >= 0]] = np.flatnonzero(ids >= 0)
+            r = pos[np.minimum(rows["id"], len(pos) - 1)]
+            ok = r >= 0
+            for f in FIELDS:
+                out[f][j, r[ok]] = rows[f][ok]
+        return {f: a.T for f, a in out.items()}
+
+    def buckets(self, keys: Sequence[str], nights: Sequence[date]) -> Buckets | None:
+        """The stored summaries as a :class:`Buckets` (bucket = night position)."""
+        m = self.matrices(keys, nights)
+        if m is None:
+            return None
+        s, k = np.nonzero((m["count"] + m["bad"]) > 0)
+        return Buckets(list(keys), s.astype(np.int64), k.astype(np.int64), m["first_t"][s, k], m["first_v"][s, k],
+                       m["last_t"][s, k], m["last_v"][s, k], np.full(len(s), np.nan), m["vmax"][s, k],
+                       m["count"][s, k], m["bad"][s, k], m["mono"][s, k])
+
+
+def _point(keys: Sequence[str]) -> str:
+    """The point name shared by ``keys`` (``energy_wh``): roll-ups are kept per point."""
+    names = {k.rsplit("/", 1)[-1] for k in keys}
+    if len(names) != 1:
+        raise ValueError(f"roll-ups are per point; got keys of points {sorted(names)[:5]}")
+    return names.pop()
+
+
+def _blocks(backend: Backend) -> tuple[int, list[tuple[int, int, int]]]:
+    """(highest block seq, [(last seq, tmin us, tmax us)]) of an embedded store, else (-1, [])."""
+    segdir = getattr(backend, "segdir", None)
+    if segdir is None or not os.path.isdir(segdir):
+        return -1, []
+    from .embedded import live_segments
+
+    segs = live_segments(os.listdir(segdir))
+    return max((s.hi for s in segs), default=-1), [(s.hi, s.tmin, s.tmax) for s in segs]
