@@ -205,36 +205,45 @@ class _TagCallbacks(MutableMapping):
 
 # ----------------------------------------------------------------------------- tree
 class SiteTree:
-    """Parent/child structure of areas and devices, derived once from the tag database paths.
+    """Parent/child structure of areas and devices, derived from the tag database paths.
 
     A device's parent is the nearest ancestor path that is itself a device (a luminaire's
-    cabinet), else its area folder (the first path segment).
+    cabinet), else its area folder (the first path segment). Devices registered after the
+    server started (computed tags of other services) are picked up by :meth:`update`.
     """
 
     def __init__(self, tagdb: TagDatabase):
         self.tagdb = tagdb
+        self.index: dict[str, int] = {}
         self.areas: dict[str, list[int]] = {}
         self.children: dict[int, list[int]] = {}
         self.parent: dict[int, int] = {}
         self.names: list[str] = []
-        idx = tagdb._dev_index  # read-only use of the path -> index map
-        for d, path in tagdb.devices():
+        self.update()
+
+    def update(self) -> list[int]:
+        """Take in devices added since the last call; return them."""
+        new = []
+        for d in range(len(self.names), self.tagdb.device_count):
+            path = self.tagdb.device_path(d)
+            self.index[path] = d
             parts = path.split("/")
             parent = -1
+            name = "/".join(parts[1:]) or parts[0]
             for k in range(len(parts) - 1, 1, -1):
-                p = idx.get("/".join(parts[:k]))
+                p = self.index.get("/".join(parts[:k]))
                 if p is not None:
                     parent = p
                     name = "/".join(parts[k:])
                     break
-            else:
-                name = "/".join(parts[1:]) or parts[0]
             self.names.append(name)
             if parent >= 0:
                 self.parent[d] = parent
                 self.children.setdefault(parent, []).append(d)
             else:
                 self.areas.setdefault(parts[0], []).append(d)
+            new.append(d)
+        return new
 
     def area_of(self, d: int) -> str:
         return self.tagdb.device_path(d).split("/", 1)[0]
@@ -280,6 +289,8 @@ class LazyNodes(MutableMapping):
 
     # --------------------------------------------------------------- mapping protocol
     def __getitem__(self, nodeid: ua.NodeId) -> NodeData:
+        if self.tagdb.device_count != len(self.tree.names):
+            self._grow()
         nd = self.base.get(nodeid)
         if nd is not None:
             return nd
@@ -356,13 +367,34 @@ class LazyNodes(MutableMapping):
             ):
                 return ("prop", (i, prop))
             return None
+        if self.tagdb.device_count != len(self.tree.names):
+            self._grow()
         i = self.tagdb.find(s)
         if i is not None:
             return ("tag", i)
-        d = self.tagdb._dev_index.get(s)
+        d = self.tree.index.get(s)
         if d is not None:
             return ("device", d)
         return None
+
+    def _grow(self) -> None:
+        """Devices were added to the tag database after start: link them into the tree."""
+        for d in self.tree.update():
+            p = self.tree.parent.get(d)
+            if p is not None:
+                pid = ua.NodeId(self.tagdb.device_path(p), self.ns)
+                self.cache.pop(pid, None)  # re-materialised with the new child
+                pinned = self.pinned.get(pid)
+                if pinned is not None:
+                    pinned.references.extend(r for r in self.device_refs(p) if r.NodeId not in
+                                             {x.NodeId for x in pinned.references})
+                continue
+            area = self.tree.area_of(d)
+            anode = self.base.get(self.area_nodes.get(area, ua.NodeId(area, self.ns)))
+            if anode is not None:
+                name = self.tree.names[d]
+                anode.references.append(_ref(_R_ORGANIZES, ua.NodeId(self.tagdb.device_path(d), self.ns), True,
+                                             self._qn(name), name, ua.NodeClass.Object, _T_BASE_OBJECT))
 
     def tag_index(self, nodeid: ua.NodeId) -> int | None:
         """Tag index of one of our variable NodeIds (None for anything else)."""
@@ -445,7 +477,7 @@ class LazyNodes(MutableMapping):
 
     def _variable(self, nodeid: ua.NodeId, i: int) -> NodeData:
         db = self.tagdb
-        d, p = db._locate(i)
+        d, p = int(db.device_of[i]), db.point(i)
         nd = NodeData(nodeid)
         self._common(nd, ua.NodeClass.Variable, p.name, p.description)
         a = nd.attributes

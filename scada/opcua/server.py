@@ -470,6 +470,8 @@ class OpcUaService(Service):
     def _on_changes(self, ch: Changes) -> None:
         reg = self.registry
         idx = ch.indices
+        if not len(idx):
+            return
         mask = reg.mask
         if len(mask) <= int(idx.max()):
             mask = np.zeros(len(self.tagdb.value), dtype=np.bool_)

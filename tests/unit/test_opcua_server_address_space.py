@@ -136,3 +136,20 @@ def test_registry_mask_grows():
     assert reg.mask[100] and len(reg.mask) > 100
     assert reg.remove(1) == "cb" and reg.remove(1) is None
     assert not np.any(reg.mask)
+
+
+def test_devices_added_after_start_are_linked():
+    db = _db(ncab=1, nlum=1)
+    base: dict = {}
+    lazy = LazyNodes(base, db, NS, MonitorRegistry(len(db)))
+    area = NodeData(ua.NodeId("centre", NS))
+    base[area.nodeid] = area
+    lazy.area_nodes = {"centre": area.nodeid}
+    cab = lazy.pin(ua.NodeId("centre/cab-0", NS))
+    db.add_device("centre/cab-0/lum-9", LUM)
+    db.add_tags("centre/virtual", (PointDef("x"),))
+    assert ua.NodeId("centre/cab-0/lum-9/level", NS) in lazy
+    assert "lum-9" in _names(cab)
+    assert [r.BrowseName.Name for r in area.references] == ["virtual"]
+    v = lazy[ua.NodeId("centre/virtual/x", NS)]
+    assert _names(v, forward=False) == {"virtual"}
