@@ -48,6 +48,8 @@ from scada import quality as Q
 from scada.clock import Clock
 from scada.site import DeviceInstance, Site
 
+from .faults import FaultError
+
 log = logging.getLogger("simulators.traffic")
 
 NAMESPACE = "urn:city-scada:traffic-controller"
@@ -62,10 +64,11 @@ ALL_RED_S = 2
 
 #: Faults shared in name with the other simulators, then the controller's own.
 FAULTS = (
-    "door_open", "mains_failure", "conflict", "red_lamp_failure", "amber_lamp_failure",
-    "green_lamp_failure", "detector_fault", "coordination_loss", "clock_drift", "manual",
-    "server_kill", "server_restart",
+    "offline", "silent", "door_open", "mains_failure", "conflict", "red_lamp_failure",
+    "amber_lamp_failure", "green_lamp_failure", "detector_fault", "coordination_loss",
+    "clock_drift", "manual", "server_kill", "server_restart",
 )
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +262,7 @@ class JunctionModel:
         elif fault in ("red_lamp_failure", "amber_lamp_failure", "green_lamp_failure"):
             group = int(params.get("group", 1))
             if not 1 <= group <= self.groups:
-                raise ValueError(
+                raise FaultError(
                     f"junction {self.name} has signal groups 1-{self.groups}; got group={group}"
                 )
             target = {"red_lamp_failure": self.red_fail, "amber_lamp_failure": self.amber_fail,
@@ -280,7 +283,7 @@ class JunctionModel:
             self.manual_states = self.states(now) if active else ()
             self.manual = active
         else:
-            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+            raise FaultError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
 
 
 # ----------------------------------------------------------------------------- OPC UA layer
@@ -397,6 +400,10 @@ class _EndpointServer:
         self.nodes: dict[str, ua.NodeId] = {}  # full dotted name -> NodeId
         self.last: dict[str, Any] = {}
         self.commands: dict[ua.NodeId, Callable[[Any], Any]] = {}
+        #: junctions whose controller no longer talks to this server (values BadNoCommunication)
+        self.offline: set[str] = set()
+        #: junctions whose values stop updating (still Good: only staleness reveals it)
+        self.silent: set[str] = set()
         self.running = False
         self._task: asyncio.Task[None] | None = None
 
@@ -492,9 +499,31 @@ class _EndpointServer:
                              method(reset_cmd), [], [])
 
     async def command(self, name: str, fn: Callable[[], int]) -> int:
+        if name in self.offline:
+            return Q.BadNoCommunication
         status = fn()
         await self.publish(name)
         return status
+
+    async def set_offline(self, name: str, on: bool) -> None:
+        """The controller stops (or resumes) talking to the server: every variable of the
+        junction reads BadNoCommunication (OPC UA Part 8 §6.3.2) until it is back."""
+        if on == (name in self.offline):
+            return
+        if not on:
+            self.offline.discard(name)
+            await self.publish(name)
+            return
+        self.offline.add(name)
+        ts = datetime.fromtimestamp(self.clock.time(), UTC)
+        aspace = self.server.iserver.aspace
+        prefix = f"{name}."
+        for full, nid in self.nodes.items():
+            if full.startswith(prefix):
+                self.last.pop(full, None)
+                dv = ua.DataValue(StatusCode=ua.StatusCode(Q.BadNoCommunication),
+                                  SourceTimestamp=ts, ServerTimestamp=ts)
+                await aspace.write_attribute_value(nid, ua.AttributeIds.Value, dv)
 
     async def write_values(self, name: str, values: dict[str, Any], now: float) -> None:
         """Write the changed variables of junction ``name`` with the controller's own clock
@@ -516,7 +545,8 @@ class _EndpointServer:
         for n in [name] if name else list(self.junctions):
             m = self.junctions[n]
             m.step(now)
-            await self.write_values(n, m.values(now), now)
+            if n not in self.offline and n not in self.silent:
+                await self.write_values(n, m.values(now), now)
 
     async def start(self) -> None:
         await self.server.start()
@@ -526,7 +556,11 @@ class _EndpointServer:
 
     async def _tick(self) -> None:
         while True:
-            await self.clock.sleep_until(math.floor(self.clock.time()) + 1)
+            # 1 s of controller time per tick (exact under a SteppedClock); under an
+            # accelerated clock at most ~5 ticks per real second (the model jumps cycles).
+            rate = self.clock.rate
+            step = 1.0 if math.isinf(rate) or rate <= 5 else float(math.ceil(rate * 0.2))
+            await self.clock.sleep_until(math.floor(self.clock.time() / step) * step + step)
             try:
                 await self.publish()
             except Exception:
@@ -572,6 +606,7 @@ class TrafficSimulator:
         self.servers: dict[str, _EndpointServer] = {}  # endpoint URL -> server
         self.where: dict[str, tuple[_EndpointServer, str]] = {}  # device path -> (server, object)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active: dict[str, dict[str, dict[str, Any]]] = {}  # path -> fault[@group] -> params
 
     def model(self, device_path: str) -> JunctionModel:
         srv, name = self._lookup(device_path)
@@ -584,36 +619,70 @@ class TrafficSimulator:
         try:
             return self.where[device_path]
         except KeyError:
-            raise KeyError(
+            raise FaultError(
                 f"no simulated junction {device_path!r} (simulated: {', '.join(sorted(self.where))})"
             ) from None
 
-    def inject(self, device_path: str, fault: str, **params: Any) -> None:
-        """Raise ``fault`` on a junction (see :data:`FAULTS`); published at once.
+    # --- fault API (simulators/faults.py) ------------------------------------------------
+    def fault_names(self, device_path: str) -> tuple[str, ...]:
+        self._lookup(device_path)
+        return FAULTS
+
+    def active_faults(self) -> list[dict[str, Any]]:
+        return [{"path": path, "fault": f, "params": dict(p)}
+                for path, faults in sorted(self._active.items()) for f, p in faults.items()]
+
+    def inject(self, device_path: str, fault_name: str, **params: Any) -> None:
+        """Raise a fault on a junction (see :data:`FAULTS`); published at once.
 
         ``red_lamp_failure``/``amber_lamp_failure``/``green_lamp_failure`` take ``group=n``,
-        ``clock_drift`` takes ``seconds=s``; ``server_kill`` stops the junction's server (every
-        junction on that endpoint) until cleared; ``server_restart`` stops it and starts it
-        again after ``down_s`` seconds of clock time (default 0).
+        ``clock_drift`` takes ``seconds=s``; ``offline``: the junction's variables read
+        BadNoCommunication; ``silent``: they stop updating; ``server_kill`` stops the
+        junction's server (every junction on that endpoint) until cleared; ``server_restart``
+        stops it and starts it again after ``down_s`` seconds of clock time (default 0).
         """
-        self._fault(device_path, fault, True, **params)
+        self._fault(device_path, fault_name, True, params)
 
-    def clear(self, device_path: str, fault: str, **params: Any) -> None:
-        """End ``fault`` (critical faults stay latched until a reset command)."""
-        self._fault(device_path, fault, False, **params)
+    def clear(self, device_path: str, fault_name: str | None = None, **params: Any) -> None:
+        """End a fault, or every fault of the junction when ``fault_name`` is None (critical
+        faults stay latched until a reset command, as on a real controller)."""
+        if fault_name is not None:
+            self._fault(device_path, fault_name, False, params)
+            return
+        for f, p in list(self._active.get(device_path, {}).items()):
+            self._fault(device_path, f.partition("@")[0], False, p)
 
-    def _fault(self, device_path: str, fault: str, active: bool, **params: Any) -> None:
+    def _fault(self, device_path: str, fault: str, active: bool, params: dict[str, Any]) -> None:
         srv, name = self._lookup(device_path)
+        if fault not in FAULTS:
+            raise FaultError(f"{device_path}: unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        key = f"{fault}@{params['group']}" if "group" in params else fault
+        faults = self._active.setdefault(device_path, {})
+        if active:
+            faults[key] = dict(params)
+        else:
+            faults.pop(key, None)
         if fault == "server_kill":
             self._spawn(srv.kill() if active else srv.revive())
-            return
-        if fault == "server_restart":
+        elif fault == "server_restart":
+            faults.pop(key, None)  # momentary
             if active:
                 self._spawn(self._restart(srv, float(params.get("down_s", 0.0))))
-            return
-        now = self.clock.time()
-        srv.junctions[name].apply_fault(fault, active, now, **params)
-        self._spawn(srv.publish(name))
+        elif fault == "offline":
+            self._spawn(srv.set_offline(name, active))
+        elif fault == "silent":
+            if active:
+                srv.silent.add(name)
+            else:
+                srv.silent.discard(name)
+                self._spawn(srv.publish(name))
+        else:
+            try:
+                srv.junctions[name].apply_fault(fault, active, self.clock.time(), **params)
+            except (TypeError, ValueError) as e:
+                faults.pop(key, None)
+                raise FaultError(f"{device_path}: {e}") from None
+            self._spawn(srv.publish(name))
 
     async def _restart(self, srv: _EndpointServer, down_s: float) -> None:
         await srv.kill()

@@ -88,6 +88,15 @@ async def test_plan_cycle_and_fault_changes_arrive(one_endpoint, stepped_clock):
         await wait_until(lambda: rig.read("centre/j-8/clock_drift_s").value == 12.5, what="drift")
         # a drifting controller stamps its values with its own (wrong) clock
         assert rig.read("centre/j-8/clock_drift_s").source_ts == stepped_clock.time() + 12.5
+        # a controller lost by its (shared) server: the server's Bad code, last value kept
+        plan = rig.read("north/j-12/plan")
+        rig.sim.inject("north/j-12", "offline")
+        await wait_until(lambda: rig.read("north/j-12/plan").quality == Q.BadNoCommunication,
+                         what="BadNoCommunication from the server")
+        assert rig.read("north/j-12/plan").value == plan.value
+        assert rig.read("centre/j-8/plan").quality == Q.Good
+        rig.sim.clear("north/j-12", "offline")
+        await wait_until(lambda: _all_good(rig, "north/j-12"), what="j-12 back")
 
 
 async def test_writes_reach_the_device_and_come_back(one_endpoint, stepped_clock):

@@ -7,7 +7,8 @@ from asyncua import Client, ua
 
 from scada import quality as Q
 from scada.loader import load_site
-from simulators.traffic import NAMESPACE, serve_site
+from simulators.faults import FaultError
+from simulators.traffic import FAULTS, NAMESPACE, serve_site
 from tests.conftest import free_port
 from tests.fixtures.opcua import endpoint, wait_until, write_site
 
@@ -76,7 +77,7 @@ async def test_commands_by_variable_and_method_with_device_status(sim_two_juncti
 
 async def test_server_restart_fault_and_unknown_names(sim_two_junctions, stepped_clock):
     sim, url = sim_two_junctions
-    with pytest.raises(KeyError, match="no simulated junction 'centre/nope'"):
+    with pytest.raises(FaultError, match="no simulated junction 'centre/nope'"):
         sim.inject("centre/nope", "door_open")
     with pytest.raises(ValueError, match="unknown fault 'lightning'"):
         sim.inject("centre/j-a", "lightning")
@@ -90,3 +91,33 @@ async def test_server_restart_fault_and_unknown_names(sim_two_junctions, stepped
     async with Client(url) as c:
         ns = await c.get_namespace_index(NAMESPACE)
         assert await c.get_node(ua.NodeId("JA.Status.Plan", ns)).read_value() == 1
+
+
+async def test_offline_silent_and_fault_bookkeeping(sim_two_junctions, stepped_clock):
+    sim, url = sim_two_junctions
+    assert sim.fault_names("centre/j-a") == FAULTS
+    sim.inject("centre/j-a", "offline")
+    sim.inject("centre/j-b", "red_lamp_failure", group=2)
+    sim.inject("centre/j-b", "red_lamp_failure", group=7)
+    sim.inject("centre/j-b", "silent")
+    await sim.settle()
+    assert {(f["path"], f["fault"]) for f in sim.active_faults()} == {
+        ("centre/j-a", "offline"), ("centre/j-b", "red_lamp_failure@2"),
+        ("centre/j-b", "red_lamp_failure@7"), ("centre/j-b", "silent")}
+    async with Client(url) as c:
+        ns = await c.get_namespace_index(NAMESPACE)
+        dv = await c.get_node(ua.NodeId("JA.Status.Mode", ns)).read_data_value(raise_on_bad_status=False)
+        assert dv.StatusCode.value == Q.BadNoCommunication
+        with pytest.raises(ua.UaStatusCodeError) as ei:  # an offline controller takes no command
+            await c.get_node(ua.NodeId("JA.Commands.PlanRequest", ns)).write_value(
+                ua.Variant(2, ua.VariantType.Int32))
+        assert ei.value.code == Q.BadNoCommunication
+        # silent: the controller went flashing (red lamp failure) but its values do not move
+        flashing = c.get_node(ua.NodeId("JB.Status.Flashing", ns))
+        assert sim.model("centre/j-b").mode == 1 and await flashing.read_value() is False
+        sim.clear("centre/j-b")  # every fault of j-b (the red-lamp latch stays until reset)
+        sim.clear("centre/j-a", "offline")
+        await sim.settle()
+        assert await flashing.read_value() is True
+        assert await c.get_node(ua.NodeId("JA.Status.Mode", ns)).read_value() == 0
+    assert sim.active_faults() == []
