@@ -42,6 +42,7 @@ from ..tags import Changes
 from ..users import UserStore, generate_password, hash_password, role_allows
 from . import history
 from .address_space import VARIANT, LazyNodes, MonitorRegistry, make_datavalue
+from .address_space import ts as _ts
 from .security import (
     SECURE_POLICIES,
     PolicedInSession,
@@ -209,7 +210,7 @@ class OpcUaService(Service):
         self.audit: AuditLog = None  # type: ignore[assignment]  # opened in start()
         self.users: UserStore | None = None
         self.trust: TrustList | None = None
-        self.demo_users_file: Path | None = None
+        self.demo_users_file: Path | None = self.state_dir / "demo-users.txt" if self.cfg.demo_users else None
         self._routes: dict[int, _Route] = {}
         self._sub_handle: object | None = None
         self._paths: list[str] | None = None
@@ -481,6 +482,8 @@ class OpcUaService(Service):
         if not m.any():
             return
         db = self.tagdb
+        server_ts = _ts(ch.server_ts)
+        last_src, last_src_dt = None, None
         for r in np.flatnonzero(m).tolist():
             i = int(idx[r])
             cbs = reg.by_tag.get(i)
@@ -497,7 +500,10 @@ class OpcUaService(Service):
             else:
                 v = float(ch.values[r])
                 var = _fast_variant(p.dtype, v)
-            dv = ua.DataValue(var, ua.StatusCode(q), _ts(float(ch.source_ts[r])), _ts(ch.server_ts))
+            src = float(ch.source_ts[r])
+            if src != last_src:  # batches usually share one source time
+                last_src, last_src_dt = src, _ts(src)
+            dv = ua.DataValue(var, ua.StatusCode(q), last_src_dt, server_ts)
             for handle, cb in list(cbs.items()):
                 self._deliver(handle, cb, dv, v, q)
 
@@ -548,10 +554,6 @@ def _fast_variant(dtype: str, v: float) -> ua.Variant:
     return ua.Variant(int(v), ua.VariantType.Int64)
 
 
-def _ts(t: float) -> Any:
-    from .address_space import ts
-
-    return ts(t)
 
 
 def _plain(dv: ua.DataValue | None) -> Any:

@@ -178,3 +178,20 @@ async def test_sessions_bounded(tmp_path):
             except (ConnectionError, ua.UaError):
                 pass
         await h.runtime.stop()
+
+
+async def test_demo_users_created_once_and_usable(tmp_path):
+    from tests.fixtures.hmi import start_hmi
+
+    h = await start_hmi(tmp_path, extra="demo_users: true")
+    try:
+        f = h.service.state_dir / "demo-users.txt"
+        assert str(f) in h.service.connect_info()
+        assert oct(f.stat().st_mode & 0o777) == "0o600"
+        accounts = {ln.split()[0]: ln.split()[2] for ln in f.read_text().splitlines() if not ln.startswith("#")}
+        assert set(accounts) == {"operator", "engineer"}
+        async with h.client("operator", accounts["operator"]) as c:
+            await h.node(c, "centre/cab-01/group_level").write_value(ua.Variant(5.0, ua.VariantType.Double))
+        assert h.writes == [("centre/cab-01/group_level", 5.0)]
+    finally:
+        await h.runtime.stop()
