@@ -124,7 +124,7 @@ def make_runtime(site_path: Path, cabinets: int | None, fast: bool):
 def planned_requests(drv) -> list[tuple[tuple[str, int, int], list[tuple[int, int, int]]]]:
     out = []
     for st in drv.stations:
-        reqs = [(rd.pdu[0], rd.plan.start, rd.plan.count) for g in st.groups.values() for rd in g.reads]
+        reqs = [(rd.pdu[0], rd.start, rd.count) for g in st.groups.values() for rd in g.reads]
         out.append((st.key, reqs))
     return out
 
@@ -186,8 +186,8 @@ async def raw_link(plan, seconds: float) -> tuple[int, int, float, float]:
 
 async def driver_throughput(site_path: Path, cabinets: int, seconds: float):
     rt, drv = make_runtime(site_path, cabinets, fast=True)
-    regs_per_poll = {st.key: sum(rd.plan.count for g in st.groups.values() for rd in g.reads
-                                 if rd.plan.table in ("holding", "input")) for st in drv.stations}
+    regs_per_poll = {st.key: sum(rd.count for g in st.groups.values() for rd in g.reads
+                                 if rd.table in ("holding", "input")) for st in drv.stations}
     task = asyncio.create_task(drv.run())
     await asyncio.sleep(1.0)  # connect, first polls
     req0 = sum(lk.stats["requests"] for lk in drv.links.values())

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -260,6 +260,59 @@ def set_bit(word: int, bit: int, on: bool, byte_order: str = "big") -> int:
 
 
 # --------------------------------------------------------------------------- vectorised decode
+TABLE_CODE: dict[str, int] = {"holding": 0, "input": 1, "coil": 2, "discrete": 3}
+TABLE_NAMES: tuple[str, ...] = ("holding", "input", "coil", "discrete")
+
+_KIND_BIT_TABLE = ("coil-bit",)
+_KIND_BIT_REG = ("register-bit",)
+_KIND_STRING = ("string",)
+
+
+class SourceTable:
+    """The point sources of one profile compiled into columns, once per profile.
+
+    Planning and decoding of a city's 500,000 points then work on integer arrays (table code,
+    address, size, decode kind, scale, offset, bit number) instead of one Python object per
+    point per device.
+    """
+
+    def __init__(self, sources: list[PointSource]):
+        self.sources = list(sources)
+        kinds: dict[tuple[str, ...], int] = {}
+        kind: list[int] = []
+        bit_no: list[int] = []
+        for src in self.sources:
+            if src.table in BIT_TABLES:
+                k: tuple[str, ...] = _KIND_BIT_TABLE
+                b = 0
+            elif src.type == "bool":
+                k = _KIND_BIT_REG
+                b = -1 if src.bit is None else src.bit
+                # a little-endian register swaps its bytes: bit b lives at b ^ 8
+                b = b if b < 0 or src.byte_order == "big" else b ^ 8
+            elif src.type == "string":
+                k, b = _KIND_STRING, 0
+            else:
+                k, b = ("num", str(src.type), src.word_order, src.byte_order), 0
+            kind.append(kinds.setdefault(k, len(kinds)))
+            bit_no.append(b)
+        self.kinds = list(kinds)
+        n = len(self.sources)
+        self.table = np.fromiter((TABLE_CODE[x.table] for x in self.sources), np.int64, n)
+        self.address = np.fromiter((x.address for x in self.sources), np.int64, n)
+        self.size = np.fromiter((x.size for x in self.sources), np.int64, n)
+        self.kind = np.asarray(kind, dtype=np.int64)
+        self.bit_no = np.asarray(bit_no, dtype=np.int64)
+        self.scale = np.fromiter((x.scale for x in self.sources), np.float64, n)
+        self.offset = np.fromiter((x.offset for x in self.sources), np.float64, n)
+        self.perm: dict[int, np.ndarray] = {}
+        self.dtype: dict[int, np.dtype] = {}
+        for i, k in enumerate(self.kinds):
+            if k[0] == "num":
+                self.perm[i] = byte_permutation(TYPE_REGISTERS[k[1]], k[2], k[3])
+                self.dtype[i] = np.dtype(NUMPY_TYPE[k[1]])
+
+
 @dataclass(slots=True)
 class _NumGroup:
     dtype: np.dtype
@@ -269,71 +322,65 @@ class _NumGroup:
     offset: np.ndarray | None
 
 
-@dataclass(slots=True)
 class RequestDecoder:
     """Decodes every point covered by one read request from its response data in a few
     numpy operations (one per value type), whatever the number of points.
 
-    Built once per planned request; ``points`` are ``(tag, source, address)`` with ``address``
-    the point's absolute PDU address (child block offset already added).
+    Built once per planned request from columns: ``tags``, absolute PDU ``addresses`` (child
+    block offset already added) and ``src`` (row of each point in ``sources``).
     """
 
-    table: str
-    start: int
-    count: int
-    points: list[tuple[int, PointSource, int]]
-    tags: np.ndarray = field(init=False)
-    _num: list[_NumGroup] = field(init=False)
-    _bits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(init=False)
-    _strings: list[tuple[int, int, int, str]] = field(init=False)
+    __slots__ = ("_bits", "_num", "_strings", "count", "start", "table", "tags")
 
-    def __post_init__(self) -> None:
-        num: dict[str, list[tuple[int, PointSource, int]]] = {}
-        bit_tags: list[int] = []
-        bit_pos: list[int] = []    # bit tables: bit offset; registers: byte offset of the word
-        bit_no: list[int] = []     # bit number inside the 16-bit word (-1: whole word != 0)
-        strings: list[tuple[int, int, int, str]] = []
-        for tag, src, addr in self.points:
-            rel = addr - self.start
-            if rel < 0 or rel + src.size > self.count:
-                raise ValueError(f"point at {addr} outside request {self.start}+{self.count}")
-            if self.table in BIT_TABLES:
-                bit_tags.append(tag)
-                bit_pos.append(rel)
-                bit_no.append(0)
-            elif src.type == "bool":
-                bit_tags.append(tag)
-                bit_pos.append(rel)
-                b = -1 if src.bit is None else src.bit
-                # a little-endian register swaps its bytes: bit b lives at b ^ 8
-                bit_no.append(b if b < 0 or src.byte_order == "big" else b ^ 8)
-            elif src.type == "string":
-                strings.append((tag, 2 * rel, 2 * src.size, src.byte_order))
-            else:
-                key = f"{src.type}/{src.word_order}/{src.byte_order}"
-                num.setdefault(key, []).append((tag, src, rel))
+    def __init__(self, table: str, start: int, count: int, tags: np.ndarray, addresses: np.ndarray,
+                 src: np.ndarray, sources: SourceTable):
+        self.table = table
+        self.start = start
+        self.count = count
+        tags = np.asarray(tags, dtype=np.int64)
+        src = np.asarray(src, dtype=np.int64)
+        rel = np.asarray(addresses, dtype=np.int64) - start
+        bad = (rel < 0) | (rel + sources.size[src] > count)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"point at {int(rel[i]) + start} outside request {start}+{count}")
+        kind = sources.kind[src]
         groups: list[_NumGroup] = []
-        for rows in num.values():
-            src0 = rows[0][1]
-            perm = byte_permutation(src0.size, src0.word_order, src0.byte_order)
-            rel = np.asarray([r for _, _, r in rows], dtype=np.intp)
-            scale = np.asarray([s.scale for _, s, _ in rows], dtype=np.float64)
-            offset = np.asarray([s.offset for _, s, _ in rows], dtype=np.float64)
-            groups.append(_NumGroup(
-                np.dtype(NUMPY_TYPE[str(src0.type)]),
-                np.asarray([t for t, _, _ in rows], dtype=np.int64),
-                2 * rel[:, None] + perm[None, :],
-                None if np.all(scale == 1.0) else scale,
-                None if np.all(offset == 0.0) else offset,
-            ))
+        bit_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        strings: list[tuple[int, int, int, str]] = []
+        for k in np.unique(kind).tolist():
+            m = kind == k
+            desc = sources.kinds[k]
+            if desc[0] == "num":
+                s_scale = sources.scale[src[m]]
+                s_off = sources.offset[src[m]]
+                groups.append(_NumGroup(
+                    sources.dtype[k], tags[m],
+                    (2 * rel[m])[:, None] + sources.perm[k][None, :],
+                    None if np.all(s_scale == 1.0) else s_scale,
+                    None if np.all(s_off == 0.0) else s_off,
+                ))
+            elif desc == _KIND_STRING:
+                for t, r, si in zip(tags[m].tolist(), rel[m].tolist(), src[m].tolist(), strict=True):
+                    s0 = sources.sources[si]
+                    strings.append((t, 2 * r, 2 * s0.size, s0.byte_order))
+            else:
+                bit_parts.append((tags[m], rel[m], sources.bit_no[src[m]]))
         self._num = groups
         self._bits = (
-            (np.asarray(bit_tags, np.int64), np.asarray(bit_pos, np.intp), np.asarray(bit_no, np.int64))
-            if bit_tags else None
+            tuple(np.concatenate(c) for c in zip(*bit_parts, strict=True)) if bit_parts else None
         )
         self._strings = strings
         parts = [g.tags for g in groups] + ([self._bits[0]] if self._bits else [])
         self.tags = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    @classmethod
+    def from_points(cls, table: str, start: int, count: int,
+                    points: list[tuple[int, PointSource, int]]) -> RequestDecoder:
+        """From ``(tag, source, absolute address)`` tuples (tests, one-off reads)."""
+        st = SourceTable([p[1] for p in points])
+        return cls(table, start, count, np.asarray([p[0] for p in points], np.int64),
+                   np.asarray([p[2] for p in points], np.int64), np.arange(len(points)), st)
 
     @property
     def string_tags(self) -> list[int]:

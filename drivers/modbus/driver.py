@@ -42,8 +42,15 @@ from scada.tags import Batch
 
 from . import codec
 from .client import LinkDown, ModbusLink
-from .codec import ExceptionResponse, MalformedFrame, PointSource, RequestDecoder
-from .planner import PlannedRead, PointRef, next_due, parse_duration, plan_reads, split_by_device
+from .codec import (
+    TABLE_NAMES,
+    ExceptionResponse,
+    MalformedFrame,
+    PointSource,
+    RequestDecoder,
+    SourceTable,
+)
+from .planner import next_due, parse_duration, plan_arrays
 
 log = logging.getLogger("drivers.modbus")
 
@@ -139,23 +146,49 @@ HEALTH = (
 # --------------------------------------------------------------------------- stations
 @dataclass(slots=True)
 class _Read:
-    """A planned read ready to send: its PDU, decoder and the tags it feeds."""
+    """A planned read ready to send: its PDU, decoder, the tags it feeds, and the columns of
+    its points (kept to split it per device after an exception)."""
 
-    plan: PlannedRead
+    table: str
+    start: int
+    count: int
     pdu: bytes
     decoder: RequestDecoder
     tags: np.ndarray
+    ptags: np.ndarray
+    src: np.ndarray
+    addr: np.ndarray
+    dev: np.ndarray
+    sources: SourceTable
     multi: bool
     max_gap: int
     split: list[_Read] | None = None
     split_until: float = 0.0
 
 
-def _make_read(plan: PlannedRead, max_gap: int) -> _Read:
-    dec = RequestDecoder(plan.table, plan.start, plan.count,
-                         [(p.tag, p.source, p.address) for p in plan.points])
-    return _Read(plan, codec.read_pdu(codec.READ_FC[plan.table], plan.start, plan.count), dec,
-                 dec.all_tags, len(plan.devices) > 1, max_gap)
+def _make_reads(tags: np.ndarray, addr: np.ndarray, src: np.ndarray, dev: np.ndarray,
+                sources: SourceTable, max_gap: int) -> list[_Read]:
+    """Plan the points given as columns into requests (:func:`plan_arrays`) and compile each."""
+    out: list[_Read] = []
+    for tcode, start, count, rows in plan_arrays(sources.table[src], addr, sources.size[src],
+                                                 max_gap=max_gap):
+        table = TABLE_NAMES[tcode]
+        t, a, s_, d = tags[rows], addr[rows], src[rows], dev[rows]
+        dec = RequestDecoder(table, start, count, t, a, s_, sources)
+        out.append(_Read(table, start, count, codec.read_pdu(codec.READ_FC[table], start, count),
+                         dec, dec.all_tags, t, s_, a, d, sources, bool(len(d) and d.min() != d.max()),
+                         max_gap))
+    return out
+
+
+def _split(rd: _Read) -> list[_Read]:
+    """The points of ``rd`` re-planned device by device (to find which child of a coalesced
+    read caused an exception)."""
+    out: list[_Read] = []
+    for d in np.unique(rd.dev).tolist():
+        m = rd.dev == d
+        out += _make_reads(rd.ptags[m], rd.addr[m], rd.src[m], rd.dev[m], rd.sources, rd.max_gap)
+    return out
 
 
 @dataclass(slots=True)
@@ -171,10 +204,13 @@ class _Group:
 
 
 @dataclass(slots=True)
-class _WritePoint:
-    source: PointSource
-    address: int
-    period: float
+class _Layout:
+    """A profile compiled once: its sources as columns and each point's poll period."""
+
+    sources: SourceTable
+    period: np.ndarray
+    by_period: dict[float, np.ndarray]
+    options: ProfileOptions
 
 
 @dataclass(eq=False)
@@ -189,7 +225,6 @@ class Station:
     devices: list[DeviceInstance]
     groups: dict[float, _Group]
     tags: np.ndarray
-    points: dict[int, _WritePoint]
     up: bool | None = None
     failures: int = 0
     demoted_until: float = 0.0
@@ -219,7 +254,8 @@ class ModbusDriver(Driver):
         self.options = Options.model_validate(ctx.options or {})
         self.links: dict[tuple[str, int], ModbusLink] = {}
         self.stations: list[Station] = []
-        self._by_device: dict[int, tuple[Station, DeviceInstance]] = {}
+        #: first tag of a device -> (its station, the device, its block base, its layout)
+        self._by_device: dict[int, tuple[Station, DeviceInstance, int, _Layout]] = {}
         self._sem = asyncio.Semaphore(self.options.concurrency)
         self._rlog = RateLimitedLog(ctx.log, interval=60.0)
         self._busy = 0
@@ -233,17 +269,14 @@ class ModbusDriver(Driver):
     # ------------------------------------------------------------------ planning (no I/O)
     def _build(self) -> None:
         errors: list[str] = []
-        sources: dict[str, list[PointSource]] = {}
-        popts: dict[str, ProfileOptions] = {}
+        layouts: dict[str, _Layout] = {}
         by_key: dict[tuple[str, int, int], list[DeviceInstance]] = {}
         conns: dict[tuple[str, int, int], Connection] = {}
         for dev in self.ctx.devices:
             try:
                 conn = Connection.model_validate(dev.connection)
-                if dev.profile_name not in popts:
-                    popts[dev.profile_name] = ProfileOptions.model_validate(dev.profile.options)
-                    sources[dev.profile_name] = [PointSource.model_validate(p.source)
-                                                 for p in dev.profile.points]
+                if dev.profile_name not in layouts:
+                    layouts[dev.profile_name] = self._layout(dev, errors)
             except ValueError as e:
                 errors.append(f"{dev.path}: {e}")
                 continue
@@ -253,6 +286,7 @@ class ModbusDriver(Driver):
         if errors:
             raise ConfigError(errors)
         keys = list(by_key)
+        t0 = self.ctx.clock.time()
         for i, key in enumerate(keys):
             conn = conns[key]
             link = self.links.get(key[:2])
@@ -264,67 +298,76 @@ class ModbusDriver(Driver):
                 )
                 self.links[key[:2]] = link
             devs = by_key[key]
-            # planned per (period, profile): each profile's max_gap knows its own register map
-            # (reading through a hole a device does not map would raise exception 0x02)
-            refs: dict[float, dict[str, list[PointRef]]] = {}
-            points: dict[int, _WritePoint] = {}
+            # columns per (period, profile): planned per profile, whose max_gap knows its own
+            # register map (reading through a hole a device does not map raises 0x02)
+            cols: dict[tuple[float, str], list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {}
             tags: list[np.ndarray] = []
             for d_i, dev in enumerate(devs):
-                po = popts[dev.profile_name]
-                base = self._block_base(dev, popts, errors)
+                lay = layouts[dev.profile_name]
+                base = self._block_base(dev, lay.options, errors)
                 tags.append(self.ctx.device_tags(dev))
-                for k, (pc, src) in enumerate(zip(dev.profile.points, sources[dev.profile_name], strict=True)):
-                    if src.poll is not None and src.poll not in po.poll_groups:
-                        errors.append(
-                            f"profile {dev.profile_name!r} point {pc.name!r}: poll group {src.poll!r} "
-                            f"is not in options.poll_groups ({', '.join(po.poll_groups)})")
-                        continue
-                    addr = base + src.address
-                    if addr + src.size > 65536:
-                        errors.append(f"{dev.path}/{pc.name}: address {addr} past 65535 "
-                                      f"(block_base + (n-1)*block_size + address)")
-                        continue
-                    period = po.period(src.poll)
-                    tag = dev.first_tag + k
-                    refs.setdefault(period, {}).setdefault(dev.profile_name, []).append(
-                        PointRef(tag, src, addr, d_i))
-                    points[tag] = _WritePoint(src, addr, period)
-            groups = {}
-            for period, per_profile in sorted(refs.items()):
-                reads: list[_Read] = []
-                for pname, rs in per_profile.items():
-                    gap = popts[pname].max_gap
-                    try:
-                        reads += [_make_read(p, gap) for p in plan_reads(rs, max_gap=gap)]
-                    except ValueError as e:
-                        errors.append(f"{devs[0].path}: profile {pname!r}: {e}")
-                groups[period] = _Group(period, reads)
+                end = base + lay.sources.address + lay.sources.size
+                if len(end) and int(end.max()) > 65536:
+                    errors.append(f"{dev.path}: registers past 65535 (block_base + (n-1)*block_size + "
+                                  f"address): check block_base/block_size of {dev.profile_name!r}")
+                    continue
+                for period, idx in lay.by_period.items():
+                    cols.setdefault((period, dev.profile_name), []).append(
+                        (dev.first_tag + idx, base + lay.sources.address[idx], idx, d_i))
+            groups: dict[float, _Group] = {}
+            for (period, pname), parts in sorted(cols.items()):
+                lay = layouts[pname]
+                t = np.concatenate([p[0] for p in parts])
+                a = np.concatenate([p[1] for p in parts])
+                sidx = np.concatenate([p[2] for p in parts])
+                dv = np.concatenate([np.full(len(p[0]), p[3], np.int64) for p in parts])
+                try:
+                    reads = _make_reads(t, a, sidx, dv, lay.sources, lay.options.max_gap)
+                except ValueError as e:
+                    errors.append(f"{devs[0].path}: profile {pname!r}: {e}")
+                    continue
+                groups.setdefault(period, _Group(period, [])).reads.extend(reads)
             st = Station(
                 key=key, link=link, unit=conn.unit,
                 timeout=conn.timeout or self.options.timeout,
                 retries=self.options.retries if conn.retries is None else conn.retries,
                 devices=devs, groups=groups,
-                tags=np.concatenate(tags) if tags else np.zeros(0, np.int64), points=points,
+                tags=np.concatenate(tags) if tags else np.zeros(0, np.int64),
                 demote=Backoff(self.options.demote_base, self.options.demote_cap),
             )
-            t0 = self.ctx.clock.time()
             frac = i / len(keys) if self.options.stagger else 0.0
             for g in groups.values():
                 g.phase = t0 + frac * g.period
                 g.first = t0 + frac * min(g.period, self.options.startup_spread)
             self.stations.append(st)
             for dev in devs:
-                self._by_device[dev.first_tag] = (st, dev)
+                lay = layouts[dev.profile_name]
+                self._by_device[dev.first_tag] = (st, dev, self._block_base(dev, lay.options, []), lay)
         if errors:
             raise ConfigError(errors)
 
     @staticmethod
-    def _block_base(dev: DeviceInstance, popts: dict[str, ProfileOptions], errors: list[str]) -> int:
-        """First register of a child's block: the child profile's block layout (or its
-        parent's when the child profile declares none)."""
+    def _layout(dev: DeviceInstance, errors: list[str]) -> _Layout:
+        """Compile a profile once: options, sources as columns, poll period of each point."""
+        po = ProfileOptions.model_validate(dev.profile.options)
+        sources = [PointSource.model_validate(p.source) for p in dev.profile.points]
+        periods = []
+        for pc, src in zip(dev.profile.points, sources, strict=True):
+            if src.poll is not None and src.poll not in po.poll_groups:
+                errors.append(f"profile {dev.profile_name!r} point {pc.name!r}: poll group {src.poll!r} "
+                              f"is not in options.poll_groups ({', '.join(po.poll_groups)})")
+                periods.append(po.period(None))
+            else:
+                periods.append(po.period(src.poll))
+        period = np.asarray(periods, dtype=np.float64)
+        by_period = {float(p): np.flatnonzero(period == p) for p in np.unique(period)}
+        return _Layout(SourceTable(sources), period, by_period, po)
+
+    @staticmethod
+    def _block_base(dev: DeviceInstance, po: ProfileOptions, errors: list[str]) -> int:
+        """First register of a child's block, from the child profile's block layout."""
         if dev.parent is None or dev.index is None:
             return 0
-        po = popts[dev.profile_name]
         if po.block_size == 0:
             errors.append(f"{dev.path}: child of {dev.parent} but profile {dev.profile_name!r} "
                           "has no options.block_size; set block_base and block_size")
@@ -532,15 +575,15 @@ class ModbusDriver(Driver):
             data = await self._exchange(st, rd.pdu)
         except ExceptionResponse as e:
             if split_ok and rd.multi:
-                rd.split = [_make_read(p, rd.max_gap) for p in split_by_device(rd.plan, max_gap=rd.max_gap)]
+                rd.split = _split(rd)
                 rd.split_until = self.ctx.clock.time() + self.options.split_hold
                 for sub in rd.split:
                     await self._read_one(st, sub, vals, tags, texts, marks, split_ok=False)
                 return
             status = codec.read_status(e.code)
-            self._rlog.every(f"{st.name}:{rd.plan.table}:{rd.plan.start}", self.ctx.clock.time(),
-                             "modbus: %s %s %d+%d: %s -> %s", st.name, rd.plan.table, rd.plan.start,
-                             rd.plan.count, e, Q.name(status))
+            self._rlog.every(f"{st.name}:{rd.table}:{rd.start}", self.ctx.clock.time(),
+                             "modbus: %s %s %d+%d: %s -> %s", st.name, rd.table, rd.start,
+                             rd.count, e, Q.name(status))
             marks.append((rd.tags, status))
             return
         v, tx = rd.decoder.decode(data)
@@ -564,8 +607,9 @@ class ModbusDriver(Driver):
         for tag, k in pos.items():
             want = st.verify.pop(tag)
             got = float(v[k])
-            wp = st.points[tag]
-            tol = max(1e-6, abs(wp.source.scale) / 2, abs(want) * 1e-6)
+            loc = self._locate(tag)
+            scale = loc[1].scale if loc is not None else 1.0
+            tol = max(1e-6, abs(scale) / 2, abs(want) * 1e-6)
             if not math.isfinite(got) or abs(got - want) > tol:
                 self.ctx.health.inc("write_mismatch")
                 self._rlog.every(f"mismatch:{tag}", self.ctx.clock.time(),
@@ -573,14 +617,18 @@ class ModbusDriver(Driver):
                                  "refused the value)", self.ctx.tagdb.path(tag), got, want)
 
     # ------------------------------------------------------------------ writes
-    def _locate(self, tag: int) -> tuple[Station, _WritePoint] | None:
+    def _locate(self, tag: int) -> tuple[Station, PointSource, int, float] | None:
+        """(station, source, absolute address, poll period) of a tag of this driver."""
         d = int(self.ctx.tagdb.device_of[tag])
         entry = self._by_device.get(self.ctx.tagdb.device_first(d))
         if entry is None:
             return None
-        st, _ = entry
-        wp = st.points.get(tag)
-        return (st, wp) if wp is not None else None
+        st, dev, base, lay = entry
+        off = tag - dev.first_tag
+        if not 0 <= off < len(lay.sources.sources):
+            return None
+        src = lay.sources.sources[off]
+        return st, src, base + src.address, float(lay.period[off])
 
     async def write(self, tag: int, value: Any) -> int:
         """Write ``value`` (engineering units) to the point's register(s) or coil.
@@ -595,32 +643,31 @@ class ModbusDriver(Driver):
         if loc is None:
             log.warning("modbus write to %s: not a Modbus point of this driver", path)
             return Q.BadNodeIdUnknown
-        st, wp = loc
-        src = wp.source
+        st, src, address, period = loc
         if not src.writable:
             log.warning("modbus write to %s refused: the point is in the %s table, read-only on "
                         "the device (make it a holding register or coil in the profile)", path, src.table)
             return Q.BadNotWritable
         try:
             if src.table == "coil":
-                pdus = [codec.write_coil_pdu(wp.address, bool(value))]
+                pdus = [codec.write_coil_pdu(address, bool(value))]
             elif src.type == "bool" and src.bit is not None:
                 pdus = []  # read-modify-write below
             else:
                 regs = codec.encode_value(src, value)
-                pdus = [codec.write_register_pdu(wp.address, regs[0]) if len(regs) == 1
-                        else codec.write_registers_pdu(wp.address, regs)]
+                pdus = [codec.write_register_pdu(address, regs[0]) if len(regs) == 1
+                        else codec.write_registers_pdu(address, regs)]
         except (codec.CodecError, TypeError, ValueError) as e:
             log.warning("modbus write to %s refused: %s", path, e)
             return Q.BadOutOfRange
         try:
             async with st.link.lock:
                 if not pdus:
-                    rq = codec.read_pdu(codec.FC_READ_HOLDING, wp.address, 1)
+                    rq = codec.read_pdu(codec.FC_READ_HOLDING, address, 1)
                     data = codec.parse_response(rq, await st.link.exchange(st.unit, rq, st.timeout))
                     word = (data[0] << 8) | data[1]
                     pdus = [codec.write_register_pdu(
-                        wp.address, codec.set_bit(word, src.bit or 0, bool(value), src.byte_order))]
+                        address, codec.set_bit(word, src.bit or 0, bool(value), src.byte_order))]
                 for pdu in pdus:
                     codec.parse_response(pdu, await st.link.exchange(st.unit, pdu, st.timeout))
         except ExceptionResponse as e:
@@ -641,7 +688,7 @@ class ModbusDriver(Driver):
         if math.isfinite(want):
             st.verify[tag] = want
         # read back at once: the group of the written point is due now
-        g = st.groups.get(wp.period)
+        g = st.groups.get(period)
         if g is not None:
             g.next = min(g.next, self.ctx.clock.time())
             st.wake.set()

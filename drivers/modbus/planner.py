@@ -18,10 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import BIT_TABLES, MAX_READ_BITS, MAX_READ_REGISTERS, PointSource
+import numpy as np
 
-#: table order of the planned requests (registers first: they carry most points)
-_TABLE_ORDER = {"holding": 0, "input": 1, "coil": 2, "discrete": 3}
+from .codec import MAX_READ_BITS, MAX_READ_REGISTERS, TABLE_CODE, TABLE_NAMES, PointSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +55,54 @@ class PlannedRead:
         return {p.device for p in self.points}
 
 
+def plan_arrays(
+    table: np.ndarray,
+    address: np.ndarray,
+    size: np.ndarray,
+    *,
+    max_gap: int = 8,
+    max_registers: int = MAX_READ_REGISTERS,
+    max_bits: int = MAX_READ_BITS,
+) -> list[tuple[int, int, int, np.ndarray]]:
+    """Coalesce points given as columns (table code, absolute address, size) into the fewest
+    requests within the limits; returns ``(table code, start, count, member rows)``.
+
+    Greedy over points sorted by (table, address): a point joins the current request when it
+    starts at most ``max_gap`` registers (bits) after the request's end and the request then
+    spans no more than the limit; otherwise it opens a new request. Greedy is optimal here:
+    any split that keeps every request within the limit and gaps within ``max_gap`` needs at
+    least as many cuts. Table codes: :data:`~drivers.modbus.codec.TABLE_CODE`.
+    """
+    if max_gap < 0:
+        raise ValueError("max_gap must be >= 0")
+    table = np.asarray(table, dtype=np.int64)
+    address = np.asarray(address, dtype=np.int64)
+    size = np.asarray(size, dtype=np.int64)
+    order = np.lexsort((-size, address, table))
+    limits = [max_registers, max_registers, max_bits, max_bits]
+    over = size > np.asarray(limits, dtype=np.int64)[table]
+    if over.any():
+        i = int(np.flatnonzero(over)[0])
+        raise ValueError(f"point of {int(size[i])} registers exceeds one request ({limits[int(table[i])]})")
+    t_s = table[order].tolist()
+    a_s = address[order].tolist()
+    e_s = (address + size)[order].tolist()
+    out: list[tuple[int, int, int, np.ndarray]] = []
+    cur_t, cur_start, cur_end, first = -1, 0, 0, 0
+    for k, (t, a, e) in enumerate(zip(t_s, a_s, e_s, strict=True)):
+        if t == cur_t:
+            new_end = e if e > cur_end else cur_end
+            if a - cur_end <= max_gap and new_end - cur_start <= limits[t]:
+                cur_end = new_end
+                continue
+        if cur_t >= 0:
+            out.append((cur_t, cur_start, cur_end - cur_start, order[first:k]))
+        cur_t, cur_start, cur_end, first = t, a, e, k
+    if cur_t >= 0:
+        out.append((cur_t, cur_start, cur_end - cur_start, order[first:]))
+    return out
+
+
 def plan_reads(
     points: Iterable[PointRef],
     *,
@@ -63,32 +110,16 @@ def plan_reads(
     max_registers: int = MAX_READ_REGISTERS,
     max_bits: int = MAX_READ_BITS,
 ) -> list[PlannedRead]:
-    """Coalesce ``points`` into the fewest requests within the limits.
-
-    Greedy over points sorted by (table, address): a point joins the current request when it
-    starts at most ``max_gap`` registers (bits) after the request's end and the request then
-    spans no more than the limit; otherwise it opens a new request. Greedy is optimal here:
-    any split that keeps every request within the limit and gaps within ``max_gap`` needs at
-    least as many cuts.
-    """
-    if max_gap < 0:
-        raise ValueError("max_gap must be >= 0")
-    out: list[PlannedRead] = []
-    cur: PlannedRead | None = None
-    for p in sorted(points, key=lambda p: (_TABLE_ORDER[p.source.table], p.address, -p.size)):
-        limit = max_bits if p.source.table in BIT_TABLES else max_registers
-        if p.size > limit:
-            raise ValueError(f"point of {p.size} registers exceeds one request ({limit})")
-        if cur is not None and cur.table == p.source.table:
-            end = cur.start + cur.count
-            new_end = max(end, p.end)
-            if p.address - end <= max_gap and new_end - cur.start <= limit:
-                cur.count = new_end - cur.start
-                cur.points.append(p)
-                continue
-        cur = PlannedRead(p.source.table, p.address, p.size, [p])
-        out.append(cur)
-    return out
+    """:func:`plan_arrays` for a list of :class:`PointRef` (tests, small devices)."""
+    pts = list(points)
+    plans = plan_arrays(
+        np.asarray([TABLE_CODE[p.source.table] for p in pts], dtype=np.int64),
+        np.asarray([p.address for p in pts], dtype=np.int64),
+        np.asarray([p.size for p in pts], dtype=np.int64),
+        max_gap=max_gap, max_registers=max_registers, max_bits=max_bits,
+    )
+    return [PlannedRead(TABLE_NAMES[t], start, count, [pts[i] for i in rows.tolist()])
+            for t, start, count, rows in plans]
 
 
 def split_by_device(read: PlannedRead, *, max_gap: int = 8) -> list[PlannedRead]:

@@ -155,10 +155,10 @@ async def test_poll_groups_coalesce_and_keep_their_rates(tmp_path, modbus_server
         st = h.drv.stations[0]
         fast, slow = st.groups[2.0], st.groups[60.0]
         # fast: input 0-1 | holding 20-21 + 30-32 (gap 8 > 4 -> two) + 40-43 | coil | discrete
-        assert [(r.plan.table, r.plan.start, r.plan.count) for r in fast.reads] == [
+        assert [(r.table, r.start, r.count) for r in fast.reads] == [
             ("holding", 20, 2), ("holding", 30, 3 + 1), ("holding", 40, 4),
             ("input", 0, 2), ("coil", 4, 1), ("discrete", 7, 1)]
-        assert [(r.plan.table, r.plan.start, r.plan.count) for r in slow.reads] == [("holding", 10, 2)]
+        assert [(r.table, r.start, r.count) for r in slow.reads] == [("holding", 10, 2)]
         before = h.health("requests")
         await h.step(2.0, n=30)  # one minute
         sent = h.health("requests") - before

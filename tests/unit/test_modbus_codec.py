@@ -149,7 +149,7 @@ def test_request_decoder_matches_scalar_decode_for_mixed_points():
         (9, src(type="float64", address=0, word_order="little", byte_order="little"), 150),
         (10, src(bit=15, address=0, byte_order="little"), 155),
     ]
-    dec = RequestDecoder("holding", start, 60, pts)
+    dec = RequestDecoder.from_points("holding", start, 60, pts)
     vals, texts = dec.decode(data)
     got = dict(zip(dec.tags.tolist(), vals.tolist(), strict=True))
     for tag, s, addr in pts:
@@ -167,14 +167,14 @@ def test_request_decoder_matches_scalar_decode_for_mixed_points():
 def test_coil_decoder_unpacks_lsb_first():
     # spec §6.1: coil 0 is the LSB of the first data byte
     pts = [(1, src(table="coil"), 0), (2, src(table="coil"), 9), (3, src(table="coil"), 10)]
-    dec = RequestDecoder("coil", 0, 11, pts)
+    dec = RequestDecoder.from_points("coil", 0, 11, pts)
     vals, _ = dec.decode(bytes([0b0000_0001, 0b0000_0010]))
     assert vals.tolist() == [1.0, 1.0, 0.0]
 
 
 def test_decoder_refuses_points_outside_request():
     with pytest.raises(ValueError, match="outside request"):
-        RequestDecoder("holding", 0, 2, [(1, src(type="float64"), 0)])
+        RequestDecoder.from_points("holding", 0, 2, [(1, src(type="float64"), 0)])
 
 
 # ----------------------------------------------------------------------------- frames
