@@ -59,6 +59,9 @@ LEGACY_LAMPS: tuple[tuple[str, float, float], ...] = (
 )
 _LAMP_WEIGHTS = (22, 25, 25, 6, 14, 8)
 
+#: Junction profiles by number of signal groups (a profile has a fixed point list).
+JUNCTION_PROFILES = {4: "junction-opcua-4", 8: "junction-opcua", 12: "junction-opcua-12"}
+
 
 @dataclass(slots=True)
 class CityStats:
@@ -112,13 +115,17 @@ def generate(
         raise ValueError("luminaires and junctions must be >= 0")
     rng = random.Random(seed)
     stats = CityStats()
-    total_w = sum(m[4] for m in MUNICIPALITIES)
+    # a small city covers fewer municipalities (about 150 light points each at least), the
+    # largest first, so cabinets and gateways keep realistic sizes
+    n_areas = max(1, min(len(MUNICIPALITIES), luminaires // 150))
+    weights = [m[4] if i < n_areas else 0.0 for i, m in enumerate(MUNICIPALITIES)]
+    total_w = sum(weights)
     # split light points over municipalities (largest remainder), then over cabinets / gateways
-    quotas = [luminaires * m[4] / total_w for m in MUNICIPALITIES]
+    quotas = [luminaires * w / total_w for w in weights]
     counts = [int(q) for q in quotas]
     for i in sorted(range(len(quotas)), key=lambda i: quotas[i] - counts[i], reverse=True)[: luminaires - sum(counts)]:
         counts[i] += 1
-    jq = [junctions * m[4] / total_w for m in MUNICIPALITIES]
+    jq = [junctions * w / total_w for w in weights]
     jcounts = [int(q) for q in jq]
     for i in sorted(range(len(jq)), key=lambda i: jq[i] - jcounts[i], reverse=True)[: junctions - sum(jcounts)]:
         jcounts[i] += 1
@@ -143,9 +150,7 @@ def generate(
         aid, label, *_ = MUNICIPALITIES[i]
         w(f"  - {_flow({'id': aid, 'name': label, 'municipality': label})}")
     stats.areas = len(used)
-    if broker != "embedded":
-        w("drivers:")
-        w("  mqtt: {}")
+    w(_SCHEDULES.rstrip("\n"))
     w("devices:")
     port = base_port
     cab_no = gw_no = j_no = 0
@@ -205,9 +210,9 @@ def generate(
             j_no += 1
             lat = round(lat0 + rng.uniform(-radius, radius), 5)
             lon = round(lon0 + rng.uniform(-radius, radius) * 1.4, 5)
-            sg = rng.choice((4, 6, 8, 8, 8, 10, 12))
+            sg = rng.choice((4, 8, 8, 8, 12))
             w(f"  - id: jct-{j_no:04d}")
-            w("    profile: junction-opcua")
+            w(f"    profile: {JUNCTION_PROFILES[sg]}")
             w(f"    area: {aid}")
             w(f"    connection: {_flow({'endpoint': f'opc.tcp://{host}:{port}/'})}")
             w(f"    location: {_flow({'lat': lat, 'lon': lon})}")
@@ -221,6 +226,32 @@ def generate(
     with open(out_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return stats
+
+
+#: The dimming policy every generated city starts with (see docs/schedules.md).
+_SCHEDULES = """\
+schedules:
+  dusk: sunset
+  dawn: sunrise
+  default_profile: standard
+  profiles:
+    standard:
+      description: residential streets
+      fade: 30s
+      steps:
+        - {at: dusk, level: 100}
+        - {at: "22:00", level: 70}
+        - {at: midnight-1h, until: midnight+4h, level: 40}
+      switch_off: dawn+10min
+    full:
+      description: public holidays
+      steps:
+        - {at: dusk, level: 100}
+      switch_off: dawn+10min
+  calendars:
+    - {name: every-night, profile: standard, priority: 10}
+    - {name: public-holidays, profile: full, holidays: FR, priority: 50}
+"""
 
 
 def _lamp(name: str) -> tuple[float, float]:
