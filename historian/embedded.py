@@ -114,6 +114,8 @@ class EmbeddedBackend(Backend):
         self.zstd_level = int(self.options.get("zstd_level", 3))
         self._con = duckdb.connect(":memory:", config={"threads": int(self.options.get("threads", 2))})
         self._lock = threading.Lock()
+        # series ids are read by query threads while the writer thread adds new ones
+        self._series_lock = threading.RLock()
         self._lockfile: int | None = None
         self._sid: dict[str, int] = {}
         self._keys: list[str] = []
@@ -131,6 +133,10 @@ class EmbeddedBackend(Backend):
         return os.path.join(self.path, "series.tsv")
 
     def _load_series(self) -> None:
+        with self._series_lock:
+            self._load_series_locked()
+
+    def _load_series_locked(self) -> None:
         p = self._series_path()
         try:
             size = os.path.getsize(p)
@@ -153,7 +159,11 @@ class EmbeddedBackend(Backend):
         self._series_size = size
 
     def _ids(self, keys: Sequence[str]) -> np.ndarray:
-        self._load_series()
+        with self._series_lock:
+            return self._ids_locked(keys)
+
+    def _ids_locked(self, keys: Sequence[str]) -> np.ndarray:
+        self._load_series_locked()
         new = [k for k in dict.fromkeys(keys) if k not in self._sid]
         if new:
             start = len(self._keys)
