@@ -17,6 +17,7 @@ asyncio tasks, routes commands to the owning driver, and shuts down cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import signal
@@ -64,6 +65,14 @@ class Service(ABC):
 
 
 Writer = Callable[[int, Any], Awaitable[int]]
+
+#: Who is writing, for handlers that audit or check roles (set by :meth:`Runtime.write`).
+_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("scada_caller", default=None)
+
+
+def current_user() -> str | None:
+    """The user on whose behalf the current write runs (None: the server itself)."""
+    return _CALLER.get()
 
 
 class Runtime:
@@ -180,8 +189,19 @@ class Runtime:
                 )
         return i, v
 
-    async def write(self, tag: int | str, value: Any) -> int:
-        """Send a write to the owning driver (or server-side handler); return its status code."""
+    async def write(self, tag: int | str, value: Any, *, user: str | None = None) -> int:
+        """Send a write to the owning driver (or server-side handler); return its status code.
+
+        ``user`` names who asked (an OPC UA session's user, the CLI's operator); handlers read
+        it with :func:`current_user` to audit or check roles.
+        """
+        token = _CALLER.set(user)
+        try:
+            return await self._write(tag, value)
+        finally:
+            _CALLER.reset(token)
+
+    async def _write(self, tag: int | str, value: Any) -> int:
         from .errors import WriteRefused
 
         try:

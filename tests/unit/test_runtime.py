@@ -10,7 +10,7 @@ import pytest
 from scada import quality as Q
 from scada.clock import SteppedClock
 from scada.loader import load_site
-from scada.runtime import Runtime, Service, coerce
+from scada.runtime import Runtime, Service, coerce, current_user
 from scada.tags import Batch, PointDef
 
 SITE = """\
@@ -143,3 +143,16 @@ async def test_health_tags(rt):
     assert rt.tagdb.read("_system/server/tags").value == len(rt.tagdb)
     assert rt.tagdb.read("_system/server/devices").value == 3
     assert rt.tagdb.read("_system/server/tags").quality == Q.Good
+
+
+async def test_write_carries_the_caller(rt):
+    seen = []
+
+    async def handler(tag, value):
+        seen.append(current_user())
+        return Q.Good
+
+    rt.register_writer("centre/lum-1", handler)
+    await rt.write("centre/lum-1/level_cmd", 10, user="eve")
+    await rt.write("centre/lum-1/level_cmd", 10)
+    assert seen == ["eve", None] and current_user() is None
