@@ -63,6 +63,55 @@ class TlsSettings:
     insecure: bool = False
 
 
+class _BufferedSocket:
+    """A plain TCP socket whose ``recv`` is served from a 64 KiB read-ahead buffer.
+
+    paho reads a packet as 1 byte + remaining length byte by byte + body: four ``recv`` system
+    calls per message. With a burst waiting in the kernel, one ``recv`` now serves hundreds of
+    messages. Everything else is delegated to the real socket. Not used for TLS (ssl sockets
+    buffer themselves and paho checks ``pending()`` on them).
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any):
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(65536)  # BlockingIOError propagates: paho treats it as "again"
+            if len(data) <= n:
+                return data
+            self._buf, self._pos = data, 0
+        out = self._buf[self._pos:self._pos + n]
+        self._pos += len(out)
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    """paho's client with a lean message dispatch.
+
+    paho matches every incoming topic against its ``message_callback_add`` filters (unused
+    here) before calling ``on_message``; at 20,000+ messages/s that costs ~10 % of the ingest.
+    The callback-lock is not needed either: every socket write goes through the event loop's
+    writer callback, never from inside a callback.
+    """
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        cb = self.on_message
+        if cb is not None:
+            cb(self, self._userdata, message)
+
+
 class MqttConnection:
     """One MQTT client connection kept alive on the running event loop.
 
@@ -227,7 +276,7 @@ class MqttConnection:
     # ------------------------------------------------------------------ paho client
     def _make_client(self) -> mqtt.Client:
         v5 = self.protocol == mqtt.MQTTv5
-        c = mqtt.Client(
+        c = _Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=None if v5 else self.clean_start,
@@ -350,6 +399,9 @@ class MqttConnection:
     def _register_reader(self, sock: Any) -> None:
         if self._loop is None or sock.fileno() < 0:
             return
+        c = self._client
+        if c is not None and c._sock is sock and not isinstance(sock, ssl.SSLSocket):
+            sock = c._sock = _BufferedSocket(sock)
         self._sock = sock
         self._loop.add_reader(sock, self._on_readable)
 
@@ -391,13 +443,17 @@ class MqttConnection:
             # every complete packet waiting in the socket instead so a burst is one burst.
             for _ in range(MAX_PACKETS_PER_WAKEUP):
                 if c.socket() is None:
-                    break
+                    return
                 rc = c._packet_read()
                 if rc == mqtt.MQTT_ERR_AGAIN:
-                    break
+                    return
                 if rc > 0:
                     c._loop_rc_handle(rc)
-                    break
+                    return
+            # budget used up: continue on the next loop iteration (the read-ahead buffer may
+            # hold data the selector will not signal again)
+            if self._loop is not None:
+                self._loop.call_soon(self._on_readable)
         except Exception:
             self._callback_failed("read")
 

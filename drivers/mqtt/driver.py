@@ -171,6 +171,8 @@ class MqttDriver(Driver):
         self._keep_good: dict[int, set[int]] = {}  # gateway slot -> tags left Good when offline
         self._brokers: dict[tuple[str, int, str | None], _Broker] = {}
         self._broker_of = [None] * n  # type: list[_Broker | None]
+        conn_cache: dict[int, BrokerConnection] = {}
+        wild_cache: dict[tuple[str, str], str] = {}
         slot_of_path: dict[str, int] = {}
         for s, dev in enumerate(devices):
             slot_of_path[dev.path] = s
@@ -185,7 +187,9 @@ class MqttDriver(Driver):
                 shapes = build_shapes(pname, opts, [(a, b, c) for a, b, c in pts])  # type: ignore[misc]
                 profiles[pname] = (opts, shapes, pts)
             opts, shapes, pts = profiles[pname]
-            cfg = BrokerConnection.model_validate(dev.connection or {})
+            cfg = conn_cache.get(id(dev.connection))  # children of a group share one dict
+            if cfg is None:
+                cfg = conn_cache[id(dev.connection)] = BrokerConnection.model_validate(dev.connection or {})
             host, port = cfg.address(emb)
             key = (host, port, cfg.username)
             b = self._brokers.get(key)
@@ -213,7 +217,10 @@ class MqttDriver(Driver):
                     raise ValueError(f"{dev.path}: {e.args[0]}; this profile's topic cannot be "
                                      f"filled for a {'child' if dev.parent else 'top-level'} device") from None
                 b.routes.setdefault(topic, []).append(_Route(shape, s, dev.first_tag))
-                b.filters.add(_wildcard(shape.topic.pattern, gateway))
+                wk = (shape.topic.pattern, gateway)
+                if wk not in wild_cache:
+                    wild_cache[wk] = _wildcard(*wk)
+                    b.filters.add(wild_cache[wk])
             av = opts.availability
             if av is not None:
                 self.online[s] = None
@@ -273,11 +280,16 @@ class MqttDriver(Driver):
         if cfg.tls:
             tls = TlsSettings(cfg.ca_file, cfg.cert_file, cfg.key_file, cfg.tls_insecure)
 
+        window = self.options.batch_window_ms / 1000.0
+
         def on_message(msg: MQTTMessage, b: _Broker = b) -> None:
             self._pending.append((b, msg.topic, msg.payload))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_safe)
+                if window > 0:
+                    asyncio.get_running_loop().call_later(window, self._flush_safe)
+                else:
+                    asyncio.get_running_loop().call_soon(self._flush_safe)
 
         def on_connected(session_present: bool, b: _Broker = b) -> None:
             self.ctx.log.info("MQTT broker %s:%d connected (session present: %s, %d subscriptions)",

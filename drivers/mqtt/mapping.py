@@ -240,6 +240,9 @@ class MqttOptions(_Model):
     client_id_prefix: str = "scada"
     #: bound on paho's outgoing queue (messages); beyond it commands are refused, not buffered
     max_queued: int = Field(1000, ge=1)
+    #: messages arriving within this window are decoded and applied as one batch: at the Dijon
+    #: load (~570 msg/s) ~11 messages per batch instead of one, for <= 20 ms of added latency
+    batch_window_ms: float = Field(20.0, ge=0, le=1000)
     session_expiry_s: int = Field(86400, ge=0)
 
 
@@ -392,6 +395,9 @@ class Shape:
         self.add = np.asarray([f.offset for f in self.fields], dtype=np.float64)
         self.bits = [(k, f.mask) for k, f in enumerate(self.fields) if f.mask is not None]
         self.bools = np.asarray([f.dtype == "bool" for f in self.fields], dtype=bool)
+        self._any_bool = bool(self.bools.any())
+        self._bit_cols = np.asarray([k for k, _ in self.bits], dtype=np.int64)
+        self._bit_masks = np.asarray([m for _, m in self.bits], dtype=np.int64)
         self.fast = (
             self.topic.format == "json" and bool(self.fields)
             and all(f.simple and f.keys for f in self.fields)
@@ -455,10 +461,12 @@ class Shape:
             raw = raw.reshape(len(rows), len(self.fields))
         ok = np.isfinite(raw).all(axis=1)
         vals = raw * self.scale + self.add
-        for k, m in self.bits:
-            col = np.nan_to_num(raw[:, k]).astype(np.int64)
-            vals[:, k] = (col & m) != 0
-        if self.bools.any():
+        if self.bits:
+            cols = self._bit_cols
+            sub = raw[:, cols]
+            ints = np.where(np.isfinite(sub), sub, 0.0).astype(np.int64)
+            vals[:, cols] = (ints & self._bit_masks) != 0
+        if self._any_bool:
             vals[:, self.bools] = vals[:, self.bools] != 0
         return vals, ok
 
