@@ -32,7 +32,7 @@ import numpy as np
 from .. import astro
 from .. import quality as Q
 from ..audit import AuditLog
-from ..runtime import Service
+from ..runtime import Service, current_user
 from ..tags import Batch, PointDef
 from . import calendar
 from .engine import Command, Commander, Fleet, Verifier
@@ -312,7 +312,8 @@ class ScheduleService(Service):
             first = self._area_first[area]
             point = AREA_POINTS[i - first].name
             now = self.clock.time()
-            user = "opcua"
+            # the writer's identity comes from Runtime.write(user=...) (the OPC UA session)
+            user = current_user() or "opcua"
             if point == "override_level":
                 minutes = self._minutes.get(area) or 120.0
                 o = new_override(
