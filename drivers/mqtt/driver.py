@@ -98,6 +98,8 @@ class _Broker:
     conn_cfg: BrokerConnection
     routes: dict[str, list[_Route]] = field(default_factory=dict)
     filters: set[str] = field(default_factory=set)
+    #: (topic, payload) published after each connection (gateways' query commands)
+    queries: list[tuple[str, str]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     conn: MqttConnection | None = None
 
@@ -221,6 +223,10 @@ class MqttDriver(Driver):
                 if wk not in wild_cache:
                     wild_cache[wk] = _wildcard(*wk)
                     b.filters.add(wild_cache[wk])
+            if opts.query_on_connect is not None:
+                qc = opts.commands[opts.query_on_connect]
+                b.queries.append((format_topic(qc.topic, segs),
+                                  json.dumps(render_payload(qc.payload, None, segs), separators=(",", ":"))))
             av = opts.availability
             if av is not None:
                 self.online[s] = None
@@ -294,6 +300,9 @@ class MqttDriver(Driver):
         def on_connected(session_present: bool, b: _Broker = b) -> None:
             self.ctx.log.info("MQTT broker %s:%d connected (session present: %s, %d subscriptions)",
                               b.key[0], b.key[1], session_present, len(b.filters))
+            if b.conn is not None:
+                for topic, body in b.queries:
+                    b.conn.publish(topic, body, 1, False)
 
         def on_disconnected(b: _Broker = b) -> None:
             self.ctx.health.inc("reconnects")

@@ -142,6 +142,9 @@ class MqttProfileOptions(_Model):
     topics: dict[str, TopicDef | str] = Field(default_factory=dict)
     commands: dict[str, CommandDef] = Field(default_factory=dict)
     availability: Availability | None = None
+    #: command (in ``commands``) sent to each gateway after every (re)connection so it
+    #: republishes its full state at once instead of at its next reporting period
+    query_on_connect: str | None = None
     #: number shown in ``{line}``/``{address}`` for the first line/short address (0 or 1)
     line_base: int = Field(0, ge=0)
     address_base: int = Field(0, ge=0)
@@ -161,6 +164,8 @@ class MqttProfileOptions(_Model):
         self.topics = {k: TopicDef(pattern=v) if isinstance(v, str) else v for k, v in self.topics.items()}
         if self.availability is not None and self.availability.topic not in self.topics:
             raise ValueError(f"availability.topic {self.availability.topic!r} is not one of topics: {sorted(self.topics)}")
+        if self.query_on_connect is not None and self.query_on_connect not in self.commands:
+            raise ValueError(f"query_on_connect {self.query_on_connect!r} is not one of commands: {sorted(self.commands)}")
         if self.bad_after_periods <= self.uncertain_after_periods:
             raise ValueError("bad_after_periods must be greater than uncertain_after_periods")
         return self

@@ -163,3 +163,20 @@ async def test_dali_line_down_is_reported_and_its_luminaires_go_stale(system):
     await system.tick(1)
     await eventually(lambda: db.read(f"{GW}/lum-066/level").good and db.read(f"{GW}/lines_ok").value,
                      what="line back")
+
+
+async def test_driver_arriving_after_the_gateways_gets_every_state_at_once(tmp_path, mosquitto, stepped_clock):
+    """query_on_connect: the driver asks each gateway for its full state after connecting, so a
+    server (re)started after its gateways does not wait a reporting period for its values."""
+    site = load_dali_site(tmp_path, mosquitto.address, {"gw-q": [(1, 5)]})
+    s = DaliSystem(site, stepped_clock)
+    try:
+        await s.start(runtime=False)
+        await s.tick(1)  # the gateway's first full state goes out before anyone listens
+        await s.start(sims=False)
+        # no clock advance: the values come from the gateway's answer to the query command
+        await eventually(lambda: all(s.db.read(f"centre/gw-q/lum-{n:03d}/power_w").good for n in range(1, 6)),
+                         what="states answering the query")
+        assert s.sims["gw-q"].commands >= 1
+    finally:
+        await s.stop()
