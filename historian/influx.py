@@ -11,9 +11,10 @@ in bulk from the numpy block (~1 M points/s, see bench/historian.py), and every 
 classified as in Telegraf's ``outputs/influxdb_v2``:
 
 * 2xx - stored; 413 (payload too large) - the batch is split in two and both halves retried;
-* 429 / 503 / other 5xx / connection errors - :class:`BackendUnavailable` with the server's
-  ``Retry-After`` when given (the block stays spooled; the forwarder backs off);
-* other 4xx - :class:`BackendRejected` (bad data; the block is set aside and logged).
+* 429 / 5xx / connection errors, and 401/403/404/405 (token, bucket or URL to fix: the data is
+  fine) - :class:`BackendUnavailable` with the server's ``Retry-After`` when given (the block
+  stays spooled; the forwarder backs off);
+* 400 / 422 / other 4xx - :class:`BackendRejected` (bad data; the block is set aside and logged).
 
 Series model: measurement ``scada`` (option ``measurement``), tag ``tag=<tag path>``, fields
 ``v`` (float) and ``q`` (OPC UA status code, integer), timestamp in milliseconds (option
@@ -300,13 +301,15 @@ class InfluxBackend(Backend):
 
 
 def classify(status: int, lines: int) -> str:
-    """What to do with a write answer (Telegraf outputs/influxdb_v2 errors.go): ``ok``,
-    ``split`` (413 and more than one line), ``retry`` (429, 5xx) or ``reject`` (other 4xx)."""
+    """What to do with a write answer (after Telegraf outputs/influxdb_v2 errors.go): ``ok``;
+    ``split`` (413 with more than one line); ``retry`` (429, 5xx, and 401/403/404/405: a
+    token, bucket or URL problem an operator fixes - the data itself is fine, so it stays
+    spooled); ``reject`` (400, 422 and other 4xx: the data is refused, retrying cannot help)."""
     if 200 <= status < 300:
         return "ok"
     if status == 413 and lines > 1:
         return "split"
-    if status == 429 or status >= 500:
+    if status in (429, 401, 403, 404, 405) or status >= 500:
         return "retry"
     return "reject"
 

@@ -137,7 +137,8 @@ def test_write_error_classification():
     assert classify(204, 10) == "ok"
     assert classify(413, 10) == "split" and classify(413, 1) == "reject"
     assert classify(429, 10) == classify(503, 10) == classify(500, 10) == "retry"
-    assert classify(400, 10) == classify(401, 10) == classify(404, 10) == "reject"
+    assert classify(401, 10) == classify(403, 10) == classify(404, 10) == "retry"  # fix config, keep data
+    assert classify(400, 10) == classify(422, 10) == "reject"
 
 
 def test_time_weighted_average_and_integral():
