@@ -327,10 +327,12 @@ class RequestDecoder:
     numpy operations (one per value type), whatever the number of points.
 
     Built once per planned request from columns: ``tags``, absolute PDU ``addresses`` (child
-    block offset already added) and ``src`` (row of each point in ``sources``).
+    block offset already added) and ``src`` (row of each point in ``sources``). Positions are
+    kept in bytes of the response data, so :meth:`combine` can decode the concatenated data of
+    every request of a poll group in one pass.
     """
 
-    __slots__ = ("_bits", "_num", "_strings", "count", "start", "table", "tags")
+    __slots__ = ("_cbits", "_num", "_rbits", "_strings", "count", "start", "table", "tags")
 
     def __init__(self, table: str, start: int, count: int, tags: np.ndarray, addresses: np.ndarray,
                  src: np.ndarray, sources: SourceTable):
@@ -345,16 +347,17 @@ class RequestDecoder:
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"point at {int(rel[i]) + start} outside request {start}+{count}")
         kind = sources.kind[src]
-        groups: list[_NumGroup] = []
-        bit_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        strings: list[tuple[int, int, int, str]] = []
+        self._num: list[_NumGroup] = []
+        self._rbits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # tags, byte pos, bit
+        self._cbits: tuple[np.ndarray, np.ndarray] | None = None  # tags, bit position in the data
+        self._strings: list[tuple[int, int, int, str]] = []
         for k in np.unique(kind).tolist():
             m = kind == k
             desc = sources.kinds[k]
             if desc[0] == "num":
                 s_scale = sources.scale[src[m]]
                 s_off = sources.offset[src[m]]
-                groups.append(_NumGroup(
+                self._num.append(_NumGroup(
                     sources.dtype[k], tags[m],
                     (2 * rel[m])[:, None] + sources.perm[k][None, :],
                     None if np.all(s_scale == 1.0) else s_scale,
@@ -363,15 +366,16 @@ class RequestDecoder:
             elif desc == _KIND_STRING:
                 for t, r, si in zip(tags[m].tolist(), rel[m].tolist(), src[m].tolist(), strict=True):
                     s0 = sources.sources[si]
-                    strings.append((t, 2 * r, 2 * s0.size, s0.byte_order))
+                    self._strings.append((t, 2 * r, 2 * s0.size, s0.byte_order))
+            elif desc == _KIND_BIT_TABLE:
+                self._cbits = (tags[m], rel[m])
             else:
-                bit_parts.append((tags[m], rel[m], sources.bit_no[src[m]]))
-        self._num = groups
-        self._bits = (
-            tuple(np.concatenate(c) for c in zip(*bit_parts, strict=True)) if bit_parts else None
-        )
-        self._strings = strings
-        parts = [g.tags for g in groups] + ([self._bits[0]] if self._bits else [])
+                self._rbits = (tags[m], 2 * rel[m], sources.bit_no[src[m]])
+        self._finish()
+
+    def _finish(self) -> None:
+        parts = [g.tags for g in self._num]
+        parts += [b[0] for b in (self._rbits, self._cbits) if b is not None]
         self.tags = np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     @classmethod
@@ -381,6 +385,41 @@ class RequestDecoder:
         st = SourceTable([p[1] for p in points])
         return cls(table, start, count, np.asarray([p[0] for p in points], np.int64),
                    np.asarray([p[2] for p in points], np.int64), np.arange(len(points)), st)
+
+    @classmethod
+    def combine(cls, decoders: list[RequestDecoder], lengths: list[int]) -> RequestDecoder:
+        """One decoder for the concatenated response data of ``decoders`` (``lengths``: bytes
+        of each response's data): a luminaire poll of 13 requests is decoded in ~5 numpy
+        passes instead of ~60. Numeric groups of the same type are merged."""
+        out = cls.__new__(cls)
+        out.table, out.start, out.count = "mixed", 0, 0
+        bases = np.cumsum([0, *lengths[:-1]]).tolist()
+        num: dict[np.dtype, list[tuple[_NumGroup, int]]] = {}
+        rb: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        cb: list[tuple[np.ndarray, np.ndarray]] = []
+        out._strings = []
+        for d, base in zip(decoders, bases, strict=True):
+            for g in d._num:
+                num.setdefault(g.dtype, []).append((g, base))
+            if d._rbits is not None:
+                rb.append((d._rbits[0], d._rbits[1] + base, d._rbits[2]))
+            if d._cbits is not None:
+                cb.append((d._cbits[0], d._cbits[1] + 8 * base))
+            out._strings += [(t, o + base, n, bo) for t, o, n, bo in d._strings]
+        out._num = []
+        for dtype, gs in num.items():
+            def col(attr: str, fill: float, gs: list[tuple[_NumGroup, int]] = gs) -> np.ndarray | None:
+                if all(getattr(g, attr) is None for g, _ in gs):
+                    return None
+                return np.concatenate([getattr(g, attr) if getattr(g, attr) is not None
+                                       else np.full(len(g.tags), fill) for g, _ in gs])
+            out._num.append(_NumGroup(
+                dtype, np.concatenate([g.tags for g, _ in gs]),
+                np.concatenate([g.byte_idx + b for g, b in gs]), col("scale", 1.0), col("offset", 0.0)))
+        out._rbits = tuple(np.concatenate(c) for c in zip(*rb, strict=True)) if rb else None  # type: ignore[assignment]
+        out._cbits = tuple(np.concatenate(c) for c in zip(*cb, strict=True)) if cb else None  # type: ignore[assignment]
+        out._finish()
+        return out
 
     @property
     def string_tags(self) -> list[int]:
@@ -397,28 +436,24 @@ class RequestDecoder:
         """Values of :attr:`tags` (float64, same order) and the (tag, text) of string points.
 
         ``data`` is the response's data field (after the byte count), already length-checked
-        by :func:`parse_response`.
+        by :func:`parse_response` (or several of them concatenated, for :meth:`combine`).
         """
         buf = np.frombuffer(data, dtype=np.uint8)
         out: list[np.ndarray] = []
         for g in self._num:
-            raw = buf[g.byte_idx].view(g.dtype).reshape(-1)
-            v = raw.astype(np.float64)
+            v = buf[g.byte_idx].view(g.dtype).reshape(-1).astype(np.float64)
             if g.scale is not None:
                 v *= g.scale
             if g.offset is not None:
                 v += g.offset
             out.append(v)
-        if self._bits is not None:
-            _, pos, no = self._bits
-            if self.table in BIT_TABLES:
-                bits = np.unpackbits(buf, bitorder="little")
-                out.append(bits[pos].astype(np.float64))
-            else:
-                words = (buf[2 * pos].astype(np.int64) << 8) | buf[2 * pos + 1]
-                v = np.where(no < 0, words != 0, (words >> np.maximum(no, 0)) & 1)
-                out.append(v.astype(np.float64))
-        values = np.concatenate(out) if out else np.zeros(0, np.float64)
+        if self._rbits is not None:
+            _, pos, no = self._rbits
+            words = (buf[pos].astype(np.int64) << 8) | buf[pos + 1]
+            out.append(np.where(no < 0, words != 0, (words >> np.maximum(no, 0)) & 1).astype(np.float64))
+        if self._cbits is not None:
+            out.append(np.unpackbits(buf, bitorder="little")[self._cbits[1]].astype(np.float64))
+        values = np.concatenate(out) if len(out) > 1 else (out[0] if out else np.zeros(0, np.float64))
         texts = [(tag, _decode_string(data[o:o + n], bo)) for tag, o, n, bo in self._strings]
         return values, texts
 

@@ -164,6 +164,36 @@ def test_request_decoder_matches_scalar_decode_for_mixed_points():
     assert set(dec.all_tags.tolist()) == set(range(1, 11))
 
 
+def test_combined_decoder_equals_the_requests_decoded_one_by_one():
+    rng = np.random.default_rng(3)
+    reqs = [
+        ("coil", 0, 11, [(100, src(table="coil"), 0), (101, src(table="coil"), 10)]),
+        ("holding", 10, 7, [(1, src(type="int16", scale=0.1), 10), (2, src(bit=4), 11),
+                            (3, src(type="uint32", word_order="little"), 12),
+                            (4, src(type="string", count=2), 14)]),
+        ("discrete", 3, 3, [(102, src(table="discrete", address=3), 5)]),
+        ("input", 0, 6, [(5, src(type="int16", offset=3), 0), (6, src(type="float32"), 2),
+                         (7, src(bit=15, byte_order="little"), 5)]),
+    ]
+    decs, datas, want = [], [], {}
+    for table, start, count, pts in reqs:
+        dec = RequestDecoder.from_points(table, start, count, pts)
+        n = (count + 7) // 8 if table in ("coil", "discrete") else 2 * count
+        data = rng.integers(0, 256, size=n).astype(np.uint8).tobytes()
+        v, tx = dec.decode(data)
+        want.update(zip(dec.tags.tolist(), v.tolist(), strict=True))
+        want.update(dict(tx))
+        decs.append(dec)
+        datas.append(data)
+    comb = RequestDecoder.combine(decs, [len(d) for d in datas])
+    v, tx = comb.decode(b"".join(datas))
+    got = dict(zip(comb.tags.tolist(), v.tolist(), strict=True))
+    got.update(dict(tx))
+    assert got.keys() == want.keys()
+    for k, w in want.items():
+        assert got[k] == (w if isinstance(w, str) else pytest.approx(w, nan_ok=True)), k
+
+
 def test_coil_decoder_unpacks_lsb_first():
     # spec §6.1: coil 0 is the LSB of the first data byte
     pts = [(1, src(table="coil"), 0), (2, src(table="coil"), 9), (3, src(table="coil"), 10)]
