@@ -40,6 +40,7 @@ for name in ("asyncua", "drivers", "scada"):
     logging.getLogger(name).setLevel(logging.CRITICAL)
 
 NS_URI = "urn:bench:opcua-driver"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -234,6 +235,74 @@ async def baseline_path(items: int, rate: float, seconds: float) -> tuple[float,
     return rate_got, cpu
 
 
+# ----------------------------------------------------------------------------- D
+def _city_site(tmp: Path, junctions: int, per_endpoint: int) -> tuple[Path, list[int]]:
+    import yaml
+
+    profiles = yaml.safe_load((REPO / "config" / "profiles" / "junction-opcua.yaml").read_text())["profiles"]
+    ports = [free_port() for _ in range((junctions + per_endpoint - 1) // per_endpoint)]
+    devices = [{"id": f"jct-{k:04d}", "profile": ("junction-opcua-4", "junction-opcua",
+                                                   "junction-opcua-12")[k % 3],
+                "area": "a", "connection": {"endpoint": f"opc.tcp://127.0.0.1:{ports[k // per_endpoint]}/j"}}
+               for k in range(junctions)]
+    site = {"site": {"name": "bench city", "latitude": 47.3, "longitude": 5.0, "state_dir": str(tmp)},
+            "areas": [{"id": "a"}], "profiles": profiles, "devices": devices}
+    path = tmp / "city.yaml"
+    path.write_text(yaml.safe_dump(site), encoding="utf-8")
+    return path, ports
+
+
+def _city_sim_proc(site_path: str, seconds: float, ready) -> None:
+    async def main() -> None:
+        from scada.clock import RealClock
+        from scada.loader import load_site
+        from simulators.traffic import serve_site
+
+        site = load_site(site_path)
+        sim = await serve_site(site, RealClock(), site.by_protocol()["opcua"])
+        ready.set()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await sim.aclose()
+
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+    asyncio.run(main())
+
+
+async def city_junctions(junctions: int, per_endpoint: int, seconds: float, tmp: Path) -> None:
+    from scada.clock import RealClock
+    from scada.loader import load_site
+    from scada.runtime import Runtime
+
+    path, ports = _city_site(tmp, junctions, per_endpoint)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    t0 = time.perf_counter()
+    proc = ctx.Process(target=_city_sim_proc, args=(str(path), seconds + 120, ready), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(300):
+            raise RuntimeError("city simulator did not start within 300 s")
+        t_sim = time.perf_counter() - t0
+        site = load_site(str(path))
+        rt = Runtime(site, RealClock())
+        rt.load_drivers(only=["opcua"])
+        t0 = time.perf_counter()
+        await rt.start()
+        await rt.drivers["opcua"].wait_connected(120)
+        t_conn = time.perf_counter() - t0
+        items = sum(len(s.specs) for s in rt.drivers["opcua"].sessions)
+        rate, cpu = await _measure(seconds, lambda: rt.tagdb.stats["changes"])
+        await rt.stop()
+    finally:
+        proc.kill()
+        proc.join()
+    print(f"D. {junctions} junctions on {len(ports)} endpoints ({per_endpoint} per server, simulator in "
+          f"its own process, real time): simulator up in {t_sim:.0f} s; driver connected "
+          f"{items} items in {t_conn:.1f} s; {rate:.0f} tag changes/s at {cpu:.1f} % of one core")
+
+
 # ----------------------------------------------------------------------------- C
 async def watchdog_trap(items: int, rate: float, seconds: float) -> None:
     """Two clients on one busy server: asyncua's 1 s watchdog vs the profile's 10 s."""
@@ -287,11 +356,16 @@ async def main() -> None:
     ap.add_argument("--watchdog", action="store_true", help="also run part C (slow: ~1-2 min)")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--city", type=int, default=0, metavar="N",
+                    help="part D: N simulated junctions (100 per server) read by the driver")
     a = ap.parse_args()
     import tempfile
 
     if not a.skip_a:
         await simulator_cost(a.shared)
+    if a.city:
+        with tempfile.TemporaryDirectory() as tmp:
+            await city_junctions(a.city, 100, a.seconds, Path(tmp))
     if a.skip_b:
         if a.watchdog:
             await watchdog_trap(a.items, a.rate, max(a.seconds, 30))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,9 @@ class JunctionModel:
     name: str
     groups: int
     t0: float
+    #: Coordination offset: the running cycle began ``offset_s`` before ``t0`` (a green wave;
+    #: it also spreads the junctions' phase changes over the cycle).
+    offset_s: float = 0.0
     plans: dict[int, Plan] = field(default_factory=dict)
     plan: int = 1
     plan_request: int = 1
@@ -129,7 +133,7 @@ class JunctionModel:
             raise ValueError(f"junction {self.name}: {self.groups} signal groups; expected 1-16")
         if not self.plans:
             self.plans = fixed_time_plans(self.groups)
-        self.cycle_start = self.t0
+        self.cycle_start = self.t0 - self.offset_s % self.plans[self.plan].cycle_s
 
     # -------------------------------------------------------------- time
     def step(self, now: float) -> None:
@@ -722,6 +726,15 @@ def signal_groups(dev: DeviceInstance) -> int:
     return sum(1 for p in dev.profile.points if p.name.startswith("sg") and p.name.endswith("_state")) or 8
 
 
+def offset_s(dev: DeviceInstance) -> float:
+    """Coordination offset of a junction: ``attrs.offset_s``, else a stable pseudo-random
+    whole number of seconds from its path (junctions of a city are not in phase)."""
+    v = dev.attrs.get("offset_s")
+    if v is not None:
+        return float(v)
+    return float(zlib.crc32(dev.path.encode()) % 3600)
+
+
 def _endpoint_key(url: str) -> str:
     u = urlparse(url)
     if u.scheme != "opc.tcp" or not u.hostname or u.port is None:
@@ -750,7 +763,7 @@ async def serve_site(site: Site, clock: Clock, devices: list[DeviceInstance]) ->
                 f"{dev.path}: object {name!r} already served at {url} by {objs[name][0].path}; "
                 "give one of them another connection.object"
             )
-        objs[name] = (dev, JunctionModel(name, signal_groups(dev), now))
+        objs[name] = (dev, JunctionModel(name, signal_groups(dev), now, offset_s(dev)))
     try:
         for url, objs in groups.items():
             srv = _EndpointServer(url, clock, {n: m for n, (_, m) in objs.items()}, security[url],

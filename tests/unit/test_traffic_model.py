@@ -129,3 +129,11 @@ def test_values_cover_every_group_with_distinct_names():
     assert len(v) == 14 + 4 * 12
     assert [k for k in v if k.endswith(".State")] == [f"SignalGroups.SG{g:02d}.State" for g in range(1, 13)]
     assert len(set(itertools.chain(v))) == len(v)
+
+
+def test_coordination_offset_shifts_the_cycle():
+    m = JunctionModel("J", 4, T0, offset_s=100.0)  # plan 1: 90 s cycle -> 10 s into a cycle
+    assert m.cycle_start == T0 - 10
+    assert m.plan_states(T0) == JunctionModel("J", 4, T0 - 10).plan_states(T0)
+    m.step(T0 + 80)
+    assert m.cycle_counter == 1
