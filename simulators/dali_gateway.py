@@ -127,6 +127,7 @@ class SimGateway:
         )
         self._task: asyncio.Task[None] | None = None
         self._full_pending = False
+        self._next_status = now + cfg.period
         #: luminaire device path -> child number k (0-based)
         self.paths: dict[str, int] = {c.path: k for k, c in enumerate(children)}
 
@@ -171,9 +172,12 @@ class SimGateway:
 
     def tick(self) -> None:
         """Step the model and publish what changed plus what is due (on the clock)."""
+        now = self.clock.time()
+        if now >= self._next_status and self.conn.connected:
+            self._next_status = now + self.cfg.period  # retained heartbeat, once a period
+            self.publish_status()
         if not self.n:
             return
-        now = self.clock.time()
         b = self.bank
         b.step(now)
         faults = b.faults.astype(np.int64)

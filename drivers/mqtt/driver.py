@@ -545,6 +545,10 @@ class MqttDriver(Driver):
             if len(sl):
                 self.last_msg[sl] = now
                 self.stale[sl] = 0
+                # a luminaire's message is also proof of life of the gateway it came through
+                gws = self.gw_of[sl]
+                self.last_msg[gws] = now
+                self.stale[gws] = 0
             if self._waiters:
                 self._resolve_waiters(idx, vals)
         for g, up in avail_events.items():

@@ -140,6 +140,8 @@ async def test_silent_luminaire_goes_uncertain_then_bad_on_the_clock(system):
     assert db.read(f"{GW}/lum-005/power_w").quality == Q.BadCommunicationError
     assert db.read(f"{GW}/lum-005/power_w").value is not None  # last value kept
     assert db.read(f"{GW}/lum-006/power_w").quality == Q.Good
+    assert db.read(f"{GW}/group01_level").quality == Q.Good  # the gateway itself is alive
+    assert db.read(f"{GW}/online").quality == Q.Good
     assert system.driver.stale[system.driver._slot_path.index(f"{GW}/lum-005")] == 2
     gw.silence(4, False)
     for _ in range(7):
