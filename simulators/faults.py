@@ -164,7 +164,11 @@ class ControlServer:
                 except json.JSONDecodeError as e:
                     ans: dict[str, Any] = {"ok": False, "error": f"not JSON: {e}"}
                 else:
-                    ans = self.router.handle_request(req)
+                    try:
+                        ans = self.router.handle_request(req)
+                    except Exception as e:  # a simulator bug must not cost the channel
+                        log.exception("control request %r failed", req)
+                        ans = {"ok": False, "error": f"simulator failed: {e!r}"}
                     if ans.get("ok") and req.get("op") in ("inject", "clear"):
                         log.info("control: %s %s %s", req["op"], req.get("fault", "*"), req["path"])
                 writer.write((json.dumps(ans) + "\n").encode())

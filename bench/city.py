@@ -1,0 +1,439 @@
+"""The whole pipeline at city scale (issue 9): simulators -> drivers -> tag database -> alarms,
+historian, OPC UA server -> an HMI client, each in its own process, on loopback only.
+
+    python bench/city.py --size small|dijon|paris [--duration 180] [--faults 200] [--chaos]
+    python bench/city.py --size dijon --soak 1         # one hour, a fault every minute
+
+What it does:
+1. `scada gen-city` writes the city (Dijon: 34,000 luminaires, 200 junctions; Paris: 200,000 and
+   2,000) with gateways on a private Mosquitto, luminaires reporting every 60 s, cabinets every
+   10 s, junctions every 1 s (the profiles are copied and their periods set accordingly).
+2. `scada sim` serves the devices in one or more processes (``--sim-procs``, sharded).
+3. `scada run` runs the server in its own process with the embedded historian.
+4. An OPC UA client process (this file with ``--client``) subscribes to every alarm event and to a
+   sample of 10,000 variables, and reads the server's `_system/` health tags every 5 s.
+5. After a warm-up, faults (lamp failures on random luminaires) are flipped through the
+   simulators' control channel; fault-to-red-dot latency = the client's receive time of the
+   alarm event minus the time the bench flipped the bit (same machine clock).
+
+Printed and saved to bench/results/city-<size>.json: server CPU % of one core, RSS, sustained tag
+updates/s, poll cycles completed on time (%), event-loop lag p50/p99, historian lag,
+fault-to-red-dot p50/p99, and the targets. Every load loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from bench._util import percentile, save  # noqa: E402
+
+SIZES = {"small": (600, 4), "dijon": (34_000, 200), "paris": (200_000, 2_000)}
+NS_URI = "urn:scada:streetlight:tags"
+HEALTH_PATTERNS = ("_system/*",)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- process helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_range(n: int, start: int = 21000) -> int:
+    """First port p >= start such that p..p+n-1 are all bindable on loopback now."""
+    p = start
+    while p + n < 65000:
+        ok = True
+        for q in range(p, p + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", q))
+                except OSError:
+                    ok, p = False, q + 1
+                    break
+        if ok:
+            return p
+    raise RuntimeError(f"no range of {n} free ports on loopback")
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.25)
+    return False
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], workdir: str, env: dict[str, str] | None = None):
+        self.name = name
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.log = open(self.log_path, "w")
+        self.p = subprocess.Popen(args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                  start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
+        """Signal, wait; return how long it took to exit (kill after ``timeout``)."""
+        if not self.alive():
+            return 0.0
+        t0 = time.monotonic()
+        self.p.send_signal(sig)
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait(5)
+        self.log.close()
+        return time.monotonic() - t0
+
+    def tail(self, n: int = 15) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+
+
+def send_control(addr: tuple[str, int], req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """One request on the simulators' JSON-lines control channel (simulators/faults.py)."""
+    from simulators.faults import send_control as _send
+
+    return _send(addr[0], addr[1], req, timeout=timeout)[0]
+
+
+# --------------------------------------------------------------------------- the city
+def prepare_city(work: str, size: str, broker_port: int, opcua_port: int) -> tuple[str, Any]:
+    lum, jct = SIZES[size]
+    prof = os.path.join(work, "profiles")
+    shutil.copytree(os.path.join(REPO, "config", "profiles"), prof)
+    # issue 9's periods: luminaires 60 s, cabinets 10 s, junctions 1 s
+    cab = os.path.join(prof, "cabinet-modbus.yaml")
+    with open(cab) as f:
+        text = f.read()
+    with open(cab, "w") as f:
+        f.write(text.replace("status: 2s", "status: 10s"))
+    site_path = os.path.join(work, "city.yaml")
+    base = free_range(lum // 20 + jct + 50)
+    subprocess.run([sys.executable, "-m", "cli", "gen-city", "--luminaires", str(lum), "--junctions",
+                    str(jct), "--out", site_path, "--profiles", prof, "--base-port", str(base),
+                    "--broker", f"127.0.0.1:{broker_port}"], cwd=REPO, check=True, timeout=600)
+    with open(site_path, "a") as f:
+        f.write(f"opcua: {{port: {opcua_port}, allow_security_none: true}}\n")
+    from scada.loader import load_site
+
+    return site_path, load_site(site_path)
+
+
+# --------------------------------------------------------------------------- the HMI client
+async def client_main(cfg_path: str) -> None:
+    """Subscribe to every alarm event and a sample of variables; log events and health."""
+    from asyncua import Client, ua
+
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    events_f = open(cfg["events"], "a", buffering=1)
+    health_f = open(cfg["health"], "a", buffering=1)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    counts = {"datachanges": 0, "events": 0}
+
+    class Handler:
+        def event_notification(self, ev: Any) -> None:
+            counts["events"] += 1
+            fields = ev.get_event_props_as_fields_dict()
+
+            def val(name: str) -> Any:
+                v = fields.get(name)
+                v = getattr(v, "Value", v)
+                return getattr(v, "Text", v)
+
+            events_f.write(json.dumps({
+                "t": time.time(), "source": str(val("SourceName")), "name": str(val("ConditionName")),
+                "active": bool(val("ActiveState/Id")) if val("ActiveState/Id") is not None else None,
+                "retain": bool(val("Retain")) if val("Retain") is not None else None,
+                "severity": val("Severity"),
+            }) + "\n")
+
+        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+            counts["datachanges"] += 1
+
+    client = Client(cfg["endpoint"], timeout=60)
+    client.session_timeout = 600_000
+    async with client:
+        ns = await client.get_namespace_index(NS_URI)
+        handler = Handler()
+        esub = await client.create_subscription(200, handler)
+        await esub.subscribe_events(client.nodes.server, ua.ObjectIds.AlarmConditionType)
+        dsub = await client.create_subscription(1000, handler)
+        nodes = [client.get_node(ua.NodeId(p, ns)) for p in cfg["sample"]]
+        for k in range(0, len(nodes), 1000):
+            await dsub.subscribe_data_change(nodes[k:k + 1000], queuesize=1)
+        health_nodes = [client.get_node(ua.NodeId(p, ns)) for p in cfg["health_tags"]]
+        health_f.write(json.dumps({"t": time.time(), "ready": True}) + "\n")
+        while not stop.is_set():
+            try:
+                vals = await client.read_values(health_nodes) if health_nodes else []
+            except Exception as e:  # the bench keeps reading; a failed read is logged as such
+                health_f.write(json.dumps({"t": time.time(), "error": repr(e)}) + "\n")
+                vals = []
+            rec = {"t": time.time(), **counts}
+            rec.update({p: v for p, v in zip(cfg["health_tags"], vals, strict=False)})
+            health_f.write(json.dumps(rec, default=float) + "\n")
+            try:
+                await asyncio.wait_for(stop.wait(), 5.0)
+            except TimeoutError:
+                pass
+    events_f.close()
+    health_f.close()
+
+
+# --------------------------------------------------------------------------- orchestration
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return out
+
+
+def health_tags(site: Any) -> list[str]:
+    out = ["_system/server/updates_per_s", "_system/server/changes_per_s", "_system/server/loop_lag_ms",
+           "_system/server/tags", "_system/server/task_restarts"]
+    for proto in site.by_protocol():
+        out += [f"_system/{proto}/{p}" for p in ("connected", "cycle_ms", "late_cycles", "errors", "cycles")]
+    out += ["_system/historian/lag_s", "_system/historian/points", "_system/historian/spool_fill"]
+    return out
+
+
+def main() -> None:  # noqa: C901 - one linear script, kept in one place on purpose
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--duration", type=float, default=None, help="measurement window, s")
+    ap.add_argument("--warmup", type=float, default=75.0, help="seconds before measuring")
+    ap.add_argument("--faults", type=int, default=200)
+    ap.add_argument("--sample", type=int, default=10_000, help="variables the client monitors")
+    ap.add_argument("--sim-procs", type=int, default=None)
+    ap.add_argument("--soak", type=float, default=None, metavar="HOURS")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--client", metavar="CFG", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.client:
+        asyncio.run(client_main(a.client))
+        return
+    rng = random.Random(42)
+    duration = a.duration or (3600 * a.soak if a.soak else 180.0)
+    sim_procs = a.sim_procs or {"small": 1, "dijon": 1, "paris": 3}[a.size]
+    work = tempfile.mkdtemp(prefix=f"city-{a.size}-")
+    procs: list[Proc] = []
+    figures: dict[str, Any] = {"size": a.size, "luminaires": SIZES[a.size][0], "junctions": SIZES[a.size][1]}
+    try:
+        broker_port, opcua_port = free_port(), free_port()
+        with open(os.path.join(work, "mosquitto.conf"), "w") as f:
+            f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n")
+        mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        procs.append(Proc("mosquitto", [mosq, "-c", os.path.join(work, "mosquitto.conf")], work))
+        if not wait_port(broker_port, 10):
+            raise SystemExit("mosquitto did not start:\n" + procs[-1].tail())
+        t0 = time.monotonic()
+        site_path, site = prepare_city(work, a.size, broker_port, opcua_port)
+        print(f"[city] {a.size}: {site.tag_count:,} tags in {sum(1 for _ in site.all_devices()):,} devices, "
+              f"generated in {time.monotonic() - t0:.1f} s (work dir {work})", flush=True)
+
+        # simulators
+        ready_files = []
+        for i in range(sim_procs):
+            rf = os.path.join(work, f"sim{i}.ready.json")
+            ready_files.append(rf)
+            procs.append(Proc(f"sim{i}", [sys.executable, "-m", "cli", "sim", site_path, "--shard",
+                                           f"{i}/{sim_procs}", "--ready-file", rf], work))
+        sims = procs[-sim_procs:]
+        t0 = time.monotonic()
+        while not all(os.path.exists(r) for r in ready_files):
+            if time.monotonic() - t0 > 900 or not all(s.alive() for s in sims):
+                raise SystemExit("simulators did not start:\n" + "\n".join(s.tail() for s in sims))
+            time.sleep(1)
+        controls = []
+        for rf in ready_files:
+            with open(rf) as f:
+                info = json.load(f)
+            controls.append(tuple(info["control"]))
+        figures["sim_start_s"] = round(time.monotonic() - t0, 1)
+        print(f"[city] {sim_procs} simulator process(es) ready in {figures['sim_start_s']} s", flush=True)
+
+        # server
+        t0 = time.monotonic()
+        server = Proc("server", [sys.executable, "-m", "cli", "run", site_path], work)
+        procs.append(server)
+        if not wait_port(opcua_port, 600):
+            raise SystemExit("server did not open its OPC UA port:\n" + server.tail(40))
+        figures["server_start_s"] = round(time.monotonic() - t0, 1)
+        print(f"[city] server up (OPC UA port open) in {figures['server_start_s']} s", flush=True)
+
+        # HMI client
+        lums = [d.path for d in site.all_devices() if d.kind == "luminaire"]
+        sample = [f"{p}/power_w" for p in rng.sample(lums, min(a.sample, len(lums)))]
+        ccfg = {"endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/scada", "sample": sample,
+                "health_tags": health_tags(site), "events": os.path.join(work, "events.jsonl"),
+                "health": os.path.join(work, "health.jsonl")}
+        cfg_path = os.path.join(work, "client.json")
+        with open(cfg_path, "w") as f:
+            json.dump(ccfg, f)
+        client = Proc("client", [sys.executable, os.path.abspath(__file__), "--client", cfg_path], work)
+        procs.append(client)
+        t0 = time.monotonic()
+        while not any(r.get("ready") for r in read_jsonl(ccfg["health"])):
+            if time.monotonic() - t0 > 300 or not client.alive():
+                raise SystemExit("client did not subscribe:\n" + client.tail(30))
+            time.sleep(1)
+        print(f"[city] client subscribed ({len(sample):,} variables + alarm events); "
+              f"warming up {a.warmup:.0f} s", flush=True)
+        time.sleep(a.warmup)
+
+        # measurement window with faults
+        cpu0, tm0 = server.cpu_seconds(), time.monotonic()
+        rss_samples = [server.rss()]
+        health_mark = len(read_jsonl(ccfg["health"]))
+        shard_of = {}
+        top = [d.path for d in site.devices]
+        for k, p in enumerate(top):
+            shard_of[p] = k % sim_procs
+        injected: list[tuple[str, float]] = []
+        refused: list[str] = []
+        period = 60.0
+        n_faults = a.faults if not a.soak else int(duration // 60)
+        inject_window = max(1.0, duration - period - 15) if not a.soak else duration - period
+        victims = rng.sample(lums, min(n_faults, len(lums)))
+        for k, path in enumerate(victims):
+            at = tm0 + k * inject_window / max(1, len(victims))
+            while time.monotonic() < at:
+                time.sleep(min(1.0, at - time.monotonic()))
+                if int(time.monotonic() - tm0) % 30 == 0:
+                    rss_samples.append(server.rss())
+            parent = path.rsplit("/", 1)[0]
+            ctl = controls[shard_of.get(parent, 0)]
+            t_flip = time.time()
+            ans = send_control(ctl, {"op": "inject", "path": path, "fault": "lamp_failure"})
+            if ans.get("ok"):
+                injected.append((path, t_flip))
+            else:
+                refused.append(f"{path}: {ans.get('error')}")
+        while time.monotonic() < tm0 + duration:
+            time.sleep(min(5.0, tm0 + duration - time.monotonic()))
+            rss_samples.append(server.rss())
+        cpu1, tm1 = server.cpu_seconds(), time.monotonic()
+        alive = server.alive()
+        stop_s = server.stop(signal.SIGTERM)
+        client.stop(signal.SIGTERM)
+
+        # figures
+        events = read_jsonl(ccfg["events"])
+        first_seen: dict[str, float] = {}
+        for ev in events:
+            if ev["name"] == "lamp_failure" and ev.get("active"):
+                first_seen.setdefault(ev["source"], ev["t"])
+        lat = [first_seen[p] - t for p, t in injected if p in first_seen and first_seen[p] >= t]
+        health = read_jsonl(ccfg["health"])[health_mark:]
+        ups = [h.get("_system/server/updates_per_s") for h in health if h.get("_system/server/updates_per_s") is not None]
+        lag = [h.get("_system/server/loop_lag_ms") for h in health if h.get("_system/server/loop_lag_ms") is not None]
+        hist_lag = [h.get("_system/historian/lag_s") for h in health if h.get("_system/historian/lag_s") is not None]
+
+        def delta(key: str) -> float | None:
+            vals = [h[key] for h in health if isinstance(h.get(key), (int, float))]
+            return (vals[-1] - vals[0]) if len(vals) >= 2 else None
+
+        cycles_on_time = {}
+        for proto in site.by_protocol():
+            late, cyc = delta(f"_system/{proto}/late_cycles"), delta(f"_system/{proto}/cycles")
+            if late is not None and cyc:
+                cycles_on_time[proto] = round(100.0 * (1 - late / cyc), 2)
+            elif late is not None:
+                cycles_on_time[proto] = f"late cycles: {late:.0f}"
+        cpu_pct = 100.0 * (cpu1 - cpu0) / (tm1 - tm0)
+        figures.update({
+            "duration_s": round(tm1 - tm0), "server_alive": alive, "server_stop_s": round(stop_s, 2),
+            "server_cpu_pct_of_one_core": round(cpu_pct, 1),
+            "server_rss_mb_max": round(max(rss_samples) / 2**20),
+            "server_rss_mb_end": round(rss_samples[-1] / 2**20),
+            "tag_updates_per_s_median": round(percentile(ups, 50)) if ups else None,
+            "poll_cycles_on_time_pct": cycles_on_time,
+            "loop_lag_ms_p50": round(percentile(lag, 50), 1) if lag else None,
+            "loop_lag_ms_p99": round(percentile(lag, 99), 1) if lag else None,
+            "historian_lag_s_max": round(max(hist_lag), 2) if hist_lag else None,
+            "faults_injected": len(injected), "faults_refused": refused[:5], "faults_seen": len(lat),
+            "fault_to_red_dot_s_p50": round(percentile(lat, 50), 3) if lat else None,
+            "fault_to_red_dot_s_p99": round(percentile(lat, 99), 3) if lat else None,
+            "luminaire_report_period_s": period,
+            "alarm_events_received": len(events),
+            "client_datachanges": (health[-1].get("datachanges") if health else None),
+            "targets": {"dijon": "server < 25 % of one core, < 1.5 GB RSS",
+                        "paris": "no poll cycle late, server < 100 % of one core",
+                        "fault_to_red_dot_p99_s": f"<= {period} + 0.25"},
+        })
+        if a.soak:
+            rss_h = [(r / 2**20) for r in rss_samples]
+            warm = rss_h[len(rss_h) // 6:] or rss_h
+            growth = (warm[-1] - warm[0]) / warm[0] * 100 / max(1e-9, (tm1 - tm0) / 3600)
+            figures["soak_memory_growth_pct_per_hour"] = round(growth, 2)
+        path = save(f"city-{a.size}" + ("-soak" if a.soak else ""), figures)
+        print(json.dumps(figures, indent=2))
+        print(f"[city] figures saved to {path}")
+    finally:
+        for p in reversed(procs):
+            try:
+                p.stop(signal.SIGTERM, timeout=15)
+            except Exception as e:  # cleanup must go on for the others
+                print(f"[city] could not stop {p.name}: {e!r}", file=sys.stderr)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"[city] work directory kept: {work}")
+
+
+if __name__ == "__main__":
+    main()
