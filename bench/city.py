@@ -162,14 +162,13 @@ def prepare_city(work: str, size: str, broker_port: int, opcua_port: int) -> tup
 
 
 # --------------------------------------------------------------------------- the HMI client
-async def client_main(cfg_path: str) -> None:
-    """Subscribe to every alarm event and a sample of variables; log events and health."""
+async def client_main(cfg: dict[str, Any], events_f: Any, health_f: Any) -> None:
+    """Subscribe to every alarm event and a sample of variables; log events and health.
+
+    The log files are line-buffered and small writes; they are opened by the caller, outside
+    the event loop."""
     from asyncua import Client, ua
 
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    events_f = open(cfg["events"], "a", buffering=1)
-    health_f = open(cfg["health"], "a", buffering=1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -222,8 +221,6 @@ async def client_main(cfg_path: str) -> None:
                 await asyncio.wait_for(stop.wait(), 5.0)
             except TimeoutError:
                 pass
-    events_f.close()
-    health_f.close()
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -251,7 +248,7 @@ def health_tags(site: Any) -> list[str]:
     return out
 
 
-def main() -> None:  # noqa: C901 - one linear script, kept in one place on purpose
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--duration", type=float, default=None, help="measurement window, s")
@@ -264,7 +261,10 @@ def main() -> None:  # noqa: C901 - one linear script, kept in one place on purp
     ap.add_argument("--client", metavar="CFG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.client:
-        asyncio.run(client_main(a.client))
+        with open(a.client) as f:
+            cfg = json.load(f)
+        with open(cfg["events"], "a", buffering=1) as ev, open(cfg["health"], "a", buffering=1) as hl:
+            asyncio.run(client_main(cfg, ev, hl))
         return
     rng = random.Random(42)
     duration = a.duration or (3600 * a.soak if a.soak else 180.0)

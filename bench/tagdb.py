@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._util import rss_bytes, save  # noqa: E402
-from scada import quality as Q  # noqa: E402
-from scada.clock import RealClock  # noqa: E402
-from scada.tags import Batch, PointDef, PointSchema, TagDatabase  # noqa: E402
+from bench._util import rss_bytes, save
+from scada import quality as Q
+from scada.clock import RealClock
+from scada.tags import Batch, PointDef, PointSchema, TagDatabase
 
 POINTS = 10  # tags per device (a luminaire has about that many)
 
@@ -121,7 +121,7 @@ def main() -> None:
     batches = make_batches(a.tags, a.batch, 200, rng)
     # initial read of every tag (first sample = a change from BadWaitingForInitialData)
     db.apply(Batch(np.arange(a.tags, dtype=np.int64), rng.uniform(0, 100, a.tags), Q.Good, time.time()))
-    ups, cps, changes = bench_ours(db, batches, a.seconds)
+    ups, cps, _changes = bench_ours(db, batches, a.seconds)
     base = bench_baseline(a.tags, batches, min(a.seconds, 5.0))
 
     figures = {

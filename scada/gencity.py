@@ -158,7 +158,7 @@ def generate(
         aid, _label, lat0, lon0, _ = MUNICIPALITIES[i]
         n_left = counts[i]
         radius = 0.004 + 0.003 * math.sqrt(MUNICIPALITIES[i][4])
-        dali_left = int(round(n_left * dali_share))
+        dali_left = round(n_left * dali_share)
         modbus_left = n_left - dali_left
         while modbus_left > 0:
             size = min(modbus_left, rng.randint(20, 64))

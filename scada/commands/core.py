@@ -28,6 +28,14 @@ def load_or_exit(path: str):  # -> Site
         sys.exit(2)
 
 
+def resolve_state_dir(site) -> None:
+    """Make the site's state directory absolute (relative to the site file)."""
+    if not os.path.isabs(site.config.site.state_dir):
+        site.config.site.state_dir = os.path.join(
+            os.path.dirname(os.path.abspath(site.path)), site.config.site.state_dir
+        )
+
+
 def summary(site) -> str:
     """Devices, tags and alarm templates per area and kind."""
     per_area: dict[str, Counter[str]] = {}
@@ -116,6 +124,7 @@ def run(site_file: str, rate: float, opcua_port: int | None) -> None:
     site = load_or_exit(site_file)
     if opcua_port is not None:
         site.config.opcua.port = opcua_port
+    resolve_state_dir(site)
     asyncio.run(_serve(site, rate, simulate=False))
 
 
@@ -132,6 +141,7 @@ def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, du
     site.config.opcua.port = opcua_port
     if state_dir:
         site.config.site.state_dir = state_dir
+    resolve_state_dir(site)
     asyncio.run(_serve(site, rate, simulate=True, duration=duration))
 
 
@@ -140,10 +150,6 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
     from scada.runtime import Runtime
 
     clock = make_clock(rate)
-    if not os.path.isabs(site.config.site.state_dir):
-        site.config.site.state_dir = os.path.join(
-            os.path.dirname(os.path.abspath(site.path)), site.config.site.state_dir
-        )
     sims = None
     if simulate:
         # the demo wires simulators in from the CLI side; the server never imports them
