@@ -71,7 +71,8 @@ class Spool:
 
     def pending(self) -> list[str]:
         """Spooled block files, oldest first."""
-        return sorted(n for n in os.listdir(self.dir) if n.endswith(".blk"))
+        # not ".tmp-*.blk": a block being written (it is renamed into place when complete)
+        return sorted(n for n in os.listdir(self.dir) if n.endswith(".blk") and not n.startswith("."))
 
     def append(self, points: Points) -> str:
         """Store a block durably; returns its file name. Raises :class:`SpoolFull`."""

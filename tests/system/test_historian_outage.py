@@ -3,6 +3,8 @@ every recorded point reaches it, in order, with its source time (both backends).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -65,7 +67,10 @@ async def test_backend_down_ten_minutes_under_load_loses_nothing(kind, tmp_path,
     for i in tags.tolist():
         raw = reader.read_raw(rt.tagdb.path(i), START - 1, START + 3600)
         total += len(raw)
-        assert raw.v.tolist() == [float(k) for k in range(steps)]  # all of them, in order
+        missing = sorted(set(range(steps)) - set(int(x) for x in raw.v.tolist()))
+        assert raw.v.tolist() == [float(k) for k in range(steps)], (  # all of them, in order
+            f"{rt.tagdb.path(i)}: missing {missing}; service {h.counters}, spool "
+            f"{sorted(os.listdir(h.spool.dir))}")
         np.testing.assert_allclose(raw.t, START + 5.0 * np.arange(steps), atol=1e-3)
     assert total == steps * n_tags
     if reader is not backend:

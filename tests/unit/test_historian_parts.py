@@ -90,6 +90,9 @@ def test_spool_round_trip_and_damaged_file(tmp_path):
         f.write(b"garbage!")
     with pytest.raises(HistorianError, match="damaged"):
         sp.read(name)
+    # a block being written (temporary name) is not offered to the forwarder
+    open(os.path.join(sp.dir, ".tmp-000000000099.blk"), "wb").close()
+    assert sp.pending() == [name]
     # a new Spool on the same directory (restart) sees the blocks in order and keeps numbering
     n2 = sp.append(pts)
     sp2 = Spool(sp.dir, max_bytes=10**6, fsync=False)
