@@ -183,10 +183,10 @@ class SimGateway:
         faults = b.faults.astype(np.int64)
         changed = (b.level != self._pub_level) | (b.target != self._pub_target) | (faults != self._pub_faults)
         due = self.next_report <= now
-        if self._full_pending and self.conn.connected:
-            self._full_pending = False
-            due[:] = True
-        send = (changed | due) & ~self.silent & ~self.line_down[self.line]
+        full = self._full_pending and self.conn.connected
+        if full:
+            self._full_pending = False  # republish everything, keep each one's reporting phase
+        send = (changed | due | full) & ~self.silent & ~self.line_down[self.line]
         if due.any():
             # next report one period later (catch up without a burst after a long pause)
             self.next_report[due] += self.cfg.period * np.maximum(1, np.ceil((now - self.next_report[due]) / self.cfg.period))
