@@ -206,60 +206,75 @@ def counter_energy(
         cnt[s_, k_] = bk.count[ok]
         mono[s_, k_] = bk.monotonic[ok]
     has = cnt > 0
-    # previous night with data, per series and night (-1: none)
-    idx = np.where(has, np.arange(D1)[None, :], -1)
-    prev_incl = np.maximum.accumulate(idx, axis=1)
-    prev = np.full((S, D1), -1, np.int64)
-    prev[:, 1:] = prev_incl[:, :-1]
-    rows = np.arange(S)[:, None]
-    pv = np.where(prev >= 0, lv[rows, np.maximum(prev, 0)], np.nan)
-    pt = np.where(prev >= 0, lt[rows, np.maximum(prev, 0)], np.nan)
-    within = lv - fv
-    cross = fv - pv
+    # the common case in one pass: the previous reading is last night's (shifted columns);
+    # nights after a gap and series with resets/jumps are handled one by one below
+    has_prev = np.zeros_like(has)
+    has_prev[:, 1:] = has[:, :-1]
+    lv_prev = np.full_like(lv, np.nan)
+    lv_prev[:, 1:] = lv[:, :-1]
+    lt_prev = np.full_like(lt, np.nan)
+    lt_prev[:, 1:] = lt[:, :-1]
+    direct = has & has_prev
+    within = np.where(has, lv - fv, 0.0)
+    cross = np.where(direct, fv - lv_prev, 0.0)
     rate = (max_w / 3600.0)[:, None]
     with np.errstate(invalid="ignore"):
-        suspicious = has & (~mono | (cross < 0) | (within > rate * np.maximum(lt - ft, 1.0) + 1e-9)
-                            | (cross > rate * np.maximum(ft - pt, 1.0) + 1e-9))
+        suspicious = (has & (~mono | (within > rate * np.maximum(lt - ft, 1.0) + 1e-9))) | (
+            direct & ((cross < 0) | (cross > rate * np.maximum(ft - lt_prev, 1.0) + 1e-9)))
+    slow_mask = suspicious.any(axis=1)
+    gaps: list[tuple[int, int, int, float]] = []  # (series, night, previous data night, increase)
+    after_gap = has & ~has_prev
+    after_gap[:, 0] = False
+    for s_, k_ in np.argwhere(after_gap & ~slow_mask[:, None]).tolist():
+        earlier = np.flatnonzero(has[s_, :k_])
+        if not len(earlier):
+            continue  # first reading of the series: nothing before it to link
+        p_ = int(earlier[-1])
+        inc = float(fv[s_, k_] - lv[s_, p_])
+        if inc < 0 or inc > float(rate[s_, 0]) * max(float(ft[s_, k_] - lt[s_, p_]), 1.0) + 1e-9:
+            slow_mask[s_] = True
+        else:
+            gaps.append((s_, k_, p_, inc))
+    gaps = [g for g in gaps if not slow_mask[g[0]]]
     resets = np.zeros(S, np.int64)
     repl = np.zeros(S, np.int64)
-    slow = np.flatnonzero(suspicious.any(axis=1))
+    slow = np.flatnonzero(slow_mask)
     if len(slow) and progress:
         progress(f"{len(slow)} counters with resets or jumps: reading them raw")
-    for s in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
-        raw = backend.read_raw(keys[s], float(edges[0]), float(edges[-1]))
-        cd = counter_deltas(raw, edges, max_rate=float(rate[s, 0]))
-        within[s] = np.nan_to_num(cd.delta) - cd.cross
-        cross[s] = np.where(cd.prev_bucket >= 0, cd.cross, np.nan)
-        prev[s] = cd.prev_bucket
-        has[s] = cd.count > 0
-        resets[s] = int(cd.resets.sum())
-        repl[s] = int(cd.replacements.sum())
-    within = np.where(has, within, 0.0)
-    energy = np.where(has, within, 0.0)
+    ks = np.arange(D1)
+    for s_ in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
+        raw = backend.read_raw(keys[s_], float(edges[0]), float(edges[-1]))
+        cd = counter_deltas(raw, edges, max_rate=float(rate[s_, 0]))
+        has[s_] = cd.count > 0
+        within[s_] = np.where(has[s_], np.nan_to_num(cd.delta) - cd.cross, 0.0)
+        d_ = has[s_] & (cd.prev_bucket == ks - 1)
+        direct[s_] = d_
+        cross[s_] = np.where(d_, cd.cross, 0.0)
+        for k_ in np.flatnonzero(has[s_] & (cd.prev_bucket >= 0) & ~d_).tolist():
+            gaps.append((s_, k_, int(cd.prev_bucket[k_]), float(cd.cross[k_])))
+        resets[s_] = int(cd.resets.sum())
+        repl[s_] = int(cd.replacements.sum())
+    energy = within + cross
     status = np.where(has, MEASURED, ESTIMATED).astype(np.int8)
-    # the cross-boundary increase: to this night if the previous reading is last night's,
-    # else spread over the gap in proportion to burning hours (those nights: FILLED)
-    has_cross = has & (prev >= 0) & ~np.isnan(cross)
-    direct = has_cross & (prev == np.arange(D1)[None, :] - 1)
-    energy[direct] += cross[direct]
-    gaps = np.argwhere(has_cross & ~direct)
-    for s, k in gaps.tolist():
-        p = int(prev[s, k])
-        w = hours[p + 1 : k + 1].astype(np.float64)
+    # an increase across a gap is spread over the missing nights and the night of the reading
+    # that ends it, in proportion to burning hours (missing nights: FILLED)
+    for s_, k_, p_, inc in gaps:
+        w = hours[p_ + 1 : k_ + 1].astype(np.float64)
         tot = w.sum()
         share = w / tot if tot > 0 else np.full(len(w), 1.0 / len(w))
-        energy[s, p + 1 : k + 1] += cross[s, k] * share
-        status[s, p + 1 : k] = FILLED
-    # nights before the first / after the last reading: estimated from the series' own rate
-    measured_full = (status == MEASURED) & direct & (hours[None, :] > 0)
+        energy[s_, p_ + 1 : k_ + 1] += inc * share
+        status[s_, p_ + 1 : k_] = FILLED
+    # nights before the first / after the last reading: estimated from the series' own rate,
     # Wh per burning hour over the fully measured nights (ratio of sums), else the rated power
+    measured_full = direct & (hours[None, :] > 0)
     e_full = np.where(measured_full, energy, 0.0).sum(axis=1)
-    h_full = np.where(measured_full, hours[None, :], 0.0).sum(axis=1)
+    h_full = (measured_full * hours[None, :]).sum(axis=1)
     fallback = max_w / 3.0  # rated LED power (max_w is 3 x rated)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate_h = np.where(h_full > 0, e_full / h_full, fallback)
     est = status == ESTIMATED
-    energy[est] = (rate_h[:, None] * hours[None, :])[est]
+    if est.any():
+        energy[est] = (rate_h[:, None] * hours[None, :])[est]
     return energy[:, 1:], status[:, 1:], resets, repl
 
 

@@ -2,11 +2,12 @@
 billion raw values.
 
 One file per point and night (local noon to local noon, as the KPI counts):
-``<dir>/night-YYYY-MM-DD.<point>.npy``, a numpy structured array (no zip, read with one
-``fromfile``) holding per series the first and last good reading (time, value), good and bad
-counts and a monotonic flag - the :class:`historian.base.Buckets` summary the KPI consumes. Row 0
-is a header: ``id = -1`` and ``count`` = the highest block sequence number of the embedded store
-the night was computed from. Series are numbered in ``<dir>/keys.txt`` (append-only).
+``<dir>/night-YYYY-MM-DD.<point>.npy``, one float64 matrix (no zip, read with one ``fromfile``,
+each field a contiguous row) holding per series (columns) its id, the first and last good
+reading (time, value), the maximum, good and bad counts and a monotonic flag - the
+:class:`historian.base.Buckets` summary the KPI consumes. Column 0 is a header: id -1 and, in
+the ``count`` row, the highest block sequence number of the embedded store the night was
+computed from. Series are numbered in ``<dir>/keys.txt`` (append-only).
 
 Staleness: a night whose time range is touched by a block written after the roll-up (a spool
 replay after an outage, a late import) is recomputed on the next :meth:`Rollups.update`; for
@@ -25,9 +26,10 @@ from scada import astro
 
 from .base import Backend, Buckets
 
-ROW = np.dtype([("id", "<i8"), ("first_t", "<f8"), ("first_v", "<f8"), ("last_t", "<f8"),
-                ("last_v", "<f8"), ("vmax", "<f8"), ("count", "<i8"), ("bad", "<i8"), ("mono", "?")])
 FIELDS = ("first_t", "first_v", "last_t", "last_v", "vmax", "count", "bad", "mono")
+ROWS = ("id", *FIELDS)
+R = {name: i for i, name in enumerate(ROWS)}
+DTYPE = {"count": np.int64, "bad": np.int64, "mono": bool}
 
 
 class Rollups:
@@ -67,21 +69,21 @@ class Rollups:
         """Store one night's summary of ``point`` series (rows parallel to ``keys``), merged with
         the rows already stored for other series; the file is replaced atomically."""
         ids = self._ids(keys)
-        rows = np.zeros(len(ids), ROW)
-        rows["id"] = ids
+        mat = np.empty((len(ROWS), len(ids) + 1))
+        mat[R["id"], 1:] = ids
         for f in FIELDS:
-            rows[f] = cols[f]
+            mat[R[f], 1:] = cols[f]
         old = self._load(night, point)
         if old is not None:
-            keep = old[1:][~np.isin(old["id"][1:], ids)]
-            if len(keep):
-                rows = np.concatenate([keep, rows])
-                seq = min(seq, int(old["count"][0])) if seq >= 0 else seq
-        head = np.zeros(1, ROW)
-        head["id"], head["count"] = -1, seq
+            keep = ~np.isin(old[R["id"], 1:], ids)
+            if keep.any():
+                mat = np.concatenate([mat[:, :1], old[:, 1:][:, keep], mat[:, 1:]], axis=1)
+                seq = min(seq, int(old[R["count"], 0])) if seq >= 0 else seq
+        mat[:, 0] = 0.0
+        mat[R["id"], 0], mat[R["count"], 0] = -1, seq
         p = self.path(night, point)
         tmp = p + ".tmp.npy"
-        np.save(tmp, np.concatenate([head, rows]))
+        np.save(tmp, mat)
         os.replace(tmp, p)
 
     def update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
@@ -120,10 +122,10 @@ class Rollups:
         arr = self._load(night, point)
         if arr is None:
             return True
-        have = arr["id"][1:]
+        have = arr[R["id"], 1:]
         if not (len(have) == len(ids) and np.array_equal(have, ids)) and not np.isin(ids, have).all():
             return True
-        seq = int(arr["count"][0])
+        seq = int(arr[R["count"], 0])
         if seq_now < 0 or seq >= seq_now:
             return False
         a, b = astro.local_noon_utc(astro.to_dates([night, night + timedelta(days=1)]), tz) * 1e6
@@ -136,26 +138,27 @@ class Rollups:
         ids = np.fromiter((self._index.get(k, -1) for k in keys), np.int64, len(keys))
         S, N = len(keys), len(nights)
         # filled night by night into [night, series] (contiguous rows), returned transposed
-        out = {f: np.empty((N, S), ROW[f]) for f in FIELDS}
+        out = {f: np.empty((N, S)) for f in FIELDS}
+        ids_f = ids.astype(np.float64)
         pos = None
         for j, night in enumerate(nights):
             arr = self._load(night, point)
             if arr is None:
                 return None
-            rows = arr[1:]
-            if len(rows) == S and np.array_equal(rows["id"], ids):
+            if arr.shape[1] == S + 1 and np.array_equal(arr[R["id"], 1:], ids_f):
                 for f in FIELDS:
-                    out[f][j] = rows[f]
+                    out[f][j] = arr[R[f], 1:]
                 continue
             for f in FIELDS:
-                out[f][j] = np.nan if f in FIELDS[:5] else (f == "mono")
+                out[f][j] = np.nan if f in FIELDS[:5] else float(f == "mono")
             if pos is None:
                 pos = np.full(max(len(self._keys), 1), -1, np.int64)
                 pos[ids[ids >= 0]] = np.flatnonzero(ids >= 0)
-            r = pos[np.minimum(rows["id"], len(pos) - 1)]
+            r = pos[np.minimum(arr[R["id"], 1:].astype(np.int64), len(pos) - 1)]
             ok = r >= 0
             for f in FIELDS:
-                out[f][j, r[ok]] = rows[f][ok]
+                out[f][j, r[ok]] = arr[R[f], 1:][ok]
+        out = {f: (a.astype(DTYPE[f]) if f in DTYPE else a) for f, a in out.items()}
         return {f: a.T for f, a in out.items()}
 
     def buckets(self, keys: Sequence[str], nights: Sequence[date]) -> Buckets | None:
