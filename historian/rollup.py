@@ -16,8 +16,10 @@ non-embedded backends roll-ups are recomputed when asked (``force``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
 
 import numpy as np
@@ -86,9 +88,31 @@ class Rollups:
         np.save(tmp, mat)
         os.replace(tmp, p)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive across processes (two reports at once must not interleave keys.txt)."""
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # another process may have added keys meanwhile
+            p = os.path.join(self.dir, "keys.txt")
+            if os.path.exists(p):
+                with open(p, encoding="utf-8") as f:
+                    self._keys = [line.rstrip("\n") for line in f if line.strip()]
+                self._index = {k: i for i, k in enumerate(self._keys)}
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
                force: bool = False) -> int:
         """(Re)compute the nights ``d0..d1`` that are missing or stale; returns how many."""
+        with self.locked():
+            return self._update(backend, keys, tz, d0, d1, force)
+
+    def _update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
+                force: bool) -> int:
         nights = [d0 + timedelta(days=k) for k in range((d1 - d0).days + 1)]
         point = _point(keys)
         seq_now, blocks = _blocks(backend)

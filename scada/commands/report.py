@@ -103,9 +103,15 @@ def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
     s = site.config.site
     backend = _reader(site)
     prog = _Progress(7)
+    rollups = None
+    if site.config.historian.backend == "embedded":
+        # per-night summaries cached beside the store (recomputed when late data touches a night)
+        from historian.rollup import Rollups
+
+        rollups = Rollups(os.path.join(os.path.dirname(backend.path), "rollups"))
     try:
         res = E.compute(backend, inv, lat=s.latitude, lon=s.longitude, tz=s.timezone, d0=d0.date(),
-                        d1=d1.date(), area=area, progress=prog)
+                        d1=d1.date(), area=area, progress=prog, rollups=rollups)
     finally:
         backend.close()
     prog("rendering")
