@@ -72,7 +72,7 @@ class HistorianService(Service):
                            fsync=bool(cfg.options.get("fsync", True)))
         self.health_first = runtime.tagdb.add_tags("_system/historian", HEALTH)
         self.recorder = Recorder(runtime.tagdb, deadband=cfg.deadband, exclude=cfg.exclude,
-                                 max_block_points=cfg.max_block_points)
+                                 swinging_door=cfg.swinging_door, max_block_points=cfg.max_block_points)
         self.recorder.on_full = self._wake_recorder
         # subscribe now, not in run(): changes applied before the task first runs are kept
         self.recorder.start()
@@ -96,6 +96,7 @@ class HistorianService(Service):
 
     async def aclose(self) -> None:
         """Spool what is queued (nothing recorded is lost), try one forward pass, close."""
+        self.recorder.release_held()
         with contextlib.suppress(HistorianError, OSError):
             await self.spool_now()
         try:

@@ -166,3 +166,49 @@ def test_counter_rollover_and_replacement():
     raw2 = Raw(np.array([0.0, 10, 20]), np.array([1.0, 1e9, 3.0]), np.array([0, Q.BadCommunicationError, 0], np.uint32))
     d2 = counter_deltas(raw2, np.array([0.0, 100.0]))
     assert d2.delta.tolist() == [2.0] and d2.bad.tolist() == [1]
+
+
+async def test_swinging_door_keeps_every_value_within_deviation(tmp_path):
+    site = make_site(tmp_path, cabinets=1, lamps=3,
+                     historian="  swinging_door: {power_w: 0.5}\n  options: {fsync: false}")
+    rt = Runtime(site, SteppedClock(T0))
+    h = HistorianService(rt)
+    tags = rt.tagdb.indices_of_point("power_w")
+    rng = np.random.default_rng(3)
+    n = 400
+    walk = np.cumsum(rng.normal(0, 0.3, (n, len(tags))), axis=0) + 50.0
+    walk[:, 0] = 10.0 + 0.1 * np.arange(n)  # a pure ramp: two points suffice
+    walk[150:, 1] = walk[150, 1]  # flat after a corner
+    for k in range(n):
+        rt.tagdb.apply(Batch.of(tags, walk[k], Q.Good, T0 + 10.0 * k))
+    pts = h.recorder.take()
+    h.recorder.release_held()
+    pts = Points.concat([pts, h.recorder.take()])
+    times = T0 + 10.0 * np.arange(n)
+    for j, i in enumerate(tags.tolist()):
+        sel = np.array([pts.keys[s] == rt.tagdb.path(i) for s in pts.sid.tolist()])
+        t, v = pts.t[sel], pts.v[sel]
+        last_change = np.flatnonzero(np.diff(walk[:, j]) != 0)[-1] + 1  # the tag database's last change
+        assert t[0] == times[0] and t[-1] == times[last_change] and np.all(np.diff(t) > 0)
+        rebuilt = np.interp(times, t, v)  # what a trend draws between archived points
+        assert np.max(np.abs(rebuilt - walk[:, j])) <= 0.5 + 1e-9
+        if j == 0:
+            assert len(t) == 2  # the ramp: first and last point only
+        assert len(t) < n / 2  # it does compress
+    await h.aclose()
+
+
+async def test_swinging_door_archives_held_value_on_quality_change(tmp_path):
+    site = make_site(tmp_path, cabinets=1, lamps=1,
+                     historian="  swinging_door: {power_w: 1.0}\n  options: {fsync: false}")
+    rt = Runtime(site, SteppedClock(T0))
+    h = HistorianService(rt)
+    i = rt.tagdb.index("centre/cab-1/lum-01/power_w")
+    for k, (v, q) in enumerate([(10.0, Q.Good), (10.2, Q.Good), (10.4, Q.Good), (10.4, Q.BadCommunicationError)]):
+        rt.tagdb.apply(Batch.of([i], [v], q, T0 + k))
+    pts = h.recorder.take()
+    key = pts.keys.index("centre/cab-1/lum-01/power_w")
+    rows = [(t - T0, v, q) for s, t, v, q in zip(pts.sid.tolist(), pts.t.tolist(), pts.v.tolist(),
+                                                   pts.q.tolist(), strict=True) if s == key]
+    assert rows == [(0.0, 10.0, Q.Good), (2.0, 10.4, Q.Good), (3.0, 10.4, Q.BadCommunicationError)]
+    await h.aclose()
