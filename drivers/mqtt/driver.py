@@ -305,6 +305,7 @@ class MqttDriver(Driver):
                     b.conn.publish(topic, body, 1, False)
 
         def on_disconnected(b: _Broker = b) -> None:
+            self._flush_safe()  # what arrived before the loss first, then the loss
             self.ctx.health.inc("reconnects")
             self.ctx.mark(self._broker_tags(b), Q.BadCommunicationError)
             for s in b.slots:

@@ -54,6 +54,9 @@ async def test_thousand_malformed_messages_are_counted_by_reason_and_valid_ones_
     try:
         await s.start()
         db, gw, drv = s.db, s.sims["gw-a"], s.driver
+        # the gateway's answer to the driver's query_on_connect comes first: let it land
+        await eventually(lambda: all(db.read(f"{GW}/lum-{n:03d}/level").good for n in range(1, N_LUM + 1)),
+                         what="initial states")
         level_tags = {db.index(f"{GW}/lum-{n:03d}/level"): n - 1 for n in range(1, N_LUM + 1)}
         energy_tags = {db.index(f"{GW}/lum-{n:03d}/energy_wh"): n - 1 for n in range(1, N_LUM + 1)}
         got_level: dict[int, list[float]] = {k: [] for k in range(N_LUM)}
