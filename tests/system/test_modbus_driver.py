@@ -25,7 +25,7 @@ areas: [{id: a}]
 drivers:
   modbus: {OPTS}
 """
-OPTS = "{timeout: 0.25, retries: 1, connect_timeout: 0.5, demote_after: 2, demote_base: 4, demote_cap: 8}"
+OPTS = "{timeout: 0.5, retries: 1, connect_timeout: 0.5, demote_after: 2, demote_base: 4, demote_cap: 8}"
 
 # A meter from "another vendor": word-swapped float voltage, big-endian uint32 energy counter,
 # signed temperature x0.1, an alarm bit in a status word, a relay coil, a setpoint x0.5, a
@@ -368,7 +368,7 @@ devices:
   - {{id: ok, profile: plain, area: a, connection: {{host: 127.0.0.1, port: {good.port}}}}}
 """
     good.set_registers("holding", 0, [11, 12])
-    path = write_site(tmp_path, profile + devs, "{timeout: 0.2, retries: 0, demote_after: 100}")
+    path = write_site(tmp_path, profile + devs, "{timeout: 0.4, retries: 0, demote_after: 100}")
     async with Harness(path, stepped_clock) as h:
         await h.step()
         assert h.read("a/bad/r1").value == 101 and h.read("a/bad/r1").quality == Q.Good

@@ -29,7 +29,7 @@ include:
   - {profiles}/cabinet-modbus.yaml
   - {profiles}/luminaire-modbus.yaml
 drivers:
-  modbus: {{timeout: 0.25, retries: 1, connect_timeout: 0.5, demote_after: 3, demote_base: 2, demote_cap: 4, startup_spread: 0}}
+  modbus: {{timeout: 0.5, retries: 1, connect_timeout: 0.5, demote_after: 3, demote_base: 2, demote_cap: 4, startup_spread: 0}}
 devices:
   - id: cab-01
     profile: cabinet-modbus
@@ -205,3 +205,14 @@ async def test_group_level_write_reaches_the_luminaires(city):
     assert city.read("centre/cab-02/lum-02/level_cmd").value == pytest.approx(75.5)
     assert city.drv.ctx.health.get("write_mismatch") == 0
     assert np.all(city.rt.tagdb.quality[city.drv.stations[0].tags] == Q.Good)
+
+
+@pytest.mark.parametrize("fault, point", [("door_open", "door_open"), ("breaker_trip", "breaker_tripped")])
+async def test_cabinet_contacts_show_within_two_status_periods(city, fault, point):
+    path = f"centre/cab-02/{point}"
+    assert city.read(path).value is False
+    city.sim.inject("centre/cab-02", fault)
+    k = await city.until(path, lambda s: s.value is True and s.quality == Q.Good, 2)
+    assert k <= 2
+    city.sim.clear("centre/cab-02", fault)
+    await city.until(path, lambda s: s.value is False, 2)
