@@ -119,6 +119,7 @@ class AlarmEngine:
         self.shelve_info: dict[int, tuple[str, str]] = {}
         self.oos_devices: set[str] = set()
         self._pending_rules: list[_Pending] = []
+        self._parent_of: dict[str, str] = {}
         self._raises: dict[int, deque[float]] = {}
         cap = 1024
         self.level = np.zeros(cap, dtype=np.int8)
@@ -193,6 +194,8 @@ class AlarmEngine:
                           self.tagdb.point(tag).unit, fields)
         for rule in adef.suppressed_by:
             self._pending_rules.append(_Pending(c, device, parent, rule))
+        if parent is not None:
+            self._parent_of[device] = parent
         return c
 
     def _new_row(self, kind: int, tag: int, device: str, area: str, name: str, category: str,
@@ -262,6 +265,34 @@ class AlarmEngine:
                     )
                 self.supp.add(p.target, SRC_POINT, tag, float(p.rule.equals))
         self._pending_rules.clear()
+        self._resolve_child_rules()
+
+    def _resolve_child_rules(self) -> None:
+        """``alarms.children_suppressed_by``: one group per (child device, selection)."""
+        rules = self.config.children_suppressed_by
+        if not rules:
+            return
+        sources: dict[tuple[str, int], tuple[int, int, float] | None] = {}
+        for child, parent in self._parent_of.items():
+            rows = self.by_device.get(child, [])
+            for k, r in enumerate(rules):
+                key = (parent, k)
+                if key not in sources:
+                    if r.alarm is not None:
+                        src = self.by_id.get(f"{parent}/{r.alarm}")
+                        sources[key] = None if src is None else (SRC_ALARM, src, 1.0)
+                    else:
+                        tag = self.tagdb.find(f"{parent}/{r.point}")
+                        sources[key] = None if tag is None else (SRC_POINT, tag, float(r.equals))
+                s = sources[key]
+                if s is None:
+                    continue
+                sel = None if r.alarms is None else set(r.alarms)
+                members = rows if sel is None else [c for c in rows if self.name[c] in sel]
+                if not members:
+                    continue
+                g = self.supp.group_of(("device", child, k), members)
+                self.supp.add_group_rule(g, *s)
 
     @property
     def n(self) -> int:

@@ -424,6 +424,7 @@ async def call_action(endpoint: str, user: str | None, password: str | None, wha
     """Call one A&C method as ``user`` (the server checks the role): ``acknowledge``,
     ``shelve`` (duration s or None = one-shot), ``unshelve``, ``out_of_service``."""
     client = Client(endpoint, timeout=10)
+    client.session_timeout = 60_000  # what servers grant anyway; avoids a revision warning
     if user:
         client.set_user(user)
         client.set_password(password or "")

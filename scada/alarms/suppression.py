@@ -41,29 +41,64 @@ def _gather(ptr: np.ndarray, order: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 class SuppressionTable:
+    """Rules -> groups of alarms. A rule is (source alarm or source tag + value, group); a
+    group is a set of alarms: one alarm (a template's ``suppressed_by``), or the selected
+    alarms of a child device (``alarms.children_suppressed_by``: a cabinet's mains failure hides
+    all its luminaires' alarms). A group is on while any of its rules is on; an alarm is
+    suppressed while any of its groups is on. Both counts are kept incrementally, so a batch
+    costs in proportion to the rules whose source changed."""
+
     def __init__(self) -> None:
-        self._target: list[int] = []
+        self._rgroup: list[int] = []
         self._kind: list[int] = []
         self._src: list[int] = []
         self._eq: list[float] = []
+        self._groups: dict[tuple, int] = {}
+        self._members: list[list[int]] = []
+        self._keys: set[tuple[int, int, int, float]] = set()
         self.n = 0
-        self.target = np.zeros(0, dtype=np.int64)
+        self.group = np.zeros(0, dtype=np.int64)
         self.on = np.zeros(0, dtype=np.bool_)
+        self.gcount = np.zeros(0, dtype=np.int32)
         self.count = np.zeros(0, dtype=np.int32)
 
+    def group_of(self, key: tuple, members: list[int]) -> int:
+        g = self._groups.get(key)
+        if g is None:
+            g = self._groups[key] = len(self._members)
+            self._members.append(list(members))
+        return g
+
     def add(self, target: int, kind: int, src: int, equals: float = 1.0) -> None:
-        self._target.append(target)
+        """A rule suppressing one alarm (``target``)."""
+        self.add_group_rule(self.group_of(("alarm", target), [target]), kind, src, equals)
+
+    def add_group_rule(self, group: int, kind: int, src: int, equals: float = 1.0) -> None:
+        key = (group, kind, src, float(equals))
+        if key in self._keys:  # the same rule declared twice (template and site default)
+            return
+        self._keys.add(key)
+        self._rgroup.append(group)
         self._kind.append(kind)
         self._src.append(src)
         self._eq.append(equals)
 
     def build(self, ntags: int, nconds: int) -> None:
-        self.n = len(self._target)
-        self.target = np.asarray(self._target, dtype=np.int64)
+        self.n = len(self._rgroup)
+        self.group = np.asarray(self._rgroup, dtype=np.int64)
         self.kind = np.asarray(self._kind, dtype=np.int8)
         self.src = np.asarray(self._src, dtype=np.int64)
         self.eq = np.asarray(self._eq, dtype=np.float64)
         self.on = np.zeros(self.n, dtype=np.bool_)
+        ng = len(self._members)
+        self.gcount = np.zeros(max(ng, 1), dtype=np.int32)
+        sizes = np.asarray([len(m) for m in self._members], dtype=np.int64)
+        self._mptr = np.zeros(ng + 1, dtype=np.int64)
+        np.cumsum(sizes, out=self._mptr[1:])
+        self._mrows = (np.concatenate([np.asarray(m, dtype=np.int64) for m in self._members])
+                       if ng else np.zeros(0, dtype=np.int64))
+        self._members = []
+        self._keys = set()
         self.count = np.zeros(max(nconds, 1), dtype=np.int32)
         pt = self.kind == SRC_POINT
         self._tag_rules = np.nonzero(pt)[0]
@@ -92,13 +127,14 @@ class SuppressionTable:
 
     def update(self, rules: np.ndarray, raw: np.ndarray, value: np.ndarray,
                quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Re-evaluate ``rules``; return (targets whose rule count crossed zero, new state)."""
+        """Re-evaluate ``rules``; return (alarms whose suppression changed, new state)."""
+        none = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
         if len(rules) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
+            return none
         kind = self.kind[rules]
         src = self.src[rules]
         new = self.on[rules].copy()
-        a = kind == 0
+        a = kind == SRC_ALARM
         if a.any():
             new[a] = raw[src[a]] != 0
         p = ~a
@@ -108,16 +144,29 @@ class SuppressionTable:
             new[p] = np.where(ok, np.abs(value[s] - self.eq[rules[p]]) < 1e-9, new[p])
         flip = new != self.on[rules]
         if not flip.any():
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
+            return none
         fr = rules[flip]
         self.on[fr] = new[flip]
-        t = self.target[fr]
-        ut = np.unique(t)
-        before = self.count[ut] > 0
-        np.add.at(self.count, t, np.where(new[flip], 1, -1).astype(np.int32))
-        after = self.count[ut] > 0
+        g = self.group[fr]
+        ug = np.unique(g)
+        gbefore = self.gcount[ug] > 0
+        np.add.at(self.gcount, g, np.where(new[flip], 1, -1).astype(np.int32))
+        gafter = self.gcount[ug] > 0
+        gch = gbefore != gafter
+        if not gch.any():
+            return none
+        ug, gon = ug[gch], gafter[gch]
+        start = self._mptr[ug]
+        cnt = self._mptr[ug + 1] - start
+        members = self._mrows[np.repeat(start - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt)
+                              + np.arange(int(cnt.sum()))]
+        delta = np.repeat(np.where(gon, 1, -1).astype(np.int32), cnt)
+        um = np.unique(members)
+        before = self.count[um] > 0
+        np.add.at(self.count, members, delta)
+        after = self.count[um] > 0
         ch = before != after
-        return ut[ch], after[ch]
+        return um[ch], after[ch]
 
     def suppressed(self, conds: np.ndarray) -> np.ndarray:
         return self.count[conds] > 0

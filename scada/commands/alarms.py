@@ -88,6 +88,8 @@ def _emit(rows: list[dict[str, Any]], fmt: str, out: str | None, columns: tuple[
         if not rows:
             text = "no alarms\n"
         else:
+            rows = [{k: (f"{v:.6g}" if isinstance(v, float) and k == "value" else v)
+                     for k, v in r.items()} for r in rows]
             widths = {c: max(len(c), *(len(str(r.get(c) if r.get(c) is not None else "")) for r in rows))
                       for c in columns}
             lines = ["  ".join(c.ljust(min(widths[c], 60)) for c in columns)]

@@ -49,6 +49,41 @@ class SuppressRule(Strict):
         return self
 
 
+class ChildSuppression(Strict):
+    """Site-wide suppression by design along the site model's parent/child relation: while the
+    parent device's ``alarm`` is active (or its ``point`` equals ``equals``), the alarms of its
+    children are suppressed (all of them, or only those named in ``alarms``)."""
+
+    alarm: Ident | None = None
+    point: Ident | None = None
+    equals: float | None = None
+    alarms: list[Ident] | None = None
+
+    @field_validator("equals", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _one(self) -> ChildSuppression:
+        if (self.alarm is None) == (self.point is None):
+            raise ValueError("a children_suppressed_by rule names either 'alarm' or 'point' (with 'equals')")
+        if self.point is not None and self.equals is None:
+            raise ValueError(f"suppression by the parent's point {self.point!r} needs 'equals'")
+        return self
+
+
+#: A cabinet (or gateway) that lost communication, supply or its breaker shows one red dot,
+#: not one per luminaire; a contactor switched off makes its luminaires dark by design.
+DEFAULT_CHILD_SUPPRESSION = [
+    {"alarm": "comm_lost"}, {"alarm": "mains_failure"}, {"alarm": "breaker_tripped"},
+    {"alarm": "offline"},
+    {"point": "contactor", "equals": 0.0,
+     "alarms": ["comm_lost", "lamp_failure", "driver_failure", "led_fault", "led_short",
+                "supply_fault", "thermal_derating", "dimming_not_followed"]},
+]
+
+
 class AlarmDef(Strict):
     """One alarm template of a profile, instantiated for every device using the profile.
 
@@ -216,4 +251,8 @@ class AlarmsConfig(Strict):
     #: an alarm whose suppression cause cleared stays suppressed this long if it is still
     #: active (its own device gets a poll to report normal values before it is annunciated)
     unsuppress_delay: Duration = 10.0
+    #: suppression of child devices' alarms by their parent (ISA-18.2 §10.3 designed
+    #: suppression along the site model); ``[]`` turns it off
+    children_suppressed_by: list[ChildSuppression] = Field(
+        default_factory=lambda: [ChildSuppression(**r) for r in DEFAULT_CHILD_SUPPRESSION])
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)

@@ -267,6 +267,27 @@ def test_commanded_flashing_is_not_an_alarm(alarm_env: AlarmEnv) -> None:
     assert env.state(aid) == M.UNACK_ACTIVE
 
 
+def test_parent_faults_hide_all_child_alarms_by_site_default(alarm_env: AlarmEnv) -> None:
+    """alarms.children_suppressed_by (default: the parent's comm_lost, mains_failure,
+    breaker_tripped, offline; contactor off for the lighting faults) needs no rule in the
+    luminaire's templates."""
+    env = alarm_env
+    healthy(env)
+    aid = f"{LUM}/dimming_not_followed"  # its template has no suppressed_by
+    env.set({f"{CAB}/comm_ok": 0.0}, quality=0x80050000)  # the cabinet is lost...
+    env.set({f"{LUM}/level_cmd": 30})  # ...and a stale command mismatch appears
+    assert env.engine.view(env.engine.find(aid)).suppressed
+
+
+def test_children_suppression_can_be_turned_off(tmp_path, stepped_clock) -> None:
+    env = make_env(tmp_path, stepped_clock, alarms_extra="children_suppressed_by: []\n")
+    healthy(env)
+    env.set({f"{CAB}/comm_ok": 0.0}, quality=0x80050000)
+    env.set({f"{LUM}/level_cmd": 30})
+    assert not env.engine.view(env.engine.find(f"{LUM}/dimming_not_followed")).suppressed
+    env.engine.close()
+
+
 async def test_deviation_dimming_not_followed(alarm_env: AlarmEnv) -> None:
     env = alarm_env
     aid = f"{LUM}/dimming_not_followed"
