@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import http.client
 import json
 import logging
 import math
@@ -138,8 +139,9 @@ class InfluxBackend(Backend):
                 return r.status, r.read(), dict(r.headers)
         except urllib.error.HTTPError as e:
             return e.code, e.read(), dict(e.headers or {})
-        except (urllib.error.URLError, OSError) as e:
-            raise BackendUnavailable(f"historian server {self.url} unreachable: {e}") from e
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            # HTTPException: the server closed or garbled the answer (e.g. stopped mid-request)
+            raise BackendUnavailable(f"historian server {self.url} unreachable: {e!r}") from e
 
     # ------------------------------------------------------------------ writing
     def write(self, points: Points, batch_id: str) -> None:

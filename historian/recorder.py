@@ -99,6 +99,19 @@ class Recorder:
         self.lo = np.full(n, -np.inf)
 
     @property
+    def tag_space(self) -> int:
+        """Number of tags of the database when the per-tag arrays were built."""
+        return self._n
+
+    def rebuild(self) -> None:
+        """Re-read the tag database (tags were added) and re-subscribe; queued changes stay."""
+        was = self._handle is not None
+        self.stop()
+        self._build()
+        if was:
+            self.start()
+
+    @property
     def tag_count(self) -> int:
         return int(self.recorded_mask.sum())
 

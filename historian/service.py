@@ -88,6 +88,9 @@ class HistorianService(Service):
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
+        if len(self.runtime.tagdb) != self.recorder.tag_space:
+            # services created after us added tags (their _system/* health): record them too
+            self.recorder.rebuild()
         self.recorder.start()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._record_loop(), name="historian.record")

@@ -18,7 +18,7 @@ from historian.spool import Spool, SpoolFull
 from scada import quality as Q
 from scada.clock import SteppedClock
 from scada.runtime import Runtime
-from scada.tags import Batch
+from scada.tags import Batch, PointDef
 from tests.fixtures.historian import make_site
 
 T0 = 1_735_689_600.0
@@ -211,4 +211,14 @@ async def test_swinging_door_archives_held_value_on_quality_change(tmp_path):
     rows = [(t - T0, v, q) for s, t, v, q in zip(pts.sid.tolist(), pts.t.tolist(), pts.v.tolist(),
                                                    pts.q.tolist(), strict=True) if s == key]
     assert rows == [(0.0, 10.0, Q.Good), (2.0, 10.4, Q.Good), (3.0, 10.4, Q.BadCommunicationError)]
+    await h.aclose()
+
+
+async def test_tags_added_after_the_historian_are_recorded(svc):
+    rt, h = svc
+    first = rt.tagdb.add_tags("_system/other", [PointDef("uptime_s", "float")])
+    h.recorder.rebuild()
+    rt.tagdb.apply(Batch.of([first], [5.0], Q.Good, T0))
+    pts = h.recorder.take()
+    assert pts.keys == ["_system/other/uptime_s"] and pts.v.tolist() == [5.0]
     await h.aclose()
