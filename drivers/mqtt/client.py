@@ -400,7 +400,14 @@ class MqttConnection:
         if self._loop is None or sock.fileno() < 0:
             return
         c = self._client
-        if c is not None and c._sock is sock and not isinstance(sock, ssl.SSLSocket):
+        if self._closing or c is None or c._sock is not sock:
+            # a connect that finished in its worker thread after we were closed or replaced
+            try:
+                sock.close()
+            except OSError:
+                pass
+            return
+        if not isinstance(sock, ssl.SSLSocket):
             sock = c._sock = _BufferedSocket(sock)
         self._sock = sock
         self._loop.add_reader(sock, self._on_readable)
@@ -539,8 +546,8 @@ class MqttConnection:
             if not self._closing:
                 self._rl.unavailable(f"conn:{self.name}", "MQTT %s: connection to %s:%d lost (%s); "
                                      "reconnecting", self.name, self.host, self.port, rc)
-        elif (self.protocol_pref == "auto" and self.protocol == mqtt.MQTTv5
-              and not self._fallback_tried and not self._closing):
+        elif (self.protocol_pref == "auto" and self.protocol == mqtt.MQTTv5 and not self._closing
+              and not self._fallback_tried and self.stats["connects"] == 0):
             # some 3.1.1-only brokers close the socket on a v5 CONNECT instead of answering
             self._switch_to_311()
         self._set_connected(False, notify=True)

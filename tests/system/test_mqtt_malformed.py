@@ -130,3 +130,23 @@ async def test_thousand_malformed_messages_are_counted_by_reason_and_valid_ones_
         assert db.read(f"{GW}/lum-001/level").quality == Q.Good
     finally:
         await s.stop()
+
+
+async def test_simulator_fault_injection_publishes_each_malformed_kind(tmp_path, mosquitto, stepped_clock):
+    """The DALI simulator's "malformed payloads" fault: one of each kind, each counted under
+    its own reason by the driver, the gateway's valid traffic unaffected."""
+    from simulators.dali_gateway import MALFORMED
+
+    site = load_dali_site(tmp_path, mosquitto.address, {"gw-m": [(1, 3)]})
+    s = DaliSystem(site, stepped_clock)
+    try:
+        await s.start()
+        gw, drv = s.sims["gw-m"], s.driver
+        kinds = [*MALFORMED, "unknown_topic"]
+        for kind in kinds:
+            assert gw.publish_malformed(kind, k=1)
+        await eventually(lambda: sum(drv.rejects.values()) == len(kinds), what="every kind counted")
+        assert drv.rejects == dict.fromkeys(REJECT_REASONS, 1)
+        assert await s.rt.write("centre/gw-m/lum-002/level_cmd", 25) == Q.Good
+    finally:
+        await s.stop()
