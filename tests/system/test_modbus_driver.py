@@ -449,3 +449,14 @@ async def test_health_counters_are_system_tags(tmp_path, modbus_server, stepped_
         assert h.read("_system/modbus/requests").value >= 6
         assert h.read("_system/modbus/timeouts").value == 0
         assert h.rt.tagdb.info("_system/modbus/stale").point.description
+
+
+async def test_site_options_and_connection_errors_name_file_and_line(tmp_path):
+    body = VENDOR_PROFILE + (
+        "\ndevices:\n  - {id: m1, profile: acme-meter, area: a, connection: {host: 127.0.0.1, prot: 502}}\n")
+    path = write_site(tmp_path, body, "{timeot: 1, retries: 9}")
+    with pytest.raises(ConfigError) as e:
+        load_site(path)
+    text = str(e.value)
+    assert "timeot" in text and "retries" in text and "prot" in text
+    assert all(line.strip().startswith(str(path)) for line in text.splitlines()[1:])
