@@ -36,6 +36,7 @@ from paho.mqtt.client import MQTTMessage
 
 from drivers.base import Driver, DriverContext, RateLimitedLog
 from scada import quality as Q
+from scada.errors import ConfigError
 from scada.tags import Batch, PointDef
 
 from .broker import EmbeddedBrokerLease, ensure_embedded_broker
@@ -158,7 +159,7 @@ class MqttDriver(Driver):
         ctx = self.ctx
         emb = (self.options.embedded_host, self.options.embedded_port)
         profiles: dict[str, tuple[MqttProfileOptions, dict[str, Shape], list[tuple[str, str, MqttPointSource | None]]]] = {}
-        devices = [d for d in ctx.devices]
+        devices = list(ctx.devices)
         n = len(devices)
         self._slot_path: list[str] = []
         self.first = np.zeros(n, dtype=np.int64)
@@ -186,7 +187,10 @@ class MqttDriver(Driver):
                 for p in dev.profile.points:
                     src = MqttPointSource.model_validate(p.source) if p.source else None
                     pts.append((p.name, p.type, src))
-                shapes = build_shapes(pname, opts, [(a, b, c) for a, b, c in pts])  # type: ignore[misc]
+                try:
+                    shapes = build_shapes(pname, opts, pts)
+                except KeyError as e:
+                    raise ConfigError(str(e.args[0])) from None
                 profiles[pname] = (opts, shapes, pts)
             opts, shapes, pts = profiles[pname]
             cfg = conn_cache.get(id(dev.connection))  # children of a group share one dict
@@ -216,8 +220,8 @@ class MqttDriver(Driver):
                 try:
                     topic = format_topic(shape.topic.pattern, segs)
                 except KeyError as e:
-                    raise ValueError(f"{dev.path}: {e.args[0]}; this profile's topic cannot be "
-                                     f"filled for a {'child' if dev.parent else 'top-level'} device") from None
+                    raise ConfigError(f"{dev.path}: {e.args[0]}; this profile's topic cannot be "
+                                      f"filled for a {'child' if dev.parent else 'top-level'} device") from None
                 b.routes.setdefault(topic, []).append(_Route(shape, s, dev.first_tag))
                 wk = (shape.topic.pattern, gateway)
                 if wk not in wild_cache:
@@ -244,8 +248,8 @@ class MqttDriver(Driver):
                     continue
                 cmd = opts.commands.get(src.command)
                 if cmd is None:
-                    raise ValueError(f"profile {pname!r} point {name!r}: command {src.command!r} "
-                                     f"is not one of options.commands ({', '.join(opts.commands) or 'none'})")
+                    raise ConfigError(f"profile {pname!r} point {name!r}: command {src.command!r} "
+                                      f"is not one of options.commands ({', '.join(opts.commands) or 'none'})")
                 cseg = {**segs, **src.args}
                 self._writes[dev.first_tag + off] = _WriteSpec(
                     name, dev.path, b, gw_slot, cmd, format_topic(cmd.topic, cseg), cseg, src,
@@ -261,9 +265,7 @@ class MqttDriver(Driver):
         self.ctx.health.set("devices", n)
 
     def _broker_tags(self, b: _Broker) -> np.ndarray:
-        if not b.slots:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.arange(self.first[s], self.first[s] + self.ntags[s]) for s in b.slots])
+        return self._tags_of(np.asarray(b.slots, dtype=np.int64))
 
     # ------------------------------------------------------------------ running
     async def run(self) -> None:

@@ -571,7 +571,7 @@ def device_segments(gateway: str, index: int | None, opts: MqttProfileOptions) -
 
 
 def build_shapes(
-    profile: str, opts: MqttProfileOptions, points: list[tuple[str, str, MqttPointSource]]
+    profile: str, opts: MqttProfileOptions, points: list[tuple[str, str, MqttPointSource | None]]
 ) -> dict[str, Shape]:
     """Group a profile's points by topic into shapes. ``points``: (name, dtype, source) in
     schema order (the index in the list is the point's offset in the device's tags)."""
