@@ -8,6 +8,8 @@ import csv
 import io
 import json
 import os
+import re
+import xml.etree.ElementTree as ET
 
 import numpy as np
 from click.testing import CliRunner
@@ -58,7 +60,12 @@ def test_energy_report_formats_agree(tmp_path):
     res = r.invoke(main, [*args, "--format", "html", "--out", str(out)])
     assert res.exit_code == 0, res.output
     page = out.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "76.471" in page
+    assert page.startswith("<!DOCTYPE html>") and "76.471" in page
+    svgs = re.findall(r"<svg.*?</svg>", page, re.S)
+    assert len(svgs) == 4  # savings vs 65 %, baseline vs actual, completeness, worst cabinets
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed
+    assert "target 65 %" in page
     assert data["inputs"]["inventory_sha256"] in page
     assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
     res = r.invoke(main, [*args, "--format", "csv"])
