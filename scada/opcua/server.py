@@ -212,6 +212,7 @@ class OpcUaService(Service):
         self.trust: TrustList | None = None
         self.demo_users_file: Path | None = self.state_dir / "demo-users.txt" if self.cfg.demo_users else None
         self._routes: dict[int, _Route] = {}
+        self._dtypes: dict[int, str] = {}
         self._sub_handle: object | None = None
         self._paths: list[str] | None = None
         self._area_nodes: dict[str, ua.NodeId] = {}
@@ -481,29 +482,34 @@ class OpcUaService(Service):
         m = mask[idx]
         if not m.any():
             return
-        db = self.tagdb
+        rows = np.flatnonzero(m)
+        sel_i = idx[rows].tolist()
+        sel_q = ch.quality[rows].tolist()
+        sel_v = ch.values[rows].tolist()
+        sel_ts = ch.source_ts[rows].tolist()
+        strings = ch.strings or {}
+        by_tag = reg.by_tag
+        dtypes = self._dtypes
         server_ts = _ts(ch.server_ts)
         last_src, last_src_dt = None, None
-        for r in np.flatnonzero(m).tolist():
-            i = int(idx[r])
-            cbs = reg.by_tag.get(i)
+        for i, q, v, src in zip(sel_i, sel_q, sel_v, sel_ts, strict=True):
+            cbs = by_tag.get(i)
             if not cbs:
                 continue
-            p = db.point(i)
-            q = int(ch.quality[r])
+            dtype = dtypes.get(i)
+            if dtype is None:
+                dtype = dtypes[i] = self.tagdb.point(i).dtype
             if q & 0x80000000:
-                var = ua.Variant(None, ua.VariantType.Null)
+                var = _NULL
                 v = None
-            elif p.dtype == "string":
-                v = (ch.strings or {}).get(i)
-                var = ua.Variant(v, ua.VariantType.String) if v is not None else ua.Variant(None, ua.VariantType.Null)
+            elif dtype == "string":
+                v = strings.get(i)
+                var = ua.Variant(v, ua.VariantType.String) if v is not None else _NULL
             else:
-                v = float(ch.values[r])
-                var = _fast_variant(p.dtype, v)
-            src = float(ch.source_ts[r])
+                var = _fast_variant(dtype, v)
             if src != last_src:  # batches usually share one source time
                 last_src, last_src_dt = src, _ts(src)
-            dv = ua.DataValue(var, ua.StatusCode(q), last_src_dt, server_ts)
+            dv = ua.DataValue(var, _status(q), last_src_dt, server_ts)
             for handle, cb in list(cbs.items()):
                 self._deliver(handle, cb, dv, v, q)
 
@@ -544,16 +550,39 @@ class OpcUaService(Service):
         self.stats["notifications"] += 1
 
 
+_NEW = object.__new__
+_VT_D, _VT_B, _VT_I = ua.VariantType.Double, ua.VariantType.Boolean, ua.VariantType.Int64
+_STATUS: dict[int, ua.StatusCode] = {}
+_NULL = ua.Variant(None, ua.VariantType.Null)
+
+
+def _variant_of(value: Any, vt: ua.VariantType) -> ua.Variant:
+    """A scalar Variant without asyncua's type-guessing ``__post_init__`` (4x cheaper; the
+    notification path builds one per delivered change). Same fields, same encoding."""
+    o = _NEW(ua.Variant)
+    o.Value = value
+    o.VariantType = vt
+    o.Dimensions = None
+    o.is_array = False
+    return o
+
+
 def _fast_variant(dtype: str, v: float) -> ua.Variant:
     if v != v:
-        return ua.Variant(None, ua.VariantType.Null)
+        return _NULL
     if dtype == "float":
-        return ua.Variant(v, ua.VariantType.Double)
+        return _variant_of(v, _VT_D)
     if dtype == "bool":
-        return ua.Variant(bool(v), ua.VariantType.Boolean)
-    return ua.Variant(int(v), ua.VariantType.Int64)
+        return _variant_of(bool(v), _VT_B)
+    return _variant_of(int(v), _VT_I)
 
 
+def _status(q: int) -> ua.StatusCode:
+    """Shared StatusCode objects (never mutated by asyncua) - one per code seen."""
+    sc = _STATUS.get(q)
+    if sc is None:
+        sc = _STATUS[q] = ua.StatusCode(q)
+    return sc
 
 
 def _plain(dv: ua.DataValue | None) -> Any:
