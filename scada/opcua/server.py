@@ -167,6 +167,12 @@ class GuardedSession(InternalSession):
         finally:
             current_session.reset(token)
 
+    async def history_update(self, params: ua.HistoryUpdateParameters) -> list[ua.HistoryUpdateResult]:
+        """History is written by the historian only (Part 11 §6.8 HistoryUpdate is refused)."""
+        self.scada.audit.record(user=self._name(), action="history_update", target="history",
+                                outcome="BadUserAccessDenied", role=self._role())
+        raise ServiceError(ua.StatusCodes.BadUserAccessDenied)
+
     async def history_read(self, params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
         return await history.read_history(self.scada, params, super().history_read)
 
