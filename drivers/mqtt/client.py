@@ -321,6 +321,25 @@ class MqttConnection:
             c.connect(self.host, self.port, self.keepalive)
 
     async def _run(self) -> None:
+        """Keep the connection up until cancelled. Liveness: an unexpected error anywhere in
+        one connection cycle is logged, counted in ``callback_errors`` and followed by a
+        fresh client after the backoff; the task itself never dies silently."""
+        while True:
+            try:
+                await self._cycle()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["callback_errors"] += 1
+                log.exception("MQTT %s: connection task failed; starting over with a new client",
+                              self.name)
+                self._set_connected(False, notify=True)
+                self._teardown_client_socket()
+                self._client = None
+                await asyncio.sleep(self.backoff.next())
+
+    async def _cycle(self) -> None:
         first = True
         while True:
             if self._client is None:

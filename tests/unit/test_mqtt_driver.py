@@ -132,3 +132,25 @@ async def test_writes_refused_without_a_connection(rt):
     drv, db = rt.drivers["mqtt"], rt.tagdb
     assert await rt.write(f"{GW}/lum-001/level_cmd", 50) == Q.BadCommunicationError
     assert await drv.write(db.index(f"{GW}/lum-001/power_w"), 5) == Q.BadNotWritable
+
+
+def test_profile_cross_references_are_config_errors(tmp_path, stepped_clock):
+    from scada.errors import ConfigError
+    from scada.loader import load_site
+
+    (tmp_path / "s.yaml").write_text("""
+site: {name: bad, latitude: 47.3, longitude: 5.0}
+areas: [{id: centre}]
+profiles:
+  g:
+    protocol: mqtt
+    kind: gateway
+    options: {topics: {s: "x/{gateway}"}}
+    points:
+      - {name: a, access: rw, source: {topic: s, field: a, command: nope}}
+devices:
+  - {id: g1, profile: g, area: centre, connection: {broker: "127.0.0.1:1883"}}
+""", encoding="utf-8")
+    r = Runtime(load_site(tmp_path / "s.yaml"), stepped_clock)
+    with pytest.raises(ConfigError, match=r"profile 'g' point 'a': command 'nope' is not one of options\.commands"):
+        r.load_drivers(["mqtt"])
