@@ -189,3 +189,23 @@ async def test_driver_arriving_after_the_gateways_gets_every_state_at_once(tmp_p
         assert s.sims["gw-q"].commands >= 1
     finally:
         await s.stop()
+
+
+async def test_fade_time_ramps_the_actual_level_and_query_republishes(system):
+    """A DAPC with a fade time (IEC 62386-102 §9.5): the target is echoed at once, the actual
+    level follows linearly over the fade, reported on change at every simulator tick."""
+    db, gw = system.db, system.sims["gw-a"]
+    tag = db.index(f"{GW}/lum-003/level")
+    seen: list[float] = []
+    db.subscribe(lambda ch: seen.extend(ch.values.tolist()), only=[tag])
+    assert gw.publish_raw("dali/gw-a/0/2/set", b'{"level": 100, "fade": 10}')  # as a controller would
+    await eventually(lambda: db.read(f"{GW}/lum-003/level_cmd").value == 100.0, what="target echo")
+    for _ in range(12):
+        await system.tick(1, settle=0.03)
+    await eventually(lambda: db.read(f"{GW}/lum-003/level").value == 100.0, what="end of fade")
+    ramp = [v for v in seen if 0 < v < 100]
+    assert len(ramp) >= 5 and ramp == sorted(ramp)  # intermediate levels, rising
+    # query one luminaire: its state comes back even without a change
+    before = system.driver.stats["messages"]
+    assert gw.publish_raw("dali/gw-a/query", b'{"line": 0, "address": 2}')
+    await eventually(lambda: system.driver.stats["messages"] > before, what="query answer")
