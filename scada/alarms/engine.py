@@ -370,20 +370,42 @@ class AlarmEngine:
 
     def snapshot(self) -> dict[str, Any]:
         """Every alarm not in its default state (Normal, in service, not shelved/suppressed),
-        and the devices out of service, as of ``seq`` (see :class:`Journal`)."""
+        and the devices out of service, as of ``seq`` (see :class:`Journal`); columnar, built
+        from the arrays (a few ms for 10,000 active alarms)."""
         n = self.n
         rows = np.nonzero((self.level[:n] != 0) | ~self.acked[:n] | (self.shelved[:n] != 0)
                           | self.suppressed[:n] | self.oos[:n])[0]
-        out = []
-        for c in rows.tolist():
-            d = self.view(c).as_dict()
-            d["raised_ts"] = None if math.isnan(self.raised_at[c]) else float(self.raised_at[c])
-            if self.shelved[c]:
-                d["user"], d["comment"] = self.shelve_info.get(c, ("", ""))
-            if int(self.cond.kind[c]) == M.K_EXTERNAL:
-                d["kind"] = "external"
-            out.append(d)
-        return {"seq": self.seq, "alarms": out, "devices": sorted(self.oos_devices)}
+        rl = rows.tolist()
+
+        def floats(a: np.ndarray) -> list[float | None]:
+            return [None if math.isnan(v) else v for v in a[rows].tolist()]
+
+        lv = self.level[rows].tolist()
+        ack = self.acked[rows].tolist()
+        sh = self.shelved[rows].tolist()
+        sup = self.suppressed[rows].tolist()
+        oos = self.oos[rows].tolist()
+        cols: dict[str, list[Any]] = {
+            "alarm_id": [self.ids[c] for c in rl],
+            "device": [self.device[c] for c in rl],
+            "area": [self.area[c] for c in rl],
+            "name": [self.name[c] for c in rl],
+            "category": [self.category[c] for c in rl],
+            "priority": [self.priority[c] for c in rl],
+            "severity": [self.severity[c] for c in rl],
+            "kind": ["external" if k == M.K_EXTERNAL else "" for k in
+                     self.cond.kind[rows].tolist()],
+            "active": lv, "acked": ack, "shelved": sh, "suppressed": sup, "oos": oos,
+            "state": [M.state_name(a != 0, b, c, d, e)
+                      for a, b, c, d, e in zip(lv, ack, sh, sup, oos, strict=True)],
+            "shelve_until": floats(self.shelve_until),
+            "raised_ts": floats(self.raised_at),
+            "value": floats(self.value),
+            "message": [self.msg[c] for c in rl],
+            "user": [self.shelve_info.get(c, ("", ""))[0] or None for c in rl],
+            "comment": [self.shelve_info.get(c, ("", ""))[1] or None for c in rl],
+        }
+        return {"seq": self.seq, "alarms": cols, "devices": sorted(self.oos_devices)}
 
     def close(self) -> None:
         if self._sub is not None:
