@@ -421,6 +421,18 @@ class RequestDecoder:
         out._finish()
         return out
 
+    def shifted(self, offset: int) -> RequestDecoder:
+        """The same decoder for tags ``offset`` further on (a station of the same shape: the
+        plan of a cabinet with 48 luminaires is computed once for all such cabinets)."""
+        out = RequestDecoder.__new__(RequestDecoder)
+        out.table, out.start, out.count = self.table, self.start, self.count
+        out._num = [_NumGroup(g.dtype, g.tags + offset, g.byte_idx, g.scale, g.offset) for g in self._num]
+        out._rbits = (self._rbits[0] + offset, *self._rbits[1:]) if self._rbits is not None else None
+        out._cbits = (self._cbits[0] + offset, self._cbits[1]) if self._cbits is not None else None
+        out._strings = [(t + offset, o, n, bo) for t, o, n, bo in self._strings]
+        out._finish()
+        return out
+
     @property
     def string_tags(self) -> list[int]:
         return [s[0] for s in self._strings]

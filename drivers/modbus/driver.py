@@ -25,6 +25,7 @@ Shape of the work (docs/devices/modbus-profile.md has the operator's view):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 from collections import deque
@@ -181,6 +182,11 @@ def _make_reads(tags: np.ndarray, addr: np.ndarray, src: np.ndarray, dev: np.nda
     return out
 
 
+def _shift_read(rd: _Read, offset: int) -> _Read:
+    return _Read(rd.table, rd.start, rd.count, rd.pdu, rd.decoder.shifted(offset), rd.tags + offset,
+                 rd.ptags + offset, rd.src, rd.addr, rd.dev, rd.sources, rd.multi, rd.max_gap)
+
+
 def _split(rd: _Read) -> list[_Read]:
     """The points of ``rd`` re-planned device by device (to find which child of a coalesced
     read caused an exception)."""
@@ -274,7 +280,15 @@ class ModbusDriver(Driver):
         #: per station poll: (clock time at completion, seconds from scheduled start to
         #: completion, shortest period of the groups polled)
         self.cycle_log: deque[tuple[float, float, float]] = deque(maxlen=200_000)
-        self._build()
+        # building a city's plans allocates ~10^5 small arrays and no cycles: without pausing
+        # the cyclic GC, its full collections took more time than the planning itself
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            self._build()
+        finally:
+            if was:
+                gc.enable()
 
     # ------------------------------------------------------------------ planning (no I/O)
     def _build(self) -> None:
@@ -297,6 +311,7 @@ class ModbusDriver(Driver):
             raise ConfigError(errors)
         keys = list(by_key)
         t0 = self.ctx.clock.time()
+        plans: dict[tuple[tuple[str, int, int], ...], dict[float, _Group]] = {}
         for i, key in enumerate(keys):
             conn = conns[key]
             link = self.links.get(key[:2])
@@ -308,35 +323,8 @@ class ModbusDriver(Driver):
                 )
                 self.links[key[:2]] = link
             devs = by_key[key]
-            # columns per (period, profile): planned per profile, whose max_gap knows its own
-            # register map (reading through a hole a device does not map raises 0x02)
-            cols: dict[tuple[float, str], list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {}
-            tags: list[np.ndarray] = []
-            for d_i, dev in enumerate(devs):
-                lay = layouts[dev.profile_name]
-                base = self._block_base(dev, lay.options, errors)
-                tags.append(self.ctx.device_tags(dev))
-                end = base + lay.sources.address + lay.sources.size
-                if len(end) and int(end.max()) > 65536:
-                    errors.append(f"{dev.path}: registers past 65535 (block_base + (n-1)*block_size + "
-                                  f"address): check block_base/block_size of {dev.profile_name!r}")
-                    continue
-                for period, idx in lay.by_period.items():
-                    cols.setdefault((period, dev.profile_name), []).append(
-                        (dev.first_tag + idx, base + lay.sources.address[idx], idx, d_i))
-            groups: dict[float, _Group] = {}
-            for (period, pname), parts in sorted(cols.items()):
-                lay = layouts[pname]
-                t = np.concatenate([p[0] for p in parts])
-                a = np.concatenate([p[1] for p in parts])
-                sidx = np.concatenate([p[2] for p in parts])
-                dv = np.concatenate([np.full(len(p[0]), p[3], np.int64) for p in parts])
-                try:
-                    reads = _make_reads(t, a, sidx, dv, lay.sources, lay.options.max_gap)
-                except ValueError as e:
-                    errors.append(f"{devs[0].path}: profile {pname!r}: {e}")
-                    continue
-                groups.setdefault(period, _Group(period, [])).reads.extend(reads)
+            groups = self._plan_station(devs, layouts, plans, errors)
+            tags = [self.ctx.device_tags(dev) for dev in devs]
             st = Station(
                 key=key, link=link, unit=conn.unit,
                 timeout=conn.timeout or self.options.timeout,
@@ -347,9 +335,6 @@ class ModbusDriver(Driver):
             )
             frac = i / len(keys) if self.options.stagger else 0.0
             for g in groups.values():
-                g.decoder = RequestDecoder.combine(
-                    [rd.decoder for rd in g.reads],
-                    [(rd.count + 7) // 8 if rd.table in codec.BIT_TABLES else 2 * rd.count for rd in g.reads])
                 g.phase = t0 + frac * g.period
                 g.first = t0 + frac * min(g.period, self.options.startup_spread)
             self.stations.append(st)
@@ -358,6 +343,53 @@ class ModbusDriver(Driver):
                 self._by_device[dev.first_tag] = (st, dev, self._block_base(dev, lay.options, []), lay)
         if errors:
             raise ConfigError(errors)
+
+    def _plan_station(self, devs: list[DeviceInstance], layouts: dict[str, _Layout],
+                      plans: dict[tuple[tuple[str, int, int], ...], dict[float, _Group]],
+                      errors: list[str]) -> dict[float, _Group]:
+        """Poll groups of one station: its points planned per (period, profile).
+
+        Planned per profile because each profile's ``max_gap`` knows its own register map
+        (reading through a hole a device does not map raises 0x02). Stations of the same shape
+        (same profiles, blocks and tag layout) share one plan, shifted to their tags.
+        """
+        ref = devs[0].first_tag
+        bases = [self._block_base(dev, layouts[dev.profile_name].options, errors) for dev in devs]
+        shape = tuple((dev.profile_name, b, dev.first_tag - ref) for dev, b in zip(devs, bases, strict=True))
+        template = plans.get(shape)
+        if template is None:
+            cols: dict[tuple[float, str], list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {}
+            for d_i, (dev, base) in enumerate(zip(devs, bases, strict=True)):
+                lay = layouts[dev.profile_name]
+                end = base + lay.sources.address + lay.sources.size
+                if len(end) and int(end.max()) > 65536:
+                    errors.append(f"{dev.path}: registers past 65535 (block_base + (n-1)*block_size + "
+                                  f"address): check block_base/block_size of {dev.profile_name!r}")
+                    continue
+                for period, idx in lay.by_period.items():
+                    cols.setdefault((period, dev.profile_name), []).append(
+                        (dev.first_tag - ref + idx, base + lay.sources.address[idx], idx, d_i))
+            template = {}
+            for (period, pname), parts in sorted(cols.items()):
+                lay = layouts[pname]
+                try:
+                    reads = _make_reads(
+                        np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                        np.concatenate([p[2] for p in parts]),
+                        np.concatenate([np.full(len(p[0]), p[3], np.int64) for p in parts]),
+                        lay.sources, lay.options.max_gap)
+                except ValueError as e:
+                    errors.append(f"{devs[0].path}: profile {pname!r}: {e}")
+                    continue
+                template.setdefault(period, _Group(period, [])).reads.extend(reads)
+            for g in template.values():
+                g.decoder = RequestDecoder.combine(
+                    [rd.decoder for rd in g.reads],
+                    [(rd.count + 7) // 8 if rd.table in codec.BIT_TABLES else 2 * rd.count for rd in g.reads])
+            plans[shape] = template
+        return {p: _Group(p, [_shift_read(rd, ref) for rd in g.reads],
+                          g.decoder.shifted(ref) if g.decoder is not None else None)
+                for p, g in template.items()}
 
     @staticmethod
     def _layout(dev: DeviceInstance, errors: list[str]) -> _Layout:
