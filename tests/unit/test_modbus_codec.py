@@ -194,6 +194,18 @@ def test_combined_decoder_equals_the_requests_decoded_one_by_one():
         assert got[k] == (w if isinstance(w, str) else pytest.approx(w, nan_ok=True)), k
 
 
+def test_shifted_decoder_feeds_the_same_values_to_other_tags():
+    pts = [(1, src(type="int16", scale=0.5), 0), (2, src(bit=2), 1), (3, src(type="string", count=1), 2)]
+    dec = RequestDecoder.from_points("holding", 0, 3, pts)
+    data = registers_to_bytes([0xFFFE, 0b100, 0x4142])
+    v, tx = dec.decode(data)
+    moved = dec.shifted(1000)
+    v2, tx2 = moved.decode(data)
+    assert moved.tags.tolist() == [t + 1000 for t in dec.tags.tolist()]
+    assert v2.tolist() == v.tolist() == [-1.0, 1.0]
+    assert tx2 == [(1003, "AB")] and tx == [(3, "AB")]
+
+
 def test_coil_decoder_unpacks_lsb_first():
     # spec §6.1: coil 0 is the LSB of the first data byte
     pts = [(1, src(table="coil"), 0), (2, src(table="coil"), 9), (3, src(table="coil"), 10)]
