@@ -587,17 +587,29 @@ class AlarmEngine:
                         events: list[Any], *, immediate: bool = False) -> None:
         """Suppression starts at once; it ends ``unsuppress_delay`` after its cause cleared if
         the alarm is still active or unacknowledged, so the children of a cabinet that just
-        came back get one poll to clear silently instead of flashing 64 red dots."""
+        came back get one poll to clear silently instead of flashing 64 red dots.
+
+        Only alarms an operator could see (active or unacknowledged) get a journaled
+        suppress/unsuppress event; for an alarm in Normal the flag changes silently (its next
+        raise line says Suppressed). A gateway going offline thus journals a handful of lines,
+        not one per alarm of its 256 luminaires."""
+        if not len(rows):
+            return
+        retained = (self.level[rows] != 0) | ~self.acked[rows]
+        on = states.astype(bool)
+        self.unsupp_t[rows[on]] = np.nan
         delay = self.config.unsuppress_delay
-        for c, s in zip(rows.tolist(), states.tolist(), strict=True):
-            if s:
-                self.unsupp_t[c] = np.nan
-            elif not immediate and delay > 0 and (self.level[c] != 0 or not self.acked[c]):
-                if math.isnan(self.unsupp_t[c]):
-                    self.unsupp_t[c] = now + delay
+        if not immediate and delay > 0:
+            wait = ~on & retained
+            if wait.any():
+                w = rows[wait]
+                fresh = w[np.isnan(self.unsupp_t[w])]
+                if len(fresh):
+                    self.unsupp_t[fresh] = now + delay
                     self._wake.set()
-                continue
-            self.suppressed[c] = s
+                rows, on, retained = rows[~wait], on[~wait], retained[~wait]
+        self.suppressed[rows] = on
+        for c, s in zip(rows[retained].tolist(), on[retained].tolist(), strict=True):
             events.append(self._event(c, M.SUPPRESS if s else M.UNSUPPRESS, now, user="system"))
 
     def _message(self, c: int, v: float, lv: int) -> str:
