@@ -157,13 +157,15 @@ class AlarmConditions:
         while True:
             await self._ready.wait()
             self._ready.clear()
+            k = 0
             while self._queue:
                 e = self._queue.popleft()
                 try:
                     await self._emit(e)
                 except Exception:
                     log.exception("OPC UA A&C: could not send the event of %s (%s)", e.alarm_id, e.event)
-                if self.stats["events"] % 200 == 0:
+                k += 1
+                if k % 200 == 0:  # a flood must not starve the polls
                     await asyncio.sleep(0)
 
     def cond_nodeid(self, c: int) -> ua.NodeId:
