@@ -174,10 +174,12 @@ class Backend(ABC):
     def series(self, pattern: str | None = None) -> list[str]:
         """Known series keys; ``pattern`` is a shell glob on the key (``*/energy_wh``)."""
 
-    def buckets(self, keys: Sequence[str], edges: np.ndarray) -> Buckets:
-        """Counter summaries per series and bucket ``[edges[k], edges[k+1])``.
+    def buckets(self, keys: Sequence[str], edges: np.ndarray, counter: bool = False) -> Buckets:
+        """Summaries per series and bucket ``[edges[k], edges[k+1])`` (good points only).
 
-        The default reads each series raw; columnar backends push it down.
+        The default reads each series raw; columnar backends push it down. ``counter=True``
+        allows a cheaper summary for accumulating counters (first/last may be min/max; resets
+        then show across buckets, see :func:`historian.energy.counter_energy`).
         """
         from .query import buckets_from_raw
 

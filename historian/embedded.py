@@ -391,9 +391,10 @@ class EmbeddedBackend(Backend):
         return Raw(np.asarray(res["t"], np.int64) / US, _floats(res["v"]),
                    np.asarray(res["q"], np.uint32))
 
-    def buckets(self, keys: Sequence[str], edges: np.ndarray) -> Buckets:
-        """Counter summaries pushed down to DuckDB: one pass over the segments, grouped by
-        series and bucket; buckets where the counter went down are flagged non-monotonic."""
+    def buckets(self, keys: Sequence[str], edges: np.ndarray, counter: bool = False) -> Buckets:
+        """Summaries pushed down to DuckDB: one pass over the segments, grouped by series and
+        bucket; buckets where the value went down are flagged non-monotonic. ``counter``: the
+        cheaper form for accumulating counters (see the SQL)."""
         self._load_series()
         keys = [k for k in keys if k in self._sid]
         edges_us = np.round(np.asarray(edges, np.float64) * US).astype(np.int64)
@@ -402,27 +403,29 @@ class EmbeddedBackend(Backend):
         sid_arr = np.array([self._sid[k] for k in keys], dtype=np.uint32)
         local = np.full(max(self._sid.values()) + 1, -1, np.int64)
         local[sid_arr] = np.arange(len(keys))
-        edge_list = ",".join(str(int(e)) for e in edges_us)
         sel = ("sid IN (SELECT unnest(?::UINTEGER[]))" if len(keys) < len(self._sid) else "TRUE")
         good = "(q & 2147483648::UINTEGER) = 0"
 
-        # bucket of each row: the day-sized guess k corrected by one against the true edges
-        # (local noon moves by an hour at DST changes); 2.6x faster here than an ASOF join
-        e0 = int(edges_us[0])
-        span = max(1, int(np.median(np.diff(edges_us)))) if len(edges_us) > 2 else int(edges_us[1] - e0)
-        lst = f"([{edge_list}, {2**62}]::BIGINT[])"
-        nb = len(edges_us) - 1
-
+        bucket = _bucket_sql(edges_us)
+        rng = f"t >= {int(edges_us[0])} AND t < {int(edges_us[-1])} AND {sel}"
         def sql(files: list[str]) -> str:
+            src = f"read_parquet({files!r})"
+            if counter:
+                # counters: first/last of a monotonic night are its min/max; a reset shows as a
+                # night whose min is below the previous night's max, and the KPI re-reads those
+                # series raw. ~3x cheaper than arg_min/arg_max (56 M values/s here)
+                return (
+                    f"SELECT sid, {bucket} AS bucket, min(t) AS first_t, min(v) AS first_v, max(t) AS last_t, "
+                    "max(v) AS last_v, min(v) AS vmin, max(v) AS vmax, count(*) AS cnt, 0 AS bad "
+                    f"FROM {src} WHERE {rng} AND {good} GROUP BY ALL ORDER BY sid, bucket"
+                )
             return (
                 "SELECT sid, bucket, "
                 f"min(t) FILTER (WHERE {good}) AS first_t, arg_min(v, t) FILTER (WHERE {good}) AS first_v, "
                 f"max(t) FILTER (WHERE {good}) AS last_t, arg_max(v, t) FILTER (WHERE {good}) AS last_v, "
                 f"min(v) FILTER (WHERE {good}) AS vmin, max(v) FILTER (WHERE {good}) AS vmax, "
                 f"count(*) FILTER (WHERE {good}) AS cnt, count(*) FILTER (WHERE NOT {good}) AS bad "
-                f"FROM (SELECT sid, t, v, q, least(greatest((t - {e0}) // {span}, 0), {nb - 1}) AS k, "
-                f"k + (t >= {lst}[k + 2])::INT - (t < {lst}[k + 1])::INT AS bucket "
-                f"FROM read_parquet({files!r}) WHERE t >= {e0} AND t < {int(edges_us[-1])} AND {sel}) "
+                f"FROM (SELECT sid, t, v, q, {bucket} AS bucket FROM {src} WHERE {rng}) "
                 "GROUP BY ALL ORDER BY sid, bucket"
             )
 
@@ -431,10 +434,6 @@ class EmbeddedBackend(Backend):
         if res is None:
             return _empty_buckets(keys)
         return _to_buckets(keys, local[np.asarray(res["sid"], np.int64)], res)
-
-    def buckets_fast(self, keys: Sequence[str], edges: np.ndarray) -> Buckets:
-        """Same as :meth:`buckets` for evenly spaced edges (cheaper integer division)."""
-        return self.buckets(keys, edges)
 
     def stats(self) -> dict[str, float]:
         files = self._files()
@@ -462,6 +461,37 @@ def _relation(cur: duckdb.DuckDBPyConnection, data: dict[str, np.ndarray]) -> An
     """A DuckDB relation over numpy columns (zero copy; no pandas or pyarrow needed)."""
     _block = data
     return cur.sql("SELECT * FROM _block")
+
+
+def _bucket_sql(edges_us: np.ndarray) -> str:
+    """SQL for "index of the bucket [edges[k], edges[k+1]) holding t" without a join.
+
+    Edges are nearly evenly spaced (local noons: 24 h apart, 23 or 25 h at DST changes). For a
+    regular bucket k, ``(t - e0 + rel_k) // span`` is exact with ``rel_k = span*k - (e_k - e0)``,
+    constant between irregular buckets; irregular buckets are matched by an explicit range.
+    """
+    e = [int(x) for x in edges_us]
+    e0 = e[0]
+    nb = len(e) - 1
+    if nb <= 1:
+        return "0"
+    span = int(np.median(np.diff(edges_us)))
+    irregular = [k for k in range(nb) if e[k + 1] - e[k] != span]
+    case = [f"WHEN t >= {e[k]} AND t < {e[k + 1]} THEN {k}" for k in irregular]
+    rel_parts = []
+    prev_rel = None
+    for k in range(nb):
+        rel = span * k - (e[k] - e0)
+        if rel != prev_rel:
+            rel_parts.append((e[k], rel))
+            prev_rel = rel
+    if len(rel_parts) == 1:
+        rel_sql = str(rel_parts[0][1])
+    else:
+        rel_sql = "CASE " + " ".join(f"WHEN t < {rel_parts[i + 1][0]} THEN {rel_parts[i][1]}"
+                                     for i in range(len(rel_parts) - 1)) + f" ELSE {rel_parts[-1][1]} END"
+    arith = f"((t - {e0} + {rel_sql}) // {span})"
+    return f"(CASE {' '.join(case)} ELSE {arith} END)" if case else arith
 
 
 def _floats(a: Any) -> np.ndarray:

@@ -192,7 +192,7 @@ def counter_energy(
         cnt, mono = bk["count"], bk["mono"]
     else:
         if bk is None:
-            bk = backend.buckets(keys, edges)
+            bk = backend.buckets(keys, edges, counter=True)
         fv = np.full((S, D1), np.nan)
         lv = np.full((S, D1), np.nan)
         ft = np.full((S, D1), np.nan)
@@ -331,10 +331,10 @@ def compute(
     max_w = 3.0 * np.maximum(nominal, 1.0)
     night_dates = [d0 - timedelta(days=1) + timedelta(days=k) for k in range(D + 1)]
 
-    def summaries(keys: list[str]) -> dict[str, np.ndarray] | None:
+    def summaries(keys: list[str], counter: bool = True) -> dict[str, np.ndarray] | None:
         if rollups is None:
             return None
-        rollups.update(backend, keys, tz, night_dates[0], night_dates[-1])
+        rollups.update(backend, keys, tz, night_dates[0], night_dates[-1], counter=counter)
         return rollups.matrices(keys, night_dates)
 
     e_keys = [f"{p.path}/energy_wh" for p in pts]
@@ -348,7 +348,7 @@ def compute(
     if set(backend.series("*/power_w")).isdisjoint(p_keys):
         pk = _empty_buckets_like(p_keys)  # no power recorded: rated power stands in
     else:
-        pk = summaries(p_keys) or backend.buckets(p_keys, edges)
+        pk = summaries(p_keys, counter=False) or backend.buckets(p_keys, edges)
     if isinstance(pk, dict):
         pmax = np.where(pk["count"] > 0, pk["vmax"], np.nan)
     else:

@@ -250,7 +250,7 @@ class InfluxBackend(Backend):
             res[key] = Raw(t[keep], v[keep], q[keep])
         return res
 
-    def buckets(self, keys: Sequence[str], edges: np.ndarray) -> Buckets:
+    def buckets(self, keys: Sequence[str], edges: np.ndarray, counter: bool = False) -> Buckets:
         if self.flavor == "influxdb2":
             return buckets_from_raw(self, keys, edges)
         cache: dict[str, Raw] = {}

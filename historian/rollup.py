@@ -106,13 +106,15 @@ class Rollups:
             os.close(fd)
 
     def update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
-               force: bool = False) -> int:
-        """(Re)compute the nights ``d0..d1`` that are missing or stale; returns how many."""
+               force: bool = False, counter: bool = True) -> int:
+        """(Re)compute the nights ``d0..d1`` that are missing or stale; returns how many.
+        ``counter``: the series are accumulating counters (cheaper summary, see
+        :meth:`historian.base.Backend.buckets`)."""
         with self.locked():
-            return self._update(backend, keys, tz, d0, d1, force)
+            return self._update(backend, keys, tz, d0, d1, force, counter)
 
     def _update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
-                force: bool) -> int:
+                force: bool, counter: bool) -> int:
         nights = [d0 + timedelta(days=k) for k in range((d1 - d0).days + 1)]
         point = _point(keys)
         seq_now, blocks = _blocks(backend)
@@ -126,7 +128,7 @@ class Rollups:
                 runs.append([n])
         for run in runs:
             edges = astro.local_noon_utc(astro.to_dates([*run, run[-1] + timedelta(days=1)]), tz)
-            bk = backend.buckets(keys, edges)
+            bk = backend.buckets(keys, edges, counter=counter)
             for j, night in enumerate(run):
                 m = bk.bucket == j
                 s = bk.sid[m]

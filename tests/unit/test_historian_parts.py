@@ -5,6 +5,7 @@ and counter corner cases."""
 from __future__ import annotations
 
 import os
+from datetime import date
 
 import numpy as np
 import pytest
@@ -222,3 +223,20 @@ async def test_tags_added_after_the_historian_are_recorded(svc):
     pts = h.recorder.take()
     assert pts.keys == ["_system/other/uptime_s"] and pts.v.tolist() == [5.0]
     await h.aclose()
+
+
+def test_bucket_sql_matches_searchsorted_across_dst():
+    import duckdb
+
+    from historian.embedded import _bucket_sql
+    from scada import astro
+
+    days = astro.to_dates([date(2025, 3, 1)])[0] + np.arange(250)  # both 2025 DST changes
+    edges = np.round(astro.local_noon_utc(days, "Europe/Paris") * 1e6).astype(np.int64)
+    rng = np.random.default_rng(5)
+    t = np.sort(rng.integers(edges[0], edges[-1], 200_000))
+    t = np.concatenate([t, edges[:-1], edges[1:-1] - 1])  # exactly on and just before edges
+    con = duckdb.connect()
+    data = {"t": t}  # noqa: F841 - read by DuckDB's replacement scan
+    got = con.execute(f"SELECT {_bucket_sql(edges)} AS b FROM data").fetchnumpy()["b"]
+    np.testing.assert_array_equal(got, np.searchsorted(edges, t, side="right") - 1)
