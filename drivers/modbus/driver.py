@@ -208,6 +208,8 @@ class _Group:
     phase: float = 0.0
     #: time of the first poll
     first: float = 0.0
+    #: a write to a point of this group happened after this many polls had started
+    reread_after: int = -1
     polls: int = 0
 
 
@@ -241,7 +243,10 @@ class Station:
     woken: bool = False
     sleeper: asyncio.Task[None] | None = None
     polls: int = 0
-    verify: dict[int, float] = field(default_factory=dict)
+    #: tag -> (value written, polls started before the write): a poll already under way when
+    #: the write went out may have read the old value, so only a later poll verifies it
+    verify: dict[int, tuple[float, int]] = field(default_factory=dict)
+    started: int = 0
 
     def wake_up(self) -> None:
         """Cut the station's sleep short (it then polls whatever group is due)."""
@@ -491,8 +496,10 @@ class ModbusDriver(Driver):
             self._busy += 1
             self._idle.clear()
             try:
+                st.started += 1
+                seq = st.started
                 async with self._sem:
-                    await self._poll(st, due)
+                    await self._poll(st, due, seq)
             except Exception as e:  # a bug must not stop this station's polling, nor the others'
                 self.ctx.health.inc("errors")
                 self._rlog.every(f"crash:{st.key}", clock.time(), "modbus: %s poll failed "
@@ -514,6 +521,8 @@ class ModbusDriver(Driver):
                 g.next = next_due(done, g.period, g.phase)
                 if g.next <= done:
                     g.next += g.period
+                if g.reread_after >= seq:  # written during this poll: read it back now
+                    g.next = done
 
     async def _housekeeping(self) -> None:
         """Health gauges once a second (clock time): connected devices, demoted, cycle_ms."""
@@ -572,7 +581,7 @@ class ModbusDriver(Driver):
                 last = e
         raise last if last is not None else LinkDown(f"{st.name}: no attempt made")
 
-    async def _poll(self, st: Station, due: list[_Group]) -> None:
+    async def _poll(self, st: Station, due: list[_Group], seq: int) -> None:
         clock = self.ctx.clock
         vals: list[np.ndarray] = []
         tags: list[np.ndarray] = []
@@ -590,7 +599,7 @@ class ModbusDriver(Driver):
             v = np.concatenate(vals) if len(vals) > 1 else vals[0]
             self.ctx.publish(Batch(idx, v, Q.Good, float(now)))
             if st.verify:
-                self._check_writes(st, idx, v)
+                self._check_writes(st, idx, v, seq)
         if texts:
             arr = np.empty(len(texts), dtype=object)
             arr[:] = [t for _, t in texts]
@@ -689,10 +698,11 @@ class ModbusDriver(Driver):
         if st.failures >= self.options.demote_after:
             st.demoted_until = now + st.demote.next()
 
-    def _check_writes(self, st: Station, idx: np.ndarray, v: np.ndarray) -> None:
-        pos = {int(t): k for k, t in enumerate(idx.tolist()) if int(t) in st.verify}
+    def _check_writes(self, st: Station, idx: np.ndarray, v: np.ndarray, seq: int) -> None:
+        pos = {int(t): k for k, t in enumerate(idx.tolist())
+               if int(t) in st.verify and st.verify[int(t)][1] < seq}
         for tag, k in pos.items():
-            want = st.verify.pop(tag)
+            want, _ = st.verify.pop(tag)
             got = float(v[k])
             loc = self._locate(tag)
             scale = loc[1].scale if loc is not None else 1.0
@@ -773,10 +783,11 @@ class ModbusDriver(Driver):
             return Q.BadCommunicationError
         want = float(value) if not isinstance(value, str) else math.nan
         if math.isfinite(want):
-            st.verify[tag] = want
+            st.verify[tag] = (want, st.started)
         # read back at once: the group of the written point is due now
         g = st.groups.get(period)
         if g is not None:
             g.next = min(g.next, self.ctx.clock.time())
+            g.reread_after = st.started
             st.wake_up()
         return Q.Good

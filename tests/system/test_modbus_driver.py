@@ -460,3 +460,24 @@ async def test_site_options_and_connection_errors_name_file_and_line(tmp_path):
     text = str(e.value)
     assert "timeot" in text and "retries" in text and "prot" in text
     assert all(line.strip().startswith(str(path)) for line in text.splitlines()[1:])
+
+
+async def test_write_during_a_poll_is_verified_by_the_next_poll_only(tmp_path, modbus_server, stepped_clock):
+    srv = await modbus_server()
+    fill_vendor(srv)
+    async with Harness(vendor_site(tmp_path, (srv.port, 1)), stepped_clock) as h:
+        await h.step()
+        sp = h.rt.tagdb.index("a/m1/setpoint")
+        assert h.read("a/m1/setpoint").value == 20.0
+        srv.delay = 0.05  # each answer takes 50 ms: a poll of 6 reads takes ~300 ms
+        before = srv.requests
+        await h.clock.advance(2.0)  # a poll starts: holding 20, then holding 30 (setpoint), ...
+        while srv.requests < before + 3:  # the setpoint register has been read (old value)
+            await asyncio.sleep(0.01)
+        assert await h.drv.write(sp, 30.0) == Q.Good
+        await h.drv.wait_idle()
+        await h.step(0)
+        srv.delay = 0.0
+        await h.step(0)
+        assert h.read("a/m1/setpoint").value == 30.0
+        assert h.health("write_mismatch") == 0
