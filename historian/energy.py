@@ -51,6 +51,7 @@ import numpy as np
 import yaml
 
 from scada import astro
+from scada import quality as Q
 
 from .base import Backend, Buckets
 from .query import counter_deltas
@@ -88,6 +89,8 @@ class Inventory:
     on_offset_s: float = 0.0
     off_offset_s: float = 0.0
     stipulated_hours: float | None = None
+    #: routine adjustment from measured on-time: the cabinets' contactor state (``contactor``)
+    measured_hours: bool = False
     contract_start: date | None = None
     target_pct: float = TARGET_PCT
 
@@ -132,6 +135,7 @@ def load_inventory(path: str) -> Inventory:
         pts, path, digest, on=hours.get("on", "sunset"), off=hours.get("off", "sunrise"),
         on_offset_s=float(hours.get("on_offset_s", 0.0)), off_offset_s=float(hours.get("off_offset_s", 0.0)),
         stipulated_hours=(float(hours["stipulated_per_night"]) if hours.get("stipulated_per_night") else None),
+        measured_hours=str(hours.get("source", "astronomical")) == "cabinet_on_time",
         contract_start=_date(contract.get("start")), target_pct=float(contract.get("target_pct", TARGET_PCT)),
     )
 
@@ -278,6 +282,35 @@ def counter_energy(
     return energy[:, 1:], status[:, 1:], resets, repl
 
 
+def cabinet_on_hours(backend: Backend, cabs: Sequence[str], edges: np.ndarray, fallback: np.ndarray
+                     ) -> tuple[np.ndarray, int]:
+    """Hours each cabinet's contactor was closed per night ``[edges[k], edges[k+1])``, from the
+    recorded ``<cabinet>/contactor`` state (a state holds until the next recorded one; a bad
+    status ends it). Nights without any good contactor state use ``fallback`` (astronomical
+    hours). Returns (hours[C, D], number of measured cabinet-nights)."""
+    from .query import _cum_chunked
+
+    D = len(edges) - 1
+    out = np.tile(np.asarray(fallback, np.float64), (len(cabs), 1))
+    n = 0
+    for c, cab in enumerate(cabs):
+        raw = backend.read_raw(f"{cab}/contactor", float(edges[0]) - 86400.0, float(edges[-1]))
+        if not len(raw):
+            continue
+        good = Q.good_mask(raw.q) & ~np.isnan(raw.v)
+        t_end = np.append(raw.t[1:], edges[-1])
+        a = np.maximum(raw.t, edges[0])
+        b = np.minimum(t_end, edges[-1])
+        use = good & (b > a)
+        on = use & (raw.v > 0.5)
+        on_s = np.diff(_cum_chunked(edges, a[on], b[on], np.ones(int(on.sum()))))
+        known_s = np.diff(_cum_chunked(edges, a[use], b[use], np.ones(int(use.sum()))))
+        measured = known_s > 0.5 * np.diff(edges)  # at least half the night has a known state
+        out[c, measured] = on_s[measured] / 3600.0
+        n += int(measured.sum())
+    return out[:, :D], n
+
+
 # ---------------------------------------------------------------------------- KPI
 def nights(d0: date, d1: date) -> np.ndarray:
     """Local dates d0..d1 inclusive as days since the epoch."""
@@ -323,7 +356,19 @@ def compute(
     active = (nd[None, :] >= inst[:, None]) & (nd[None, :] < rem[:, None])
     legacy = np.array([p.legacy_w for p in pts])
     nominal = np.array([p.nominal_w or p.legacy_w / 2.0 for p in pts])
-    baseline = legacy[:, None] * hours[None, :] * active  # Wh
+    cabs = sorted({p.cabinet for p in pts if p.cabinet})
+    cab_ix = {c: i for i, c in enumerate(cabs)}
+    lum_cab = np.array([cab_ix.get(p.cabinet, -1) for p in pts])
+    measured_note = ""
+    if inventory.measured_hours and cabs:
+        say("routine adjustment: measured cabinet on-time")
+        h_cab, n_meas = cabinet_on_hours(backend, cabs, edges[1:], hours)
+        hours_l = np.where(lum_cab[:, None] >= 0, h_cab[np.maximum(lum_cab, 0)], hours[None, :])
+        measured_note = (f"; measured on-time for {n_meas} of {len(cabs) * D} cabinet-nights, "
+                         "astronomical hours for the others")
+    else:
+        hours_l = hours[None, :]
+    baseline = legacy[:, None] * hours_l * active  # Wh
     say(f"baseline: {L} light points x {D} nights")
 
     # Option B: luminaire counters
@@ -359,12 +404,9 @@ def compute(
     n_p = (~np.isnan(pmax)).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         p_led = np.where(n_p > 0, np.nansum(pmax, axis=1) / np.maximum(n_p, 1), nominal)
-    ea = p_led[:, None] * hours[None, :] * active
+    ea = p_led[:, None] * hours_l * active
 
     # Option C: cabinet meters against the baseline of the points behind each cabinet
-    cabs = sorted({p.cabinet for p in pts if p.cabinet})
-    cab_ix = {c: i for i, c in enumerate(cabs)}
-    lum_cab = np.array([cab_ix.get(p.cabinet, -1) for p in pts])
     base_cab = np.zeros((len(cabs), D))
     np.add.at(base_cab, lum_cab[lum_cab >= 0], baseline[lum_cab >= 0])
     ec = np.zeros((len(cabs), D))
@@ -380,8 +422,10 @@ def compute(
         ec = np.where(present[:, None], ec, np.nan)  # a cabinet without a meter: no option C
 
     say("aggregating")
-    return _assemble(inventory, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
-                     cabs, lum_cab, base_cab, ec, st_c, backend, d0, d1, area)
+    res = _assemble(inventory, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
+                    cabs, lum_cab, base_cab, ec, st_c, backend, d0, d1, area)
+    res.inputs["hours_method"] += measured_note
+    return res
 
 
 def _empty_buckets_like(keys: list[str]) -> Buckets:
@@ -532,7 +576,8 @@ def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
         "area": area or "all", "nights": D, "luminaires": len(pts), "cabinets": len(cabs),
         "burning_hours": round(float(hours.sum()), 3),
         "hours_method": (f"stipulated {inv.stipulated_hours} h per night" if inv.stipulated_hours is not None
-                         else f"astronomical clock {inv.on}{inv.on_offset_s:+.0f}s -> {inv.off}{inv.off_offset_s:+.0f}s"),
+                         else f"astronomical clock {inv.on}{inv.on_offset_s:+.0f}s -> {inv.off}{inv.off_offset_s:+.0f}s"
+                         + (" (reference); baseline from measured cabinet on-time" if inv.measured_hours else "")),
         "backend": backend.describe(), "method": "docs/energy-kpi.md (IPMVP options A, B, C)",
     }
     return EnergyResult(inputs, summary, monthly, years, areas, cab_rows, worst, lums, uncertainty)
