@@ -108,6 +108,20 @@ class GuardedSession(InternalSession):
                 raise ServiceError(ua.StatusCodes.BadTooManySessions)
         return super().activate_session(params, peer_certificate)
 
+    async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        """Part 3 §5.6.3: UserAccessLevel is the access of *this* user - HMIs grey out setpoints
+        a viewer cannot write. The shared node holds the full access; it is narrowed here."""
+        results = await super().read(params)
+        if role_allows(self._role(), "write"):
+            return results
+        ual = ua.AttributeIds.UserAccessLevel
+        for k, rv in enumerate(params.NodesToRead):
+            if rv.AttributeId == ual and rv.NodeId.NamespaceIndex == self.scada.namespace_index:
+                dv = results[k]
+                if dv.Value is not None and isinstance(dv.Value.Value, int):
+                    results[k] = ua.DataValue(ua.Variant(dv.Value.Value & ~0x02, ua.VariantType.Byte))
+        return results
+
     async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
         out = []
         for wv in params.NodesToWrite:

@@ -133,6 +133,9 @@ async def test_role_matrix(hmi):
             # read
             dv = await hmi.node(c, "centre/cab-01/group_level").read_data_value()
             assert dv.StatusCode.is_good()
+            ual = (await hmi.node(c, "centre/cab-01/group_level").read_attribute(
+                ua.AttributeIds.UserAccessLevel)).Value.Value
+            assert bool(ual & 0x02) is ("write" in EXPECTED[role]) and ual & 0x01
             # write
             code = await _status_of(hmi.node(c, "centre/cab-01/group_level").write_value(
                 ua.Variant(42.0, ua.VariantType.Double)))
