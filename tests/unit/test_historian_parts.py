@@ -240,3 +240,20 @@ def test_bucket_sql_matches_searchsorted_across_dst():
     data = {"t": t}  # noqa: F841 - read by DuckDB's replacement scan
     got = con.execute(f"SELECT {_bucket_sql(edges)} AS b FROM data").fetchnumpy()["b"]
     np.testing.assert_array_equal(got, np.searchsorted(edges, t, side="right") - 1)
+
+
+async def test_history_read_raw_and_processed_for_opcua(svc):
+    rt, h = svc
+    i = rt.tagdb.index("centre/cab-1/power_w")
+    for k in range(6):
+        q = Q.BadCommunicationError if k == 4 else Q.Good
+        rt.tagdb.apply(Batch.of([i], [100.0 + 10 * k], q, T0 + 600 * k))
+    await h.flush()
+    t, v, q = await h.read_raw(i, T0, T0 + 3600, 3)
+    assert t.tolist() == [T0, T0 + 600, T0 + 1200] and v.tolist() == [100.0, 110.0, 120.0]
+    starts, vals, codes = await h.read_processed(i, T0, T0 + 5400, 1800, "avg")
+    assert starts.tolist() == [T0, T0 + 1800, T0 + 3600]
+    assert vals[0] == 110.0 and vals[1] == 140.0 and np.isnan(vals[2])  # 140: (130 + 150) / 2
+    # bucket 1 had a bad point excluded: uncertain; bucket 2 has no point: no data
+    assert codes.tolist() == [Q.Good, Q.Uncertain, Q.BadNoData]
+    await h.aclose()
