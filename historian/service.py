@@ -51,10 +51,12 @@ HEALTH = (
 SPOOL_ALARM_FILL = 0.8
 
 
-def resolve_dir(runtime: Any, path: str) -> str:
+def resolve_dir(site: Any, path: str) -> str:
+    """The historian directory: ``historian.path`` under the site's state directory unless
+    absolute (``<state_dir>/historian`` holds ``spool/``, ``data/`` and ``rollups/``)."""
     if os.path.isabs(path):
         return path
-    return os.path.join(runtime.site.config.site.state_dir, path)
+    return os.path.join(site.config.site.state_dir, path)
 
 
 class HistorianService(Service):
@@ -65,7 +67,7 @@ class HistorianService(Service):
         self.runtime = runtime
         self.cfg = cfg
         self.clock = runtime.clock
-        root = resolve_dir(runtime, cfg.path)
+        root = resolve_dir(runtime.site, cfg.path)
         self.dir = root
         self.backend = backend or load_backend(cfg.backend, os.path.join(root, "data"), cfg.options)
         self.spool = Spool(os.path.join(root, "spool"), cfg.spool_max_bytes,

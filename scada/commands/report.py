@@ -38,7 +38,7 @@ def _reader(site):
     from historian.service import resolve_dir
 
     cfg = site.config.historian
-    root = resolve_dir(type("R", (), {"site": site})(), cfg.path)
+    root = resolve_dir(site, cfg.path)
     return load_backend(cfg.backend, os.path.join(root, "data"), cfg.options)
 
 
