@@ -198,3 +198,22 @@ async def test_demo_users_created_once_and_usable(tmp_path):
         assert h.writes == [("centre/cab-01/group_level", 5.0)]
     finally:
         await h.runtime.stop()
+
+
+async def test_subscriptions_and_monitored_items_bounded(tmp_path):
+    from tests.fixtures.hmi import start_hmi
+
+    h = await start_hmi(tmp_path, extra="max_subscriptions_per_session: 2\nmax_monitored_items_per_subscription: 3")
+    try:
+        async with h.client() as c:
+            s1 = await c.create_subscription(10, None)  # 10 ms asked: revised to the 50 ms floor
+            await c.create_subscription(100, None)
+            assert await _status_of(c.create_subscription(100, None)) == ua.StatusCodes.BadTooManySubscriptions
+            nodes = [h.node(c, f"centre/cab-01/lum-0{n}/level") for n in (1, 2, 3)]
+            await s1.subscribe_data_change(nodes)
+            code = await _status_of(s1.subscribe_data_change(h.node(c, "centre/cab-01/power_w")))
+            assert code == ua.StatusCodes.BadTooManyMonitoredItems
+            subs = h.service.server.iserver.subscription_service.subscriptions.values()
+            assert min(s.data.RevisedPublishingInterval for s in subs) == 50.0
+    finally:
+        await h.runtime.stop()
