@@ -289,3 +289,23 @@ def test_exception_status_table():
     assert codec.read_status(0x7F) == Q.BadUnexpectedError
     assert codec.write_status(0x03) == Q.BadOutOfRange
     assert codec.write_status(0x06) == Q.BadResourceUnavailable
+
+
+# ----------------------------------------------------------------------------- stream framing
+def test_stream_framing_any_chunking_and_garbage():
+    from drivers.modbus.client import _Protocol
+
+    frames = [codec.frame(1, 1, bytes.fromhex("030400010002")), codec.frame(2, 7, bytes.fromhex("8302"))]
+    stream = b"".join(frames)
+    for cut in range(1, len(stream)):
+        p = _Protocol()
+        p.data_received(stream[:cut])
+        p.data_received(stream[cut:])
+        assert list(p.frames) == [(1, 1, bytes.fromhex("030400010002")), (2, 7, bytes.fromhex("8302"))]
+        assert p.error is None and not p.buf
+    p = _Protocol()
+    p.data_received(stream[:10])  # half a frame: nothing yet, no error
+    assert not p.frames and p.error is None
+    p = _Protocol()
+    p.data_received(frames[0] + b"\xde\xad\xbe\xef\x00\x00\x00")
+    assert len(p.frames) == 1 and isinstance(p.error, MalformedFrame)
