@@ -307,6 +307,8 @@ class OpcUaService(Service):
                                max_failures=cfg.lockout_attempts, lockout_s=cfg.lockout)
         if cfg.demo_users:
             self._demo_users()
+        self.registry = MonitorRegistry(len(self.tagdb.value))  # fresh on a supervised restart
+        self._routes = {}
         self.trust = TrustList(self.trust_dir, self.state_dir / "rejected", self.audit, cfg.trust_all_clients)
         server = Server(user_manager=SiteUserManager(self.users, self.audit, cfg.anonymous))
         iserver = server.iserver
