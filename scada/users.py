@@ -163,7 +163,7 @@ class AuthResult:
     """Outcome of a login: ``user`` when accepted, else ``reason`` for the audit log."""
 
     user: User | None
-    reason: str  # "ok", "bad_password", "unknown_user", "locked"
+    reason: str  # "ok", "bad_password", "unknown_user", "locked", "throttled"
 
     @property
     def ok(self) -> bool:
@@ -180,7 +180,8 @@ class UserStore:
     """
 
     def __init__(self, users: Iterable[Any] = (), *, clock: Clock | None = None,
-                 max_failures: int = 5, lockout_s: float = 300.0, max_tracked: int = 10_000):
+                 max_failures: int = 5, lockout_s: float = 300.0, max_tracked: int = 10_000,
+                 max_checks_per_s: float = 20.0):
         self.clock = clock or RealClock()
         self.max_failures = max_failures
         self.lockout_s = lockout_s
@@ -190,6 +191,11 @@ class UserStore:
         self._cache_key = os.urandom(32)
         self._verified: dict[str, bytes] = {}
         self._dummy = hash_password(secrets.token_hex(8))
+        # token bucket of full hash checks: failed logins under rotating names would otherwise
+        # cost ~40 ms of event loop each (the lockout is per name)
+        self.max_checks_per_s = max_checks_per_s
+        self._tokens = max_checks_per_s
+        self._tokens_t = self.clock.time()
         for u in users:
             self.add(u.name, u.role, u.password_hash)
 
@@ -221,24 +227,34 @@ class UserStore:
             return AuthResult(None, "locked")
         entry = self._users.get(name)
         pw = password if isinstance(password, str) else ""
+        cached = self._verified.get(name) if entry is not None else None
+        if cached is not None and hmac.compare_digest(cached, self._digest(pw)):
+            self._failures.pop(name, None)
+            return AuthResult(User(name, entry[0]), "ok")
+        if not self._take_token():
+            return AuthResult(None, "throttled")
         if entry is None:
             verify(pw, self._dummy)  # same cost as a real check: no user-name oracle by timing
             self._fail(name)
             return AuthResult(None, "unknown_user")
         role, line = entry
-        digest = self._digest(pw)
-        cached = self._verified.get(name)
-        if cached is not None and hmac.compare_digest(cached, digest):
-            ok = True
-        else:
-            ok = verify(pw, line)
-            if ok:
-                self._verified[name] = digest
+        ok = verify(pw, line)
+        if ok:
+            self._verified[name] = self._digest(pw)
         if not ok:
             self._fail(name)
             return AuthResult(None, "locked" if self.locked(name) else "bad_password")
         self._failures.pop(name, None)
         return AuthResult(User(name, role), "ok")
+
+    def _take_token(self) -> bool:
+        now = self.clock.time()
+        self._tokens = min(self.max_checks_per_s, self._tokens + (now - self._tokens_t) * self.max_checks_per_s)
+        self._tokens_t = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _fail(self, name: str) -> None:
         count, until = self._failures.get(name, (0, 0.0))

@@ -105,3 +105,17 @@ def test_failure_table_is_bounded():
     for i in range(50):
         s.authenticate(f"probe{i}", "x")
     assert len(s._failures) <= 10
+
+
+async def test_full_checks_are_rate_limited_cached_logins_are_not():
+    clock = SteppedClock()
+    s = _store(clock)
+    s.max_checks_per_s = s._tokens = 3.0
+    assert s.authenticate("op", "pw-op").ok  # 1 full check, then cached
+    for k in range(2):
+        assert s.authenticate(f"probe{k}", "x").reason == "unknown_user"
+    assert s.authenticate("probe9", "x").reason == "throttled"
+    assert s.authenticate("admin", "pw-admin").reason == "throttled"  # not cached yet
+    assert s.authenticate("op", "pw-op").ok  # cached: no full check needed
+    await clock.advance(1.0)
+    assert s.authenticate("admin", "pw-admin").ok
