@@ -179,10 +179,14 @@ def main() -> None:
 
             asyncio.run(floods())
             out["journal_rotations_" + label] = d.journal.stats["rotations"]
+            # the first flood of never-raised alarms also builds their journal line fragments
+            cold, cold_cpu = (lat[0], cpu[0]) if lat else (float("nan"), float("nan"))
+            lat, cpu = lat[1:], cpu[1:]
             out[f"flood_{label}"] = {"alarms": len(lamp), "batches": len(lat),
                                      "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
                                      "max_ms": max(lat) if lat else float("nan"),
-                                     "cpu_p50_ms": pct(cpu, 50), "cpu_p99_ms": pct(cpu, 99)}
+                                     "cpu_p50_ms": pct(cpu, 50), "cpu_p99_ms": pct(cpu, 99),
+                                     "cold_ms": cold, "cold_cpu_ms": cold_cpu}
         d.close()
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"alarm engine benchmark: {n} luminaires, {out['conditions']} conditions "
@@ -197,9 +201,11 @@ def main() -> None:
         f = out[f"flood_{label}"]
         print(f"  flood of {f['alarms']} alarms in one batch, fsync={label:<8}: raise->journal "
               f"p50 {f['p50_ms']:.2f} ms  p99 {f['p99_ms']:.2f} ms  max {f['max_ms']:.2f} ms "
-              f"over {f['batches']} floods   target p99 < 10 ms")
+              f"over {f['batches']} more floods   target p99 < 10 ms")
         print(f"{'':>38}process CPU time raise->journal: p50 {f['cpu_p50_ms']:.2f} ms  "
               f"p99 {f['cpu_p99_ms']:.2f} ms (wall minus time the shared machine gave others)")
+        print(f"{'':>38}first flood of never-raised alarms (line fragments built): "
+              f"{f['cold_ms']:.2f} ms wall, {f['cold_cpu_ms']:.2f} ms CPU")
     print(f"  peak RSS {out['rss_mb']:.0f} MB; load average during the run "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,54 @@ def _role_allows(role: str | None, action: str) -> bool:
 class _Fmt(dict):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
+
+
+class _Ids:
+    """``ids[c]`` = ``device/name`` of row ``c``, made on demand (no string kept per alarm)."""
+
+    __slots__ = ("_e",)
+
+    def __init__(self, engine: AlarmEngine):
+        self._e = engine
+
+    def __getitem__(self, c: int) -> str:
+        return f"{self._e.device[c]}/{self._e.name[c]}"
+
+    def __len__(self) -> int:
+        return self._e.n
+
+
+class _ById:
+    """Alarm id -> row through the device index (a device has tens of alarms at most)."""
+
+    __slots__ = ("_e",)
+
+    def __init__(self, engine: AlarmEngine):
+        self._e = engine
+
+    def get(self, alarm_id: str, default: int | None = None) -> int | None:
+        device, _, name = alarm_id.rpartition("/")
+        names = self._e.name
+        for c in self._e.by_device.get(device, ()):
+            if names[c] == name:
+                return c
+        return default
+
+    def __contains__(self, alarm_id: object) -> bool:
+        return isinstance(alarm_id, str) and self.get(alarm_id) is not None
+
+    def __getitem__(self, alarm_id: str) -> int:
+        c = self.get(alarm_id)
+        if c is None:
+            raise KeyError(alarm_id)
+        return c
+
+    def __len__(self) -> int:
+        return self._e.n
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        ids = self._e.ids
+        return ((ids[c], c) for c in range(self._e.n))
 
 
 @dataclass(slots=True)
@@ -97,7 +145,8 @@ class AlarmEngine:
         self.cond = ConditionTable()
         self.supp = SuppressionTable()
         # per-alarm metadata (Python lists: touched only on transitions)
-        self.ids: list[str] = []
+        #: alarm ids (``device/name``) made on demand: a city has millions of potential alarms
+        self.ids = _Ids(self)
         self.device: list[str] = []
         self.area: list[str] = []
         self.name: list[str] = []
@@ -107,14 +156,13 @@ class AlarmEngine:
         self.template: list[str] = []
         self.location: list[str] = []
         self.unit: list[str] = []
-        self.msg: list[str] = []
-        self._prefix: list[str] = []
-        #: JSON of the message when the template needs no value (most): no formatting per raise
-        self._static_msg: list[str | None] = []
-        #: bytes of a raise line after the varying head (prefix + message), static templates
+        #: current message; None = the template's text without value (computed when needed)
+        self.msg: list[str | None] = []
+        #: cache of a raise line's tail (identity + message) for static templates, built on the
+        #: alarm's first raise; None = not built yet or the template shows the value
         self._tail: list[bytes | None] = []
-        self._any_dynamic = False
-        self.by_id: dict[str, int] = {}
+        self._dyn: set[int] = set()  # rows whose template shows {value} or {limit}
+        self.by_id = _ById(self)
         self.by_device: dict[str, list[int]] = {}
         self.shelve_info: dict[int, tuple[str, str]] = {}
         self.oos_devices: set[str] = set()
@@ -163,6 +211,14 @@ class AlarmEngine:
             setattr(self, name, arr)
         self.supp.grow_conds(new)
 
+    def _trim(self, cap: int) -> None:
+        """Give back the spare capacity of the doubling growth once the site is declared."""
+        for obj, names in ((self, self._STATE), (self.cond, self.cond._ARRAYS)):
+            for name in names:
+                a = getattr(obj, name)
+                if len(a) > cap:
+                    setattr(obj, name, a[:cap].copy())
+
     # ------------------------------------------------------------------ definition
     def add_alarm(self, device: str, area: str, adef: AlarmDef, *, parent: str | None = None,
                   location: str = "") -> int:
@@ -201,12 +257,11 @@ class AlarmEngine:
     def _new_row(self, kind: int, tag: int, device: str, area: str, name: str, category: str,
                  priority: int, severity: int, template: str, location: str, unit: str,
                  fields: dict[str, float]) -> int:
-        aid = f"{device}/{name}"
-        if aid in self.by_id:
-            raise ConfigError(f"alarm {aid!r} declared twice; alarm names must be unique per device")
+        if self.by_id.get(f"{device}/{name}") is not None:
+            raise ConfigError(f"alarm {device}/{name!r} declared twice; alarm names must be "
+                              f"unique per device")
         c = self.cond.add(kind, tag, **fields)
         self._grow(c + 1)
-        self.ids.append(aid)
         self.device.append(device)
         self.area.append(area)
         self.name.append(name)
@@ -216,29 +271,41 @@ class AlarmEngine:
         self.template.append("")
         self.location.append(location)
         self.unit.append(unit)
-        self.msg.append("")
-        self._prefix.append(
-            f'"alarm_id":{jstr(aid)},"device":{jstr(device)},"area":{jstr(area)},'
-            f'"name":{jstr(name)},"category":{jstr(category)},"priority":{priority},'
-            f'"severity":{severity}' + (',"kind":"external"' if kind == M.K_EXTERNAL else "")
-        )
-        self._static_msg.append(None)
+        self.msg.append(None)
         self._tail.append(None)
         self._set_template(c, template or "{device} {name}")
-        self.by_id[aid] = c
         self.by_device.setdefault(device, []).append(c)
         return c
 
     def _set_template(self, c: int, template: str) -> None:
         self.template[c] = template
+        self._tail[c] = None
         if "{value" in template or "{limit" in template:
-            self._any_dynamic = True
-            self._static_msg[c] = None
-            self._tail[c] = None
+            self._dyn.add(c)
         else:
-            self.msg[c] = self._message(c, float("nan"), 0)
-            self._static_msg[c] = jstr(self.msg[c])
-            self._tail[c] = f'{self._prefix[c]},"message":{self._static_msg[c]}}}\n'.encode()
+            self._dyn.discard(c)
+            self.msg[c] = None
+
+    def message_of(self, c: int) -> str:
+        m = self.msg[c]
+        return self._message(c, float("nan"), 0) if m is None else m
+
+    def _prefix(self, c: int) -> str:
+        """The identity fields of a journal line (JSON members, no braces)."""
+        return (f'"alarm_id":{jstr(self.ids[c])},"device":{jstr(self.device[c])},'
+                f'"area":{jstr(self.area[c])},"name":{jstr(self.name[c])},'
+                f'"category":{jstr(self.category[c])},"priority":{self.priority[c]},'
+                f'"severity":{self.severity[c]}'
+                + (',"kind":"external"' if self.cond.kind[c] == M.K_EXTERNAL else ""))
+
+    def _tail_of(self, c: int) -> bytes:
+        """Identity + message of a raise line; cached for static templates."""
+        t = self._tail[c]
+        if t is None:
+            t = f'{self._prefix(c)},"message":{jstr(self.message_of(c))}}}\n'.encode()
+            if c not in self._dyn:
+                self._tail[c] = t
+        return t
 
     def _resolve_rules(self) -> None:
         for p in self._pending_rules:
@@ -266,6 +333,7 @@ class AlarmEngine:
                 self.supp.add(p.target, SRC_POINT, tag, float(p.rule.equals))
         self._pending_rules.clear()
         self._resolve_child_rules()
+        self._parent_of.clear()
 
     def _resolve_child_rules(self) -> None:
         """``alarms.children_suppressed_by``: one group per (child device, selection)."""
@@ -308,6 +376,7 @@ class AlarmEngine:
         if self._started:
             return
         self._resolve_rules()
+        self._trim(self.n + max(64, self.n // 16))
         self.cond.build_index(len(self.tagdb))
         self.supp.build(len(self.tagdb), len(self.level))
         self._stale_rows = np.nonzero(self.cond.kind[: self.n] == M.K_STALE)[0]
@@ -357,7 +426,8 @@ class AlarmEngine:
                 self.shelve_info[c] = (e.get("user") or "", e.get("comment") or "")
             self.suppressed[c] = bool(e.get("suppressed"))
             self.oos[c] = bool(e.get("oos")) or self.device[c] in self.oos_devices
-            self.msg[c] = e.get("message") or ""
+            if c in self._dyn:
+                self.msg[c] = e.get("message") or None
             v = e.get("value")
             self.value[c] = float(v) if isinstance(v, (int, float)) else np.nan
             if lvl and aid in raised:
@@ -401,7 +471,7 @@ class AlarmEngine:
             "shelve_until": floats(self.shelve_until),
             "raised_ts": floats(self.raised_at),
             "value": floats(self.value),
-            "message": [self.msg[c] for c in rl],
+            "message": [self.message_of(c) for c in rl],
             "user": [self.shelve_info.get(c, ("", ""))[0] or None for c in rl],
             "comment": [self.shelve_info.get(c, ("", ""))[1] or None for c in rl],
         }
@@ -538,9 +608,10 @@ class AlarmEngine:
         uniq = {v: (repr(v).encode() if math.isfinite(v) else b"null") for v in set(vl)}
         vs = [uniq[v] for v in vl]
         tails = self._tail
-        if self._any_dynamic and event == M.RAISE:
+        if self._dyn and event == M.RAISE:
+            dyn = self._dyn
             for k, c in enumerate(rl):  # templates that show the value / limit
-                if tails[c] is None:
+                if c in dyn:
                     self.msg[c] = self._message(c, vl[k], ll[k])
         ts = repr(now).encode()
         if not hidden.any() and (event == M.RAISE or not acked.any() or acked.all()):
@@ -552,12 +623,14 @@ class AlarmEngine:
                     + state + b'","acked":' + ack + b',"shelved":0,"shelve_until":null,'
                     b'"suppressed":false,"oos":false,"user":null,"comment":null,"active":%d,'
                     b'"value":%s,%s')
-            lines = [head % (seq0 + k, ll[k], vs[k], tails[c] or self._dyn_tail(c))
+            tail_of = self._tail_of
+            lines = [head % (seq0 + k, ll[k], vs[k], tails[c] or tail_of(c))
                      for k, c in enumerate(rl)]
         else:
             shl, supl, oosl, al = sh.tolist(), sup.tolist(), oos.tolist(), acked.tolist()
             su = self.shelve_until[rows].tolist()
             pre = self._prefix
+            msg = self.message_of
             fmt = self._LINE_FMT
             act = event == M.RAISE
             tsd = ts.decode()
@@ -565,12 +638,9 @@ class AlarmEngine:
                              M.state_name(act, al[k], shl[k], supl[k], oosl[k]), ll[k],
                              "true" if al[k] else "false", shl[k], jnum(su[k]),
                              "true" if supl[k] else "false", "true" if oosl[k] else "false",
-                             vs[k].decode(), pre[c], jstr(self.msg[c]))).encode()
+                             vs[k].decode(), pre(c), jstr(msg(c)))).encode()
                      for k, c in enumerate(rl)]
         events.append(_Bulk(seq0, rows, now, lines, event))
-
-    def _dyn_tail(self, c: int) -> bytes:
-        return f'{self._prefix[c]},"message":{jstr(self.msg[c])}}}\n'.encode()
 
     def _chatter(self, c: int, now: float) -> bool:
         cfg = self.config.chatter
@@ -640,12 +710,12 @@ class AlarmEngine:
             seq, now, c, self.ids[c], self.device[c], self.area[c], self.name[c],
             self.category[c], self.priority[c], self.severity[c], event,
             M.state_name(lv != 0, acked, sh, sup, oos), lv, acked, sh, sup, oos,
-            None if math.isnan(v) else v, self.msg[c], user, comment,
+            None if math.isnan(v) else v, self.message_of(c), user, comment,
             None if math.isnan(su) else su,
         )
 
     def _line(self, e: M.AlarmEvent) -> str:
-        p = self._prefix[e.cond]
+        p = self._prefix(e.cond)
         return (
             f'{{"seq":{e.seq},"ts":{e.ts!r},{p},"event":"{e.event}","state":"{e.state}",'
             f'"active":{e.active},"acked":{"true" if e.acked else "false"},'
@@ -832,7 +902,7 @@ class AlarmEngine:
             M.state_name(lv != 0, bool(self.acked[c]), int(self.shelved[c]),
                          bool(self.suppressed[c]), bool(self.oos[c])),
             lv, bool(self.acked[c]), int(self.shelved[c]), bool(self.suppressed[c]),
-            bool(self.oos[c]), None if math.isnan(v) else v, self.msg[c],
+            bool(self.oos[c]), None if math.isnan(v) else v, self.message_of(c),
             shelve_until=None if math.isnan(su) else su,
         )
 

@@ -62,7 +62,13 @@ def jnum(v: float | None) -> str:
 
 
 def jstr(s: str | None) -> str:
-    return "null" if s is None else json.dumps(s, ensure_ascii=False)
+    """A string as JSON; plain printable ASCII without quotes or backslashes (device paths,
+    alarm names, most messages) skips the encoder."""
+    if s is None:
+        return "null"
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
+    return json.dumps(s, ensure_ascii=False)
 
 
 class Journal:

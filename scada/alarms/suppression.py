@@ -99,6 +99,7 @@ class SuppressionTable:
                        if ng else np.zeros(0, dtype=np.int64))
         self._members = []
         self._keys = set()
+        self._groups = {}
         self.count = np.zeros(max(nconds, 1), dtype=np.int32)
         pt = self.kind == SRC_POINT
         self._tag_rules = np.nonzero(pt)[0]
