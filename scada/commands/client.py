@@ -145,24 +145,25 @@ async def _ns(c, uri: str) -> int:
     return arr.index(uri)
 
 
-async def _find(c, ns: int, pattern: str, limit: int) -> list[tuple[str, str]]:
-    """(path, unit) of tags matching ``pattern``: FindTags on our server, else structured browse."""
+async def _find(c, ns: int, pattern: str, limit: int) -> list[tuple[str, str, Any]]:
+    """(path, unit, NodeId) of tags matching ``pattern``: FindTags on our server, else a
+    structured browse (paths then made of browse names, e.g. ``J008/Status/Mode``)."""
     from asyncua import ua
 
     try:
         scada = await c.nodes.objects.get_child(f"{ns}:Scada")
         paths, units = await scada.call_method(f"{ns}:FindTags", pattern, ua.Variant(limit, ua.VariantType.UInt32))
-        return list(zip(paths or [], units or [], strict=False))
+        return [(p, u, ua.NodeId(p, ns)) for p, u in zip(paths or [], units or [], strict=False)]
     except ua.UaStatusCodeError:
         pass
     return await _browse_find(c, ns, pattern, limit)
 
 
-async def _browse_find(c, ns: int, pattern: str, limit: int) -> list[tuple[str, str]]:
+async def _browse_find(c, ns: int, pattern: str, limit: int) -> list[tuple[str, str, Any]]:
     from asyncua import ua
 
     segs = pattern.split("/")
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, Any]] = []
     budget = [BROWSE_BUDGET]
 
     async def walk(node, prefix: list[str]) -> None:
@@ -180,7 +181,7 @@ async def _browse_find(c, ns: int, pattern: str, limit: int) -> list[tuple[str, 
                 continue
             cls = await ch.read_node_class()
             if cls == ua.NodeClass.Variable and fnmatch.fnmatchcase("/".join(path), pattern):
-                found.append(("/".join(path), ""))
+                found.append(("/".join(path), "", ch.nodeid))
             elif cls == ua.NodeClass.Object:
                 await walk(ch, path)
 
@@ -188,15 +189,14 @@ async def _browse_find(c, ns: int, pattern: str, limit: int) -> list[tuple[str, 
     return found
 
 
-async def _read_many(c, ns: int, paths: list[str]):
+async def _read_many(c, nodeids: list[Any]):
     from asyncua import ua
 
     out = []
-    for k in range(0, len(paths), 1000):
-        chunk = paths[k:k + 1000]
+    for k in range(0, len(nodeids), 1000):
+        chunk = nodeids[k:k + 1000]
         params = ua.ReadParameters()
-        params.NodesToRead = [ua.ReadValueId(NodeId=ua.NodeId(p, ns), AttributeId=ua.AttributeIds.Value)
-                              for p in chunk]
+        params.NodesToRead = [ua.ReadValueId(NodeId=n, AttributeId=ua.AttributeIds.Value) for n in chunk]
         params.TimestampsToReturn = ua.TimestampsToReturn.Both
         out.extend(await c.uaclient.read(params))
     return out
@@ -244,8 +244,8 @@ def tags(pattern: str, limit: int, **o: Any) -> None:
         try:
             ns = await _ns(c, o["namespace"])
             found = await _find(c, ns, pattern, limit)
-            dvs = await _read_many(c, ns, [p for p, _ in found])
-            rows = [_row(p, u, dv) for (p, u), dv in zip(found, dvs, strict=True)]
+            dvs = await _read_many(c, [n for _, _, n in found])
+            rows = [_row(p, u, dv) for (p, u, _), dv in zip(found, dvs, strict=True)]
         finally:
             await c.disconnect()
         click.echo(json.dumps(rows, indent=1) if o["as_json"] else _table(rows))
@@ -264,7 +264,6 @@ def watch(pattern: str, interval: float, count: int | None, duration: float | No
     """Print live updates of tags matching PATTERN (one line, or one JSON object, per change)."""
 
     async def go() -> None:
-        from asyncua import ua
 
         c = await _connect(o)
         done = asyncio.Event()
@@ -274,11 +273,12 @@ def watch(pattern: str, interval: float, count: int | None, duration: float | No
             found = await _find(c, ns, pattern, limit)
             if not found:
                 raise ClientError(f"no tag matches {pattern!r}")
-            units = dict(found)
+            names = {n: (p, u) for p, u, n in found}
 
             class Handler:
                 def datachange_notification(self, node, val, data):
-                    r = _row(node.nodeid.Identifier, units.get(node.nodeid.Identifier, ""), data.monitored_item.Value)
+                    path, unit = names.get(node.nodeid, (node.nodeid.to_string(), ""))
+                    r = _row(path, unit, data.monitored_item.Value)
                     if o["as_json"]:
                         click.echo(json.dumps(r))
                     else:
@@ -291,7 +291,7 @@ def watch(pattern: str, interval: float, count: int | None, duration: float | No
                         done.set()
 
             sub = await c.create_subscription(interval, Handler())
-            nodes = [c.get_node(ua.NodeId(p, ns)) for p, _ in found]
+            nodes = [c.get_node(n) for _, _, n in found]
             for k in range(0, len(nodes), 1000):
                 await sub.subscribe_data_change(nodes[k:k + 1000])
             click.echo(f"watching {len(nodes)} tags (Ctrl+C to stop)", err=True)

@@ -72,3 +72,27 @@ async def test_user_add_prints_a_verifiable_hash(tmp_path):
     rc, out, err = await _scada("user", "add", "bob", "--role", "engineer", "--out", str(f), env=None)
     assert rc == 0 and "generated password for bob" in err
     assert f.read_text().startswith("users:\n  - {name: bob, role: engineer")
+
+
+async def test_tags_against_a_junction_simulator_by_browsing(tmp_path):
+    """Servers without FindTags (a junction controller) are browsed along the pattern's path."""
+    from scada.clock import SteppedClock
+    from scada.loader import load_site
+    from simulators.traffic import serve_site
+    from tests.conftest import free_port
+    from tests.fixtures.opcua import endpoint, write_site
+
+    port = free_port()
+    p = write_site(tmp_path, [{"id": "j-8", "profile": "junction-opcua", "area": "centre",
+                               "connection": {"endpoint": endpoint(port)}}])
+    site = load_site(str(p))
+    sim = await serve_site(site, SteppedClock(), site.by_protocol()["opcua"])
+    try:
+        rc, out, err = await _scada("tags", "j-8/Status/*", "--endpoint", endpoint(port), "--json",
+                                    "--namespace", "urn:city-scada:traffic-controller")
+    finally:
+        await sim.aclose()
+    assert rc == 0, err
+    rows = {r["path"]: r for r in json.loads(out)}
+    assert {"j-8/Status/Mode", "j-8/Status/Plan"} <= set(rows)
+    assert rows["j-8/Status/Plan"]["status"] == "Good" and isinstance(rows["j-8/Status/Plan"]["value"], int)
