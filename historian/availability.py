@@ -6,8 +6,9 @@ of its fault points (``lamp_failure``, ``driver_failure``, ``supply_fault``, ``b
 is true with Good quality. **Planned** time - the device put out of service for works
 (``BadOutOfService``) - is excluded from the denominator, as maintenance contracts usually do;
 time before the first recorded point is **no data** and excluded too (and reported). Values hold
-until the next recorded point (the recorder snapshots every tag at least every
-``historian.snapshot``, so this is bounded).
+until the next recorded point, at most ``max(1 h, 2 x historian.snapshot)`` (the recorder writes
+every tag at least every snapshot period); beyond that - a stopped server, a gap - the state is
+unknown: no data, never counted as down.
 
 availability = up time / (period - planned - no data), per device, device class (profile
 kind), area and month; every outage behind a figure is listed.
@@ -31,16 +32,26 @@ FAULT_POINTS = ("lamp_failure", "driver_failure", "supply_fault", "breaker_tripp
 TARGET_PCT = 99.0
 
 
-def device_states(backend: Backend, status_key: str, fault_keys: list[str], t0: float, t1: float
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Step function of one device: segment starts, down?, planned?, no-data?, cause per segment."""
+def device_states(backend: Backend, status_key: str, fault_keys: list[str], t0: float, t1: float,
+                  max_hold: float = 3600.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Step function of one device: segment starts, down?, planned?, no-data?, cause per segment.
+
+    A recorded status holds until the next one but at most ``max_hold`` seconds (the recorder
+    writes every tag at least every ``historian.snapshot``): past that, and after the last
+    recorded point (a server stopped), the state is unknown - *no data*, not *down*."""
     st = backend.read_raw(status_key, t0 - 86400.0, t1)  # state at t0 comes from before it
     faults = [(k, backend.read_raw(k, t0 - 86400.0, t1)) for k in fault_keys]
-    times = np.unique(np.concatenate([[t0], st.t, *[f.t for _, f in faults]]))
+    times = np.unique(np.concatenate([[t0], st.t, st.t + max_hold, *[f.t for _, f in faults]]))
     times = times[(times >= t0) & (times < t1)]
     i = np.searchsorted(st.t, times, side="right") - 1
-    q = np.where(i >= 0, st.q[np.maximum(i, 0)], Q.BadWaitingForInitialData).astype(np.uint32)
-    nodata = (i < 0) | (q == Q.BadWaitingForInitialData)
+    if len(st):
+        ii = np.maximum(i, 0)
+        q = np.where(i >= 0, st.q[ii], Q.BadWaitingForInitialData).astype(np.uint32)
+        stale = (i >= 0) & (times - st.t[ii] >= max_hold)
+    else:  # never recorded: no data for the whole period
+        q = np.full(len(times), Q.BadWaitingForInitialData, np.uint32)
+        stale = np.zeros(len(times), bool)
+    nodata = (i < 0) | (q == Q.BadWaitingForInitialData) | stale
     planned = ~nodata & (q == Q.BadOutOfService)
     comm = ~nodata & ~planned & Q.bad_mask(q)
     cause = np.where(comm, np.array([Q.name(int(x)) for x in q]) if len(q) else np.zeros(0, str), "")
@@ -62,9 +73,11 @@ def _overlap(starts: np.ndarray, ends: np.ndarray, mask: np.ndarray, edges: np.n
 
 
 def compute(backend: Backend, site: Any, d0: date, d1: date, *, area: str | None = None,
-            progress: Any = None) -> dict[str, Any]:
+            progress: Any = None, max_hold: float | None = None) -> dict[str, Any]:
     tz = site.config.site.timezone
     zi = ZoneInfo(tz)
+    snap = float(site.config.historian.snapshot or 0.0)
+    hold = float(max_hold) if max_hold is not None else max(3600.0, 2.0 * snap) if snap else 86400.0
     t0 = datetime(d0.year, d0.month, d0.day, tzinfo=zi).timestamp()
     end = d1 + timedelta(days=1)
     t1 = datetime(end.year, end.month, end.day, tzinfo=zi).timestamp()
@@ -91,7 +104,7 @@ def compute(backend: Backend, site: Any, d0: date, d1: date, *, area: str | None
             continue
         status = f"{d.path}/{pts[0]}"
         faults = [f"{d.path}/{p}" for p in pts if p in FAULT_POINTS]
-        times, down, planned, nodata, cause = device_states(backend, status, faults, t0, t1)
+        times, down, planned, nodata, cause = device_states(backend, status, faults, t0, t1, hold)
         ends = np.append(times[1:], t1)
         span = np.diff(E)
         per = np.vstack([_overlap(times, ends, down, E), _overlap(times, ends, planned, E),

@@ -78,17 +78,27 @@ def test_energy_report_formats_agree(tmp_path):
 
 
 def test_availability_from_quality_and_faults(tmp_path):
-    site = make_site(tmp_path, cabinets=1, lamps=2, areas=("centre",))
+    site = make_site(tmp_path, cabinets=1, lamps=3, areas=("centre",))  # lum-03: never recorded
     b = _store(site)
     day = 86400.0
-    # cab-1: comm lost 2 h on Jan 10; lum-01: lamp failure 24 h on Jan 20; lum-02: 1 day out of service
+    # every series recorded every 15 min (as the recorder's snapshots do), from 23:00 local on
+    # 31 Dec to 3 days past January; cab-1: comm lost 2 h on Jan 10; lum-01: lamp failure 24 h
+    # on Jan 20; lum-02: one day out of service (planned); lum-03: never recorded
+    grid = np.arange(T0 - 3600, T0 + 34 * day, 900.0)
+
+    def series(key, value, q_of=None, v_of=None):
+        q = np.full(len(grid), Q.Good, np.uint32) if q_of is None else q_of(grid).astype(np.uint32)
+        v = np.full(len(grid), float(value)) if v_of is None else v_of(grid)
+        return key, grid, v, q
+
+    def between(a, b, inside, outside):
+        return lambda t: np.where((t >= a) & (t < b), inside, outside)
+
     pts = [
-        ("centre/cab-1/energy_wh", [T0 - 4000, T0 + 9 * day, T0 + 9 * day + 7200], [1, 1, 1],
-         [Q.Good, Q.BadCommunicationError, Q.Good]),
-        ("centre/cab-1/lum-01/power_w", [T0 - 4000], [40], [Q.Good]),
-        ("centre/cab-1/lum-01/lamp_failure", [T0 - 4000, T0 + 19 * day, T0 + 20 * day], [0, 1, 0], [Q.Good] * 3),
-        ("centre/cab-1/lum-02/power_w", [T0 - 4000, T0 + 4 * day, T0 + 5 * day], [40, 40, 40],
-         [Q.Good, Q.BadOutOfService, Q.Good]),
+        series("centre/cab-1/energy_wh", 1, between(T0 + 9 * day, T0 + 9 * day + 7200, Q.BadCommunicationError, Q.Good)),
+        series("centre/cab-1/lum-01/power_w", 40),
+        series("centre/cab-1/lum-01/lamp_failure", 0, v_of=between(T0 + 19 * day, T0 + 20 * day, 1.0, 0.0)),
+        series("centre/cab-1/lum-02/power_w", 40, between(T0 + 4 * day, T0 + 5 * day, Q.BadOutOfService, Q.Good)),
     ]
     keys = [p[0] for p in pts]
     b.write(Points.of(keys, np.concatenate([[i] * len(p[1]) for i, p in enumerate(pts)]),
@@ -107,12 +117,20 @@ def test_availability_from_quality_and_faults(tmp_path):
     assert dev["centre/cab-1/lum-01"]["down_h"] == 24.0
     assert dev["centre/cab-1/lum-02"]["planned_h"] == 24.0
     assert dev["centre/cab-1/lum-02"]["available_pct"] == 100.0
+    assert dev["centre/cab-1/lum-03"]["available_pct"] is None and dev["centre/cab-1/lum-03"]["no_data_h"] == 744.0
     causes = sorted((o["device"], o["cause"], o["hours"]) for o in r["outages"])
     assert causes == [("centre/cab-1", "BadCommunicationError", 2.0),
                       ("centre/cab-1/lum-01", "lamp_failure", 24.0)]
     total = 3 * month - 24.0
     assert r["summary"][0]["available_pct"] == round(100 * (1 - 26 / total), 4)
     assert r["summary"][0]["target_met"] is False  # 98.8 % < 99 %
+    # recording stops on 3 Feb: past the last point + 1 h the state is unknown, not down
+    res = CliRunner().invoke(main, ["report", "availability", "--site", site.path, "--from", "2025-02-01",
+                                    "--to", "2025-02-05", "--format", "json"])
+    feb = {d["device"]: d for d in json.loads(res.stdout)["devices"]}
+    last = (T0 + 34 * day - 900.0 + 3600.0 - (T0 + 31 * day - 3600.0)) / 3600.0  # hours known in Feb
+    assert feb["centre/cab-1"]["down_h"] == 0.0
+    assert feb["centre/cab-1"]["no_data_h"] == round(5 * 24.0 - last, 4)
 
 
 def test_interventions_from_journal(tmp_path):
