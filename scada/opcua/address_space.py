@@ -146,7 +146,8 @@ class MonitorRegistry:
         self.mask = np.zeros(max(16, n), dtype=np.bool_)
         self.by_tag: dict[int, dict[int, Callable[..., Any]]] = {}
         self.tag_of: dict[int, int] = {}
-        self.on_change: list[Callable[[], None]] = []
+        #: called with each handle removed (the server forgets its delivery route)
+        self.on_remove: Callable[[int], Any] | None = None
 
     def add(self, i: int, handle: int, cb: Callable[..., Any]) -> None:
         if i >= len(self.mask):
@@ -161,6 +162,8 @@ class MonitorRegistry:
         i = self.tag_of.pop(handle, None)
         if i is None:
             return None
+        if self.on_remove is not None:
+            self.on_remove(handle)
         cbs = self.by_tag.get(i, {})
         cb = cbs.pop(handle, None)
         if not cbs:

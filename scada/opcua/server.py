@@ -309,6 +309,7 @@ class OpcUaService(Service):
             self._demo_users()
         self.registry = MonitorRegistry(len(self.tagdb.value))  # fresh on a supervised restart
         self._routes = {}
+        self.registry.on_remove = lambda handle: self._routes.pop(handle, None)
         self.trust = TrustList(self.trust_dir, self.state_dir / "rejected", self.audit, cfg.trust_all_clients)
         server = Server(user_manager=SiteUserManager(self.users, self.audit, cfg.anonymous))
         iserver = server.iserver

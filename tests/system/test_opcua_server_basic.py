@@ -145,3 +145,25 @@ async def test_subscription_delivers_status_and_source_timestamps(hmi):
         assert hmi.service.stats["notifications"] >= 2
         assert h.q.empty()  # unmonitored lum-01/level never delivered
     assert len(hmi.service.registry) == 0
+
+
+async def test_client_churn_leaves_nothing_behind(hmi):
+    """HMIs come and go (issue 9: 50 clients connecting and disconnecting every second): their
+    sessions, subscriptions, monitored items and delivery routes must all go with them."""
+    paths = [f"centre/cab-01/lum-0{n}/level" for n in (1, 2, 3)] + ["centre/cab-01/power_w"]
+    for round_ in range(3):
+        clients = [hmi.client() for _ in range(5)]
+        for c in clients:
+            await c.connect()
+            sub = await c.create_subscription(50, _Handler())
+            await sub.subscribe_data_change([hmi.node(c, p) for p in paths])
+        hmi.feed({p: float(round_) for p in paths})
+        await asyncio.sleep(0.2)
+        assert len(hmi.service.registry) == 5 * len(paths)
+        for c in clients:
+            await c.disconnect()
+    svc = hmi.service
+    assert len(svc.registry) == 0 and not svc.registry.mask.any()
+    assert svc._routes == {}
+    assert svc.server.iserver.subscription_service.subscriptions == {}
+    assert not [s for s in svc.server.iserver._external_sessions.values() if s.is_activated()]
