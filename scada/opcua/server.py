@@ -352,6 +352,10 @@ class OpcUaService(Service):
         iserver.max_monitored_item_queue_size = MAX_QUEUE_SIZE
         iserver.max_unacked_messages_per_subscription = 100
         iserver.max_pending_messages_per_connection = 100
+        # orphaned subscriptions (CloseSession without DeleteSubscriptions, vanished clients)
+        # live at most LifetimeCount publishing intervals: 600 x 1 s = 10 min
+        iserver.max_lifetime_count = 600
+        iserver.max_keep_alive_count = 200
         server.limits.max_chunk_count = cfg.max_pending_chunks
         server.limits.max_message_size = cfg.max_pending_chunks * server.limits.max_recv_buffer
         self.namespace_index = await server.register_namespace(cfg.namespace_uri)
