@@ -360,7 +360,13 @@ class OpcUaService(Service):
         server.limits.max_message_size = cfg.max_pending_chunks * server.limits.max_recv_buffer
         self.namespace_index = await server.register_namespace(cfg.namespace_uri)
         await self._build(server)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as e:
+            server.iserver.method_service.stop()
+            raise OSError(e.errno, f"OPC UA server cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); "
+                                   f"is another process using that port? Set opcua.port in the site file "
+                                   f"(or --opcua-port)") from e
         self.server = server
         self.server_node = server.nodes.server
         self._sub_handle = self.tagdb.subscribe(self._on_changes, name="opcua-server")
