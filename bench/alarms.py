@@ -67,13 +67,18 @@ def build(n: int, directory: str, fsync: str) -> tuple[TagDatabase, AlarmEngine]
         db.add_device(f"a/cab-{j:05d}", CAB)
     eng = AlarmEngine(db, clock, Journal(directory, fsync=fsync),
                       config=AlarmsConfig(chatter={"count": 1000}))
-    for j in range(ncab):
-        for d in CAB_DEFS:
-            eng.add_alarm(f"a/cab-{j:05d}", "a", d)
-    for k in range(n):
-        dev = f"a/cab-{k // 64:05d}/lum-{k % 64:02d}"
-        for d in DEFS:
-            eng.add_alarm(dev, "a", d, parent=f"a/cab-{k // 64:05d}")
+    cabs = [f"a/cab-{j:05d}" for j in range(ncab)]
+    cab_first = n * len(LUM) + np.arange(ncab, dtype=np.int64) * len(CAB)
+    for d in CAB_DEFS:  # one template over all devices at once, as site loading does
+        eng.add_rows(d, cab_first + CAB.offsets[d.point], None, cabs, ["a"] * ncab,
+                     [""] * ncab, "")
+    lums = [f"a/cab-{k // 64:05d}/lum-{k % 64:02d}" for k in range(n)]
+    parents: list[str | None] = [f"a/cab-{k // 64:05d}" for k in range(n)]
+    first = np.arange(n, dtype=np.int64) * len(LUM)
+    for d in DEFS:
+        refs = first + LUM.offsets[d.reference] if d.reference else None
+        eng.add_rows(d, first + LUM.offsets[d.point], refs, lums, ["a"] * n, [""] * n, "",
+                     parents)
     eng.start()
     return db, eng
 

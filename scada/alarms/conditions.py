@@ -99,6 +99,24 @@ class ConditionTable:
         self._dirty_index = True
         return c
 
+    def add_many(self, kind: int, tags: np.ndarray, refs: np.ndarray | None,
+                 fields: dict[str, float]) -> np.ndarray:
+        """Append one row per tag, all of the same template; returns their row numbers."""
+        m = len(tags)
+        c0 = self.n
+        self._grow(c0 + m)
+        sl = slice(c0, c0 + m)
+        self.kind[sl] = kind
+        self.tag[sl] = tags
+        if refs is not None:
+            self.ref[sl] = refs
+            self.has_ref = self.has_ref or bool((refs >= 0).any())
+        for k, v in fields.items():
+            getattr(self, k)[sl] = np.nan if v is None else v
+        self.n = c0 + m
+        self._dirty_index = True
+        return np.arange(c0, c0 + m, dtype=np.int64)
+
     # ------------------------------------------------------------------ tag -> rows index
     def build_index(self, ntags: int) -> None:
         """CSR index: rows watching tag t are ``_rows[_ptr[t]:_ptr[t+1]]`` (tag and reference)."""

@@ -168,6 +168,7 @@ class AlarmEngine:
         self.oos_devices: set[str] = set()
         self._pending_rules: list[_Pending] = []
         self._parent_of: dict[str, str] = {}
+        self._specs: dict[int, tuple[AlarmDef, dict[str, float]]] = {}
         self._raises: dict[int, deque[float]] = {}
         cap = 1024
         self.level = np.zeros(cap, dtype=np.int8)
@@ -221,30 +222,32 @@ class AlarmEngine:
 
     # ------------------------------------------------------------------ definition
     def add_alarm(self, device: str, area: str, adef: AlarmDef, *, parent: str | None = None,
-                  location: str = "") -> int:
-        """Instantiate one alarm template for one device; returns the condition row."""
-        tag = self.tagdb.find(f"{device}/{adef.point}")
+                  location: str = "", first_tag: int = -1) -> int:
+        """Instantiate one alarm template for one device; returns the condition row.
+        ``first_tag`` (the device's first tag index, if known) spares the path lookups."""
+        spec = self._spec(adef)
+        if first_tag >= 0:
+            schema = self.tagdb.device_schema(int(self.tagdb.device_of[first_tag]))
+            off = schema.offsets.get(adef.point or "")
+            tag = first_tag + off if off is not None else None
+            roff = schema.offsets.get(adef.reference) if adef.reference else None
+            ref = first_tag + roff if roff is not None else None
+        else:
+            tag = self.tagdb.find(f"{device}/{adef.point}")
+            ref = self.tagdb.find(f"{device}/{adef.reference}") if adef.reference else None
         if tag is None:
             raise ConfigError(
                 f"alarm {adef.name!r} of {device}: the device has no point {adef.point!r}; "
                 f"fix the alarm template's 'point' (or the profile's points)"
             )
-        fields: dict[str, float] = {
-            "eq": adef.equals, "db": adef.deadband, "tol": adef.tolerance, "scale": adef.scale,
-            "timeout": adef.timeout, "on_delay": adef.on_delay, "off_delay": adef.off_delay,
-        }
-        for k in ("hihi", "hi", "lo", "lolo", "max_rate"):
-            v = getattr(adef, k)
-            if v is not None:
-                fields[k] = v
+        fields = spec
         if adef.reference is not None:
-            ref = self.tagdb.find(f"{device}/{adef.reference}")
             if ref is None:
                 raise ConfigError(
                     f"alarm {adef.name!r} of {device}: the device has no reference point "
                     f"{adef.reference!r}; fix the alarm template's 'reference'"
                 )
-            fields["ref"] = ref
+            fields = {**spec, "ref": ref}
         c = self._new_row(M.KIND_CODES[adef.kind], tag, device, area, adef.name, adef.category,
                           adef.priority, adef.effective_severity, adef.message, location,
                           self.tagdb.point(tag).unit, fields)
@@ -253,6 +256,23 @@ class AlarmEngine:
         if parent is not None:
             self._parent_of[device] = parent
         return c
+
+    def _spec(self, adef: AlarmDef) -> dict[str, float]:
+        """The condition-table fields of a template (computed once per template)."""
+        key = id(adef)
+        hit = self._specs.get(key)
+        if hit is not None and hit[0] is adef:
+            return hit[1]
+        fields: dict[str, float] = {
+            "eq": adef.equals, "db": adef.deadband, "tol": adef.tolerance, "scale": adef.scale,
+            "timeout": adef.timeout, "on_delay": adef.on_delay, "off_delay": adef.off_delay,
+        }
+        for k in ("hihi", "hi", "lo", "lolo", "max_rate"):
+            v = getattr(adef, k)
+            if v is not None:
+                fields[k] = v
+        self._specs[key] = (adef, fields)
+        return fields
 
     def _new_row(self, kind: int, tag: int, device: str, area: str, name: str, category: str,
                  priority: int, severity: int, template: str, location: str, unit: str,
@@ -276,6 +296,40 @@ class AlarmEngine:
         self._set_template(c, template or "{device} {name}")
         self.by_device.setdefault(device, []).append(c)
         return c
+
+    def add_rows(self, adef: AlarmDef, tags: np.ndarray, refs: np.ndarray | None,
+                 devices: list[str], areas: list[str], locations: list[str], unit: str,
+                 parents: list[str | None] | None = None) -> np.ndarray:
+        """Instantiate one template for many devices at once (site loading: a profile's
+        template over all its devices); returns the rows. The caller guarantees the names are
+        unique per device (one profile per device, unique names per profile)."""
+        m = len(tags)
+        fields = self._spec(adef)
+        rows = self.cond.add_many(M.KIND_CODES[adef.kind], tags, refs, fields)
+        c0 = int(rows[0]) if m else self.cond.n
+        self._grow(c0 + m)
+        template = adef.message or "{device} {name}"
+        self.device.extend(devices)
+        self.area.extend(areas)
+        self.name.extend([adef.name] * m)
+        self.category.extend([adef.category] * m)
+        self.priority.extend([adef.priority] * m)
+        self.severity.extend([adef.effective_severity] * m)
+        self.template.extend([template] * m)
+        self.location.extend(locations)
+        self.unit.extend([unit] * m)
+        self.msg.extend([None] * m)
+        self._tail.extend([None] * m)
+        if "{value" in template or "{limit" in template:
+            self._dyn.update(range(c0, c0 + m))
+        bd = self.by_device
+        for k, d in enumerate(devices):
+            bd.setdefault(d, []).append(c0 + k)
+        if parents is not None:
+            for d, par in zip(devices, parents, strict=True):
+                if par is not None:
+                    self._parent_of[d] = par
+        return rows
 
     def _set_template(self, c: int, template: str) -> None:
         self.template[c] = template
@@ -308,6 +362,8 @@ class AlarmEngine:
         return t
 
     def _resolve_rules(self) -> None:
+        alarms: dict[tuple[str, str], int | None] = {}
+        tags: dict[tuple[str, str], int | None] = {}
         for p in self._pending_rules:
             owner = p.device if p.rule.of == "self" else p.parent
             if owner is None:
@@ -316,7 +372,10 @@ class AlarmEngine:
                     f"but {p.device} has no parent; use 'of: self' or remove the rule"
                 )
             if p.rule.alarm is not None:
-                src = self.by_id.get(f"{owner}/{p.rule.alarm}")
+                key = (owner, p.rule.alarm)
+                if key not in alarms:
+                    alarms[key] = self.by_id.get(f"{owner}/{p.rule.alarm}")
+                src = alarms[key]
                 if src is None:
                     raise ConfigError(
                         f"alarm {self.ids[p.target]!r}: suppression rule names alarm "
@@ -324,7 +383,10 @@ class AlarmEngine:
                     )
                 self.supp.add(p.target, SRC_ALARM, src)
             else:
-                tag = self.tagdb.find(f"{owner}/{p.rule.point}")
+                key = (owner, p.rule.point)
+                if key not in tags:
+                    tags[key] = self.tagdb.find(f"{owner}/{p.rule.point}")
+                tag = tags[key]
                 if tag is None:
                     raise ConfigError(
                         f"alarm {self.ids[p.target]!r}: suppression rule names point "
@@ -334,6 +396,7 @@ class AlarmEngine:
         self._pending_rules.clear()
         self._resolve_child_rules()
         self._parent_of.clear()
+        self._specs.clear()
 
     def _resolve_child_rules(self) -> None:
         """``alarms.children_suppressed_by``: one group per (child device, selection)."""
@@ -1105,17 +1168,94 @@ class AlarmEngine:
 
 
 def build_from_site(site: Any, tagdb: TagDatabase, clock: Clock, journal: Journal, **kw: Any) -> AlarmEngine:
-    """One alarm instance per (device, profile alarm template) of the site."""
+    """One alarm instance per (device, profile alarm template) of the site, built per profile
+    with array operations (a template over all the devices of its profile at once), so a city
+    of 200,000 luminaires loads in seconds."""
     cfg = site.config.alarms
     eng = AlarmEngine(tagdb, clock, journal, config=cfg, **kw)
     errors: list[str] = []
+    groups: dict[str, list[Any]] = {}
     for dev in site.all_devices():
-        loc = f"{dev.location.lat:.5f},{dev.location.lon:.5f}" if dev.location else ""
-        for adef in dev.profile.alarms:
-            try:
-                eng.add_alarm(dev.path, dev.area, adef, parent=dev.parent, location=loc)
-            except ConfigError as e:
-                errors.extend(e.errors)
+        if dev.profile.alarms:
+            groups.setdefault(dev.profile_name, []).append(dev)
+    parent_rules: list[tuple[np.ndarray, list[Any], Any, str]] = []
+    for pname, devs in groups.items():
+        prof = devs[0].profile
+        schema = site.schemas[pname]
+        names = [a.name for a in prof.alarms]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            errors.append(f"profile {pname!r}: alarm name(s) {dups} declared twice (alarm "
+                          f"templates of the profile and of alarm_templates files); names must be "
+                          f"unique per device")
+            continue
+        first = np.asarray([tagdb.device_first(tagdb.device_index(d.path)) for d in devs],
+                           dtype=np.int64)
+        paths = [d.path for d in devs]
+        areas = [d.area for d in devs]
+        locs = [f"{d.location.lat:.5f},{d.location.lon:.5f}" if d.location else "" for d in devs]
+        parents = [d.parent for d in devs]
+        rows_of: dict[str, np.ndarray] = {}
+        for adef in prof.alarms:
+            off = schema.offsets.get(adef.point or "")
+            if off is None:
+                errors.append(f"profile {pname!r}, alarm {adef.name!r}: the profile has no point "
+                              f"{adef.point!r}; fix the alarm template's 'point'")
+                continue
+            refs = None
+            if adef.reference is not None:
+                roff = schema.offsets.get(adef.reference)
+                if roff is None:
+                    errors.append(f"profile {pname!r}, alarm {adef.name!r}: the profile has no "
+                                  f"reference point {adef.reference!r}")
+                    continue
+                refs = first + roff
+            rows_of[adef.name] = eng.add_rows(adef, first + off, refs, paths, areas, locs,
+                                              schema.points[off].unit, parents)
+        for adef in prof.alarms:
+            targets = rows_of.get(adef.name)
+            if targets is None:
+                continue
+            for rule in adef.suppressed_by:
+                if rule.of == "parent":
+                    parent_rules.append((targets, devs, rule, adef.name))
+                elif rule.alarm is not None:
+                    src = rows_of.get(rule.alarm)
+                    if src is None:
+                        errors.append(f"profile {pname!r}, alarm {adef.name!r}: suppression rule "
+                                      f"names alarm {rule.alarm!r}, which the profile does not have")
+                        continue
+                    eng.supp.add_many(targets, SRC_ALARM, src)
+                else:
+                    poff = schema.offsets.get(rule.point)
+                    if poff is None:
+                        errors.append(f"profile {pname!r}, alarm {adef.name!r}: suppression rule "
+                                      f"names point {rule.point!r}, which the profile does not have")
+                        continue
+                    eng.supp.add_many(targets, SRC_POINT, first + poff, float(rule.equals))
+    # rules on the parent device, once every device's alarms exist
+    cache: dict[tuple[str, str, str], int | None] = {}
+    for targets, devs, rule, aname in parent_rules:
+        kind = SRC_ALARM if rule.alarm is not None else SRC_POINT
+        srcs = np.empty(len(devs), dtype=np.int64)
+        for k, d in enumerate(devs):
+            if d.parent is None:
+                errors.append(f"alarm {d.path}/{aname}: suppression rule refers to the parent "
+                              f"device, but {d.path} has no parent; use 'of: self'")
+                break
+            key = (d.parent, "a" if rule.alarm is not None else "p", rule.alarm or rule.point)
+            if key not in cache:
+                cache[key] = (eng.by_id.get(f"{d.parent}/{rule.alarm}") if rule.alarm is not None
+                              else tagdb.find(f"{d.parent}/{rule.point}"))
+            s = cache[key]
+            if s is None:
+                errors.append(f"alarm {d.path}/{aname}: suppression rule names "
+                              f"{'alarm' if rule.alarm else 'point'} "
+                              f"{rule.alarm or rule.point!r} of {d.parent}, which has none")
+                break
+            srcs[k] = s
+        else:
+            eng.supp.add_many(targets, kind, srcs, 1.0 if rule.equals is None else float(rule.equals))
     if errors:
         raise ConfigError(sorted(set(errors))[:50])
     return eng

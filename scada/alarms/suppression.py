@@ -55,7 +55,6 @@ class SuppressionTable:
         self._eq: list[float] = []
         self._groups: dict[tuple, int] = {}
         self._members: list[list[int]] = []
-        self._keys: set[tuple[int, int, int, float]] = set()
         self.n = 0
         self.group = np.zeros(0, dtype=np.int64)
         self.on = np.zeros(0, dtype=np.bool_)
@@ -70,35 +69,55 @@ class SuppressionTable:
         return g
 
     def add(self, target: int, kind: int, src: int, equals: float = 1.0) -> None:
-        """A rule suppressing one alarm (``target``)."""
-        self.add_group_rule(self.group_of(("alarm", target), [target]), kind, src, equals)
+        """A rule suppressing one alarm (``target``): its implicit one-alarm group."""
+        self._rgroup.append(-1 - target)
+        self._kind.append(kind)
+        self._src.append(src)
+        self._eq.append(equals)
+
+    def add_many(self, targets: np.ndarray, kind: int, srcs: np.ndarray,
+                 equals: float = 1.0) -> None:
+        """One rule per target alarm (same kind and value), sources aligned with targets."""
+        self._rgroup.extend((-1 - targets).tolist())
+        self._kind.extend([kind] * len(targets))
+        self._src.extend(np.asarray(srcs, dtype=np.int64).tolist())
+        self._eq.extend([equals] * len(targets))
 
     def add_group_rule(self, group: int, kind: int, src: int, equals: float = 1.0) -> None:
-        key = (group, kind, src, float(equals))
-        if key in self._keys:  # the same rule declared twice (template and site default)
-            return
-        self._keys.add(key)
         self._rgroup.append(group)
         self._kind.append(kind)
         self._src.append(src)
         self._eq.append(equals)
 
     def build(self, ntags: int, nconds: int) -> None:
-        self.n = len(self._rgroup)
-        self.group = np.asarray(self._rgroup, dtype=np.int64)
-        self.kind = np.asarray(self._kind, dtype=np.int8)
-        self.src = np.asarray(self._src, dtype=np.int64)
-        self.eq = np.asarray(self._eq, dtype=np.float64)
+        """Freeze the rules into arrays. Group ids: ``0..nconds-1`` are the one-alarm groups
+        (group c = alarm c), device groups follow. Rules declared twice (a template's and the
+        site's default) are kept once."""
+        g = np.asarray(self._rgroup, dtype=np.int64)
+        g = np.where(g < 0, -1 - g, nconds + g)
+        kind = np.asarray(self._kind, dtype=np.int8)
+        src = np.asarray(self._src, dtype=np.int64)
+        eq = np.asarray(self._eq, dtype=np.float64)
+        if len(g):
+            order = np.lexsort((eq, src, kind, g))
+            g, kind, src, eq = g[order], kind[order], src[order], eq[order]
+            dup = np.zeros(len(g), dtype=np.bool_)
+            dup[1:] = (g[1:] == g[:-1]) & (kind[1:] == kind[:-1]) & (src[1:] == src[:-1]) & (
+                eq[1:] == eq[:-1])
+            g, kind, src, eq = g[~dup], kind[~dup], src[~dup], eq[~dup]
+        self._rgroup, self._kind, self._src, self._eq = [], [], [], []
+        self.n = len(g)
+        self.group, self.kind, self.src, self.eq = g, kind, src, eq
         self.on = np.zeros(self.n, dtype=np.bool_)
-        ng = len(self._members)
+        ng = nconds + len(self._members)
         self.gcount = np.zeros(max(ng, 1), dtype=np.int32)
-        sizes = np.asarray([len(m) for m in self._members], dtype=np.int64)
+        sizes = np.concatenate([np.ones(nconds, dtype=np.int64),
+                                np.asarray([len(m) for m in self._members], dtype=np.int64)])
         self._mptr = np.zeros(ng + 1, dtype=np.int64)
         np.cumsum(sizes, out=self._mptr[1:])
-        self._mrows = (np.concatenate([np.asarray(m, dtype=np.int64) for m in self._members])
-                       if ng else np.zeros(0, dtype=np.int64))
+        self._mrows = np.concatenate([np.arange(nconds, dtype=np.int64)]
+                                     + [np.asarray(m, dtype=np.int64) for m in self._members])
         self._members = []
-        self._keys = set()
         self._groups = {}
         self.count = np.zeros(max(nconds, 1), dtype=np.int32)
         pt = self.kind == SRC_POINT
