@@ -123,6 +123,9 @@ class _Session:
 
     @property
     def name(self) -> str:
+        """Endpoint, plus the first device when several sessions share an endpoint."""
+        if self.drv.sessions_per_endpoint.get(self.conn.endpoint, 1) > 1:
+            return f"{self.conn.endpoint} [{self.devices[0][0].path}...]"
         return self.conn.endpoint
 
     # ---------------------------------------------------------------- lifecycle
@@ -395,12 +398,14 @@ class _Session:
 
     # ---------------------------------------------------------------- commands
     async def write(self, tag: int, value: Any) -> int:
+        # Not ``self.connected``: the initial notifications (tags Good) may arrive before the
+        # connect sequence returns; a resolved node on a live client is enough to write.
         r = self.resolved.get(tag)
         client = self.client
-        if not self.connected or client is None:
+        if client is None:
             return Q.BadCommunicationError
-        if r is None:
-            return Q.BadConfigurationError
+        if r is None:  # not resolved yet, or the node is not on this server
+            return Q.BadConfigurationError if self.connected else Q.BadCommunicationError
         spec = r.spec
         try:
             if r.call_object is not None and r.call_method is not None:
@@ -476,6 +481,9 @@ class OpcUaDriver(Driver):
         if errors:
             raise ConfigError(errors)
         self.sessions = [_Session(self, c, o, devs) for c, o, devs in groups.values()]
+        self.sessions_per_endpoint: dict[str, int] = {}
+        for s in self.sessions:
+            self.sessions_per_endpoint[s.conn.endpoint] = self.sessions_per_endpoint.get(s.conn.endpoint, 0) + 1
         self._by_tag: dict[int, _Session] = {t: s for s in self.sessions for t in s.specs}
         ctx.health.set("sessions", len(self.sessions))
 

@@ -40,6 +40,10 @@ async def test_secure_sessions_with_pinned_certificate_and_users(tmp_path, stepp
         {"id": "j-wrongpw", "profile": "junction-opcua-4", "area": "north",
          "connection": {**base, "security_policy": "Basic256Sha256", "mode": "SignAndEncrypt",
                         "username": "scada2", "password": "guess"}},
+        # pinned to another certificate (an impostor server would present this one)
+        {"id": "j-wrongpin", "profile": "junction-opcua-4", "area": "north",
+         "connection": {**base, "server_certificate": cert, "security_policy": "Basic256Sha256",
+                        "mode": "SignAndEncrypt", "username": "scada", "password": "s3cret"}},
     ])
     # the simulator only knows the password of scada2 as written in ITS config: make it differ
     from scada.loader import load_site
@@ -61,6 +65,10 @@ async def test_secure_sessions_with_pinned_certificate_and_users(tmp_path, stepp
             await wait_until(lambda: "north/j-wrongpw" in rig.driver.failures(), what="refused login")
             assert rig.read("north/j-wrongpw/mode").quality == Q.BadCommunicationError
             assert "BadUserAccessDenied" in rig.driver.failures()["north/j-wrongpw"]
-            assert len(rig.driver.sessions) == 3  # different security/users: separate sessions
+            # the impostor check: the real server cannot decrypt what was encrypted for the pin
+            await wait_until(lambda: rig.read("north/j-wrongpin/mode").quality == Q.BadCommunicationError,
+                             within=10, what="wrong pin refused")
+            assert "north/j-wrongpin" in rig.driver.failures()
+            assert len(rig.driver.sessions) == 4  # different security/users: separate sessions
     finally:
         await sim.aclose()
