@@ -277,7 +277,8 @@ class LazyNodes(MutableMapping):
     def __init__(self, base: dict[ua.NodeId, NodeData], tagdb: TagDatabase, ns: int,
                  registry: MonitorRegistry, *, cache_size: int = 20_000,
                  historizing: Callable[[PointDef], bool] = lambda p: False,
-                 area_nodes: dict[str, ua.NodeId] | None = None):
+                 area_nodes: dict[str, ua.NodeId] | None = None,
+                 descriptions: dict[str, str] | None = None):
         self.base = base
         self.tagdb = tagdb
         self.ns = ns
@@ -288,6 +289,7 @@ class LazyNodes(MutableMapping):
         self.tree = SiteTree(tagdb)
         self.historizing = historizing
         self.area_nodes = area_nodes if area_nodes is not None else {}
+        self.descriptions = descriptions or {}
         self.stats = {"materialised": 0, "evicted": 0}
 
     # --------------------------------------------------------------- mapping protocol
@@ -464,8 +466,8 @@ class LazyNodes(MutableMapping):
     def _device(self, nodeid: ua.NodeId, d: int) -> NodeData:
         nd = NodeData(nodeid)
         db = self.tagdb
-        attrs = db.device_attrs(d)
-        desc = str(attrs.get("description", "")) or f"{db.device_schema(d).name} {db.device_path(d)}"
+        path = db.device_path(d)
+        desc = self.descriptions.get(path) or f"{db.device_schema(d).name} {path}"
         self._common(nd, ua.NodeClass.Object, self.tree.names[d], desc)
         # Part 3 §5.4: EventNotifier bit 0 SubscribeToEvents (alarms of the device)
         nd.attributes[ua.AttributeIds.EventNotifier] = _attr(1, ua.VariantType.Byte)

@@ -414,7 +414,10 @@ class OpcUaService(Service):
         ns = self.namespace_index
         objects = server.nodes.objects
         aspace = server.iserver.aspace
-        lazy = LazyNodes(aspace._nodes, self.tagdb, ns, self.registry, historizing=self._historizing)
+        descriptions = {f"{dc.area}/{dc.id}": dc.description for dc in self.runtime.site.config.devices
+                        if dc.description}
+        lazy = LazyNodes(aspace._nodes, self.tagdb, ns, self.registry, historizing=self._historizing,
+                         descriptions=descriptions)
         for area in sorted(lazy.tree.areas):
             nid = ua.NodeId(area, ns)
             folder = await objects.add_folder(nid, ua.QualifiedName(area, ns))

@@ -46,6 +46,7 @@ async def test_browse_site_tree(hmi):
         assert {"centre", "north", "_system", "Scada"} <= names
         centre = c.get_node(ua.NodeId("centre", hmi.ns))
         cab = await centre.get_child(f"{hmi.ns}:cab-01")
+        assert (await cab.read_description()).Text == "Cabinet rue de la Liberté"
         kids = {(await ch.read_browse_name()).Name for ch in await cab.get_children()}
         assert {"contactor", "group_level", "power_w", "label", "lum-01", "lum-02", "lum-03"} <= kids
         lum = await cab.get_child(f"{hmi.ns}:lum-02")
