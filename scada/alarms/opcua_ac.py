@@ -103,9 +103,12 @@ class AlarmConditions:
             asyncio.get_running_loop().create_task(self._on_started(self.svc))
 
     async def _on_started(self, svc: Any) -> None:
+        """(Re)build on a started server: also after the server service was restarted, whose
+        new address space has none of the condition nodes of the old one."""
         server = svc.server
         ns = svc.namespace_index
         self.ns = ns
+        self._nodes = set()
         for tid in set(_EVENT_TYPE.values()):
             self._templates[tid] = eo.IMPLEMENTED_EVENTS[tid]()
         link = server.iserver.isession.add_method_callback
@@ -131,7 +134,8 @@ class AlarmConditions:
             ua.NodeId(ALARMS_OBJECT + ".SetOutOfService", ns), ua.QualifiedName("SetOutOfService", ns),
             self._set_oos_method,
             [ua.VariantType.String, ua.VariantType.Boolean, ua.VariantType.String], [])
-        self.engine.listeners.append(self.on_events)
+        if self.on_events not in self.engine.listeners:
+            self.engine.listeners.append(self.on_events)
         # the red dots that exist already (restored from the journal) get their nodes now
         for c in self.engine.retained().tolist():
             await self._ensure_node(c)
