@@ -309,3 +309,21 @@ def test_stream_framing_any_chunking_and_garbage():
     p = _Protocol()
     p.data_received(frames[0] + b"\xde\xad\xbe\xef\x00\x00\x00")
     assert len(p.frames) == 1 and isinstance(p.error, MalformedFrame)
+
+
+def test_random_streams_never_raise_from_the_framer():
+    from drivers.modbus.client import _Protocol
+
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        p = _Protocol()
+        data = rng.integers(0, 256, size=int(rng.integers(1, 64))).astype(np.uint8).tobytes()
+        if rng.random() < 0.5:  # sometimes a plausible header first
+            data = codec.frame(int(rng.integers(0, 65536)), 1, data[:20]) + data
+        i = 0
+        while i < len(data):
+            n = int(rng.integers(1, 9))
+            p.data_received(data[i:i + n])
+            i += n
+        for _tid, _unit, pdu in p.frames:
+            assert 1 <= len(pdu) <= codec.MAX_PDU
