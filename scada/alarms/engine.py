@@ -687,8 +687,8 @@ class AlarmEngine:
                     b'"suppressed":false,"oos":false,"user":null,"comment":null,"active":%d,'
                     b'"value":%s,%s')
             tail_of = self._tail_of
-            lines = [head % (seq0 + k, ll[k], vs[k], tails[c] or tail_of(c))
-                     for k, c in enumerate(rl)]
+            tl = [tails[c] or tail_of(c) for c in rl]
+            lines = list(map(head.__mod__, zip(range(seq0, seq0 + n), ll, vs, tl, strict=True)))
         else:
             shl, supl, oosl, al = sh.tolist(), sup.tolist(), oos.tolist(), acked.tolist()
             su = self.shelve_until[rows].tolist()
