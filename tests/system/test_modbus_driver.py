@@ -472,8 +472,11 @@ async def test_write_during_a_poll_is_verified_by_the_next_poll_only(tmp_path, m
         srv.delay = 0.05  # each answer takes 50 ms: a poll of 6 reads takes ~300 ms
         before = srv.requests
         await h.clock.advance(2.0)  # a poll starts: holding 20, then holding 30 (setpoint), ...
-        while srv.requests < before + 3:  # the setpoint register has been read (old value)
+        for _ in range(500):  # until the setpoint register has been read (old value)
+            if srv.requests >= before + 3:
+                break
             await asyncio.sleep(0.01)
+        assert srv.requests >= before + 3
         assert await h.drv.write(sp, 30.0) == Q.Good
         await h.drv.wait_idle()
         await h.step(0)
