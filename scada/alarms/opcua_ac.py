@@ -92,6 +92,7 @@ class AlarmConditions:
         self._last_eid: dict[int, bytes] = {}
         self._templates: dict[int, Any] = {}
         self._task: asyncio.Task[None] | None = None
+        self._attach_task: asyncio.Task[None] | None = None
         self.stats = {"events": 0, "nodes": 0, "calls": 0, "denied": 0}
 
     # ------------------------------------------------------------------ wiring
@@ -100,7 +101,8 @@ class AlarmConditions:
         self.svc.on_started.append(self._on_started)
         started = getattr(self.svc, "started", None)
         if getattr(self.svc, "server", None) is not None and started is not None and started.is_set():
-            asyncio.get_running_loop().create_task(self._on_started(self.svc))
+            self._attach_task = asyncio.get_running_loop().create_task(
+                self._on_started(self.svc), name="alarms:opcua-attach")
 
     async def _on_started(self, svc: Any) -> None:
         """(Re)build on a started server: also after the server service was restarted, whose
@@ -147,6 +149,12 @@ class AlarmConditions:
     async def close(self) -> None:
         if self.on_events in self.engine.listeners:
             self.engine.listeners.remove(self.on_events)
+        if self._on_started in self.svc.on_started:
+            self.svc.on_started.remove(self._on_started)
+        for t in (self._attach_task,):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
