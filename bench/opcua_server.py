@@ -106,8 +106,18 @@ async def role_build(nvars: int, port: int) -> dict:
             lum = next(k for k, nc in zip(kids, classes, strict=True) if nc == ua.NodeClass.Object)
             var = (await lum.get_children())[0]
             await var.read_data_value(raise_on_bad_status=False)
-        t_browse = time.perf_counter() - t0
-        out = {"vars": len(rt.tagdb), "tagdb_s": t_db, "server_start_s": t_start, "first_browse_s": t_browse,
+            t_browse = time.perf_counter() - t0
+            scada = await c.nodes.objects.get_child(f"{ns}:Scada")
+            t1 = time.perf_counter()
+            found, _ = await scada.call_method(f"{ns}:FindTags", "area00/cab-0000/*/level",
+                                               ua.Variant(0, ua.VariantType.UInt32))
+            t_find_prefix = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            found_all, _ = await scada.call_method(f"{ns}:FindTags", "*/lum-001/power_w",
+                                                   ua.Variant(0, ua.VariantType.UInt32))
+            t_find_scan = time.perf_counter() - t1
+        out = {"find_prefix_s": t_find_prefix, "find_prefix_n": len(found), "find_scan_s": t_find_scan,
+               "find_scan_n": len(found_all),"vars": len(rt.tagdb), "tagdb_s": t_db, "server_start_s": t_start, "first_browse_s": t_browse,
                "browsable_after_s": t_start + t_browse, "rss_mb": rss_mb(), "rss_before_mb": rss0,
                "nodes_materialised": svc.lazy.stats["materialised"]}
         await svc.aclose()
@@ -354,6 +364,8 @@ def main() -> None:
         print(f"{r['vars']:>10} {r['tagdb_s']:>8.1f} {r['server_start_s']:>8.1f} {r['first_browse_s']:>9.2f} "
               f"{r['rss_mb']:>8.0f} {bare['per_var_ms'] * n / 1e3:>11.0f} "
               f"{bare['per_var_kb'] * n / 1024 + 100:>12.0f}")
+        print(f"{'':>10} FindTags: {r['find_prefix_n']} tags under one cabinet in {r['find_prefix_s'] * 1e3:.0f} ms; "
+              f"{r['find_scan_n']} over the whole city ('*/lum-001/power_w') in {r['find_scan_s'] * 1e3:.0f} ms")
     print(f"\nthroughput: client monitors {MONITORED} items; tag database fed {RATE_MON + RATE_OTHER}/s "
           f"({RATE_MON}/s monitored), {dur:.0f} s measured after warm-up")
     ours, ours_cli = throughput("ours", 200_000, a.warm, dur)
