@@ -154,6 +154,20 @@ async def test_events_ack_roles_and_refresh_over_the_wire(server) -> None:
         await sub.delete()
         await sub2.delete()
 
+    # a client connecting later (an HMI restarted) gets the red dots with ConditionRefresh
+    late = Client(url, timeout=10)
+    async with late:
+        col = Collector()
+        sub = await late.create_subscription(50, col)
+        await sub.subscribe_events(late.nodes.server, ua.ObjectIds.AlarmConditionType)
+        await late.nodes.server.call_method(
+            ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh2),
+            ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
+            ua.Variant(0, ua.VariantType.UInt32))
+        await col.wait_for(lambda e: f(e, "EventType") == ua.NodeId(ua.ObjectIds.RefreshEndEventType))
+        assert [f(e, "ConditionName") for e in col.events if f(e, "ConditionName")] == ["lamp_failure"]
+        await sub.delete()
+
 
 async def test_cli_actions_go_through_the_methods(server) -> None:
     rt, url = server
