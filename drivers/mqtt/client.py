@@ -64,20 +64,33 @@ class TlsSettings:
 
 
 class _BufferedSocket:
-    """A plain TCP socket whose ``recv`` is served from a 64 KiB read-ahead buffer.
+    """A plain TCP socket with a read-ahead buffer and coalesced writes, under paho.
 
-    paho reads a packet as 1 byte + remaining length byte by byte + body: four ``recv`` system
-    calls per message. With a burst waiting in the kernel, one ``recv`` now serves hundreds of
-    messages. Everything else is delegated to the real socket. Not used for TLS (ssl sockets
-    buffer themselves and paho checks ``pending()`` on them).
+    * paho reads a packet as 1 byte + remaining length byte by byte + body: four ``recv``
+      system calls per message. With a burst waiting in the kernel, one 64 KiB ``recv`` now
+      serves hundreds of messages.
+    * paho writes each packet with its own ``send`` (one PUBACK per QoS 1 message received).
+      ``send`` here only queues (up to 256 KiB, then it reports "would block" like a full
+      socket); :meth:`flush_out` sends everything queued in one call after paho's write pass.
+      ``close`` flushes first so a final DISCONNECT still goes out.
+
+    Everything else is delegated to the real socket. Not used for TLS (ssl sockets buffer
+    themselves and paho checks ``pending()`` on them).
     """
 
-    __slots__ = ("_buf", "_pos", "_sock")
+    __slots__ = ("_buf", "_notify", "_out", "_out_len", "_pos", "_sock")
 
-    def __init__(self, sock: Any):
+    MAX_OUT = 256 * 1024
+
+    def __init__(self, sock: Any, notify: Callable[[], None]):
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._out: list[bytes] = []
+        self._out_len = 0
+        #: called when data is queued into an empty buffer: paho also writes from inside its
+        #: CONNACK handling (loop_write), outside our writer callback, so a flush is scheduled
+        self._notify = notify
 
     def recv(self, n: int) -> bytes:
         if self._pos >= len(self._buf):
@@ -88,6 +101,40 @@ class _BufferedSocket:
         out = self._buf[self._pos:self._pos + n]
         self._pos += len(out)
         return out
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        if self._out_len >= self.MAX_OUT and not self.flush_out():
+            raise BlockingIOError
+        if not self._out:
+            self._notify()
+        self._out.append(bytes(data))
+        self._out_len += len(data)
+        return len(data)
+
+    def flush_out(self) -> bool:
+        """Send what is queued; True when nothing is left. OSError (reset) propagates."""
+        if not self._out:
+            return True
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        try:
+            n = self._sock.send(data)
+        except BlockingIOError:
+            n = 0
+        rest = data[n:]
+        self._out = [rest] if rest else []
+        self._out_len = len(rest)
+        return not rest
+
+    @property
+    def pending_out(self) -> int:
+        return self._out_len
+
+    def close(self) -> None:
+        try:
+            self.flush_out()
+        except OSError:
+            pass
+        self._sock.close()
 
     @property
     def buffered(self) -> int:
@@ -177,6 +224,9 @@ class MqttConnection:
         self._closing = False
         self._sub_mid = -1
         self._fallback_pending = False
+        self._connecting = False
+        self._flush_scheduled = False
+        self._held: list[tuple[str, bytes | str, int, bool]] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -256,6 +306,15 @@ class MqttConnection:
         if c is None or (qos == 0 and not self.connected):
             self.stats["dropped"] += 1
             return False
+        if self._connecting:
+            # paho is not thread-safe: while the worker thread runs connect() the message
+            # waits here (bounded like paho's queue) and is handed over once it returns
+            if len(self._held) + self.queued >= self.max_queued:
+                self.stats["dropped"] += 1
+                return False
+            self._held.append((topic, payload, qos, retain))
+            self.stats["published"] += 1
+            return True
         info = c.publish(topic, payload, qos=qos, retain=retain)
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             if info.rc == mqtt.MQTT_ERR_NO_CONN and qos == 0:
@@ -348,7 +407,12 @@ class MqttConnection:
             self._lost.clear()
             self._want_reconnect = False
             try:
-                await asyncio.to_thread(self._connect_blocking, self._client, first)
+                self._connecting = True
+                try:
+                    await asyncio.to_thread(self._connect_blocking, self._client, first)
+                finally:
+                    self._connecting = False
+                    self._release_held()
                 first = False
             except (OSError, ssl.SSLError, ValueError) as e:
                 self._rl.unavailable(f"conn:{self.name}", "MQTT %s: cannot connect to %s:%d (%s); "
@@ -392,6 +456,15 @@ class MqttConnection:
                 return
             await asyncio.sleep(self.backoff.next())
 
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        c = self._client
+        for topic, payload, qos, retain in held:
+            if c is None:
+                self.stats["dropped"] += 1
+                continue
+            c.publish(topic, payload, qos=qos, retain=retain)
+
     def _teardown_client_socket(self) -> None:
         c = self._client
         if c is None:
@@ -427,7 +500,7 @@ class MqttConnection:
                 pass
             return
         if not isinstance(sock, ssl.SSLSocket):
-            sock = c._sock = _BufferedSocket(sock)
+            sock = c._sock = _BufferedSocket(sock, self._schedule_flush)
         self._sock = sock
         self._loop.add_reader(sock, self._on_readable)
 
@@ -489,8 +562,36 @@ class MqttConnection:
             return
         try:
             c.loop_write()
+            self._flush_out(c)
         except Exception:
             self._callback_failed("write")
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        c = self._client
+        if c is not None:
+            try:
+                self._flush_out(c)
+            except Exception:
+                self._callback_failed("flush")
+
+    def _flush_out(self, c: mqtt.Client) -> None:
+        """Send what paho's write pass queued in the socket wrapper, in one system call."""
+        sock = c._sock
+        if not isinstance(sock, _BufferedSocket):
+            return
+        try:
+            done = sock.flush_out()
+        except OSError:
+            c._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
+            return
+        if not done and self._loop is not None:
+            self._loop.add_writer(sock, self._on_writable)  # paho thinks it is all written
 
     # ------------------------------------------------------------------ callbacks
     def _wrap(self, fn: Callable[..., None]) -> Callable[..., None]:
