@@ -829,7 +829,10 @@ class AlarmEngine:
                 fn(events)
             except Exception:
                 self.stats["listener_errors"] += 1
-                log.exception("alarm listener %r failed on %d events", fn, len(events))
+                k = self.stats["listener_errors"]
+                if k <= 5 or k % 1000 == 0:  # rate-limited: a broken listener in a flood
+                    log.exception("alarm listener %r failed on %d events (error #%d; the "
+                                  "journal has them)", fn, len(events), k)
 
     def _on_chatter(self, c: int, now: float, events: list[Any]) -> None:
         cfg = self.config.chatter

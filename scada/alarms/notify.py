@@ -185,9 +185,10 @@ class Channel:
         reason = f"{type(last).__name__}: {last}"
         log.error("notification channel %s: giving up on %r after %d attempts (%s); written to "
                   "the dead-letter log", self.name, msg.subject, self.cfg.retries + 1, reason)
-        self.dead_letters({"ts": self.clock.time(), "channel": self.name, "type": self.cfg.type,
-                           "attempts": self.cfg.retries + 1, "reason": reason,
-                           "subject": msg.subject, "alarm_ids": msg.alarm_ids, "data": msg.data})
+        await asyncio.to_thread(self.dead_letters, {
+            "ts": self.clock.time(), "channel": self.name, "type": self.cfg.type,
+            "attempts": self.cfg.retries + 1, "reason": reason, "subject": msg.subject,
+            "alarm_ids": msg.alarm_ids, "data": msg.data})
         return False
 
     async def run(self) -> None:
