@@ -198,6 +198,37 @@ class AlarmConditions:
         except ua.UaStatusCodeError as e:
             if e.code != ua.StatusCodes.BadNodeIdExists:
                 raise
+            return
+        await self._type_and_source(c, nid, parent.nodeid)
+
+    async def _type_and_source(self, c: int, nid: ua.NodeId, source: ua.NodeId) -> None:
+        """Type the instance as its alarm type (HasTypeDefinition, without instantiating the
+        type's ~60 state variables per alarm: their values travel in the events) and link it
+        from its device with HasCondition (Part 9 §7.3)."""
+        isession = self.svc.server.iserver.isession
+        etype = ua.NodeId(_EVENT_TYPE[int(self.engine.cond.kind[c])])
+        d = ua.DeleteReferencesItem()
+        d.SourceNodeId = nid
+        d.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasTypeDefinition)
+        d.IsForward = True
+        d.TargetNodeId = ua.ExpandedNodeId(ua.ObjectIds.BaseObjectType)
+        d.DeleteBidirectional = True
+        items = []
+        for src, ref, tgt, cls in ((nid, ua.ObjectIds.HasTypeDefinition, etype, ua.NodeClass.ObjectType),
+                                   (source, ua.ObjectIds.HasCondition, nid, ua.NodeClass.Object)):
+            a = ua.AddReferencesItem()
+            a.SourceNodeId = src
+            a.ReferenceTypeId = ua.NodeId(ref)
+            a.IsForward = True
+            a.TargetNodeId = ua.ExpandedNodeId(tgt.Identifier, tgt.NamespaceIndex)
+            a.TargetNodeClass = cls
+            items.append(a)
+        try:
+            await isession.delete_references([d])
+            for r in await isession.add_references(items):
+                r.check()
+        except (ua.UaError, KeyError) as e:
+            log.debug("OPC UA A&C: could not type %s: %s", nid, e)
 
     def _build(self, c: int, e: M.AlarmEvent | None, eid: bytes) -> Any:
         eng = self.engine

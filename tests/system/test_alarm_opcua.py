@@ -116,6 +116,11 @@ async def test_events_ack_roles_and_refresh_over_the_wire(server) -> None:
         assert f(ev, "Severity") == 500
         await area_col.wait_for(lambda e: f(e, "ConditionName") == "lamp_failure")
         cond = op.get_node(ua.NodeId(AID + SUFFIX, ns))
+        # a generic client browsing the device finds a typed condition instance
+        assert (await cond.read_type_definition()) == ua.NodeId(ua.ObjectIds.OffNormalAlarmType)
+        dev = op.get_node(ua.NodeId(LUM, ns))
+        conds = await dev.get_referenced_nodes(refs=ua.ObjectIds.HasCondition)
+        assert cond.nodeid in [n.nodeid for n in conds]
         ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
 
         # anonymous (viewer): denied, state unchanged
