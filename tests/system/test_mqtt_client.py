@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -63,3 +64,31 @@ async def test_outgoing_queue_is_bounded_and_qos0_dropped_while_offline(mosquitt
         assert c.stats["dropped"] == 4
     finally:
         await c.aclose()
+
+
+async def test_qos1_published_while_connecting_all_arrive_and_the_connection_completes(mosquitto):
+    """Publishes made while paho's connect runs in its worker thread are handed over after it
+    (paho is not thread-safe); with messages outstanding at CONNACK paho writes from inside
+    its CONNACK handling (our SUBSCRIBE included), and those writes must still leave the
+    coalescing buffer."""
+    got: list[bytes] = []
+    sub = MqttConnection(host="127.0.0.1", port=mosquitto.port, client_id="t-sub2",
+                         subscriptions=[("w/#", 1)], on_message=lambda m: got.append(m.payload))
+    sub.start()
+    pub = MqttConnection(host="127.0.0.1", port=mosquitto.port, client_id="t-pub2",
+                         subscriptions=[("unused/#", 1)])
+    try:
+        assert await sub.wait_connected(10)
+        pub.start()
+        await asyncio.sleep(0)  # the connection task is in its worker thread now
+        sent = [pub.publish("w/x", str(i).encode(), 1) for i in range(3)]
+        assert all(sent)
+        assert await pub.wait_connected(10)  # SUBACK read: the SUBSCRIBE left the buffer
+        # ... on the first attempt (a stuck SUBSCRIBE ends in the CONNACK timeout, a reconnect
+        # and a needless fall back to MQTT 3.1.1)
+        assert pub.stats["connects"] == 1 and pub.protocol == 5
+        await eventually(lambda: len(got) == 3, what="every message")
+        assert got == [str(i).encode() for i in range(3)]
+    finally:
+        await sub.aclose()
+        await pub.aclose()
