@@ -214,8 +214,10 @@ class Notifier:
     """Listener of the alarm engine: matches rules, feeds channels, runs escalations."""
 
     def __init__(self, cfg: NotificationsConfig, clock: Clock, directory: str, *,
-                 site: str = "scada", timezone: str = "UTC"):
+                 site: str = "scada", timezone: str = "UTC",
+                 municipality_of: dict[str, str] | None = None):
         self.cfg = cfg
+        self.municipality_of = municipality_of or {}
         self.clock = clock
         self.site = site
         self.tz = ZoneInfo(timezone)
@@ -252,7 +254,9 @@ class Notifier:
             keep = []
             for deadline, k, rule, e in steps:
                 if deadline <= now:
-                    for ch in rule.escalate[k - 1].channels:
+                    step = rule.escalate[k - 1]
+                    town = self.municipality_of.get(e.area, "")
+                    for ch in [*step.channels, *step.by_municipality.get(town, [])]:
                         self.channels[ch].put(alarm_message(e, self.site, escalation=k))
                 else:
                     keep.append((deadline, k, rule, e))

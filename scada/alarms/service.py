@@ -69,8 +69,10 @@ class AlarmService(Service):
             on_out_of_service=self._oos, audit=self.audit)
         self.notifier: Notifier | None = None
         if cfg.notifications.channels:
-            self.notifier = Notifier(cfg.notifications, runtime.clock, self.directory,
-                                     site=site.name, timezone=site.config.site.timezone)
+            self.notifier = Notifier(
+                cfg.notifications, runtime.clock, self.directory, site=site.name,
+                timezone=site.config.site.timezone,
+                municipality_of={a.id: a.municipality or a.name or a.id for a in site.config.areas})
             self.engine.listeners.append(self.notifier.on_events)
         self.conditions: Any = None
         self.engine.start()

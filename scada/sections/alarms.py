@@ -187,8 +187,19 @@ class ChannelConfig(Strict):
 
 
 class EscalationStep(Strict):
+    """If the alarm is still unacknowledged ``after`` its raise, notify ``channels`` and the
+    channels of the alarm's municipality in ``by_municipality`` (the area's ``municipality`` in
+    the site's ``areas:``), e.g. the elected official in charge of that town's junctions."""
+
     after: Duration
-    channels: list[str] = Field(min_length=1)
+    channels: list[str] = Field(default_factory=list)
+    by_municipality: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _some(self) -> EscalationStep:
+        if not self.channels and not self.by_municipality:
+            raise ValueError("an escalation step needs 'channels' and/or 'by_municipality'")
+        return self
 
 
 class RuleConfig(Strict):
@@ -227,7 +238,9 @@ class NotificationsConfig(Strict):
     @model_validator(mode="after")
     def _known(self) -> NotificationsConfig:
         for r in self.rules:
-            for ch in [*r.channels, *(c for s in r.escalate for c in s.channels)]:
+            steps = [c for s in r.escalate
+                     for c in [*s.channels, *(x for v in s.by_municipality.values() for x in v)]]
+            for ch in [*r.channels, *steps]:
                 if ch not in self.channels:
                     raise ValueError(
                         f"rule {r.name or '(unnamed)'!r}: unknown channel {ch!r}; "

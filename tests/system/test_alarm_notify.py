@@ -36,7 +36,8 @@ async def notifier(tmp_path: Path, stepped_clock: Any, notifications: str):
                              alarms_extra=f"notifications:\n{notifications}")
     cfg = env.site.config
     n = Notifier(cfg.alarms.notifications, stepped_clock, env.engine.journal.directory,
-                 site=cfg.site.name, timezone=cfg.site.timezone)
+                 site=cfg.site.name, timezone=cfg.site.timezone,
+                 municipality_of={"centre": "Dijon", "north": "Talant"})
     env.engine.listeners.append(n.on_events)
     task = asyncio.create_task(n.run())
     await stepped_clock.advance(0)
@@ -59,13 +60,14 @@ async def test_mail_and_webhook_then_escalation(tmp_path, stepped_clock, smtp_se
     mail: {{type: smtp, host: 127.0.0.1, port: {smtp_server.port}, to: [oncall@city.example],
             sender: scada@city.example, retries: 1, backoff: 1s}}
     hook: {{type: webhook, url: "{http_server.url}", headers: {{X-Token: abc}}, retries: 1}}
-    mayor: {{type: webhook, url: "{http_server.url}", retries: 0}}
+    mayor: {{type: webhook, url: "{http_server.url}", retries: 0, headers: {{X-To: dijon}}}}
+    mayor_talant: {{type: webhook, url: "{http_server.url}", retries: 0, headers: {{X-To: talant}}}}
   rules:
     - name: cabinet faults
       priorities: [1, 2]
       categories: [cabinet]
       channels: [mail, hook]
-      escalate: [{{after: 15min, channels: [mayor]}}]
+      escalate: [{{after: 15min, by_municipality: {{Dijon: [mayor], Talant: [mayor_talant]}}}}]
 """
     async with notifier(tmp_path, stepped_clock, conf) as (env, n):
         env.set({f"{CAB}/comm_ok": 1, f"{CAB}/contactor": 1, f"{CAB}/voltage_l1": 230,
@@ -88,6 +90,8 @@ async def test_mail_and_webhook_then_escalation(tmp_path, stepped_clock, smtp_se
         await stepped_clock.advance(60)
         await until(lambda: any(r["body"]["escalation"] == 1 for r in http_server.requests),
                     "escalation")
+        esc = [r for r in http_server.requests if r["body"]["escalation"] == 1]
+        assert [r["headers"].get("x-to") for r in esc] == ["dijon"]  # the town of area centre
         # an acknowledged alarm does not escalate
         env.set({f"{CAB}/voltage_l1": 260})  # HighHigh voltage, priority 2
         await until(lambda: len(smtp_server.messages) == 2, "second mail")
