@@ -181,7 +181,7 @@ class EnergyResult:
 # ---------------------------------------------------------------------------- counters
 def counter_energy(
     backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray,
-    max_w: np.ndarray, progress: Callable[[str], None] | None = None, bk: Buckets | dict | None = None,
+    max_w: np.ndarray, progress: Callable[[str], None] | None = None, bk: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Energy (Wh) per series and night from accumulating counters.
 
@@ -191,9 +191,10 @@ def counter_energy(
     the series' own Wh per burning hour (or ``max_w / 3`` ... see the module doc).
     """
     S, D1 = len(keys), len(edges) - 1
-    if isinstance(bk, dict):  # roll-up matrices [series, night]
-        fv, lv, ft, lt = bk["first_v"], bk["last_v"], bk["first_t"], bk["last_t"]
-        cnt, mono = bk["count"], bk["mono"]
+    view = None
+    if bk is not None and hasattr(bk, "rows"):  # roll-ups, read block by block below
+        view = bk
+        fv = lv = ft = lt = cnt = mono = np.zeros((0, 0))
     else:
         if bk is None:
             bk = backend.buckets(keys, edges, counter=True)
@@ -209,77 +210,106 @@ def counter_energy(
         ft[s_, k_], lt[s_, k_] = bk.first_t[ok], bk.last_t[ok]
         cnt[s_, k_] = bk.count[ok]
         mono[s_, k_] = bk.monotonic[ok]
-    has = cnt > 0
-    # the common case in one pass: the previous reading is last night's (shifted columns);
-    # nights after a gap and series with resets/jumps are handled one by one below
-    has_prev = np.zeros_like(has)
-    has_prev[:, 1:] = has[:, :-1]
-    lv_prev = np.full_like(lv, np.nan)
-    lv_prev[:, 1:] = lv[:, :-1]
-    lt_prev = np.full_like(lt, np.nan)
-    lt_prev[:, 1:] = lt[:, :-1]
-    direct = has & has_prev
-    within = np.where(has, lv - fv, 0.0)
-    cross = np.where(direct, fv - lv_prev, 0.0)
-    rate = (max_w / 3600.0)[:, None]
-    with np.errstate(invalid="ignore"):
-        suspicious = (has & (~mono | (within > rate * np.maximum(lt - ft, 1.0) + 1e-9))) | (
-            direct & ((cross < 0) | (cross > rate * np.maximum(ft - lt_prev, 1.0) + 1e-9)))
-    slow_mask = suspicious.any(axis=1)
-    gaps: list[tuple[int, int, int, float]] = []  # (series, night, previous data night, increase)
-    after_gap = has & ~has_prev
-    after_gap[:, 0] = False
-    for s_, k_ in np.argwhere(after_gap & ~slow_mask[:, None]).tolist():
-        earlier = np.flatnonzero(has[s_, :k_])
-        if not len(earlier):
-            continue  # first reading of the series: nothing before it to link
-        p_ = int(earlier[-1])
-        inc = float(fv[s_, k_] - lv[s_, p_])
-        if inc < 0 or inc > float(rate[s_, 0]) * max(float(ft[s_, k_] - lt[s_, p_]), 1.0) + 1e-9:
-            slow_mask[s_] = True
+    energy_all = np.empty((S, D1))
+    status_all = np.empty((S, D1), np.int8)
+    resets_all = np.zeros(S, np.int64)
+    repl_all = np.zeros(S, np.int64)
+    say = progress or (lambda m: None)
+    n_slow = 0
+
+    def block(r0: int, r1: int) -> None:
+        """Rows r0..r1 (a few thousand series: temporaries stay in cache, no page-fault storm)."""
+        nonlocal n_slow
+        S_ = r1 - r0
+        if view is not None:
+            m = view.rows(r0, r1, ("first_t", "first_v", "last_t", "last_v", "count", "mono"))
+            fv_, lv_, ft_, lt_, cnt_ = m["first_v"], m["last_v"], m["first_t"], m["last_t"], m["count"]
+            mono_ = m["mono"] > 0.5
         else:
-            gaps.append((s_, k_, p_, inc))
-    gaps = [g for g in gaps if not slow_mask[g[0]]]
-    resets = np.zeros(S, np.int64)
-    repl = np.zeros(S, np.int64)
-    slow = np.flatnonzero(slow_mask)
-    if len(slow) and progress:
-        progress(f"{len(slow)} counters with resets or jumps: reading them raw")
-    ks = np.arange(D1)
-    for s_ in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
-        raw = backend.read_raw(keys[s_], float(edges[0]), float(edges[-1]))
-        cd = counter_deltas(raw, edges, max_rate=float(rate[s_, 0]))
-        has[s_] = cd.count > 0
-        within[s_] = np.where(has[s_], np.nan_to_num(cd.delta) - cd.cross, 0.0)
-        d_ = has[s_] & (cd.prev_bucket == ks - 1)
-        direct[s_] = d_
-        cross[s_] = np.where(d_, cd.cross, 0.0)
-        for k_ in np.flatnonzero(has[s_] & (cd.prev_bucket >= 0) & ~d_).tolist():
-            gaps.append((s_, k_, int(cd.prev_bucket[k_]), float(cd.cross[k_])))
-        resets[s_] = int(cd.resets.sum())
-        repl[s_] = int(cd.replacements.sum())
-    energy = within + cross
-    status = np.where(has, MEASURED, ESTIMATED).astype(np.int8)
-    # an increase across a gap is spread over the missing nights and the night of the reading
-    # that ends it, in proportion to burning hours (missing nights: FILLED)
-    for s_, k_, p_, inc in gaps:
-        w = hours[p_ + 1 : k_ + 1].astype(np.float64)
-        tot = w.sum()
-        share = w / tot if tot > 0 else np.full(len(w), 1.0 / len(w))
-        energy[s_, p_ + 1 : k_ + 1] += inc * share
-        status[s_, p_ + 1 : k_] = FILLED
-    # nights before the first / after the last reading: estimated from the series' own rate,
-    # Wh per burning hour over the fully measured nights (ratio of sums), else the rated power
-    measured_full = direct & (hours[None, :] > 0)
-    e_full = np.where(measured_full, energy, 0.0).sum(axis=1)
-    h_full = (measured_full * hours[None, :]).sum(axis=1)
-    fallback = max_w / 3.0  # rated LED power (max_w is 3 x rated)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate_h = np.where(h_full > 0, e_full / h_full, fallback)
-    est = status == ESTIMATED
-    if est.any():
-        energy[est] = (rate_h[:, None] * hours[None, :])[est]
-    return energy[:, 1:], status[:, 1:], resets, repl
+            fv_, lv_, ft_, lt_ = fv[r0:r1], lv[r0:r1], ft[r0:r1], lt[r0:r1]
+            cnt_, mono_ = cnt[r0:r1], mono[r0:r1]
+        keys_ = keys[r0:r1]
+        max_w_ = max_w[r0:r1]
+        has = cnt_ > 0
+        # the common case in one pass: the previous reading is last night's (shifted columns);
+        # nights after a gap and series with resets/jumps are handled one by one below
+        has_prev = np.zeros_like(has)
+        has_prev[:, 1:] = has[:, :-1]
+        lv_prev = np.full_like(lv_, np.nan)
+        lv_prev[:, 1:] = lv_[:, :-1]
+        lt_prev = np.full_like(lt_, np.nan)
+        lt_prev[:, 1:] = lt_[:, :-1]
+        direct = has & has_prev
+        within = np.where(has, lv_ - fv_, 0.0)
+        cross = np.where(direct, fv_ - lv_prev, 0.0)
+        rate = (max_w_ / 3600.0)[:, None]
+        with np.errstate(invalid="ignore"):
+            suspicious = (has & (~mono_ | (within > rate * np.maximum(lt_ - ft_, 1.0) + 1e-9))) | (
+                direct & ((cross < 0) | (cross > rate * np.maximum(ft_ - lt_prev, 1.0) + 1e-9)))
+        slow_mask = suspicious.any(axis=1)
+        gaps: list[tuple[int, int, int, float]] = []  # (series, night, previous data night, increase)
+        after_gap = has & ~has_prev
+        after_gap[:, 0] = False
+        for s_, k_ in np.argwhere(after_gap & ~slow_mask[:, None]).tolist():
+            earlier = np.flatnonzero(has[s_, :k_])
+            if not len(earlier):
+                continue  # first reading of the series: nothing before it to link
+            p_ = int(earlier[-1])
+            inc = float(fv_[s_, k_] - lv_[s_, p_])
+            if inc < 0 or inc > float(rate[s_, 0]) * max(float(ft_[s_, k_] - lt_[s_, p_]), 1.0) + 1e-9:
+                slow_mask[s_] = True
+            else:
+                gaps.append((s_, k_, p_, inc))
+        gaps = [g for g in gaps if not slow_mask[g[0]]]
+        resets = np.zeros(S_, np.int64)
+        repl = np.zeros(S_, np.int64)
+        slow = np.flatnonzero(slow_mask)
+        ks = np.arange(D1)
+        for s_ in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
+            raw = backend.read_raw(keys_[s_], float(edges[0]), float(edges[-1]))
+            cd = counter_deltas(raw, edges, max_rate=float(rate[s_, 0]))
+            has[s_] = cd.count > 0
+            within[s_] = np.where(has[s_], np.nan_to_num(cd.delta) - cd.cross, 0.0)
+            d_ = has[s_] & (cd.prev_bucket == ks - 1)
+            direct[s_] = d_
+            cross[s_] = np.where(d_, cd.cross, 0.0)
+            for k_ in np.flatnonzero(has[s_] & (cd.prev_bucket >= 0) & ~d_).tolist():
+                gaps.append((s_, k_, int(cd.prev_bucket[k_]), float(cd.cross[k_])))
+            resets[s_] = int(cd.resets.sum())
+            repl[s_] = int(cd.replacements.sum())
+        energy = within + cross
+        status = np.where(has, MEASURED, ESTIMATED).astype(np.int8)
+        # an increase across a gap is spread over the missing nights and the night of the reading
+        # that ends it, in proportion to burning hours (missing nights: FILLED)
+        for s_, k_, p_, inc in gaps:
+            w = hours[p_ + 1 : k_ + 1].astype(np.float64)
+            tot = w.sum()
+            share = w / tot if tot > 0 else np.full(len(w), 1.0 / len(w))
+            energy[s_, p_ + 1 : k_ + 1] += inc * share
+            status[s_, p_ + 1 : k_] = FILLED
+        # nights before the first / after the last reading: estimated from the series' own rate,
+        # Wh per burning hour over the fully measured nights (ratio of sums), else the rated power
+        measured_full = direct & (hours[None, :] > 0)
+        e_full = np.where(measured_full, energy, 0.0).sum(axis=1)
+        h_full = (measured_full * hours[None, :]).sum(axis=1)
+        fallback = max_w_ / 3.0  # rated LED power (max_w_ is 3 x rated)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate_h = np.where(h_full > 0, e_full / h_full, fallback)
+        est = status == ESTIMATED
+        if est.any():
+            energy[est] = (rate_h[:, None] * hours[None, :])[est]
+
+        energy_all[r0:r1] = energy
+        status_all[r0:r1] = status
+        resets_all[r0:r1] = resets
+        repl_all[r0:r1] = repl
+        n_slow += len(slow)
+
+    for r0 in range(0, S, 2048):
+        block(r0, min(S, r0 + 2048))
+    if n_slow:
+        say(f"{n_slow} counters with resets or jumps were read raw")
+    return energy_all[:, 1:], status_all[:, 1:], resets_all, repl_all
 
 
 def cabinet_on_hours(backend: Backend, cabs: Sequence[str], edges: np.ndarray, fallback: np.ndarray
@@ -351,8 +381,9 @@ def compute(
     D = len(days) - 1
     L = len(pts)
     nd = days[1:]
-    inst = np.array([astro.to_dates([p.installed])[0] if p.installed else -(10**9) for p in pts])
-    rem = np.array([astro.to_dates([p.removed])[0] if p.removed else 10**9 for p in pts])
+    e_ord = astro._EPOCH_ORD
+    inst = np.array([p.installed.toordinal() - e_ord if p.installed else -(10**9) for p in pts], np.int64)
+    rem = np.array([p.removed.toordinal() - e_ord if p.removed else 10**9 for p in pts], np.int64)
     active = (nd[None, :] >= inst[:, None]) & (nd[None, :] < rem[:, None])
     legacy = np.array([p.legacy_w for p in pts])
     nominal = np.array([p.nominal_w or p.legacy_w / 2.0 for p in pts])
@@ -376,11 +407,13 @@ def compute(
     max_w = 3.0 * np.maximum(nominal, 1.0)
     night_dates = [d0 - timedelta(days=1) + timedelta(days=k) for k in range(D + 1)]
 
-    def summaries(keys: list[str], counter: bool = True) -> dict[str, np.ndarray] | None:
+    def summaries(keys: list[str], counter: bool = True) -> Any:
         if rollups is None:
             return None
         rollups.update(backend, keys, tz, night_dates[0], night_dates[-1], counter=counter)
-        return rollups.matrices(keys, night_dates)
+        if counter:
+            return rollups.view(keys, night_dates)
+        return rollups.matrices(keys, night_dates, fields=("vmax", "count"))
 
     e_keys = [f"{p.path}/energy_wh" for p in pts]
     eb, st_b, resets, repl = counter_energy(backend, e_keys, edges, hours_all, max_w, say, summaries(e_keys))
@@ -408,7 +441,13 @@ def compute(
 
     # Option C: cabinet meters against the baseline of the points behind each cabinet
     base_cab = np.zeros((len(cabs), D))
-    np.add.at(base_cab, lum_cab[lum_cab >= 0], baseline[lum_cab >= 0])
+    if len(cabs):  # rows grouped by cabinet, summed per group (np.add.at is slow on 2-D rows)
+        order = np.argsort(lum_cab, kind="stable")
+        order = order[lum_cab[order] >= 0]
+        if len(order):
+            grp = lum_cab[order]
+            starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
+            base_cab[grp[starts]] = np.add.reduceat(baseline[order], starts, axis=0)
     ec = np.zeros((len(cabs), D))
     st_c = np.full((len(cabs), D), ESTIMATED, np.int8)
     if cabinet_meters and cabs:
