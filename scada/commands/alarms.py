@@ -145,6 +145,16 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
         current.sort(key=lambda e: (e.get("priority", 4), -e.get("ts", 0)))
         _emit(_rows(current), fmt, output,
               ("time", "state", "priority", "alarm_id", "value", "message"))
+        if fmt == "text" and not output:
+            mine_all = [e for e in states.values() if mine(e)]
+            retained = [e for e in mine_all if e.get("active") or not e.get("acked", True)]
+            shown = [e for e in retained if e.get("state") not in RETAINED_HIDDEN]
+            click.echo(
+                f"{len(shown)} red dots ({sum(1 for e in shown if not e.get('acked', True))} "
+                f"unacknowledged); hidden: "
+                f"{sum(1 for e in retained if e.get('state') == 'Suppressed')} suppressed, "
+                f"{sum(1 for e in mine_all if e.get('shelved'))} shelved, "
+                f"{sum(1 for e in mine_all if e.get('oos'))} out of service", err=True)
         return
     t0, t1 = parse_time(since), parse_time(until)
     entries = [e for e in read_journal(d, since=t0, until=t1) if mine(e)]
