@@ -136,7 +136,8 @@ class _Session:
         while True:
             try:
                 async with asyncio.timeout(opt.connect_timeout_s):
-                    await self._connect()
+                    namespaces = await self._open()
+                await self._subscribe(namespaces)
             except _NET_ERRORS as e:
                 await self._down(f"connect failed: {_describe(e)}")
             except MappingError as e:
@@ -204,7 +205,8 @@ class _Session:
                 c.set_password(self.conn.password)
         return c
 
-    async def _connect(self) -> None:
+    async def _open(self) -> list[str]:
+        """Secure channel + activated session; returns the server's NamespaceArray."""
         await self._close()
         client = self._make_client()
         self.client = client
@@ -214,7 +216,6 @@ class _Session:
                 _POLICIES[conn.security_policy], str(conn.certificate), str(conn.private_key),
                 server_certificate=conn.server_certificate, mode=_MODES[conn.mode],
             )
-        loop = asyncio.get_running_loop()
         self._lost = asyncio.Event()
         self._lost_reason = ""
 
@@ -223,7 +224,16 @@ class _Session:
 
         client.connection_lost_callback = on_lost
         await client.connect()
-        namespaces = await client.get_namespace_array()
+        return list(await client.get_namespace_array())
+
+    async def _subscribe(self, namespaces: list[str]) -> None:
+        """Resolve the nodes, create the subscription and its monitored items. Not under the
+        connect timeout: a city-sized session creates thousands of items on a busy server;
+        each request is bounded by ``request_timeout_s`` instead."""
+        client = self.client
+        if client is None:  # pragma: no cover - set by _open
+            raise ConnectionError("no client")
+        loop = asyncio.get_running_loop()
         await self._resolve(client, namespaces)
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=self.opts.publishing_interval_ms,
@@ -321,7 +331,7 @@ class _Session:
     async def _watch(self) -> str:
         """Return (with the reason) when the session is dead."""
         lost = self._lost
-        if lost is None:  # pragma: no cover - set by _connect
+        if lost is None:  # pragma: no cover - set by _open
             return "no session"
         loop = asyncio.get_running_loop()
         dead_after = self.opts.dead_after_s
