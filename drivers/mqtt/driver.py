@@ -171,6 +171,8 @@ class MqttDriver(Driver):
         self.last_msg = np.full(n, ctx.clock.time())
         self.stale = np.zeros(n, dtype=np.int8)  # 0 fresh, 1 uncertain, 2 bad
         self.online: dict[int, bool | None] = {}
+        self.line_of = np.full(n, -1, dtype=np.int64)  # DALI line of a child (0-based), -1: none
+        self._lf_tag: dict[int, int] = {}  # gateway slot -> tag of its line-faults bit-field
         self._keep_good: dict[int, set[int]] = {}  # gateway slot -> tags left Good when offline
         self._brokers: dict[tuple[str, int, str | None], _Broker] = {}
         self._broker_of = [None] * n  # type: list[_Broker | None]
@@ -216,6 +218,14 @@ class MqttDriver(Driver):
                 self.unc_after[s] = opts.report_period_s * opts.uncertain_after_periods
                 self.bad_after[s] = opts.report_period_s * opts.bad_after_periods
             segs = device_segments(gateway, dev.index if dev.parent else None, opts)
+            if dev.parent and dev.index is not None:
+                self.line_of[s] = (dev.index - 1) // opts.addresses_per_line
+            if opts.line_faults_point is not None:
+                names = [p.name for p in dev.profile.points]
+                if opts.line_faults_point not in names:
+                    raise ConfigError(f"profile {pname!r}: options.line_faults_point "
+                                      f"{opts.line_faults_point!r} is not one of its points")
+                self._lf_tag[s] = dev.first_tag + names.index(opts.line_faults_point)
             for shape in shapes.values():
                 try:
                     topic = format_topic(shape.topic.pattern, segs)
@@ -439,6 +449,7 @@ class MqttDriver(Driver):
         st: list[float] = []
         now = self.ctx.clock.time()
         avail_events: dict[int, bool] = {}
+        lf_touched: set[int] = set()
         # generation of a message = how many earlier messages of the same device are in this
         # burst; each generation is applied as its own batch, in order, so a replayed backlog
         # (persistent session after an outage) keeps every sample (historian) in sequence
@@ -466,6 +477,8 @@ class MqttDriver(Driver):
                         decoded = True
                     fr = shape.decode_fast(obj) if shape.fast else None
                     gen = occ.get(r.slot, 0)
+                    if r.slot in self._lf_tag:
+                        lf_touched.add(r.slot)
                     if fr is not None:
                         row, ts = fr
                         g = groups.get(id(shape))
@@ -554,6 +567,8 @@ class MqttDriver(Driver):
                 self.stale[gws] = 0
             if self._waiters:
                 self._resolve_waiters(idx, vals)
+        for g in lf_touched:
+            self._apply_line_faults(g)
         for g, up in avail_events.items():
             was = self.online.get(g)
             self.online[g] = up
@@ -565,6 +580,25 @@ class MqttDriver(Driver):
             elif was is not True:
                 self.last_msg[self.gw_of == g] = np.maximum(self.last_msg[self.gw_of == g], now)
                 self._rl.available(f"gw:{g}", "gateway %s is online again", self._slot_path[g])
+
+    def _apply_line_faults(self, g: int) -> None:
+        """The gateway says DALI line(s) are down (no bus power, short: IEC 62386-101 §4.3):
+        their luminaires cannot answer, so their values are BadCommunicationError now."""
+        v = self.ctx.tagdb.value[self._lf_tag[g]]
+        if not np.isfinite(v):
+            return
+        mask = int(v)
+        if not mask:
+            self._rl.available(f"lines:{g}", "gateway %s: every DALI line up again", self._slot_path[g])
+            return
+        kids = np.nonzero((self.gw_of == g) & (self.line_of >= 0))[0]
+        down = kids[((mask >> self.line_of[kids]) & 1) == 1]
+        if len(down):
+            self.ctx.mark(self._tags_of(down), Q.BadCommunicationError)
+            self.stale[down] = 2
+        self._rl.unavailable(f"lines:{g}", "gateway %s reports DALI line(s) %s down: %d luminaires "
+                             "BadCommunicationError", self._slot_path[g],
+                             [i for i in range(mask.bit_length()) if mask >> i & 1], len(down))
 
     def _avail_value(self, r: _Route, payload: bytes) -> Any:
         """The availability value: a JSON field, or the whole payload (JSON or plain text such

@@ -142,6 +142,10 @@ class MqttProfileOptions(_Model):
     topics: dict[str, TopicDef | str] = Field(default_factory=dict)
     commands: dict[str, CommandDef] = Field(default_factory=dict)
     availability: Availability | None = None
+    #: gateway point holding a bit-field of its DALI lines that are down (bit n = line n,
+    #: 0-based): the luminaires of a line reported down go BadCommunicationError at once
+    #: instead of after ``bad_after_periods`` of silence
+    line_faults_point: str | None = None
     #: command (in ``commands``) sent to each gateway after every (re)connection so it
     #: republishes its full state at once instead of at its next reporting period
     query_on_connect: str | None = None

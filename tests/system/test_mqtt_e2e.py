@@ -164,7 +164,12 @@ async def test_dali_line_down_is_reported_and_its_luminaires_go_stale(system):
     tag = system.db.index(f"{GW}/lum-066/level_cmd")
     system.driver._writes[tag].timeout = 0.3
     assert await system.rt.write(f"{GW}/lum-066/level_cmd", 20) == Q.BadTimeout
-    for _ in range(34):  # 340 s > 5 periods
+    # the gateway said so: line 1's luminaires are Bad at once (no waiting for staleness),
+    # last values kept; line 0 is untouched
+    assert db.read(f"{GW}/lum-066/level").quality == Q.BadCommunicationError
+    assert db.read(f"{GW}/lum-065/power_w").value is not None
+    assert db.read(f"{GW}/lum-002/level").quality == Q.Good
+    for _ in range(34):  # and they stay Bad while silent (340 s > 5 periods)
         await system.tick(10, settle=0.02)
     assert db.read(f"{GW}/lum-066/level").quality == Q.BadCommunicationError
     assert db.read(f"{GW}/lum-002/level").quality == Q.Good

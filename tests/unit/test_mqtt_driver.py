@@ -154,3 +154,18 @@ devices:
     r = Runtime(load_site(tmp_path / "s.yaml"), stepped_clock)
     with pytest.raises(ConfigError, match=r"profile 'g' point 'a': command 'nope' is not one of options\.commands"):
         r.load_drivers(["mqtt"])
+
+
+def test_line_faults_bit_field_marks_that_lines_luminaires_bad_at_once(rt, stepped_clock):
+    drv, db = rt.drivers["mqtt"], rt.tagdb
+    t = stepped_clock.time()
+    feed(drv, "dali/gw-u/0/0/state", state(t, 30))
+    feed(drv, "dali/gw-u/1/0/state", state(t, 40))  # child 65: line 1
+    feed(drv, "dali/gw-u/status", json.dumps({"online": True, "lines_ok": False, "line_faults": 2}).encode())
+    drv.flush()
+    assert db.read(f"{GW}/line_faults").value == 2
+    assert db.read(f"{GW}/lum-065/level").quality == Q.BadCommunicationError
+    assert db.read(f"{GW}/lum-065/level").value == 40.0
+    assert db.read(f"{GW}/lum-070/level").quality == Q.BadCommunicationError
+    assert db.read(f"{GW}/lum-001/level").quality == Q.Good
+    assert db.read(f"{GW}/lines_ok").quality == Q.Good
