@@ -464,10 +464,53 @@ async def _ns(client: Client, uri: str) -> int:
                       f"pass the site's opcua.namespace_uri")
 
 
+async def act(client: Client, ns: int, what: str, **kw: Any) -> str:
+    """Call one A&C method on a connected client (the server checks the caller's role):
+    ``acknowledge`` / ``unshelve`` (alarm_id, comment), ``shelve`` (alarm_id, comment,
+    duration s or None = one-shot), ``out_of_service`` (device, oos, comment)."""
+    comment = ua.LocalizedText(kw.get("comment") or "")
+    if what == "out_of_service":
+        node = client.get_node(ua.NodeId(ALARMS_OBJECT, ns))
+        args = [ua.Variant(kw["device"], ua.VariantType.String),
+                ua.Variant(bool(kw["oos"]), ua.VariantType.Boolean),
+                ua.Variant(kw.get("comment") or "", ua.VariantType.String)]
+        method = ua.NodeId(ALARMS_OBJECT + ".SetOutOfService", ns)
+        target = kw["device"]
+    else:
+        target = kw["alarm_id"]
+        node = client.get_node(ua.NodeId(target + SUFFIX, ns))
+        if what == "acknowledge":
+            method = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+            args = [ua.Variant(b"", ua.VariantType.ByteString), comment]
+        elif what == "shelve" and kw.get("duration"):
+            method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_TimedShelve)
+            args = [ua.Variant(float(kw["duration"]) * 1000.0, ua.VariantType.Double), comment]
+        elif what == "shelve":
+            method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_OneShotShelve)
+            args = [comment]
+        elif what == "unshelve":
+            method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_Unshelve)
+            args = [comment]
+        else:
+            raise ClientError(f"unknown action {what!r}")
+    try:
+        await node.call_method(method, *args)
+    except ua.UaStatusCodeError as e:
+        name = getattr(ua.StatusCode(e.code), "name", None) or f"0x{e.code:08X}"
+        hint = {
+            "BadUserAccessDenied": "your role does not allow this (log in with --user)",
+            "BadNodeIdInvalid": "no such alarm instance on the server (see `scada alarms`)",
+            "BadNodeIdUnknown": "no such alarm or device",
+            "BadConditionBranchAlreadyAcked": "already acknowledged",
+            "BadConditionNotShelved": "the alarm is not shelved",
+        }.get(name, "")
+        raise ClientError(f"{what} {target}: {name}{': ' + hint if hint else ''}") from e
+    return f"{what.replace('_', ' ')} {target}: done"
+
+
 async def call_action(endpoint: str, user: str | None, password: str | None, what: str,
                       namespace_uri: str = DEFAULT_NS, **kw: Any) -> str:
-    """Call one A&C method as ``user`` (the server checks the role): ``acknowledge``,
-    ``shelve`` (duration s or None = one-shot), ``unshelve``, ``out_of_service``."""
+    """Connect (no message security), call :func:`act` as ``user``, disconnect."""
     client = Client(endpoint, timeout=10)
     client.session_timeout = 60_000  # what servers grant anyway; avoids a revision warning
     if user:
@@ -478,45 +521,6 @@ async def call_action(endpoint: str, user: str | None, password: str | None, wha
     except (OSError, TimeoutError, ua.UaError) as e:
         raise ClientError(f"cannot connect to {endpoint}: {e} (is `scada run`/`scada demo` running?)") from e
     try:
-        ns = await _ns(client, namespace_uri)
-        comment = ua.LocalizedText(kw.get("comment") or "")
-        if what == "out_of_service":
-            node = client.get_node(ua.NodeId(ALARMS_OBJECT, ns))
-            args = [ua.Variant(kw["device"], ua.VariantType.String),
-                    ua.Variant(bool(kw["oos"]), ua.VariantType.Boolean),
-                    ua.Variant(kw.get("comment") or "", ua.VariantType.String)]
-            method = ua.NodeId(ALARMS_OBJECT + ".SetOutOfService", ns)
-            target = kw["device"]
-        else:
-            target = kw["alarm_id"]
-            node = client.get_node(ua.NodeId(target + SUFFIX, ns))
-            if what == "acknowledge":
-                method = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
-                args = [ua.Variant(b"", ua.VariantType.ByteString), comment]
-            elif what == "shelve" and kw.get("duration"):
-                method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_TimedShelve)
-                args = [ua.Variant(float(kw["duration"]) * 1000.0, ua.VariantType.Double), comment]
-            elif what == "shelve":
-                method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_OneShotShelve)
-                args = [comment]
-            elif what == "unshelve":
-                method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_Unshelve)
-                args = [comment]
-            else:
-                raise ClientError(f"unknown action {what!r}")
-        try:
-            await node.call_method(method, *args)
-        except ua.UaStatusCodeError as e:
-            name = getattr(ua.StatusCode(e.code), "name", None) or f"0x{e.code:08X}"
-            hint = {
-                "BadUserAccessDenied": "your role does not allow this (log in with --user)",
-                "BadNodeIdInvalid": "no such alarm instance on the server (see `scada alarms`)",
-                "BadNodeIdUnknown": "no such alarm or device",
-                "BadConditionBranchAlreadyAcked": "already acknowledged",
-                "BadConditionNotShelved": "the alarm is not shelved",
-            }.get(name, "")
-            raise ClientError(f"{what} {target}: {name}{': ' + hint if hint else ''}") from e
-        return f"{what.replace('_', ' ')} {target}: done"
+        return await act(client, await _ns(client, namespace_uri), what, **kw)
     finally:
         await client.disconnect()
-

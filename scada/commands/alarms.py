@@ -184,55 +184,43 @@ def _emit_json(obj: Any, out: str | None) -> None:
 
 
 # ----------------------------------------------------------------------------- actions over OPC UA
-def _endpoint(site_file: str | None, endpoint: str | None) -> tuple[str, str]:
-    """(endpoint, namespace URI) from the options or the site's ``opcua:`` section."""
-    from scada.alarms.opcua_ac import DEFAULT_NS
-
-    if endpoint and not site_file:
-        return endpoint, DEFAULT_NS
-    from scada.commands.core import DEMO_SITE, load_or_exit
-
-    site = load_or_exit(site_file or str(DEMO_SITE))
-    cfg = site.config.opcua
-    uri = getattr(cfg, "namespace_uri", DEFAULT_NS)
-    return endpoint or f"opc.tcp://{cfg.host}:{cfg.port}/scada", uri
-
-
 def _client_opts(f: Any) -> Any:
-    for opt in reversed([
-        click.option("--site", "site_file", default=None, help="Site file (endpoint from its opcua section)."),
-        click.option("--endpoint", default=None, help="OPC UA endpoint (opc.tcp://host:port/scada)."),
-        click.option("--user", "-u", default=None, envvar="SCADA_USER", help="OPC UA user name."),
-        click.option("--password", "-p", default=None, envvar="SCADA_PASSWORD",
-                     help="Password (or SCADA_PASSWORD; prompted if a user is given without it)."),
-        click.option("--comment", "-m", default="", help="Comment recorded with the action."),
-    ]):
-        f = opt(f)
-    return f
+    """The connection options of the other client commands (`scada tags`, `scada write`:
+    endpoint, user, password, security policy and certificates, namespace) plus a comment."""
+    from scada.commands.client import _connection_options
+
+    f = click.option("--comment", "-m", default="", help="Comment recorded with the action.")(f)
+    return _connection_options(f)
 
 
-def _call(site_file: str | None, endpoint: str | None, user: str | None, password: str | None,
-          what: str, **kw: Any) -> None:
-    from scada.alarms.opcua_ac import ClientError, call_action
+def _call(o: dict[str, Any], what: str, **kw: Any) -> None:
+    from scada.alarms.opcua_ac import ClientError, act
+    from scada.commands.client import _connect, _ns
 
-    if user and password is None:
-        password = click.prompt(f"password for {user}", hide_input=True)
+    if o.get("username") and o.get("password") is None:
+        o["password"] = click.prompt(f"password for {o['username']}", hide_input=True)
+
+    async def go() -> str:
+        c = await _connect(o)
+        try:
+            return await act(c, await _ns(c, o["namespace"]), what, **kw)
+        finally:
+            await c.disconnect()
+
     try:
-        url, uri = _endpoint(site_file, endpoint)
-        msg = asyncio.run(call_action(url, user, password, what, namespace_uri=uri, **kw))
+        msg = asyncio.run(go())
     except ClientError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
-    click.echo(msg)
+    click.echo(json.dumps({"result": msg}) if o.get("as_json") else msg)
 
 
 @click.command()
 @click.argument("alarm_id")
 @_client_opts
-def ack(alarm_id: str, site_file: str | None, endpoint: str | None, user: str | None,
-        password: str | None, comment: str) -> None:
+def ack(alarm_id: str, comment: str, **o: Any) -> None:
     """Acknowledge ALARM (area/device/name) through the server (operator role)."""
-    _call(site_file, endpoint, user, password, "acknowledge", alarm_id=alarm_id, comment=comment)
+    _call(o, "acknowledge", alarm_id=alarm_id, comment=comment)
 
 
 @click.command()
@@ -240,25 +228,21 @@ def ack(alarm_id: str, site_file: str | None, endpoint: str | None, user: str | 
 @_client_opts
 @click.option("--duration", "-d", default=None, help="Timed shelve (15min, 2h); default: one-shot.")
 @click.option("--unshelve", is_flag=True, help="Unshelve instead.")
-def shelve(alarm_id: str, site_file: str | None, endpoint: str | None, user: str | None,
-           password: str | None, comment: str, duration: str | None, unshelve: bool) -> None:
+def shelve(alarm_id: str, comment: str, duration: str | None, unshelve: bool, **o: Any) -> None:
     """Shelve ALARM (engineer role): timed with --duration, else one-shot; --unshelve."""
     if unshelve:
-        _call(site_file, endpoint, user, password, "unshelve", alarm_id=alarm_id, comment=comment)
+        _call(o, "unshelve", alarm_id=alarm_id, comment=comment)
         return
     if not comment:
         raise click.UsageError("shelving needs a reason: --comment/-m")
     secs = parse_duration(duration) if duration else None
-    _call(site_file, endpoint, user, password, "shelve", alarm_id=alarm_id, comment=comment,
-          duration=secs)
+    _call(o, "shelve", alarm_id=alarm_id, comment=comment, duration=secs)
 
 
 @click.command("out-of-service")
 @click.argument("device")
 @_client_opts
 @click.option("--back", is_flag=True, help="Put the device back in service.")
-def out_of_service(device: str, site_file: str | None, endpoint: str | None, user: str | None,
-                   password: str | None, comment: str, back: bool) -> None:
+def out_of_service(device: str, comment: str, back: bool, **o: Any) -> None:
     """Take DEVICE (area/device) out of service for works, or --back (engineer role)."""
-    _call(site_file, endpoint, user, password, "out_of_service", device=device,
-          oos=not back, comment=comment)
+    _call(o, "out_of_service", device=device, oos=not back, comment=comment)

@@ -6,6 +6,8 @@ out of service through the same methods."""
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from tests.fixtures.alarms import write_site
 
 pytestmark = pytest.mark.system
 
+REPO = Path(__file__).resolve().parents[2]
 PASSWORDS = {"op1": ("operator", "pw-operator"), "eng1": ("engineer", "pw-engineer")}
 LUM = "centre/cab-1/lum-01"
 AID = f"{LUM}/lamp_failure"
@@ -189,9 +192,17 @@ async def test_cli_actions_go_through_the_methods(server) -> None:
     v = engine.view(engine.find(AID))
     assert v.state == M.SHELVED and v.shelve_until is not None
     await call_action(url, "eng1", PASSWORDS["eng1"][1], "unshelve", alarm_id=AID, comment="")
-    await call_action(url, "op1", PASSWORDS["op1"][1], "acknowledge", alarm_id=AID,
-                      comment="seen")
+    # the real command line, in its own process
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "ack", AID, "--endpoint", url, "--user", "op1",
+        "--password", PASSWORDS["op1"][1], "-m", "seen", cwd=str(REPO),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "acknowledge" in out.decode() and "done" in out.decode()
     assert engine.view(engine.find(AID)).state == M.ACK_ACTIVE
+    ack = [e for e in read_journal(engine.journal.directory) if e["event"] == "ack"][-1]
+    assert (ack["user"], ack["comment"]) == ("op1", "seen")
     await call_action(url, "eng1", PASSWORDS["eng1"][1], "out_of_service",
                       device="north/cab-2", oos=True, comment="cabinet replaced")
     assert "north/cab-2" in engine.oos_devices
