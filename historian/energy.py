@@ -53,7 +53,7 @@ import yaml
 from scada import astro
 from scada import quality as Q
 
-from .base import Backend, Buckets
+from .base import Backend
 from .query import counter_deltas
 
 log = logging.getLogger("historian.energy")
@@ -399,7 +399,8 @@ def compute(
                          "astronomical hours for the others")
     else:
         hours_l = hours[None, :]
-    baseline = legacy[:, None] * hours_l * active  # Wh
+    in_service_h = hours_l * active  # burning hours of each point while in service
+    baseline = legacy[:, None] * in_service_h  # Wh
     say(f"baseline: {L} light points x {D} nights")
 
     # Option B: luminaire counters
@@ -424,20 +425,20 @@ def compute(
     say("option A: measured LED power x burning hours")
     p_keys = [f"{p.path}/power_w" for p in pts]
     if set(backend.series("*/power_w")).isdisjoint(p_keys):
-        pk = _empty_buckets_like(p_keys)  # no power recorded: rated power stands in
+        p_led = nominal  # no power recorded: rated power stands in
     else:
         pk = summaries(p_keys, counter=False) or backend.buckets(p_keys, edges)
-    if isinstance(pk, dict):
-        pmax = np.where(pk["count"] > 0, pk["vmax"], np.nan)
-    else:
-        pmax = np.full((L, D + 1), np.nan)
-        okp = (pk.bucket >= 0) & (pk.bucket <= D) & (pk.count > 0)
-        pmax[pk.sid[okp], pk.bucket[okp]] = pk.vmax[okp]
-    pmax[pmax <= 1.0] = np.nan  # nights it never lit say nothing about its power
-    n_p = (~np.isnan(pmax)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p_led = np.where(n_p > 0, np.nansum(pmax, axis=1) / np.maximum(n_p, 1), nominal)
-    ea = p_led[:, None] * hours_l * active
+        if isinstance(pk, dict):
+            pmax = np.where(pk["count"] > 0, pk["vmax"], np.nan)
+        else:
+            pmax = np.full((L, D + 1), np.nan)
+            okp = (pk.bucket >= 0) & (pk.bucket <= D) & (pk.count > 0)
+            pmax[pk.sid[okp], pk.bucket[okp]] = pk.vmax[okp]
+        pmax[pmax <= 1.0] = np.nan  # nights it never lit say nothing about its power
+        n_p = (~np.isnan(pmax)).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_led = np.where(n_p > 0, np.nansum(pmax, axis=1) / np.maximum(n_p, 1), nominal)
+    ea = p_led[:, None] * in_service_h
 
     # Option C: cabinet meters against the baseline of the points behind each cabinet
     base_cab = np.zeros((len(cabs), D))
@@ -447,7 +448,9 @@ def compute(
         if len(order):
             grp = lum_cab[order]
             starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
-            base_cab[grp[starts]] = np.add.reduceat(baseline[order], starts, axis=0)
+            # inventories are usually listed cabinet by cabinet: then no copy is needed
+            rows = baseline if np.array_equal(order, np.arange(L)) else baseline[order]
+            base_cab[grp[starts]] = np.add.reduceat(rows, starts, axis=0)
     ec = np.zeros((len(cabs), D))
     st_c = np.full((len(cabs), D), ESTIMATED, np.int8)
     if cabinet_meters and cabs:
@@ -465,12 +468,6 @@ def compute(
                     cabs, lum_cab, base_cab, ec, st_c, backend, d0, d1, area)
     res.inputs["hours_method"] += measured_note
     return res
-
-
-def _empty_buckets_like(keys: list[str]) -> Buckets:
-    z = np.zeros(0)
-    zi = np.zeros(0, np.int64)
-    return Buckets(keys, zi, zi, z, z, z, z, z, z, zi, zi, np.zeros(0, bool))
 
 
 def _pct(saved: float, base: float) -> float | None:
