@@ -261,7 +261,20 @@ def _no_constants(name: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
-_decode = _DECODER.decode
+_raw_decode = _DECODER.raw_decode
+_WS = " \t\n\r"
+
+
+def _decode(text: str) -> Any:
+    """``json.loads`` without its two regex passes: raw_decode + a trailing-garbage check."""
+    if text[:1] in _WS or not text:
+        text = text.strip(_WS)
+        if not text:
+            raise json.JSONDecodeError("Expecting value", text, 0)
+    obj, end = _raw_decode(text)
+    if end != len(text) and text[end:].strip(_WS):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return obj
 _LITERALS = ("true", "false", "null")
 
 
@@ -276,7 +289,7 @@ def decode_json(payload: bytes, max_payload: int) -> Any:
     try:
         return _decode(text)
     except json.JSONDecodeError as e:
-        rest = text[e.pos:].strip()
+        rest = e.doc[e.pos:].strip()
         if (not rest or e.msg.startswith("Unterminated")
                 or (len(rest) < 5 and any(lit.startswith(rest) for lit in _LITERALS))
                 or (len(rest) < 32 and rest.strip("0123456789.eE+-") == "")):
@@ -391,6 +404,7 @@ class Shape:
     max_payload: int = 65536
     # derived
     fast: bool = field(init=False, default=False)
+    _ts_key: str | None = field(init=False, default=None)
     getter: Callable[[Any], Any] | None = field(init=False, default=None)
     offsets: np.ndarray = field(init=False)
     scale: np.ndarray = field(init=False)
@@ -407,6 +421,8 @@ class Shape:
         self._any_bool = bool(self.bools.any())
         self._bit_cols = np.asarray([k for k, _ in self.bits], dtype=np.int64)
         self._bit_masks = np.asarray([m for _, m in self.bits], dtype=np.int64)
+        self._ts_key = (self.ts_keys[0] if len(self.ts_keys) == 1 and isinstance(self.ts_keys[0], str)
+                        and self.topic.timestamp_unit == "s" else None)
         self.fast = (
             self.topic.format == "json" and bool(self.fields)
             and all(f.simple and f.keys for f in self.fields)
@@ -434,7 +450,14 @@ class Shape:
         if not set(map(type, row)) <= _NUM_TYPES:
             return None
         ts = None
-        if self.ts_keys:
+        if self._ts_key is not None:  # the common case: a top-level epoch-seconds field
+            v = obj.get(self._ts_key, MISSING)
+            if v is not MISSING:
+                if type(v) in (int, float) and 0 < v < 32503680000.0:
+                    ts = float(v)
+                else:
+                    ts = parse_timestamp(v, "s")  # raises the precise reject
+        elif self.ts_keys:
             v = _get_or_missing(obj, self.ts_keys)
             if v is not MISSING:
                 ts = parse_timestamp(v, self.topic.timestamp_unit)
