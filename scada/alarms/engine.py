@@ -399,30 +399,32 @@ class AlarmEngine:
         self._specs.clear()
 
     def _resolve_child_rules(self) -> None:
-        """``alarms.children_suppressed_by``: one group per (child device, selection)."""
-        rules = self.config.children_suppressed_by
+        """``alarms.suppressed_by``: one group per (device, rule) with the selected alarms."""
+        rules = self.config.suppressed_by
         if not rules:
             return
         sources: dict[tuple[str, int], tuple[int, int, float] | None] = {}
-        for child, parent in self._parent_of.items():
-            rows = self.by_device.get(child, [])
-            for k, r in enumerate(rules):
-                key = (parent, k)
+        for k, r in enumerate(rules):
+            pairs = (self._parent_of.items() if r.of == "parent"
+                     else ((d, d) for d in self.by_device))
+            sel = None if r.alarms is None else set(r.alarms)
+            for dev, owner in pairs:
+                key = (owner, k)
                 if key not in sources:
                     if r.alarm is not None:
-                        src = self.by_id.get(f"{parent}/{r.alarm}")
+                        src = self.by_id.get(f"{owner}/{r.alarm}")
                         sources[key] = None if src is None else (SRC_ALARM, src, 1.0)
                     else:
-                        tag = self.tagdb.find(f"{parent}/{r.point}")
+                        tag = self.tagdb.find(f"{owner}/{r.point}")
                         sources[key] = None if tag is None else (SRC_POINT, tag, float(r.equals))
                 s = sources[key]
                 if s is None:
                     continue
-                sel = None if r.alarms is None else set(r.alarms)
+                rows = self.by_device.get(dev, [])
                 members = rows if sel is None else [c for c in rows if self.name[c] in sel]
                 if not members:
                     continue
-                g = self.supp.group_of(("device", child, k), members)
+                g = self.supp.group_of(("device", dev, k), members)
                 self.supp.add_group_rule(g, *s)
 
     @property

@@ -43,7 +43,7 @@ def _gather(ptr: np.ndarray, order: np.ndarray, keys: np.ndarray) -> np.ndarray:
 class SuppressionTable:
     """Rules -> groups of alarms. A rule is (source alarm or source tag + value, group); a
     group is a set of alarms: one alarm (a template's ``suppressed_by``), or the selected
-    alarms of a child device (``alarms.children_suppressed_by``: a cabinet's mains failure hides
+    alarms of a device (``alarms.suppressed_by``: a cabinet's mains failure hides
     all its luminaires' alarms). A group is on while any of its rules is on; an alarm is
     suppressed while any of its groups is on. Both counts are kept incrementally, so a batch
     costs in proportion to the rules whose source changed."""

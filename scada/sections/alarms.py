@@ -49,11 +49,14 @@ class SuppressRule(Strict):
         return self
 
 
-class ChildSuppression(Strict):
-    """Site-wide suppression by design along the site model's parent/child relation: while the
-    parent device's ``alarm`` is active (or its ``point`` equals ``equals``), the alarms of its
-    children are suppressed (all of them, or only those named in ``alarms``)."""
+class DesignedSuppression(Strict):
+    """Site-wide suppression by design (``alarms.suppressed_by``), along the site model:
+    while the ``of`` device's ``alarm`` is active (or its ``point`` equals ``equals``), the
+    alarms of the device (``of: self``) or of its children (``of: parent``: the rule is read
+    from the child's side, like a template's ``suppressed_by``) are suppressed: all of them, or
+    only those named in ``alarms``. Devices without that alarm or point are not concerned."""
 
+    of: Literal["self", "parent"] = "parent"
     alarm: Ident | None = None
     point: Ident | None = None
     equals: float | None = None
@@ -65,22 +68,26 @@ class ChildSuppression(Strict):
         return float(v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
-    def _one(self) -> ChildSuppression:
+    def _one(self) -> DesignedSuppression:
         if (self.alarm is None) == (self.point is None):
-            raise ValueError("a children_suppressed_by rule names either 'alarm' or 'point' (with 'equals')")
+            raise ValueError("an alarms.suppressed_by rule names either 'alarm' or 'point' (with 'equals')")
         if self.point is not None and self.equals is None:
-            raise ValueError(f"suppression by the parent's point {self.point!r} needs 'equals'")
+            raise ValueError(f"suppression by the point {self.point!r} needs 'equals'")
+        if self.of == "self" and self.alarms is None:
+            raise ValueError("an 'of: self' rule names the 'alarms' it hides (else it would hide itself)")
         return self
 
 
 #: A cabinet (or gateway) that lost communication, supply or its breaker shows one red dot,
-#: not one per luminaire; a contactor switched off makes its luminaires dark by design.
-DEFAULT_CHILD_SUPPRESSION = [
+#: not one per luminaire; a contactor switched off makes its luminaires dark by design; a
+#: junction flashing on command is not a fault.
+DEFAULT_SUPPRESSION = [
     {"alarm": "comm_lost"}, {"alarm": "mains_failure"}, {"alarm": "breaker_tripped"},
     {"alarm": "offline"},
     {"point": "contactor", "equals": 0.0,
      "alarms": ["comm_lost", "lamp_failure", "driver_failure", "led_fault", "led_short",
                 "supply_fault", "thermal_derating", "dimming_not_followed"]},
+    {"of": "self", "point": "force_flash_cmd", "equals": 1.0, "alarms": ["flashing"]},
 ]
 
 
@@ -264,8 +271,8 @@ class AlarmsConfig(Strict):
     #: an alarm whose suppression cause cleared stays suppressed this long if it is still
     #: active (its own device gets a poll to report normal values before it is annunciated)
     unsuppress_delay: Duration = 10.0
-    #: suppression of child devices' alarms by their parent (ISA-18.2 §10.3 designed
-    #: suppression along the site model); ``[]`` turns it off
-    children_suppressed_by: list[ChildSuppression] = Field(
-        default_factory=lambda: [ChildSuppression(**r) for r in DEFAULT_CHILD_SUPPRESSION])
+    #: site-wide designed suppression (ISA-18.2 §10.3) along the site model, in addition to
+    #: the templates' own ``suppressed_by``; ``[]`` turns the defaults off
+    suppressed_by: list[DesignedSuppression] = Field(
+        default_factory=lambda: [DesignedSuppression(**r) for r in DEFAULT_SUPPRESSION])
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)

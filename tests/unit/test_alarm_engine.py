@@ -269,8 +269,21 @@ def test_commanded_flashing_is_not_an_alarm(alarm_env: AlarmEnv) -> None:
     assert env.state(aid) == M.UNACK_ACTIVE
 
 
+def test_site_rule_of_self_selects_alarms(tmp_path, stepped_clock) -> None:
+    """A site-wide `of: self` rule (the default hides `flashing` while `force_flash_cmd`)
+    hides only the named alarms of the device."""
+    env = make_env(tmp_path, stepped_clock, alarms_extra=(
+        "suppressed_by:\n"
+        "  - {of: self, point: force_flash_cmd, equals: true, alarms: [flashing2]}\n"))
+    env.set({"north/j-1/force_flash_cmd": 1, "north/j-1/flashing": 0, "north/j-1/conflict": 0})
+    env.set({"north/j-1/flashing": 1, "north/j-1/conflict": 1})
+    assert env.state("north/j-1/flashing2") == M.SUPPRESSED
+    assert env.state("north/j-1/conflict") == M.UNACK_ACTIVE  # not selected: still a red dot
+    env.engine.close()
+
+
 def test_parent_faults_hide_all_child_alarms_by_site_default(alarm_env: AlarmEnv) -> None:
-    """alarms.children_suppressed_by (default: the parent's comm_lost, mains_failure,
+    """alarms.suppressed_by (default: the parent's comm_lost, mains_failure,
     breaker_tripped, offline; contactor off for the lighting faults) needs no rule in the
     luminaire's templates."""
     env = alarm_env
@@ -282,7 +295,7 @@ def test_parent_faults_hide_all_child_alarms_by_site_default(alarm_env: AlarmEnv
 
 
 def test_children_suppression_can_be_turned_off(tmp_path, stepped_clock) -> None:
-    env = make_env(tmp_path, stepped_clock, alarms_extra="children_suppressed_by: []\n")
+    env = make_env(tmp_path, stepped_clock, alarms_extra="suppressed_by: []\n")
     healthy(env)
     env.set({f"{CAB}/comm_ok": 0.0}, quality=0x80050000)
     env.set({f"{LUM}/level_cmd": 30})
