@@ -362,8 +362,9 @@ class AlarmEngine:
         return t
 
     def _resolve_rules(self) -> None:
-        alarms: dict[tuple[str, str], int | None] = {}
-        tags: dict[tuple[str, str], int | None] = {}
+        """The templates' ``suppressed_by`` of alarms added one by one (:meth:`add_alarm`;
+        site loading resolves them per profile in :func:`build_from_site`)."""
+        cache: dict[tuple[str, str, str], int | None] = {}
         for p in self._pending_rules:
             owner = p.device if p.rule.of == "self" else p.parent
             if owner is None:
@@ -372,27 +373,18 @@ class AlarmEngine:
                     f"but {p.device} has no parent; use 'of: self' or remove the rule"
                 )
             if p.rule.alarm is not None:
-                key = (owner, p.rule.alarm)
-                if key not in alarms:
-                    alarms[key] = self.by_id.get(f"{owner}/{p.rule.alarm}")
-                src = alarms[key]
-                if src is None:
-                    raise ConfigError(
-                        f"alarm {self.ids[p.target]!r}: suppression rule names alarm "
-                        f"{p.rule.alarm!r} of {owner}, which has no such alarm"
-                    )
-                self.supp.add(p.target, SRC_ALARM, src)
+                what, kind, name, eq = "alarm", SRC_ALARM, p.rule.alarm, 1.0
             else:
-                key = (owner, p.rule.point)
-                if key not in tags:
-                    tags[key] = self.tagdb.find(f"{owner}/{p.rule.point}")
-                tag = tags[key]
-                if tag is None:
-                    raise ConfigError(
-                        f"alarm {self.ids[p.target]!r}: suppression rule names point "
-                        f"{p.rule.point!r} of {owner}, which has no such point"
-                    )
-                self.supp.add(p.target, SRC_POINT, tag, float(p.rule.equals))
+                what, kind, name, eq = "point", SRC_POINT, p.rule.point, float(p.rule.equals)
+            key = (owner, what, name)
+            if key not in cache:
+                cache[key] = (self.by_id.get(f"{owner}/{name}") if kind == SRC_ALARM
+                              else self.tagdb.find(f"{owner}/{name}"))
+            src = cache[key]
+            if src is None:
+                raise ConfigError(f"alarm {self.ids[p.target]!r}: suppression rule names {what} "
+                                  f"{name!r} of {owner}, which has no such {what}")
+            self.supp.add(p.target, kind, src, eq)
         self._pending_rules.clear()
         self._resolve_child_rules()
         self._parent_of.clear()
