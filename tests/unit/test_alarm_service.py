@@ -112,3 +112,34 @@ async def test_service_in_a_runtime_health_oos_and_audit(tmp_path, stepped_clock
         ("alarm.in_service", "ok", "eve"),
     ]
     assert audit[1]["comment"] == "rebuilt"
+
+
+def test_alarms_added_one_by_one_resolve_their_rules(tmp_path) -> None:
+    """The incremental API (add_alarm) resolves templates' suppression rules like site loading."""
+    from scada.alarms.engine import AlarmEngine
+    from scada.alarms.journal import Journal
+    from scada.clock import SteppedClock
+    from scada.errors import ConfigError
+    from scada.tags import PointDef, PointSchema, TagDatabase
+
+    clock = SteppedClock()
+    db = TagDatabase(clock)
+    db.add_device("a/cab", PointSchema("cab", (PointDef("comm_ok", "bool"),)))
+    db.add_device("a/cab/l1", PointSchema("lum", (PointDef("lamp_failure", "bool"),)))
+    e = AlarmEngine(db, clock, Journal(str(tmp_path / "j")))
+    e.add_alarm("a/cab", "a", AlarmDef(name="comm_lost", kind="quality", point="comm_ok"))
+    e.add_alarm("a/cab/l1", "a", AlarmDef(name="lamp", point="lamp_failure",
+                                          suppressed_by=[{"alarm": "comm_lost"}]),
+                parent="a/cab")
+    e.start()
+    db.apply(Batch.of([0, 1], [1.0, 0.0], Q.Good, clock.time()))
+    db.mark([0], Q.BadCommunicationError)
+    db.apply(Batch.of([1], [1.0], Q.Good, clock.time()))
+    assert e.view(e.find("a/cab/l1/lamp")).state == M.SUPPRESSED
+    e.close()
+    e2 = AlarmEngine(db, clock, Journal(str(tmp_path / "j2")))
+    e2.add_alarm("a/cab/l1", "a", AlarmDef(name="lamp", point="lamp_failure",
+                                           suppressed_by=[{"alarm": "nope"}]), parent="a/cab")
+    with pytest.raises(ConfigError, match="names alarm 'nope' of a/cab"):
+        e2.start()
+    e2.close()
