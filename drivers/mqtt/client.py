@@ -237,7 +237,7 @@ class MqttConnection:
             self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.name}")
 
     async def wait_connected(self, within: float | None = None) -> bool:
-        """Wait until connected (CONNACK received); False after ``within`` seconds."""
+        """Wait until connected (CONNACK and SUBACK received); False after ``within`` seconds."""
         try:
             async with asyncio.timeout(within):
                 await self._connected_evt.wait()
