@@ -44,6 +44,7 @@ from .client import MqttConnection, TlsSettings
 from .mapping import (
     MISSING,
     NON_FINITE,
+    NOT_UTF8,
     REASON_TEXT,
     REJECT_REASONS,
     UNKNOWN_TOPIC,
@@ -301,7 +302,12 @@ class MqttDriver(Driver):
         window = self.options.batch_window_ms / 1000.0
 
         def on_message(msg: MQTTMessage, b: _Broker = b) -> None:
-            self._pending.append((b, msg.topic, msg.payload))
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:  # brokers should refuse these (MQTT 3.1.1 §4.7.3)
+                self._reject(NOT_UTF8, repr(msg._topic[:80]), "topic name is not UTF-8")
+                return
+            self._pending.append((b, topic, msg.payload))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 if window > 0:

@@ -169,3 +169,13 @@ def test_line_faults_bit_field_marks_that_lines_luminaires_bad_at_once(rt, stepp
     assert db.read(f"{GW}/lum-070/level").quality == Q.BadCommunicationError
     assert db.read(f"{GW}/lum-001/level").quality == Q.Good
     assert db.read(f"{GW}/lines_ok").quality == Q.Good
+
+
+def test_a_topic_name_that_is_not_utf8_is_counted_not_fatal(rt):
+    import paho.mqtt.client as mqtt
+
+    drv = rt.drivers["mqtt"]
+    conn = drv._make_connection(drv.broker_for(GW))  # no I/O until started
+    conn.on_message(mqtt.MQTTMessage(1, b"dali/gw-u/\xff/0/state"))
+    assert drv.rejects["not_utf8"] == 1
+    assert drv._pending == []
