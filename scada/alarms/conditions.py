@@ -7,9 +7,9 @@ runs only for the rows whose level actually changed. This is what lets one proce
 the conditions of 200,000 luminaires (DESIGN.md "Scale by construction").
 
 Levels: 0 normal; 1 active (non-limit kinds); for limits +2 HighHigh, +1 High, -1 Low,
--2 LowLow (OPC UA Part 9 §5.8.12 exclusive limits: one level at a time).
+-2 LowLow (OPC UA Part 9 ExclusiveLimitStateMachineType: one level at a time).
 
-Quality rules (OPC UA Part 8 §6.3, ISA-18.2 §10.4.5 "bad value handling"): a condition is not
+Quality rules (OPC UA Part 8 status codes; ISA-18.2 basic alarm design, bad-value handling): a condition is not
 decided on a value that could not be read. Rows whose tag (or reference tag) is Bad keep their
 previous level; the ``quality`` kind is the one that watches the status code itself, and it
 ignores BadOutOfService (device under works) and BadWaitingForInitialData (not read yet, e.g.

@@ -6,8 +6,8 @@ Data flow (DESIGN.md "the tag database is the hub"):
    turned into the condition rows it concerns and evaluated in one vectorised pass
    (:mod:`scada.alarms.conditions`); suppression rules whose source changed are re-evaluated
    (:mod:`scada.alarms.suppression`).
-2. Rows whose raw level changed go through the on-/off-delay filter (ISA-18.2 §10.4.4,
-   "alarm on-delay / off-delay"): with no delay they transition at once, otherwise a deadline
+2. Rows whose raw level changed go through the on-/off-delay filter (ISA-18.2 basic alarm
+   design: alarm on-delay / off-delay): with no delay they transition at once, otherwise a deadline
    is set and the timer task (on the injected :class:`~scada.clock.Clock`) fires it if the level
    held for the whole delay.
 3. Transitions update the OPC UA Part 9 flags (ActiveState, AckedState, ShelvingState,
@@ -621,7 +621,7 @@ class AlarmEngine:
                 if self.suppressed[c] or self.oos[c]:
                     self.acked[c] = True
                 events.append(self._event(c, M.CLEAR, now))
-                # Part 9 §5.8.10: a one-shot shelve ends when the alarm returns to normal
+                # Part 9 ShelvedStateMachine: a one-shot shelve ends when the alarm returns to normal
                 self.shelved[c] = M.UNSHELVED
                 self.shelve_info.pop(c, None)
                 events.append(self._event(c, M.UNSHELVE, now, user="system",
@@ -654,7 +654,7 @@ class AlarmEngine:
         sup = self.suppressed[rows]
         oos = self.oos[rows]
         if event == M.CLEAR:
-            # ISA-18.2 §10.3: an alarm suppressed by design (or out of service) that returns
+            # ISA-18.2 designed suppression: an alarm suppressed by design (or out of service) that returns
             # to normal needs no acknowledgement (nobody was shown it)
             self.acked[rows[sup | oos]] = True
         acked = self.acked[rows]
@@ -1013,7 +1013,7 @@ class AlarmEngine:
 
     def acknowledge(self, alarm_id: str, *, user: str | None, role: str | None,
                     comment: str = "") -> M.AlarmEvent:
-        """ISA-18.2 acknowledge (OPC UA Part 9 §5.7.3 Acknowledge): operator role."""
+        """ISA-18.2 acknowledge (OPC UA Part 9 AcknowledgeableConditionType.Acknowledge): operator role."""
         self._check("acknowledge", alarm_id, user, role)
         c = self.find(alarm_id)
         if self.acked[c]:
@@ -1026,7 +1026,7 @@ class AlarmEngine:
 
     def add_comment(self, alarm_id: str, *, user: str | None, role: str | None,
                     comment: str) -> M.AlarmEvent:
-        """OPC UA Part 9 §5.5.6 AddComment (operator role, like acknowledge)."""
+        """OPC UA Part 9 ConditionType.AddComment (operator role, like acknowledge)."""
         self._check("acknowledge", alarm_id, user, role)
         c = self.find(alarm_id)
         e = self._event(c, M.COMMENT, self.clock.time(), user=user, comment=comment)
@@ -1036,7 +1036,8 @@ class AlarmEngine:
 
     def shelve(self, alarm_id: str, *, user: str | None, role: str | None, comment: str,
                duration: float | None = None) -> M.AlarmEvent:
-        """Shelve (ISA-18.2 §11.3; OPC UA Part 9 §5.8.10 TimedShelve / OneShotShelve).
+        """Shelve (ISA-18.2 shelving; OPC UA Part 9 ShelvedStateMachineType TimedShelve /
+        OneShotShelve).
 
         ``duration`` seconds (timed) or None (one-shot: until the alarm returns to normal)."""
         self._check("shelve", alarm_id, user, role)
@@ -1071,7 +1072,7 @@ class AlarmEngine:
 
     def set_out_of_service(self, device: str, oos: bool, *, user: str | None,
                            role: str | None, comment: str = "") -> list[M.AlarmEvent]:
-        """Put a device under works (ISA-18.2 §11.5 out of service): its alarms are hidden and
+        """Put a device under works (ISA-18.2 out-of-service): its alarms are hidden and
         its tags read BadOutOfService (through the runtime hook); engineer role."""
         self._check("out_of_service", device, user, role)
         try:

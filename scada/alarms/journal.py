@@ -1,6 +1,6 @@
 """Append-only alarm journal: every transition is on disk before anyone is told about it.
 
-Why (ISA-18.2 §16 "alarm history"; IEC 62682 §16): the journal is both the alarm history an
+Why (ISA-18.2 / IEC 62682 monitoring and assessment: alarm history): the journal is both the alarm history an
 operator queries (``scada alarms --history``), the source of the performance metrics and of the
 historian's intervention delays, and the state the engine restores after a crash.
 

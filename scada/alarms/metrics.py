@@ -1,13 +1,13 @@
-"""ISA-18.2 alarm-system performance metrics (ISA-18.2 §16.5 / EEMUA 191 targets), from the
+"""ISA-18.2 alarm-system performance metrics (ISA-18.2 clause 16, monitoring and assessment / EEMUA 191 targets), from the
 journal.
 
 * alarms per 10 minutes (annunciated raises only: suppressed, shelved and out-of-service raises
   are not shown to the operator and are not counted), average and peak;
-* flood periods: runs of 10-minute intervals with more than 10 alarms (ISA-18.2 §16.5.2), and
+* flood periods: runs of 10-minute intervals with more than 10 alarms (ISA-18.2 alarm floods), and
   the share of time in flood (target < 1 %);
 * top-10 most frequent alarms (target: they make < 20 % of the load);
 * stale alarms: active for more than 24 h;
-* chattering alarms: ``count`` raises within ``window`` seconds (ISA-18.2 §16.6).
+* chattering alarms: ``count`` raises within ``window`` seconds (ISA-18.2 nuisance alarms).
 """
 
 from __future__ import annotations

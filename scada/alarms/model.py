@@ -1,6 +1,6 @@
-"""The alarm state model: ISA-18.2 / IEC 62682 §5 alarm states and OPC UA Part 9 state variables.
+"""The alarm state model: ISA-18.2 / IEC 62682 alarm state model and OPC UA Part 9 state variables.
 
-An alarm's state is a handful of independent flags, exactly as OPC UA Part 9 §5.8 models it
+An alarm's state is a handful of independent flags, exactly as OPC UA Part 9 models it for AlarmConditionType
 (ActiveState, AckedState, ShelvingState, SuppressedState, OutOfServiceState); the ISA-18.2
 state names an operator sees are derived from them by :func:`state_name`:
 
@@ -18,7 +18,7 @@ Out-of-service          any        any     device under works
 
 Shelved / Suppressed / Out-of-service alarms keep being evaluated and journaled; they are not
 annunciated. When the hiding ends while the alarm is still active and unacknowledged, it is
-annunciated then (ISA-18.2 §11.4).
+annunciated then.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ KIND_CODES = {
 }
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 
-# shelving (OPC UA Part 9 §5.8.10 ShelvedStateMachineType)
+# shelving (OPC UA Part 9 ShelvedStateMachineType)
 UNSHELVED, ONESHOT, TIMED = 0, 1, 2
 SHELVE_NAMES = {UNSHELVED: "Unshelved", ONESHOT: "OneShotShelved", TIMED: "TimedShelved"}
 
-# limit levels (OPC UA Part 9 §5.8.12 ExclusiveLimitStateMachineType)
+# limit levels (OPC UA Part 9 ExclusiveLimitStateMachineType)
 LEVEL_NAMES = {2: "HighHigh", 1: "High", 0: "", -1: "Low", -2: "LowLow"}
 
 # journal events

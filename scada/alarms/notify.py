@@ -7,8 +7,8 @@ webhooks; an SMS gateway is a webhook).
   municipality for critical traffic faults). Acknowledging, shelving or taking the device out
   of service cancels pending escalations.
 * Each channel has its own sender task: a rate limit (``rate_per_min``, on the injected clock)
-  and, when several alarms wait, one digest message instead of a flood of e-mails (ISA-18.2
-  §16.5: floods must not be amplified); retries with exponential backoff; after the last
+  and, when several alarms wait, one digest message instead of a flood of e-mails (ISA-18.2:
+  floods must not be amplified); retries with exponential backoff; after the last
   retry the message goes to ``dead-letters.jsonl`` with the reason, nothing is silently lost.
 * Blocking I/O is bridged explicitly: ``smtplib`` runs in ``asyncio.to_thread``; webhooks are a
   minimal HTTP/1.1 client on asyncio streams (stdlib only).

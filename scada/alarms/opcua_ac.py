@@ -7,19 +7,19 @@ model for the alarm engine, attached to the HMI server (``runtime.services["opcu
   ``ns=<site>;s=<area>/<device>/<name>#alarm`` (browse name = the alarm name) under its device
   node, so the ConditionId in events resolves and methods can be called on it. Instances are
   created on first use only: a city of 800,000 potential alarms costs nodes only for the alarms
-  that ever fired (Part 9 §4.10 allows conditions that are not all exposed).
+  that ever fired (Part 9 does not require every condition instance in the address space).
 * **Events.** Each engine transition becomes one condition event (OffNormalAlarmType for
   discrete alarms, SystemOffNormalAlarmType for communication/stale, ExclusiveLimitAlarmType for
   limits with LimitState, ExclusiveDeviationAlarmType for deviations, AlarmConditionType
   otherwise) carrying the Part 9 state variables (ActiveState, AckedState, ConfirmedState,
   EnabledState, SuppressedState, OutOfServiceState, ShelvingState/CurrentState,
   SuppressedOrShelved, Retain, Severity, Comment, ClientUserId). Events are propagated to the
-  device, the area folder and the Server object (Part 9 §4.4 / Part 3 HasNotifier hierarchy:
+  device, the area folder and the Server object (Part 9 / Part 3 event notifier hierarchy:
   asyncua delivers an event only to monitored items of its emitting node, so it is triggered on
   each). ``Retain`` is true while the alarm is an annunciated red dot (active or
   unacknowledged, not suppressed, shelved or out of service).
 * **Methods**, linked on the type-level method nodes so they apply to every condition
-  (``Call(ObjectId=ConditionId, MethodId=...)``, Part 9 §5.5-5.8): Acknowledge (9111),
+  (``Call(ObjectId=ConditionId, MethodId=...)``, Part 9): Acknowledge (9111),
   AddComment (9029), ShelvingState TimedShelve/OneShotShelve/Unshelve (9213/9212/9211 and the
   ShelvedStateMachineType ones), RemoveFromService/PlaceInService (17869/17870: the whole
   device), ConditionRefresh/ConditionRefresh2 (3875/12912: RefreshStart, the retained set,
@@ -204,7 +204,7 @@ class AlarmConditions:
     async def _type_and_source(self, c: int, nid: ua.NodeId, source: ua.NodeId) -> None:
         """Type the instance as its alarm type (HasTypeDefinition, without instantiating the
         type's ~60 state variables per alarm: their values travel in the events) and link it
-        from its device with HasCondition (Part 9 §7.3)."""
+        from its device with HasCondition (Part 9 reference type)."""
         isession = self.svc.server.iserver.isession
         etype = ua.NodeId(_EVENT_TYPE[int(self.engine.cond.kind[c])])
         d = ua.DeleteReferencesItem()
@@ -404,7 +404,7 @@ class AlarmConditions:
                          role=role, comment=_text(comment))
 
     async def _refresh(self, objid: Any, subscription_id: Any = None, mid: Any = None) -> ua.StatusCode:
-        """ConditionRefresh (Part 9 §5.5.7): RefreshStart, every retained red dot, RefreshEnd,
+        """ConditionRefresh (Part 9 ConditionType): RefreshStart, every retained red dot, RefreshEnd,
         to the calling subscription only."""
         ss = self.svc.server.iserver.subscription_service
         sid = _v(subscription_id)
@@ -424,7 +424,7 @@ class AlarmConditions:
     async def _marker(self, etype: int, sid: int) -> None:
         """RefreshStart/RefreshEnd to every event item of the subscription, bypassing the where
         clause: a client filtering on AlarmConditionType must still see the refresh bracket
-        (Part 9 §5.5.7), and asyncua's where-clause evaluation would drop them."""
+        (Part 9 ConditionRefresh), and asyncua's where-clause evaluation would drop them."""
         ev = eo.IMPLEMENTED_EVENTS[etype]()
         ev.EventId = f"{etype}:{self.engine.seq}".encode()
         ev.SourceNode = ua.NodeId(ua.ObjectIds.Server)

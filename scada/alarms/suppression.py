@@ -1,4 +1,4 @@
-"""Suppression by design (ISA-18.2 §10.3, IEC 62682 §10.3; OPC UA Part 9 §5.8.2 SuppressedState).
+"""Suppression by design (ISA-18.2 / IEC 62682 designed suppression; OPC UA Part 9 SuppressedState).
 
 Rules are declared on alarm templates (:class:`scada.sections.alarms.SuppressRule`) and resolved
 against the site model: ``of: parent`` is the device's ``DeviceInstance.parent`` (the cabinet of

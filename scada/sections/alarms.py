@@ -2,7 +2,7 @@
 
 An :class:`AlarmDef` is written once per profile (or in ``config/profiles/alarms-standard.yaml``
 under ``alarm_templates:``) and instantiated for every device of that profile. The kinds follow
-the condition classes of ISA-18.2 / IEC 62682 §6 and OPC UA Part 9 §5.8 (discrete ->
+the condition classes of ISA-18.2 / IEC 62682 and the alarm types of OPC UA Part 9 (discrete ->
 OffNormalAlarmType, limit -> ExclusiveLimitAlarmType, the others -> AlarmConditionType).
 """
 
@@ -17,12 +17,12 @@ from .common import Duration, Ident, Strict
 AlarmKind = Literal["discrete", "limit", "deviation", "quality", "stale", "rate"]
 Category = Literal["lighting", "traffic", "cabinet", "system"]
 
-#: Default OPC UA severity (Part 9 §5.5.2: 1..1000) for ISA-18.2 priorities 1 (highest) .. 4.
+#: Default OPC UA severity (Part 9: 1..1000) for ISA-18.2 priorities 1 (highest) .. 4.
 PRIORITY_SEVERITY = {1: 900, 2: 700, 3: 500, 4: 300}
 
 
 class SuppressRule(Strict):
-    """Suppression by design (ISA-18.2 §10.3 "designed suppression"): while the rule holds, the
+    """Suppression by design (ISA-18.2 designed suppression): while the rule holds, the
     alarm is not annunciated (it is still evaluated and journaled as Suppressed).
 
     Exactly one of ``alarm`` (another alarm of ``of``'s device is active, e.g. the cabinet's
@@ -96,7 +96,7 @@ class AlarmDef(Strict):
 
     * ``discrete``: ``point`` equals ``equals`` (default true).
     * ``limit``: ``point`` above ``hi``/``hihi`` or below ``lo``/``lolo``; it returns to normal
-      only ``deadband`` inside the limit (ISA-18.2 §10.4.3 deadband).
+      only ``deadband`` inside the limit (ISA-18.2 alarm deadband).
     * ``deviation``: ``|point - reference * scale| > tolerance`` (commanded vs measured, e.g.
       ``level`` vs ``level_cmd``: "dimming not followed").
     * ``quality``: the tag's status code is Bad (communication lost). BadOutOfService and
@@ -154,7 +154,7 @@ class AlarmDef(Strict):
 
 
 class ChatterConfig(Strict):
-    """Chattering (ISA-18.2 §16.6): ``count`` raises within ``window`` flag the alarm; with
+    """Chattering (ISA-18.2 nuisance alarms): ``count`` raises within ``window`` flag the alarm; with
     ``auto_shelve`` set it is also shelved for that long (user ``system``)."""
 
     count: int = Field(5, ge=2)
@@ -271,7 +271,7 @@ class AlarmsConfig(Strict):
     #: an alarm whose suppression cause cleared stays suppressed this long if it is still
     #: active (its own device gets a poll to report normal values before it is annunciated)
     unsuppress_delay: Duration = 10.0
-    #: site-wide designed suppression (ISA-18.2 §10.3) along the site model, in addition to
+    #: site-wide designed suppression (ISA-18.2) along the site model, in addition to
     #: the templates' own ``suppressed_by``; ``[]`` turns the defaults off
     suppressed_by: list[DesignedSuppression] = Field(
         default_factory=lambda: [DesignedSuppression(**r) for r in DEFAULT_SUPPRESSION])
