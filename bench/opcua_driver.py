@@ -30,6 +30,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -172,22 +173,26 @@ async def _measure(seconds: float, counter) -> tuple[float, float]:
     return dn / dt, 100.0 * dc / dt
 
 
-async def driver_path(items: int, rate: float, seconds: float, tmp: Path) -> tuple[float, float]:
+async def _start_driver(site_path: Path, within_s: float) -> tuple[Any, float]:
+    """A Runtime with only the opcua driver, started and connected; (runtime, seconds)."""
     from scada.clock import RealClock
     from scada.loader import load_site
     from scada.runtime import Runtime
 
+    rt = Runtime(load_site(str(site_path)), RealClock())
+    rt.load_drivers(only=["opcua"])
+    t0 = time.perf_counter()
+    await rt.start()
+    await rt.drivers["opcua"].wait_connected(within_s)
+    return rt, time.perf_counter() - t0
+
+
+async def driver_path(items: int, rate: float, seconds: float, tmp: Path) -> tuple[float, float]:
     points = 50
     devices = max(1, items // points)
     proc, port = _start_server(devices, points, rate, seconds + 15)
     try:
-        site = load_site(str(_bench_site(tmp, port, devices, points)))
-        rt = Runtime(site, RealClock())
-        rt.load_drivers(only=["opcua"])
-        t0 = time.perf_counter()
-        await rt.start()
-        await rt.drivers["opcua"].wait_connected(60)
-        t_conn = time.perf_counter() - t0
+        rt, t_conn = await _start_driver(_bench_site(tmp, port, devices, points), 60)
         rate_got, cpu = await _measure(seconds, lambda: rt.tagdb.stats["samples"])
         batches = rt.tagdb.stats["batches"]
         await rt.stop()
@@ -271,10 +276,6 @@ def _city_sim_proc(site_path: str, seconds: float, ready) -> None:
 
 
 async def city_junctions(junctions: int, per_endpoint: int, seconds: float, tmp: Path) -> None:
-    from scada.clock import RealClock
-    from scada.loader import load_site
-    from scada.runtime import Runtime
-
     path, ports = _city_site(tmp, junctions, per_endpoint)
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
@@ -285,13 +286,7 @@ async def city_junctions(junctions: int, per_endpoint: int, seconds: float, tmp:
         if not ready.wait(300):
             raise RuntimeError("city simulator did not start within 300 s")
         t_sim = time.perf_counter() - t0
-        site = load_site(str(path))
-        rt = Runtime(site, RealClock())
-        rt.load_drivers(only=["opcua"])
-        t0 = time.perf_counter()
-        await rt.start()
-        await rt.drivers["opcua"].wait_connected(120)
-        t_conn = time.perf_counter() - t0
+        rt, t_conn = await _start_driver(path, 120)
         items = sum(len(s.specs) for s in rt.drivers["opcua"].sessions)
         rate, cpu = await _measure(seconds, lambda: rt.tagdb.stats["changes"])
         await rt.stop()
