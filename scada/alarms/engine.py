@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -169,8 +168,12 @@ class AlarmEngine:
         self._pending_rules: list[_Pending] = []
         self._parent_of: dict[str, str] = {}
         self._specs: dict[int, tuple[AlarmDef, dict[str, float]]] = {}
-        self._raises: dict[int, deque[float]] = {}
         cap = 1024
+        #: the last ``chatter.count`` raise times of every alarm (ring buffers, one row each:
+        #: fixed memory, vectorised check over a flood)
+        k = self.config.chatter.count
+        self._rt = np.full((cap, k), np.nan)
+        self._rt_pos = np.zeros(cap, dtype=np.int16)
         self.level = np.zeros(cap, dtype=np.int8)
         self.acked = np.ones(cap, dtype=np.bool_)
         self.shelved = np.zeros(cap, dtype=np.int8)
@@ -196,7 +199,8 @@ class AlarmEngine:
         self._wake = asyncio.Event()
 
     _STATE = ("level", "acked", "shelved", "shelve_until", "suppressed", "oos", "chattering",
-              "pend_t", "pend_level", "raised_at", "value", "unsupp_t", "ext_on")
+              "pend_t", "pend_level", "raised_at", "value", "unsupp_t", "ext_on", "_rt",
+              "_rt_pos")
 
     def _grow(self, need: int) -> None:
         cap = len(self.level)
@@ -206,8 +210,8 @@ class AlarmEngine:
         for name in self._STATE:
             old = getattr(self, name)
             fill = {"acked": True, "shelve_until": np.nan, "pend_t": np.nan, "raised_at": np.nan,
-                    "value": np.nan, "unsupp_t": np.nan}.get(name, 0)
-            arr = np.full(new, fill, dtype=old.dtype)
+                    "value": np.nan, "unsupp_t": np.nan, "_rt": np.nan}.get(name, 0)
+            arr = np.full((new, *old.shape[1:]), fill, dtype=old.dtype)
             arr[:cap] = old
             setattr(self, name, arr)
         self.supp.grow_conds(new)
@@ -699,16 +703,19 @@ class AlarmEngine:
                      for k, c in enumerate(rl)]
         events.append(_Bulk(seq0, rows, now, lines, event))
 
-    def _chatter(self, c: int, now: float) -> bool:
-        cfg = self.config.chatter
-        dq = self._raises.get(c)
-        if dq is None:
-            dq = self._raises[c] = deque(maxlen=cfg.count)
-        dq.append(now)
-        was = bool(self.chattering[c])
-        chat = len(dq) >= cfg.count and now - dq[0] <= cfg.window
-        self.chattering[c] = chat
-        return chat and not was
+    def _chatter(self, rows: np.ndarray, now: float) -> np.ndarray:
+        """Record a raise of ``rows`` at ``now``; return the rows that just became chattering
+        (``chatter.count`` raises within ``chatter.window``)."""
+        pos = self._rt_pos[rows].astype(np.int64)
+        self._rt[rows, pos] = now
+        nxt = (pos + 1) % self._rt.shape[1]
+        self._rt_pos[rows] = nxt
+        oldest = self._rt[rows, nxt]  # the slot to be overwritten next holds the oldest time
+        with np.errstate(invalid="ignore"):
+            chat = (now - oldest) <= self.config.chatter.window
+        was = self.chattering[rows]
+        self.chattering[rows] = chat
+        return rows[chat & ~was]
 
     def _set_suppressed(self, rows: np.ndarray, states: np.ndarray, now: float,
                         events: list[Any], *, immediate: bool = False) -> None:
@@ -809,10 +816,10 @@ class AlarmEngine:
                 if not isinstance(item, _Bulk):
                     out.append(item)
                     continue
-                raising = item.event == M.RAISE
                 for k, c in enumerate(item.rows.tolist()):
                     out.append(self._event(c, item.event, item.ts, seq=item.seq0 + k))
-                    if raising and self._chatter(c, item.ts):
+                if item.event == M.RAISE:
+                    for c in self._chatter(item.rows, item.ts).tolist():
                         self._on_chatter(c, item.ts, late)
             if late:
                 self._write([self._line(e).encode() for e in late])

@@ -157,7 +157,7 @@ class ChatterConfig(Strict):
     """Chattering (ISA-18.2 nuisance alarms): ``count`` raises within ``window`` flag the alarm; with
     ``auto_shelve`` set it is also shelved for that long (user ``system``)."""
 
-    count: int = Field(5, ge=2)
+    count: int = Field(5, ge=2, le=50)
     window: Duration = 600.0
     auto_shelve: Duration | None = None
 
