@@ -233,7 +233,11 @@ class SimGateway:
         self.commands += 1
         if parts[-1] == "query":
             if "line" in body and "address" in body:
-                k = self._by_addr.get((int(body["line"]), int(body["address"])))
+                ln, ad = body["line"], body["address"]
+                if type(ln) is not int or type(ad) is not int:
+                    self._ack("query", "invalid")
+                    return
+                k = self._by_addr.get((ln, ad))
                 if k is not None and not self.silent[k] and not self.line_down[self.line[k]]:
                     self.publish_states(np.asarray([k]), now)
             else:
