@@ -12,6 +12,11 @@
   with its current value and quality, so a flat signal still has points (time-weighted
   averages and counter reads per interval need them). A snapshot point is stamped with the
   snapshot time, not the stale source time, because it asserts "the value was still this".
+* A status change without a new reading (a lost device: the tag database keeps the last good
+  source time, OPC UA Part 8) is recorded at the server time of the change, and per tag history
+  only moves forward (a sample whose source time is not after the last one seen is stamped with
+  the server time, at least 1 ms later): "Bad since 14:02" never overwrites the good value
+  recorded at 13:58.
 * Swinging-door compression (Bristol 1990, as in OSIsoft PI's archive compression) for the
   analog points named in ``historian.swinging_door`` (deviation by point name): the held value
   is archived when the line from the last archived point to the new value would leave the
@@ -52,7 +57,7 @@ class Recorder:
         self._deadband_by_point = dict(deadband or {})
         self._sdt_by_point = dict(swinging_door or {})
         self._exclude = list(exclude or [])
-        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = []
         self.queued = 0
         self.recorded = 0
         self.seen = 0
@@ -88,6 +93,7 @@ class Recorder:
                     self.sdt[i] = self._sdt_by_point.get(p.name, 0.0)
         self.last_v = np.full(n, np.nan)
         self.last_q = np.full(n, 0xFFFFFFFF, np.uint32)
+        self.last_t = np.full(n, -np.inf)  # time of the last sample seen (after the rule below)
         # swinging door state: archived point, held point, slope bounds
         self.a_t = np.full(n, np.nan)
         self.a_v = np.full(n, np.nan)
@@ -133,7 +139,12 @@ class Recorder:
             # the writer task is not running (or far behind): bound memory, count the loss
             self.overflow += len(ch.indices)
             return
-        self._queue.append((ch.indices.copy(), ch.values.copy(), ch.quality.copy(), ch.source_ts.copy()))
+        # a device lost (tagdb.mark): status turns non-Good, value unchanged, source time kept
+        # at the last good reading (OPC UA Part 8) - history records it when it happened
+        v, ov = ch.values, ch.old_values
+        status_only = (ch.quality != ch.old_quality) & ((v == ov) | (np.isnan(v) & np.isnan(ov))) & ~Q.good_mask(ch.quality)
+        t = np.where(status_only, ch.server_ts, ch.source_ts) if status_only.any() else ch.source_ts.copy()
+        self._queue.append((ch.indices.copy(), v.copy(), ch.quality.copy(), t, ch.server_ts))
         self.queued += len(ch.indices)
         if self.queued >= self.max_block_points and self.on_full is not None:
             self.on_full()
@@ -147,7 +158,7 @@ class Recorder:
         q = db.quality[idx]
         ok = q != Q.BadWaitingForInitialData  # never read: nothing to assert
         idx = idx[ok]
-        self._queue.append((idx, db.value[idx].copy(), db.quality[idx].copy(), np.full(len(idx), now)))
+        self._queue.append((idx, db.value[idx].copy(), db.quality[idx].copy(), np.full(len(idx), now), now))
         self.queued += len(idx)
         self._force = idx
 
@@ -161,8 +172,18 @@ class Recorder:
         force = getattr(self, "_force", None)
         self._force = None
         out_i, out_v, out_q, out_t = [], [], [], []
-        for idx, v, q, t in chunks:
+        for idx, v, q, t, server_ts in chunks:
             self.seen += len(idx)
+            # history per tag only moves forward: a sample whose source time is not after the
+            # last one seen (a status change marked without a new reading keeps its old source
+            # time) is stamped with the server time of the change (at least 1 ms later), so it
+            # never overwrites what was recorded before
+            if server_ts != -np.inf:
+                lt = self.last_t[idx]
+                stale = ~(t > lt)
+                if stale.any():
+                    t = np.where(stale, np.maximum(server_ts, lt + 0.001), t)
+                self.last_t[idx] = t
             forced = force is not None and idx is force
             sd = self.sdt[idx] > 0
             if sd.any():
@@ -256,7 +277,7 @@ class Recorder:
         """Queue every swinging-door held value (shutdown): recorded, not lost."""
         hi = np.flatnonzero(self.has_h)
         if len(hi):
-            self._queue.append((hi, self.h_v[hi].copy(), self.h_q[hi].copy(), self.h_t[hi].copy()))
+            self._queue.append((hi, self.h_v[hi].copy(), self.h_q[hi].copy(), self.h_t[hi].copy(), -np.inf))
             self.queued += len(hi)
             self._force = self._queue[-1][0]
             self.has_h[hi] = False

@@ -94,6 +94,9 @@ class HistorianService(Service):
             # services created after us added tags (their _system/* health): record them too
             self.recorder.rebuild()
         self.recorder.start()
+        # history starts from the current state of every tag already read (after a restart of
+        # this task, or when drivers were faster than us); unread tags are skipped
+        self.recorder.snapshot(self.clock.time())
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._record_loop(), name="historian.record")
             tg.create_task(self._forward_loop(), name="historian.forward")

@@ -38,6 +38,7 @@ CHILD = textwrap.dedent("""
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await rt.start()
+        await asyncio.sleep(0.1)  # let the services start (no start-up snapshot of our values)
         k = 0
         while not stop.is_set() and k < 100000:
             rt.tagdb.apply(Batch.of(tags, np.full(len(tags), float(k)), 0, 1735700000.0 + k))

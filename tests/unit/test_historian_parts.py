@@ -39,6 +39,7 @@ async def test_recorder_deadband_discrete_and_quality(svc):
     seq = [(100.0, Q.Good), (103.0, Q.Good), (106.0, Q.Good), (106.5, Q.Good), (106.5, Q.BadCommunicationError),
            (90.0, Q.Good)]
     for k, (v, q) in enumerate(seq):
+        await rt.clock.advance_to(T0 + k)
         rt.tagdb.apply(Batch.of([p, f], [v, k % 2], [q, Q.Good], T0 + k))
     pts = h.recorder.take()
     got = {(pts.keys[s], t, v) for s, t, v in zip(pts.sid.tolist(), pts.t.tolist(), pts.v.tolist(), strict=True)}
@@ -206,6 +207,7 @@ async def test_swinging_door_archives_held_value_on_quality_change(tmp_path):
     h = HistorianService(rt)
     i = rt.tagdb.index("centre/cab-1/lum-01/power_w")
     for k, (v, q) in enumerate([(10.0, Q.Good), (10.2, Q.Good), (10.4, Q.Good), (10.4, Q.BadCommunicationError)]):
+        await rt.clock.advance_to(T0 + k)
         rt.tagdb.apply(Batch.of([i], [v], q, T0 + k))
     pts = h.recorder.take()
     key = pts.keys.index("centre/cab-1/lum-01/power_w")
