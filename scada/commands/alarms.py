@@ -34,14 +34,15 @@ def register(main: click.Group) -> None:
     main.add_command(out_of_service)
 
 
-def _journal_dir(site_file: str | None, directory: str | None) -> str:
-    if directory:
-        return directory
+def _journal_dir(site_file: str | None, directory: str | None) -> tuple[str, Any]:
+    """(journal directory, the site's ``alarms:`` config or None when only ``--dir`` is given)."""
+    if directory and not site_file:
+        return directory, None
     from scada.alarms.service import alarms_dir
     from scada.commands.core import DEMO_SITE, load_or_exit
 
     site = load_or_exit(site_file or str(DEMO_SITE))
-    return alarms_dir(site)
+    return directory or alarms_dir(site), site.config.alarms
 
 
 def parse_time(s: str | None, now: float | None = None) -> float | None:
@@ -127,7 +128,7 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
     from scada.alarms import metrics as MX
     from scada.alarms.journal import current_states, read_journal
 
-    d = _journal_dir(site_file, directory)
+    d, cfg = _journal_dir(site_file, directory)
     if not os.path.isdir(d):
         click.echo(f"no alarm journal in {d} (has the server run with alarms enabled?)", err=True)
         sys.exit(1)
@@ -159,7 +160,9 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
     t0, t1 = parse_time(since), parse_time(until)
     entries = [e for e in read_journal(d, since=t0, until=t1) if mine(e)]
     if metrics:
-        m = MX.compute(entries, now=t1 or time.time())
+        chat = {} if cfg is None else {"chatter_count": cfg.chatter.count,
+                                       "chatter_window": cfg.chatter.window}
+        m = MX.compute(entries, now=t1 or time.time(), **chat)
         if fmt == "json":
             _emit_json(m, output)
         else:
