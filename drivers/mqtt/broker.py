@@ -44,10 +44,12 @@ def _get_lock() -> asyncio.Lock:
 class EmbeddedBrokerLease:
     """A reference to the shared embedded broker; ``await lease.release()`` when done."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, owned: bool = True):
         self.host = host
         self.port = port
-        self._released = False
+        #: False when the broker belongs to another process (nothing to stop here)
+        self.owned = owned
+        self._released = not owned
 
     @property
     def address(self) -> str:
@@ -81,6 +83,12 @@ async def ensure_embedded_broker(host: str = DEFAULT_HOST, port: int = DEFAULT_P
             try:
                 await broker.start()
             except Exception as e:
+                # another process may already run the embedded broker (simulators started by
+                # `scada sim` or a benchmark in their own process): use it if it answers MQTT
+                if await asyncio.to_thread(mqtt_answers, host, port):
+                    log.info("an MQTT broker already answers on %s:%d (another process's embedded "
+                             "broker?); using it", host, port)
+                    return EmbeddedBrokerLease(host, port, owned=False)
                 raise OSError(
                     f"embedded MQTT broker: cannot listen on {host}:{port} ({e}); another "
                     f"program holds the port: stop it or set drivers.mqtt.embedded_port"
@@ -106,6 +114,32 @@ async def _release(host: str, port: int) -> None:
         except Exception:
             log.exception("embedded MQTT broker on %s:%d failed to shut down cleanly", host, port)
         log.info("embedded MQTT broker on %s:%d stopped", host, port)
+
+
+def mqtt_answers(host: str, port: int, within: float = 2.0) -> bool:
+    """Blocking (run it in a thread): does an MQTT broker answer a 3.1.1 CONNECT there?"""
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    got: list[bool] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
+    c.on_connect = lambda _c, _u, _f, rc, _p: got.append(not rc.is_failure)
+    try:
+        c.connect(host, port, 10)
+        deadline = time.monotonic() + within
+        while not got and time.monotonic() < deadline:
+            c.loop(0.05)
+        if got:
+            c.disconnect()
+            c.loop(0.05)
+    except OSError:
+        return False
+    finally:
+        sock = c.socket()
+        if sock is not None:
+            sock.close()
+    return bool(got and got[0])
 
 
 def running_brokers() -> list[tuple[str, int]]:

@@ -53,6 +53,16 @@ async def test_embedded_broker_port_taken_is_a_clear_error():
     assert ("127.0.0.1", port) not in running_brokers()
 
 
+async def test_a_broker_of_another_process_on_the_embedded_port_is_used(mosquitto):
+    """Simulators in their own process run the embedded broker; the server's driver finds
+    the port taken by a broker that answers MQTT and uses it instead of failing."""
+    lease = await ensure_embedded_broker("127.0.0.1", mosquitto.port)
+    assert not lease.owned
+    assert ("127.0.0.1", mosquitto.port) not in running_brokers()
+    await lease.release()
+    assert mosquitto.running
+
+
 async def test_demo_path_simulator_and_driver_through_the_embedded_broker(tmp_path, stepped_clock):
     port = free_port()
     site = load_dali_site(tmp_path, "embedded", {"gw-e": [(1, 4)]},
