@@ -10,9 +10,9 @@ How it works (docs/devices/traffic-controller.md has the keep-alive reasoning an
   a monitored item per point (ClientHandle = tag index). All data-change notifications of one
   Publish response become ONE :class:`~scada.tags.Batch`; each sample keeps the device's status
   code and source timestamp. A bad status with no value keeps the last value (``ctx.mark``).
-* **Dead sessions**: asyncua's client does not rebuild subscriptions on a new session by itself
-  in a way we can account for, and its server-state probe (``watchdog_intervall``, 1 s by
-  default) dropped busy sessions (50,000 items: 3 of 5 runs). We detect loss three ways:
+* **Dead sessions**: asyncua 2.1's ``auto_reconnect`` rebuilds sessions behind our back (tags
+  could not be marked Bad meanwhile), and its server-state probe (``watchdog_intervall``, 1 s
+  by default) dropped busy sessions (50,000 items: 3 of 5 runs). We detect loss three ways:
   transport closed (asyncua's ``connection_lost_callback``), a Bad StatusChangeNotification
   (Part 4 §7.20.4), and no Publish response (data or keep-alive) for ``dead_after_keepalives``
   keep-alive periods. asyncua's own probe runs every ``watchdog_s`` (10 s by default). Then the
