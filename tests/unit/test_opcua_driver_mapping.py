@@ -164,3 +164,26 @@ def test_shipped_profiles_expand(name, groups):
     assert by["cycle_counter"].variant_type == "UInt32"
     # keep-alive that holds under load (documented): 5 s, dead after 10 s, probe every 10 s
     assert opts.keepalive_s == 5.0 and opts.dead_after_s == 10.0 and opts.watchdog_s == 10.0
+
+
+def test_site_file_errors_name_line_and_fix(tmp_path):
+    """The loader validates opcua parts with the driver's models: every error at once, with
+    file:line and what to write instead."""
+    from scada.errors import ConfigError
+    from scada.loader import load_site
+    from tests.fixtures.opcua import junction_profiles, write_site
+
+    profiles = junction_profiles()
+    profiles["junction-opcua-4"]["points"][1]["source"] = {"node": "{junction}.Status.Plan"}
+    profiles["junction-opcua-4"]["options"]["lifetime_count"] = 4
+    site = write_site(tmp_path, [
+        {"id": "j-1", "profile": "junction-opcua-4", "area": "centre",
+         "connection": {"endpoint": "http://127.0.0.1:4840"}},
+    ], profiles=profiles)
+    with pytest.raises(ConfigError) as ei:
+        load_site(str(site))
+    text = str(ei.value)
+    assert "unknown placeholder {junction}" in text
+    assert "opc.tcp://host:port" in text
+    assert "lifetime_count 4 < 3 x keepalive_count" in text
+    assert "site.yaml:" in text
