@@ -10,8 +10,10 @@ The demo, the tests and the benchmarks need cities of any size that look like th
   the LED that replaced it (``nominal_w``);
 * junctions (traffic controllers, OPC UA) with 4-12 signal groups.
 
-Every device gets its own loopback endpoint so the simulators can serve the whole city from one
-machine; ``--host`` and ``--base-port`` choose them. Output is deterministic for a given seed.
+Every cabinet gets its own loopback port so the simulators can serve the whole city from one
+machine; junctions share OPC UA endpoints (``junctions_per_server`` objects per server: a server
+per junction would cost ~40 MB and seconds each, see docs/devices/traffic-controller.md).
+``--host`` and ``--base-port`` choose the addresses. Output is deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class CityStats:
     cabinets: int = 0
     gateways: int = 0
     junctions: int = 0
+    junction_servers: int = 0
     signal_groups: int = 0
     areas: int = 0
     lines: int = 0
@@ -109,6 +112,7 @@ def generate(
     dali_share: float = 0.3,
     broker: str = "embedded",
     name: str | None = None,
+    junctions_per_server: int = 100,
 ) -> CityStats:
     """Write a site file for a city of ``luminaires`` light points and ``junctions`` junctions."""
     if luminaires < 0 or junctions < 0:
@@ -154,6 +158,10 @@ def generate(
     w("devices:")
     port = base_port
     cab_no = gw_no = j_no = 0
+    # junction controllers of a simulated city share OPC UA endpoints (objects of one server,
+    # `connection.object` = device id), junctions_per_server at most per endpoint
+    j_port = port + luminaires // 20 + 32  # beyond the cabinets' ports
+    j_endpoint_fill = junctions_per_server
     for i in used:
         aid, _label, lat0, lon0, _ = MUNICIPALITIES[i]
         n_left = counts[i]
@@ -214,10 +222,14 @@ def generate(
             w(f"  - id: jct-{j_no:04d}")
             w(f"    profile: {JUNCTION_PROFILES[sg]}")
             w(f"    area: {aid}")
-            w(f"    connection: {_flow({'endpoint': f'opc.tcp://{host}:{port}/'})}")
+            if j_endpoint_fill >= junctions_per_server:
+                j_port += 1
+                j_endpoint_fill = 0
+                stats.junction_servers += 1
+            j_endpoint_fill += 1
+            w(f"    connection: {_flow({'endpoint': f'opc.tcp://{host}:{j_port}/'})}")
             w(f"    location: {_flow({'lat': lat, 'lon': lon})}")
             w(f"    attrs: {_flow({'signal_groups': sg})}")
-            port += 1
             stats.junctions += 1
             stats.signal_groups += sg
     if not (cab_no or gw_no or j_no):

@@ -79,18 +79,22 @@ def register(main: click.Group) -> None:
               help="Share of light points behind DALI/MQTT gateways (the rest: Modbus cabinets).")
 @click.option("--broker", default="embedded", show_default=True,
               help="MQTT broker of the gateways: 'embedded' or HOST:PORT.")
+@click.option("--junctions-per-server", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Junction controllers sharing one OPC UA endpoint (simulator server).")
 @click.option("--profiles", "profiles_dir", default=str(REPO / "config" / "profiles"),
               show_default=True, type=click.Path(file_okay=False), help="Profiles to include.")
 def gen_city(luminaires: int, junctions: int, out: str, seed: int, host: str, base_port: int,
-             dali_share: float, broker: str, profiles_dir: str) -> None:
+             dali_share: float, broker: str, junctions_per_server: int, profiles_dir: str) -> None:
     """Write a synthetic but realistic city (around Dijon) as a site file."""
     from scada.gencity import generate
 
     st = generate(luminaires, junctions, out_path=out, profiles_dir=profiles_dir, seed=seed,
-                  host=host, base_port=base_port, dali_share=dali_share, broker=broker)
+                  host=host, base_port=base_port, dali_share=dali_share, broker=broker,
+                  junctions_per_server=junctions_per_server)
     click.echo(f"wrote {out}: {st.luminaires} luminaires in {st.cabinets} cabinets and "
                f"{st.gateways} DALI gateways ({st.lines} lines), {st.junctions} junctions "
-               f"({st.signal_groups} signal groups), {st.areas} areas")
+               f"({st.signal_groups} signal groups, {st.junction_servers} OPC UA endpoints), "
+               f"{st.areas} areas")
 
 
 @click.command()

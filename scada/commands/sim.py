@@ -88,9 +88,24 @@ def _shard(site, spec: str):
         raise click.BadParameter(f"expected I/N with 0 <= I < N, e.g. 0/4; got {spec!r}",
                                  param_hint="--shard")
     k, m = int(i), int(n)
-    keep = [d for j, d in enumerate(site.devices) if j % m == k]
+    # devices sharing a listening address (junctions on one OPC UA endpoint, cabinets on one
+    # host:port with several unit ids) must be served by the same process: shard by address
+    order: dict[tuple, int] = {}
+    for d in site.devices:
+        order.setdefault(shard_key(d), len(order))
+    keep = [d for d in site.devices if order[shard_key(d)] % m == k]
     return Site(config=site.config, path=site.path, devices=keep, schemas=site.schemas,
                 origins=site.origins)
+
+
+def shard_key(dev) -> tuple:
+    """The listening address a simulator opens for ``dev`` (its own path when it has none)."""
+    c = dev.connection
+    if c.get("endpoint"):
+        return ("endpoint", c["endpoint"])
+    if c.get("port") is not None:
+        return ("tcp", c.get("host", "127.0.0.1"), c["port"])
+    return ("device", dev.path)
 
 
 def _write_ready(path: str, info: dict) -> None:

@@ -88,4 +88,6 @@ def test_shard_serves_only_its_share_of_the_cabinets(tmp_path):
                           "--duration", "0.5", "--control", "", "--ready-file", str(ready)],
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert json.loads(ready.read_text())["devices"] == {"modbus": 25}   # c2 and its 24 luminaires
+    # shards split listening addresses, not devices: c2 and c3 share p2, so shard 1 of 3 (the
+    # second address) serves both with their 24 + 32 luminaires and shard 0 serves c1 alone
+    assert json.loads(ready.read_text())["devices"] == {"modbus": 58}

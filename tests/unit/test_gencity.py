@@ -13,7 +13,8 @@ PROFILES = Path(__file__).resolve().parents[2] / "config" / "profiles"
 
 def test_generated_city_is_valid_and_realistic(tmp_path):
     out = tmp_path / "city.yaml"
-    st = generate(3000, 12, out_path=str(out), profiles_dir=str(PROFILES), seed=7, base_port=40000)
+    st = generate(3000, 12, out_path=str(out), profiles_dir=str(PROFILES), seed=7, base_port=40000,
+                  junctions_per_server=5)
     site = load_site(out)  # full validation, drivers included
     kinds = Counter(d.kind for d in site.all_devices())
     assert kinds["luminaire"] == st.luminaires == 3000
@@ -28,6 +29,11 @@ def test_generated_city_is_valid_and_realistic(tmp_path):
         assert lum.attrs["legacy_w"] > lum.attrs["nominal_w"] > 0
     ports = [d.connection["port"] for d in cabinets]
     assert len(set(ports)) == len(ports)
+    # junctions share OPC UA endpoints (objects of one simulator server), on their own ports
+    endpoints = Counter(d.connection["endpoint"] for d in site.devices if d.kind == "junction")
+    assert len(endpoints) == st.junction_servers == 3 and max(endpoints.values()) <= 5
+    jports = {int(e.rsplit(":", 1)[1].strip("/")) for e in endpoints}
+    assert not jports & set(ports)
     assert site.config.schedules.profiles  # a dimming policy comes with the city
 
 
