@@ -47,7 +47,7 @@ from drivers.mqtt.client import MqttConnection, Will
 from drivers.mqtt.mapping import BrokerConnection, MqttOptions
 from scada.clock import Clock
 from scada.site import DeviceInstance, Site
-from simulators.luminaire import LuminaireBank
+from simulators.luminaire import FAULT_NAMES, LuminaireBank
 
 log = logging.getLogger("simulators.dali_gateway")
 
@@ -329,12 +329,103 @@ class SimGateway:
         self.start()
 
 
+#: Faults of a gateway device (``area/gw-xxxx``) and of a DALI luminaire behind it, as named by
+#: the shared fault API (``simulators/faults.py``): ``disconnect`` drops the TCP connection (the
+#: broker fires the Will; clearing reconnects), ``line_down`` (param ``line``, default 0),
+#: ``malformed`` (params ``kind``, ``count``: one-shot); per luminaire the D4i bits of
+#: :data:`~simulators.luminaire.FAULT_NAMES`, ``silent`` (stops reporting), ``ignore_commands``,
+#: ``energy_reset`` (one-shot). A luminaire fault named on the gateway applies to all its luminaires.
+GATEWAY_FAULTS = ("disconnect", "line_down", "malformed")
+LUMINAIRE_FAULTS = (*FAULT_NAMES, "silent", "ignore_commands", "energy_reset")
+
+
 class DaliSimulators:
     """Handle returned by :func:`serve_site`: every simulated gateway, and the fault API."""
 
     def __init__(self) -> None:
         self.gateways: dict[str, SimGateway] = {}
+        self.by_path: dict[str, SimGateway] = {}  # gateway device path -> gateway
         self._leases: list[EmbeddedBrokerLease] = []
+        self._active: dict[tuple[str, str], dict[str, Any]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ shared fault API
+    def fault_names(self, device_path: str) -> tuple[str, ...]:
+        if device_path in self.by_path:
+            return GATEWAY_FAULTS + LUMINAIRE_FAULTS
+        self.gateway_of(device_path)  # raises KeyError naming the path
+        return LUMINAIRE_FAULTS
+
+    def _targets(self, device_path: str) -> tuple[SimGateway, np.ndarray | int]:
+        gw = self.by_path.get(device_path)
+        if gw is not None:
+            return gw, np.arange(gw.n)
+        return self.gateway_of(device_path)
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def inject(self, device_path: str, fault_name: str, **params: Any) -> None:
+        """Apply ``fault_name`` to a gateway or luminaire (see :data:`LUMINAIRE_FAULTS`)."""
+        from simulators.faults import FaultError
+
+        try:
+            gw, ks = self._targets(device_path)
+        except KeyError as e:
+            raise FaultError(str(e.args[0])) from None
+        now = gw.clock.time()
+        if fault_name in GATEWAY_FAULTS:
+            if device_path not in self.by_path:
+                raise FaultError(f"{device_path}: {fault_name!r} is a gateway fault; name the gateway")
+            if fault_name == "disconnect":
+                self._spawn(gw.disconnect())
+            elif fault_name == "line_down":
+                gw.set_line_down(int(params.get("line", 0)), True)
+            else:
+                kind = str(params.get("kind", "not_json"))
+                if kind not in MALFORMED and kind != "unknown_topic":
+                    raise FaultError(f"malformed kind {kind!r}: expected one of {', '.join(MALFORMED)}, unknown_topic")
+                for _ in range(int(params.get("count", 1))):
+                    gw.publish_malformed(kind)
+                return  # one-shot
+        elif fault_name in FAULT_NAMES:
+            gw.bank.step(now)
+            gw.bank.inject(ks, FAULT_NAMES[fault_name])
+        elif fault_name == "silent":
+            gw.silent[ks] = True
+        elif fault_name == "ignore_commands":
+            gw.bank.ignore_commands[ks] = True
+        elif fault_name == "energy_reset":
+            gw.bank.step(now)
+            gw.bank.reset_energy(ks)
+            return  # one-shot
+        else:
+            raise FaultError(f"{device_path}: unknown fault {fault_name!r}; expected one of "
+                             f"{', '.join(self.fault_names(device_path))}")
+        self._active[(device_path, fault_name)] = dict(params)
+
+    def clear(self, device_path: str, fault_name: str | None = None) -> None:
+        """Undo ``fault_name`` (every fault of the device when None)."""
+        names = [f for (p, f) in list(self._active) if p == device_path and fault_name in (None, f)]
+        for name in names:
+            params = self._active.pop((device_path, name))
+            gw, ks = self._targets(device_path)
+            if name == "disconnect":
+                gw.reconnect()
+            elif name == "line_down":
+                gw.set_line_down(int(params.get("line", 0)), False)
+            elif name in FAULT_NAMES:
+                gw.bank.step(gw.clock.time())
+                gw.bank.clear(ks, FAULT_NAMES[name])
+            elif name == "silent":
+                gw.silent[ks] = False
+            elif name == "ignore_commands":
+                gw.bank.ignore_commands[ks] = False
+
+    def active_faults(self) -> list[dict[str, Any]]:
+        return [{"path": p, "fault": f, "params": prm} for (p, f), prm in self._active.items()]
 
     def __getitem__(self, gateway: str) -> SimGateway:
         return self.gateways[gateway]
@@ -351,6 +442,9 @@ class DaliSimulators:
         return all(results)
 
     async def aclose(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         gws = list(self.gateways.values())
         await asyncio.gather(*(g.aclose() for g in gws), return_exceptions=True)
         self.gateways.clear()
@@ -387,6 +481,7 @@ async def serve_site(site: Site, clock: Clock, devices: list[DeviceInstance], *,
                                              period=rp, tick=tick), clock, kids, seed=seed,
                             client_prefix=client_prefix)
             handle.gateways[gw.id] = gw
+            handle.by_path[d.path] = gw
             gw.start()
     except BaseException:
         await handle.aclose()
