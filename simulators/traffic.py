@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 from asyncua import Server, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.server.address_space import AttributeService
+from asyncua.server.address_space import AttributeService, AttributeValue, NodeData
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -309,6 +309,40 @@ def _variant_type(suffix: str, value: Any) -> ua.VariantType:
     return ua.VariantType.Boolean if isinstance(value, bool) else ua.VariantType.Double
 
 
+def _const(v: Any, t: ua.VariantType) -> ua.DataValue:
+    return ua.DataValue(ua.Variant(v, t))
+
+
+_VAR_CONST = (
+    (ua.AttributeIds.NodeClass, _const(ua.NodeClass.Variable, ua.VariantType.Int32)),
+    (ua.AttributeIds.WriteMask, _const(0, ua.VariantType.UInt32)),
+    (ua.AttributeIds.UserWriteMask, _const(0, ua.VariantType.UInt32)),
+    (ua.AttributeIds.ValueRank, _const(-1, ua.VariantType.Int32)),
+    (ua.AttributeIds.ArrayDimensions, _const([], ua.VariantType.UInt32)),
+    (ua.AttributeIds.MinimumSamplingInterval, _const(0.0, ua.VariantType.Double)),
+    (ua.AttributeIds.Historizing, _const(False, ua.VariantType.Boolean)),
+)
+_DATATYPE = {vt: _const(ua.NodeId(vt.value), ua.VariantType.NodeId)
+             for vt in (ua.VariantType.Boolean, ua.VariantType.Int32, ua.VariantType.UInt32,
+                        ua.VariantType.Double)}
+#: AccessLevel (Part 3 §8.57): CurrentRead, plus CurrentWrite for command variables.
+_ACCESS = {False: _const(1, ua.VariantType.Byte), True: _const(3, ua.VariantType.Byte)}
+
+
+def _reference(reftype: int, target: ua.NodeId, forward: bool, browse: ua.QualifiedName,
+               nodeclass: ua.NodeClass, typedef: ua.NodeId | None = None) -> ua.ReferenceDescription:
+    r = ua.ReferenceDescription()
+    r.ReferenceTypeId = ua.NodeId(reftype)
+    r.IsForward = forward
+    r.NodeId = target
+    r.BrowseName = browse
+    r.DisplayName = ua.LocalizedText(browse.Name)
+    r.NodeClass = nodeclass
+    if typedef is not None:
+        r.TypeDefinition = typedef
+    return r
+
+
 class _CommandAttributeService(AttributeService):
     """The Write service of a controller: command variables go to the controller, which
     accepts or refuses them with its own status code (OPC UA Part 4 §5.10.4 per-node results);
@@ -461,13 +495,10 @@ class _EndpointServer:
                     )
                 parent = folders[key]
             full = f"{name}.{suffix}"
-            var = await parent.add_variable(
-                self.nid(full), ua.QualifiedName(parts[-1], ns),
-                ua.Variant(value, _variant_type(suffix, value)),
+            self.nodes[full] = self._add_variable(
+                parent.nodeid, self.nid(full), parts[-1], value, _variant_type(suffix, value),
+                writable=suffix.startswith("Commands."),
             )
-            if suffix.startswith("Commands."):
-                await var.set_writable(True)
-            self.nodes[full] = var.nodeid
         await self.write_values(name, values, now)
         m = model
 
@@ -501,6 +532,47 @@ class _EndpointServer:
                              method(flash_cmd), [ua.VariantType.Boolean], [])
         await obj.add_method(self.nid(f"{name}.ResetFaults"), ua.QualifiedName("ResetFaults", ns),
                              method(reset_cmd), [], [])
+
+    def _add_variable(self, parent: ua.NodeId, nodeid: ua.NodeId, name: str, value: Any,
+                      vt: ua.VariantType, writable: bool) -> ua.NodeId:
+        """Create a BaseDataVariable directly in the address space (Part 3 §5.6, Part 5 §7.4).
+
+        asyncua's AddNodes path costs ~0.7 ms per node (it writes ~24 attributes one by one
+        with checks); a junction has 14 + 4 per signal group variables, so a 2,000-junction
+        city took minutes to start. Built here in one go: the same attributes and references
+        (HasTypeDefinition, HasComponent both ways) that AddNodes would create.
+        """
+        nd = NodeData(nodeid)
+        a = nd.attributes
+        qn = ua.QualifiedName(name, self.ns)
+
+        def attr(v: Any, t: ua.VariantType) -> AttributeValue:
+            return AttributeValue(ua.DataValue(ua.Variant(v, t)))
+
+        text = ua.LocalizedText(name)
+        a[ua.AttributeIds.NodeId] = attr(nodeid, ua.VariantType.NodeId)
+        a[ua.AttributeIds.BrowseName] = attr(qn, ua.VariantType.QualifiedName)
+        a[ua.AttributeIds.DisplayName] = attr(text, ua.VariantType.LocalizedText)
+        a[ua.AttributeIds.Description] = attr(text, ua.VariantType.LocalizedText)
+        a[ua.AttributeIds.Value] = AttributeValue(ua.DataValue(ua.Variant(value, vt)))
+        # constant attributes: one shared (never written) DataValue each, own AttributeValue
+        for aid, dv in (*_VAR_CONST, (ua.AttributeIds.DataType, _DATATYPE[vt]),
+                        (ua.AttributeIds.AccessLevel, _ACCESS[writable]),
+                        (ua.AttributeIds.UserAccessLevel, _ACCESS[writable])):
+            a[aid] = AttributeValue(dv)
+        aspace = self.server.iserver.aspace
+        parent_nd = aspace[parent]
+        parent_qn = parent_nd.attributes[ua.AttributeIds.BrowseName].value.Value.Value
+        nd.references.append(_reference(ua.ObjectIds.HasTypeDefinition, ua.NodeId(ua.ObjectIds.BaseDataVariableType),
+                                        True, ua.QualifiedName("BaseDataVariableType", 0),
+                                        ua.NodeClass.VariableType))
+        nd.references.append(_reference(ua.ObjectIds.HasComponent, parent, False, parent_qn,
+                                        ua.NodeClass.Object))
+        parent_nd.references.append(_reference(ua.ObjectIds.HasComponent, nodeid, True, qn,
+                                               ua.NodeClass.Variable,
+                                               ua.NodeId(ua.ObjectIds.BaseDataVariableType)))
+        aspace[nodeid] = nd
+        return nodeid
 
     async def command(self, name: str, fn: Callable[[], int]) -> int:
         if name in self.offline:

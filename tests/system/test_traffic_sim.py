@@ -44,6 +44,16 @@ async def test_information_model_browse_read_and_source_time(sim_two_junctions, 
             [f"{ns}:JB", f"{ns}:SignalGroups", f"{ns}:SG01", f"{ns}:State"])
         dv = await state.read_data_value()
         assert dv.Value.VariantType == ua.VariantType.Int32
+        # variables are built directly in the address space: check what a generic HMI reads
+        assert await state.read_data_type() == ua.NodeId(ua.ObjectIds.Int32)
+        assert (await state.read_browse_name()).Name == "State"
+        sg01 = await c.nodes.objects.get_child([f"{ns}:JB", f"{ns}:SignalGroups", f"{ns}:SG01"])
+        names = sorted([(await n.read_browse_name()).Name for n in await sg01.get_children()])
+        assert names == ["AmberLampFailure", "GreenLampFailure", "RedLampFailure", "State"]
+        assert (await state.get_parent()).nodeid == sg01.nodeid
+        plan_req = c.get_node(ua.NodeId("JB.Commands.PlanRequest", ns))
+        assert await plan_req.get_access_level() == {ua.AccessLevel.CurrentRead, ua.AccessLevel.CurrentWrite}
+        assert await state.get_access_level() == {ua.AccessLevel.CurrentRead}
         assert dv.SourceTimestamp.timestamp() == stepped_clock.time()
         assert await c.get_node(ua.NodeId("JA.Status.Mode", ns)).read_value() == 0
 
