@@ -244,7 +244,7 @@ def health_tags(site: Any) -> list[str]:
            "_system/server/tags", "_system/server/task_restarts"]
     for proto in site.by_protocol():
         out += [f"_system/{proto}/{p}" for p in ("connected", "cycle_ms", "late_cycles", "errors", "cycles")]
-    out += ["_system/historian/lag_s", "_system/historian/points", "_system/historian/spool_fill"]
+    out += ["_system/historian/lag_s", "_system/historian/written", "_system/historian/spool_fill_pct"]
     return out
 
 
@@ -393,7 +393,7 @@ def main() -> None:
             if late is not None and cyc:
                 cycles_on_time[proto] = round(100.0 * (1 - late / cyc), 2)
             elif late is not None:
-                cycles_on_time[proto] = f"late cycles: {late:.0f}"
+                cycles_on_time[proto] = f"push (subscriptions), late cycles: {late:.0f}"
         cpu_pct = 100.0 * (cpu1 - cpu0) / (tm1 - tm0)
         figures.update({
             "duration_s": round(tm1 - tm0), "server_alive": alive, "server_stop_s": round(stop_s, 2),

@@ -16,6 +16,7 @@ with ``runtime.services.get("historian")``. Three tasks on the one event loop:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -46,6 +47,7 @@ HEALTH = (
     PointDef("write_errors", "int", "", "failed backend writes (retried)"),
     PointDef("rejected_blocks", "int", "", "blocks refused by the backend (set aside)"),
     PointDef("dropped", "int", "", "points dropped because the spool was full"),
+    PointDef("lag_s", "float", "s", "age of the oldest spooled block the backend has not stored yet"),
 )
 
 SPOOL_ALARM_FILL = 0.8
@@ -85,6 +87,7 @@ class HistorianService(Service):
         self._full = asyncio.Event()
         self._io = asyncio.Lock()  # one spool append at a time, blocks stay in order
         self._fwd = asyncio.Lock()  # one forwarding pass at a time, blocks stay in order
+        self._spooled_at: collections.deque[float] = collections.deque()  # per pending block
         self._alarm_raised = False
         self._next_snapshot: float | None = None
 
@@ -153,6 +156,7 @@ class HistorianService(Service):
             except SpoolFull as e:
                 log.error("%s", e)
                 return 0
+            self._spooled_at.append(self.clock.time())
             self._spooled.set()
             return len(pts)
 
@@ -189,6 +193,8 @@ class HistorianService(Service):
                           self.backend.name, len(pts), e, where)
                 continue
             self.spool.remove(name)
+            if self._spooled_at:  # blocks left by a previous run have no entry
+                self._spooled_at.popleft()
             if not self.backend_ok:
                 log.warning("historian backend %s is back; spool replayed", self.backend.name)
             self.backend_ok = True
@@ -233,6 +239,7 @@ class HistorianService(Service):
             "write_errors": self.counters["write_errors"],
             "rejected_blocks": self.counters["rejected_blocks"],
             "dropped": self.spool.dropped + self.recorder.overflow,
+            "lag_s": (self.clock.time() - self._spooled_at[0]) if self._spooled_at else 0.0,
         }
 
     def publish_health(self) -> None:

@@ -32,6 +32,7 @@ STANDARD_HEALTH = (
     PointDef("devices", "int", "", "devices configured for this driver"),
     PointDef("connected", "int", "", "devices currently answering"),
     PointDef("cycle_ms", "float", "ms", "duration of the last complete poll/update cycle"),
+    PointDef("cycles", "int", "", "poll cycles completed (polling drivers; 0 for push drivers)"),
     PointDef("late_cycles", "int", "", "poll cycles that did not complete within their period"),
     PointDef("errors", "int", "", "communication errors since start"),
     PointDef("rejected", "int", "", "malformed frames or payloads counted and skipped"),

@@ -514,6 +514,7 @@ class ModbusDriver(Driver):
             took = done - scheduled
             period = min(g.period for g in due)
             self.cycle_log.append((done, took, period))
+            self.ctx.health.inc("cycles")
             if took > period:
                 self.ctx.health.inc("late_cycles")
             for g in due:

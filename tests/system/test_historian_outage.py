@@ -57,12 +57,15 @@ async def test_backend_down_ten_minutes_under_load_loses_nothing(kind, tmp_path,
                 h.publish_health()
                 assert rt.tagdb.read("_system/historian/backend_ok").value is False
                 assert rt.tagdb.read("_system/historian/spool_blocks").value > 0
+                # lag: the oldest waiting block dates from around the start of the outage
+                assert rt.tagdb.read("_system/historian/lag_s").value >= 5.0 * (k - 5 * 12) - 10
         assert seen_down, "the service should have noticed the outage"
         await h.flush()
         backend.flush()
     finally:
         await rt.stop()
     assert h.spool.pending() == []
+    assert h.health_values()["lag_s"] == 0.0
     reader = EmbeddedBackend(str(tmp_path / "store")) if kind == "embedded" else backend
     total = 0
     for i in tags.tolist():

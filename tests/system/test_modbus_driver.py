@@ -159,10 +159,11 @@ async def test_poll_groups_coalesce_and_keep_their_rates(tmp_path, modbus_server
             ("holding", 20, 2), ("holding", 30, 3 + 1), ("holding", 40, 4),
             ("input", 0, 2), ("coil", 4, 1), ("discrete", 7, 1)]
         assert [(r.table, r.start, r.count) for r in slow.reads] == [("holding", 10, 2)]
-        before = h.health("requests")
+        before, cycles0 = h.health("requests"), h.health("cycles")
         await h.step(2.0, n=30)  # one minute
         sent = h.health("requests") - before
         assert sent == 30 * len(fast.reads) + len(slow.reads)
+        assert h.health("cycles") - cycles0 == 30  # the 60 s group rides on a 2 s cycle
         assert h.health("late_cycles") == 0
 
 
