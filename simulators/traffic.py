@@ -484,6 +484,7 @@ class _EndpointServer:
         obj = await self.server.nodes.objects.add_object(self.nid(name), ua.QualifiedName(name, ns))
         folders: dict[str, Any] = {}
         values = model.values(now)
+        ts = datetime.fromtimestamp(now + model.clock_drift_s, UTC)
         for suffix, value in values.items():
             parts = suffix.split(".")
             parent = obj
@@ -497,9 +498,9 @@ class _EndpointServer:
             full = f"{name}.{suffix}"
             self.nodes[full] = self._add_variable(
                 parent.nodeid, self.nid(full), parts[-1], value, _variant_type(suffix, value),
-                writable=suffix.startswith("Commands."),
+                writable=suffix.startswith("Commands."), ts=ts,
             )
-        await self.write_values(name, values, now)
+            self.last[full] = value
         m = model
 
         async def plan_cmd(v: Any, m: JunctionModel = m, name: str = name) -> int:
@@ -534,7 +535,7 @@ class _EndpointServer:
                              method(reset_cmd), [], [])
 
     def _add_variable(self, parent: ua.NodeId, nodeid: ua.NodeId, name: str, value: Any,
-                      vt: ua.VariantType, writable: bool) -> ua.NodeId:
+                      vt: ua.VariantType, writable: bool, ts: datetime) -> ua.NodeId:
         """Create a BaseDataVariable directly in the address space (Part 3 §5.6, Part 5 §7.4).
 
         asyncua's AddNodes path costs ~0.7 ms per node (it writes ~24 attributes one by one
@@ -554,7 +555,8 @@ class _EndpointServer:
         a[ua.AttributeIds.BrowseName] = attr(qn, ua.VariantType.QualifiedName)
         a[ua.AttributeIds.DisplayName] = attr(text, ua.VariantType.LocalizedText)
         a[ua.AttributeIds.Description] = attr(text, ua.VariantType.LocalizedText)
-        a[ua.AttributeIds.Value] = AttributeValue(ua.DataValue(ua.Variant(value, vt)))
+        a[ua.AttributeIds.Value] = AttributeValue(
+            ua.DataValue(ua.Variant(value, vt), SourceTimestamp=ts, ServerTimestamp=ts))
         # constant attributes: one shared (never written) DataValue each, own AttributeValue
         for aid, dv in (*_VAR_CONST, (ua.AttributeIds.DataType, _DATATYPE[vt]),
                         (ua.AttributeIds.AccessLevel, _ACCESS[writable]),
