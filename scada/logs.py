@@ -33,3 +33,6 @@ def setup(level: str = "info", stream: object = None) -> None:
     if level.lower() != "debug":
         for name in ("asyncua", "pymodbus", "amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # asyncua logs a full traceback ("Publish iteration crashed") at ERROR for every lost
+        # junction session; the OPC UA driver already logs the loss once, in one line
+        logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
