@@ -56,13 +56,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_range(n: int, start: int = 21000) -> int:
-    """First port p >= start such that p..p+n-1 are all bindable on loopback now."""
+def free_range(n: int, start: int = 21000, avoid: tuple[int, ...] = ()) -> int:
+    """First port p >= start such that p..p+n-1 are all bindable on loopback now (and none of
+    ``avoid``, ports already promised to another server of the bench)."""
     p = start
     while p + n < 65000:
         ok = True
         for q in range(p, p + n):
+            if q in avoid:
+                ok, p = False, q + 1
+                break
             with socket.socket() as s:
+                # as the servers will: TIME_WAIT leftovers of an earlier run do not block a listener
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", q))
                 except OSError:
@@ -150,7 +156,9 @@ def prepare_city(work: str, size: str, broker_port: int, opcua_port: int) -> tup
     with open(cab, "w") as f:
         f.write(text.replace("status: 2s", "status: 10s"))
     site_path = os.path.join(work, "city.yaml")
-    base = free_range(lum // 20 + jct + 50)
+    # gen-city: cabinets from base (at most one per 20 luminaires, plus one per area), junction
+    # endpoints from base + lum // 20 + 33, one per 100 junctions
+    base = free_range(lum // 20 + 33 + jct // 100 + 2, avoid=(broker_port, opcua_port))
     subprocess.run([sys.executable, "-m", "cli", "gen-city", "--luminaires", str(lum), "--junctions",
                     str(jct), "--out", site_path, "--profiles", prof, "--base-port", str(base),
                     "--broker", f"127.0.0.1:{broker_port}"], cwd=REPO, check=True, timeout=600)
@@ -223,6 +231,136 @@ async def client_main(cfg: dict[str, Any], events_f: Any, health_f: Any) -> None
                 pass
 
 
+async def churn_main(url: str, clients: int, seconds: float) -> None:
+    """``clients`` OPC UA clients connecting and disconnecting every second, for ``seconds``."""
+    from asyncua import Client
+
+    async def one() -> bool:
+        try:
+            async with Client(url, timeout=10) as c:
+                await c.nodes.server.read_browse_name()
+            return True
+        except Exception:  # counted: the server may refuse sessions at its bound
+            return False
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    ok = failed = 0
+    while loop.time() < end:
+        t0 = loop.time()
+        res = await asyncio.gather(*(one() for _ in range(clients)))
+        ok += sum(res)
+        failed += len(res) - sum(res)
+        await asyncio.sleep(max(0.0, 1.0 - (loop.time() - t0)))
+    print(json.dumps({"sessions_ok": ok, "sessions_failed": failed}), flush=True)
+
+
+def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, int], procs: list,
+              server: Proc, ccfg: dict[str, Any], opcua_port: int, rng: random.Random, tm0: float,
+              duration: float, rss_samples: list[int]) -> dict[str, Any]:
+    """The chaos list of issue 9 against the running city; returns what was checked."""
+    from scada.alarms.journal import read_journal
+    from scada.alarms.metrics import compute as alarm_metrics
+
+    def ctl(path: str, req: dict[str, Any]) -> dict[str, Any]:
+        top = "/".join(path.split("/")[:2])
+        return send_control(controls[shard_of.get(top, 0)], {**req, "path": path})
+
+    def at(offset: float) -> None:
+        while time.monotonic() < tm0 + offset:
+            time.sleep(min(1.0, tm0 + offset - time.monotonic()))
+            if int(time.monotonic()) % 30 == 0:
+                rss_samples.append(server.rss())
+
+    def health_last() -> dict[str, Any]:
+        rows = read_jsonl(ccfg["health"])
+        return rows[-1] if rows else {}
+
+    report: dict[str, Any] = {}
+    restarts0 = health_last().get("_system/server/task_restarts", 0)
+    cabinets = [d for d in site.devices if d.kind == "cabinet"]
+    killed = rng.sample(cabinets, max(1, len(cabinets) // 20))
+    t_kill = time.time()
+    at(10)
+    for d in killed:
+        ctl(d.path, {"op": "inject", "fault": "offline"})
+    at(70)
+    for d in killed:
+        ctl(d.path, {"op": "clear"})
+    report["cabinets_killed_60s"] = len(killed)
+    # MQTT broker restart
+    at(90)
+    mosq = next(p for p in procs if p.name == "mosquitto")
+    mosq.stop(signal.SIGTERM)
+    time.sleep(5)
+    mosq.p = subprocess.Popen(mosq.p.args, cwd=REPO, stdout=mosq.log if not mosq.log.closed else subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    report["broker_restarted"] = True
+    # junction server restart
+    at(110)
+    junctions = [d for d in site.devices if d.kind == "junction"]
+    if junctions:
+        ctl(junctions[0].path, {"op": "inject", "fault": "server_restart"})
+        report["junction_server_restarted"] = junctions[0].connection.get("endpoint")
+    # historian backend away (its segment directory replaced by a file), back after --outage
+    at(120)
+    segdir = os.path.join(site.config.site.state_dir if os.path.isabs(site.config.site.state_dir)
+                          else os.path.join(work, site.config.site.state_dir), "historian", "data", "segments")
+    away = segdir + ".away"
+    outage_on = os.path.isdir(segdir)
+    if outage_on:
+        os.replace(segdir, away)
+        with open(segdir, "w") as f:
+            f.write("outage\n")
+    # flood: 2,000 lamp failures within one minute
+    at(150)
+    lums = [c for d in site.devices for c in d.children]
+    flood = rng.sample(lums, min(2000, len(lums)))
+    for k, d in enumerate(flood):
+        ctl(d.path, {"op": "inject", "fault": "lamp_failure"})
+        if k % 50 == 49:
+            time.sleep(1.4)
+    report["flood_lamp_failures"] = len(flood)
+    # 50 HMI clients connecting and disconnecting every second, for a minute
+    at(220)
+    rss_before_churn = server.rss()
+    churn = subprocess.run([sys.executable, os.path.abspath(__file__), "--churn",
+                            f"opc.tcp://127.0.0.1:{opcua_port}/scada", "50", "60"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    try:
+        report["hmi_churn"] = json.loads(churn.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        report["hmi_churn"] = {"error": churn.stderr[-500:]}
+    time.sleep(60)
+    rss_after = server.rss()
+    report["rss_mb_before_churn"] = round(rss_before_churn / 2**20)
+    report["rss_mb_60s_after_churn"] = round(rss_after / 2**20)
+    report["rss_back_within_5pct"] = rss_after <= rss_before_churn * 1.05
+    # historian back
+    at(120 + a.outage)
+    if outage_on:
+        os.unlink(segdir)
+        os.replace(away, segdir)
+    at(duration - 5)
+    last = health_last()
+    # one red dot per root cause: each killed cabinet raised comm_lost, its luminaires nothing
+    events = [e for e in read_jsonl(ccfg["events"]) if e["t"] >= t_kill]
+    killed_paths = {d.path for d in killed}
+    comm = {e["source"] for e in events if e["name"] == "comm_lost" and e.get("active")}
+    under = [e for e in events if e.get("active") and e["name"] != "lamp_failure"
+             and any(e["source"].startswith(p + "/") for p in killed_paths)]
+    report["killed_cabinets_with_one_comm_lost"] = len(comm & killed_paths)
+    report["red_dots_under_killed_cabinets"] = len(under)
+    journal = os.path.join(os.path.dirname(os.path.dirname(segdir)).rsplit("/historian", 1)[0], "alarms")
+    m = alarm_metrics(read_journal(journal), time.time())
+    report["flood_detected"] = bool(m["flood_periods"])
+    report["server_alive"] = server.alive()
+    report["task_restarts"] = (last.get("_system/server/task_restarts", 0) or 0) - (restarts0 or 0)
+    report["historian_spool_blocks_at_end"] = last.get("_system/historian/spool_fill_pct")
+    report["historian_written"] = last.get("_system/historian/written")
+    return report
+
+
 # --------------------------------------------------------------------------- orchestration
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
@@ -257,9 +395,17 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=10_000, help="variables the client monitors")
     ap.add_argument("--sim-procs", type=int, default=None)
     ap.add_argument("--soak", type=float, default=None, metavar="HOURS")
+    ap.add_argument("--chaos", action="store_true",
+                    help="run the chaos list (cabinets killed, broker and junction restarts, "
+                         "historian outage, lamp-failure flood, HMI churn) instead of plain faults")
+    ap.add_argument("--outage", type=float, default=600.0, help="historian outage in --chaos, s")
+    ap.add_argument("--churn", nargs=3, metavar=("URL", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--client", metavar="CFG", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.churn:
+        asyncio.run(churn_main(a.churn[0], int(a.churn[1]), float(a.churn[2])))
+        return
     if a.client:
         with open(a.client) as f:
             cfg = json.load(f)
@@ -267,7 +413,7 @@ def main() -> None:
             asyncio.run(client_main(cfg, ev, hl))
         return
     rng = random.Random(42)
-    duration = a.duration or (3600 * a.soak if a.soak else 180.0)
+    duration = a.duration or (3600 * a.soak if a.soak else (a.outage + 300 if a.chaos else 180.0))
     sim_procs = a.sim_procs or {"small": 1, "dijon": 1, "paris": 3}[a.size]
     work = tempfile.mkdtemp(prefix=f"city-{a.size}-")
     procs: list[Proc] = []
@@ -339,16 +485,22 @@ def main() -> None:
         cpu0, tm0 = server.cpu_seconds(), time.monotonic()
         rss_samples = [server.rss()]
         health_mark = len(read_jsonl(ccfg["health"]))
-        shard_of = {}
-        top = [d.path for d in site.devices]
-        for k, p in enumerate(top):
-            shard_of[p] = k % sim_procs
+        from scada.commands.sim import shard_key
+
+        order: dict[tuple, int] = {}
+        shard_of: dict[str, int] = {}
+        for d in site.devices:  # the same split as `scada sim --shard` (by listening address)
+            shard_of[d.path] = order.setdefault(shard_key(d), len(order)) % sim_procs
         injected: list[tuple[str, float]] = []
         refused: list[str] = []
         period = 60.0
         n_faults = a.faults if not a.soak else int(duration // 60)
         inject_window = max(1.0, duration - period - 15) if not a.soak else duration - period
-        victims = rng.sample(lums, min(n_faults, len(lums)))
+        victims = rng.sample(lums, min(n_faults, len(lums))) if not a.chaos else []
+        chaos_report: dict[str, Any] = {}
+        if a.chaos:
+            chaos_report = run_chaos(a, site, work, controls, shard_of, procs, server, ccfg,
+                                     opcua_port, rng, tm0, duration, rss_samples)
         for k, path in enumerate(victims):
             at = tm0 + k * inject_window / max(1, len(victims))
             while time.monotonic() < at:
@@ -363,6 +515,10 @@ def main() -> None:
                 injected.append((path, t_flip))
             else:
                 refused.append(f"{path}: {ans.get('error')}")
+            if a.soak and k >= 2:  # a soak's faults are repaired two minutes later
+                old_path = victims[k - 2]
+                send_control(controls[shard_of.get(old_path.rsplit("/", 1)[0], 0)],
+                             {"op": "clear", "path": old_path})
         while time.monotonic() < tm0 + duration:
             time.sleep(min(5.0, tm0 + duration - time.monotonic()))
             rss_samples.append(server.rss())
@@ -415,7 +571,10 @@ def main() -> None:
                         "paris": "no poll cycle late, server < 100 % of one core",
                         "fault_to_red_dot_p99_s": f"<= {period} + 0.25"},
         })
+        if chaos_report:
+            figures["chaos"] = chaos_report
         if a.soak:
+            figures["soak_availability_pct"] = cycles_on_time
             rss_h = [(r / 2**20) for r in rss_samples]
             warm = rss_h[len(rss_h) // 6:] or rss_h
             growth = (warm[-1] - warm[0]) / warm[0] * 100 / max(1e-9, (tm1 - tm0) / 3600)
