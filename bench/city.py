@@ -175,13 +175,30 @@ async def client_main(cfg: dict[str, Any], events_f: Any, health_f: Any) -> None
 
     The log files are line-buffered and small writes; they are opened by the caller, outside
     the event loop."""
-    from asyncua import Client, ua
+    from asyncua import Client
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     counts = {"datachanges": 0, "events": 0}
+    # asyncua's default 1 s watchdog drops sessions on a busy server (issue 5): 10 s holds
+    for attempt in range(10):
+        client = Client(cfg["endpoint"], timeout=60, watchdog_intervall=10.0)
+        client.session_timeout = 600_000
+        try:
+            await _client_session(client, cfg, events_f, health_f, stop, counts)
+            return
+        except (ConnectionError, TimeoutError, OSError) as e:
+            health_f.write(json.dumps({"t": time.time(), "error": f"session lost: {e!r}"}) + "\n")
+            if stop.is_set() or attempt == 9:
+                raise
+            await asyncio.sleep(5)
+
+
+async def _client_session(client: Any, cfg: dict[str, Any], events_f: Any, health_f: Any,
+                          stop: asyncio.Event, counts: dict[str, int]) -> None:
+    from asyncua import ua
 
     class Handler:
         def event_notification(self, ev: Any) -> None:
@@ -203,8 +220,6 @@ async def client_main(cfg: dict[str, Any], events_f: Any, health_f: Any) -> None
         def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
             counts["datachanges"] += 1
 
-    client = Client(cfg["endpoint"], timeout=60)
-    client.session_timeout = 600_000
     async with client:
         ns = await client.get_namespace_index(NS_URI)
         handler = Handler()
