@@ -106,6 +106,17 @@ class EmbeddedBackend(Backend):
 
     name = "embedded"
 
+
+    def _install(self, tmp: str, name: str) -> None:
+        """Make a finished segment file durable (fsync if configured) and visible atomically
+        under its final name: readers never see a partial segment."""
+        if self.fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, os.path.join(self.segdir, name))
     def __init__(self, path: str, options: dict[str, Any] | None = None) -> None:
         super().__init__(path, options)
         self.segdir = os.path.join(path, "segments")
@@ -265,13 +276,7 @@ class EmbeddedBackend(Backend):
             )
         finally:
             cur.close()
-        if self.fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, os.path.join(self.segdir, name))
+        self._install(tmp, name)
         self.written_bytes += os.path.getsize(os.path.join(self.segdir, name))
 
     def compact(self, min_blocks: int = 8, fan_in: int = 8, max_level: int = 4) -> int:
@@ -330,13 +335,7 @@ class EmbeddedBackend(Backend):
             return False
         finally:
             cur.close()
-        if self.fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, os.path.join(self.segdir, name))
+        self._install(tmp, name)
         for f in files:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f)
