@@ -106,7 +106,6 @@ class EmbeddedBackend(Backend):
 
     name = "embedded"
 
-
     def _install(self, tmp: str, name: str) -> None:
         """Make a finished segment file durable (fsync if configured) and visible atomically
         under its final name: readers never see a partial segment."""
