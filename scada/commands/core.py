@@ -162,8 +162,13 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
         sims = await start_simulators(site, clock)
     try:
         rt = Runtime(site, clock)
-        rt.load_drivers()
-        rt.load_services()
+        try:
+            # drivers check what only they can (a profile's topic templates, register overlaps...)
+            rt.load_drivers()
+            rt.load_services()
+        except ConfigError as e:
+            click.echo(f"{site.path}: {e}", err=True)
+            raise SystemExit(2) from None
 
         def ready() -> None:
             _print_ready(rt, simulate)

@@ -71,3 +71,28 @@ def test_run_with_bad_config_exits_2(tmp_path):
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), timeout=60)
     assert res.returncode == 2
     assert f"{p}:1: site.latitude" in res.stderr
+
+
+def test_run_with_a_profile_only_the_driver_can_refuse_exits_2(tmp_path):
+    """A Modbus point naming a poll group its profile does not declare (only the driver knows
+    the profile's groups): a clear message naming profile and point, exit 2, no traceback."""
+    p = tmp_path / "bad.yaml"
+    p.write_text(textwrap.dedent("""\
+        site: {name: x, latitude: 47, longitude: 5}
+        areas: [{id: a}]
+        profiles:
+          meter:
+            protocol: modbus
+            kind: meter
+            points:
+              - {name: e, source: {table: holding, address: 10, type: uint32, poll: hourly}}
+        devices:
+          - {id: m1, profile: meter, area: a, connection: {host: 127.0.0.1, port: 1502}}
+        opcua: {enabled: false}
+        historian: {enabled: false}
+        """))
+    res = subprocess.run([sys.executable, "-m", "cli", "run", str(p)], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert "profile 'meter' point 'e': poll group 'hourly'" in res.stderr, res.stderr
