@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
 import math
 import signal
@@ -252,6 +253,12 @@ class Runtime:
 
     async def start(self) -> None:
         """Start drivers, services and the health task (returns once they are launched)."""
+        # A city loads millions of long-lived objects (site model, alarm conditions, schedules);
+        # a full garbage collection scanning them stalls the event loop for hundreds of ms.
+        # Collect once now and move them to the permanent generation (gc.freeze), so later
+        # collections only look at what the running server allocates.
+        gc.collect()
+        gc.freeze()
         for name, svc in self.services.items():
             self.supervise(f"service:{name}", svc.run)
         for proto, drv in self.drivers.items():
@@ -295,6 +302,7 @@ class Runtime:
     async def stop(self) -> None:
         """Cancel every task, then close drivers and services, all within the shutdown budget."""
         self._stopping.set()
+        gc.unfreeze()  # what start() froze becomes collectable again (tests start many runtimes)
         tasks = list(self._tasks.values())
         for t in tasks:
             t.cancel()
