@@ -376,6 +376,14 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
     return report
 
 
+def sim_specs(sim_procs: int, junction_procs: int) -> list[tuple[list[str], int, int]]:
+    """(protocols, shard, shards) of each simulator process; no protocol list means all."""
+    if not junction_procs:
+        return [([], i, sim_procs) for i in range(sim_procs)]
+    return ([(["modbus", "mqtt"], i, sim_procs) for i in range(sim_procs)]
+            + [(["opcua"], j, junction_procs) for j in range(junction_procs)])
+
+
 # --------------------------------------------------------------------------- orchestration
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
@@ -408,7 +416,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=75.0, help="seconds before measuring")
     ap.add_argument("--faults", type=int, default=200)
     ap.add_argument("--sample", type=int, default=10_000, help="variables the client monitors")
-    ap.add_argument("--sim-procs", type=int, default=None)
+    ap.add_argument("--sim-procs", type=int, default=None, help="simulator processes (lighting)")
+    ap.add_argument("--junction-procs", type=int, default=None,
+                    help="separate simulator processes for junctions (0: with the lighting)")
     ap.add_argument("--soak", type=float, default=None, metavar="HOURS")
     ap.add_argument("--chaos", action="store_true",
                     help="run the chaos list (cabinets killed, broker and junction restarts, "
@@ -430,6 +440,7 @@ def main() -> None:
     rng = random.Random(42)
     duration = a.duration or (3600 * a.soak if a.soak else (a.outage + 300 if a.chaos else 180.0))
     sim_procs = a.sim_procs or {"small": 1, "dijon": 1, "paris": 3}[a.size]
+    junction_procs = a.junction_procs if a.junction_procs is not None else {"small": 0, "dijon": 0, "paris": 2}[a.size]
     work = tempfile.mkdtemp(prefix=f"city-{a.size}-")
     procs: list[Proc] = []
     figures: dict[str, Any] = {"size": a.size, "luminaires": SIZES[a.size][0], "junctions": SIZES[a.size][1]}
@@ -446,14 +457,18 @@ def main() -> None:
         print(f"[city] {a.size}: {site.tag_count:,} tags in {sum(1 for _ in site.all_devices()):,} devices, "
               f"generated in {time.monotonic() - t0:.1f} s (work dir {work})", flush=True)
 
-        # simulators
+        # simulators: lighting (Modbus + DALI) sharded over sim_procs processes; at Paris size the
+        # junction controllers get processes of their own (asyncua creates ~92,000 monitored items
+        # server-side: sharing a process with 68,000 lighting devices starved their sessions)
+        specs = sim_specs(sim_procs, junction_procs)
         ready_files = []
-        for i in range(sim_procs):
-            rf = os.path.join(work, f"sim{i}.ready.json")
+        for k, (protos, i, m) in enumerate(specs):
+            rf = os.path.join(work, f"sim{k}.ready.json")
             ready_files.append(rf)
-            procs.append(Proc(f"sim{i}", [sys.executable, "-m", "cli", "sim", site_path, "--shard",
-                                           f"{i}/{sim_procs}", "--ready-file", rf], work))
-        sims = procs[-sim_procs:]
+            args = [x for p in protos for x in ("--protocol", p)]
+            procs.append(Proc(f"sim{k}", [sys.executable, "-m", "cli", "sim", site_path, *args, "--shard",
+                                           f"{i}/{m}", "--ready-file", rf], work))
+        sims = procs[-len(specs):]
         t0 = time.monotonic()
         while not all(os.path.exists(r) for r in ready_files):
             if time.monotonic() - t0 > 900 or not all(s.alive() for s in sims):
@@ -465,7 +480,7 @@ def main() -> None:
                 info = json.load(f)
             controls.append(tuple(info["control"]))
         figures["sim_start_s"] = round(time.monotonic() - t0, 1)
-        print(f"[city] {sim_procs} simulator process(es) ready in {figures['sim_start_s']} s", flush=True)
+        print(f"[city] {len(specs)} simulator process(es) ready in {figures['sim_start_s']} s", flush=True)
 
         # server
         t0 = time.monotonic()
@@ -503,9 +518,13 @@ def main() -> None:
         from scada.commands.sim import shard_key
 
         order: dict[tuple, int] = {}
-        shard_of: dict[str, int] = {}
+        shard_of: dict[str, int] = {}  # top-level device -> index of its simulator process
         for d in site.devices:  # the same split as `scada sim --shard` (by listening address)
-            shard_of[d.path] = order.setdefault(shard_key(d), len(order)) % sim_procs
+            k = order.setdefault(shard_key(d), len(order))
+            if junction_procs and d.protocol == "opcua":
+                shard_of[d.path] = sim_procs + k % junction_procs
+            else:
+                shard_of[d.path] = k % sim_procs
         injected: list[tuple[str, float]] = []
         refused: list[str] = []
         period = 60.0
@@ -565,6 +584,11 @@ def main() -> None:
                 cycles_on_time[proto] = round(100.0 * (1 - late / cyc), 2)
             elif late is not None:
                 cycles_on_time[proto] = f"push (subscriptions), late cycles: {late:.0f}"
+        connected = {}
+        for proto, devs in site.by_protocol().items():
+            vals = [h.get(f"_system/{proto}/connected") for h in health
+                    if h.get(f"_system/{proto}/connected") is not None]
+            connected[proto] = f"{int(vals[-1]) if vals else '?'} of {len(devs)}"
         cpu_pct = 100.0 * (cpu1 - cpu0) / (tm1 - tm0)
         figures.update({
             "duration_s": round(tm1 - tm0), "server_alive": alive, "server_stop_s": round(stop_s, 2),
@@ -572,6 +596,7 @@ def main() -> None:
             "server_rss_mb_max": round(max(rss_samples) / 2**20),
             "server_rss_mb_end": round(rss_samples[-1] / 2**20),
             "tag_updates_per_s_median": round(percentile(ups, 50)) if ups else None,
+            "devices_connected_at_end": connected,
             "poll_cycles_on_time_pct": cycles_on_time,
             "loop_lag_ms_p50": round(percentile(lag, 50), 1) if lag else None,
             "loop_lag_ms_p99": round(percentile(lag, 99), 1) if lag else None,
