@@ -31,9 +31,9 @@ def load_or_exit(path: str):  # -> Site
 def resolve_state_dir(site) -> None:
     """Make the site's state directory absolute (relative to the site file)."""
     if not os.path.isabs(site.config.site.state_dir):
-        site.config.site.state_dir = os.path.join(
+        site.config.site.state_dir = os.path.normpath(os.path.join(
             os.path.dirname(os.path.abspath(site.path)), site.config.site.state_dir
-        )
+        ))
 
 
 def summary(site) -> str:
