@@ -309,15 +309,19 @@ class Runtime:
         deadline = asyncio.get_running_loop().time() + self.shutdown_timeout
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.1, self.shutdown_timeout / 2))
-        closers = [drv.aclose() for drv in self.drivers.values()]
-        closers += [svc.aclose() for svc in reversed(list(self.services.values()))]
+        names = [f"driver:{p}" for p in self.drivers] + [f"service:{n}" for n in reversed(list(self.services))]
+        closers = [asyncio.ensure_future(drv.aclose()) for drv in self.drivers.values()]
+        closers += [asyncio.ensure_future(svc.aclose()) for svc in reversed(list(self.services.values()))]
         remaining = max(0.1, deadline - asyncio.get_running_loop().time())
-        results = await asyncio.wait_for(
-            asyncio.gather(*closers, return_exceptions=True), timeout=remaining
-        ) if closers else []
-        for r in results:
-            if isinstance(r, BaseException):
-                log.error("error while closing: %r", r)
+        if closers:
+            _done, pending = await asyncio.wait(closers, timeout=remaining)
+            for name, fut in zip(names, closers, strict=True):
+                if fut in pending:
+                    log.error("%s did not close within the %.0f s shutdown budget; abandoned",
+                              name, self.shutdown_timeout)
+                    fut.cancel()
+                elif fut.exception() is not None:
+                    log.error("%s failed while closing: %r", name, fut.exception())
         self._tasks.clear()
 
     async def serve_forever(self, ready: Callable[[], None] | None = None) -> None:

@@ -156,3 +156,28 @@ async def test_write_carries_the_caller(rt):
     await rt.write("centre/lum-1/level_cmd", 10, user="eve")
     await rt.write("centre/lum-1/level_cmd", 10)
     assert seen == ["eve", None] and current_user() is None
+
+
+class SlowToClose(Service):
+    name = "slow"
+
+    async def run(self):
+        await asyncio.Event().wait()
+
+    async def aclose(self):
+        await asyncio.sleep(30)
+
+
+async def test_stop_keeps_its_budget_and_names_what_was_slow(site, caplog):
+    rt = Runtime(site, SteppedClock(), shutdown_timeout=0.3)
+    rt.add_service(SlowToClose())
+    flaky = Flaky()
+    flaky.runs = 3  # runs normally
+    rt.add_service(flaky)
+    await rt.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await rt.stop()  # must not raise, must not wait 30 s
+    assert loop.time() - t0 < 5.0
+    assert "service:slow did not close within the 0 s shutdown budget" in caplog.text
+    assert flaky.closed
