@@ -139,17 +139,40 @@ def run(site_file: str, rate: float, opcua_port: int | None) -> None:
 @click.option("--rate", default=1.0, show_default=True, help="Clock rate (simulated s per real s).")
 @click.option("--state-dir", default=None, help="Where the demo keeps its state (default: site's).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, duration: float | None) -> None:
-    """Run the demo city: simulators plus server in one process, nothing else to install."""
+@click.option("--fault", "faults", multiple=True, metavar="NAME:PATH[:k=v,...]",
+              help="Simulator fault applied at start, e.g. lamp_failure:centre/cab-001/lum-03 "
+                   "(repeatable; see `scada sim --help`).")
+@click.option("--control", default="127.0.0.1:0", show_default=True,
+              help="HOST:PORT of the simulators' JSON-lines fault channel ('' disables it).")
+def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, duration: float | None,
+         faults: tuple[str, ...], control: str) -> None:
+    """Run the demo city: simulators plus server in one process, nothing else to install.
+
+    Faults can be injected at start (--fault) or while it runs through the control channel,
+    e.g. ``echo '{"op": "inject", "path": "centre/cab-001/lum-03", "fault": "lamp_failure"}' |
+    nc -q1 127.0.0.1 PORT``; the red dots appear on `scada alarms` and to OPC UA clients."""
+    from simulators.faults import FaultError, parse_fault_spec
+
     site = load_or_exit(site_file)
     site.config.opcua.port = opcua_port
     if state_dir:
         site.config.site.state_dir = state_dir
     resolve_state_dir(site)
-    asyncio.run(_serve(site, rate, simulate=True, duration=duration))
+    try:
+        parsed = [parse_fault_spec(f) for f in faults]
+    except FaultError as e:
+        raise click.BadParameter(str(e), param_hint="--fault") from None
+    ctl = None
+    if control:
+        host, _, port = control.rpartition(":")
+        if not port.isdigit():
+            raise click.BadParameter(f"expected HOST:PORT, got {control!r}", param_hint="--control")
+        ctl = (host or "127.0.0.1", int(port))
+    asyncio.run(_serve(site, rate, simulate=True, duration=duration, faults=parsed, control=ctl))
 
 
-async def _serve(site, rate: float, simulate: bool, duration: float | None = None) -> None:
+async def _serve(site, rate: float, simulate: bool, duration: float | None = None,
+                 faults: list | None = None, control: tuple[str, int] | None = None) -> None:
     from scada.clock import make_clock
     from scada.runtime import Runtime
 
@@ -160,7 +183,24 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
         from simulators.city import start_simulators
 
         sims = await start_simulators(site, clock)
+    ctl_server = None
     try:
+        if sims is not None:
+            from simulators.faults import ControlServer, FaultError, FaultRouter
+
+            router = FaultRouter(site, sims.handles)
+            for name, path, params in faults or []:
+                try:
+                    router.inject(path, name, **params)
+                except FaultError as e:
+                    click.echo(f"--fault {name}:{path}: {e}", err=True)
+                    raise SystemExit(2) from None
+                click.echo(f"fault {name} on {path} {params or ''}".rstrip())
+            if control is not None:
+                ctl_server = ControlServer(router, *control)
+                port = await ctl_server.start()
+                click.echo(f"simulator fault channel: {control[0]}:{port} (JSON lines, "
+                           "see simulators/faults.py)")
         rt = Runtime(site, clock)
         try:
             # drivers check what only they can (a profile's topic templates, register overlaps...)
@@ -181,6 +221,8 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(stopper()))
         await rt.serve_forever(ready)
     finally:
+        if ctl_server is not None:
+            await ctl_server.aclose()
         if sims is not None:
             await sims.aclose()
 
