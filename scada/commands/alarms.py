@@ -12,13 +12,15 @@ import json
 import os
 import re
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
+from scada.clock import RealClock
 from scada.sections.common import parse_duration
+
+_CLOCK = RealClock()  # the CLI's 'now' (the server's clock may be simulated)
 
 FIELDS = ("seq", "ts", "time", "alarm_id", "device", "area", "name", "category", "priority",
           "severity", "event", "state", "active", "acked", "shelved", "suppressed", "oos",
@@ -50,7 +52,7 @@ def parse_time(s: str | None, now: float | None = None) -> float | None:
     (that long ago) or POSIX seconds."""
     if s is None:
         return None
-    now = time.time() if now is None else now
+    now = _CLOCK.time() if now is None else now
     if re.fullmatch(r"\d+(\.\d+)?", s) and float(s) > 1e8:
         return float(s)
     try:
@@ -162,7 +164,7 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
     if metrics:
         chat = {} if cfg is None else {"chatter_count": cfg.chatter.count,
                                        "chatter_window": cfg.chatter.window}
-        m = MX.compute(entries, now=t1 or time.time(), **chat)
+        m = MX.compute(entries, now=t1 or _CLOCK.time(), **chat)
         if fmt == "json":
             _emit_json(m, output)
         else:

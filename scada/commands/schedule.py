@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import click
 
+from scada.clock import RealClock
+
 from .core import DEMO_SITE, load_or_exit
+
+_CLOCK = RealClock()  # the CLI's 'now' (the server's clock may be simulated)
 
 
 def _state_dir(site) -> str:
@@ -239,7 +242,7 @@ def preview(site_file: str, night: str, area: str | None) -> None:
 def explain(luminaire: str, site_file: str, at: str | None) -> None:
     """Explain which rule sets LUMINAIRE's level at a time, and why."""
     site = load_or_exit(site_file)
-    t = _parse_at(at, site.config.site.timezone) if at else time.time()
+    t = _parse_at(at, site.config.site.timezone) if at else _CLOCK.time()
     click.echo(explain_text(site, luminaire, t))
 
 
@@ -275,7 +278,7 @@ def override_set(site_file, user, level, minutes, reason, areas, devices, groups
             minutes=minutes,
             reason=reason,
             user=user,
-            now=time.time(),
+            now=_CLOCK.time(),
             areas=list(areas) or None,
             devices=list(devices) or None,
             groups=list(groups) or None,
@@ -324,7 +327,7 @@ def override_list(site_file) -> None:
     store = OverrideStore(_state_dir(site))
     store.reload_if_changed()
     tz = ZoneInfo(site.config.site.timezone)
-    act = store.active(time.time())
+    act = store.active(_CLOCK.time())
     if not act:
         click.echo("no active override")
     for o in act:
@@ -348,7 +351,7 @@ def override_cancel(site_file, override_id, user) -> None:
     audit = AuditLog(os.path.join(state, "audit.log"), _RealClock())
     try:
         authorize(_role_of(site, user), user, audit, "schedule.override.cancel", override_id)
-        o = OverrideStore(state).update(override_id, cancelled=time.time())
+        o = OverrideStore(state).update(override_id, cancelled=_CLOCK.time())
     except (OverrideRefused, KeyError) as e:
         click.echo(f"cancel refused: {e}", err=True)
         audit.close()
