@@ -33,6 +33,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def device_ports(n: int = 200) -> int:
+    """First of ``n`` consecutive ports, all free on loopback now, for a generated city's
+    simulated devices. Drawn below Linux's ephemeral range (32768-60999), where outgoing
+    connections would otherwise take a listening port from under a simulator."""
+    import random
+
+    for _ in range(50):
+        base = random.randrange(20000, 32000 - n)
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports below 32000 on loopback")
+
+
 @pytest.fixture
 def stepped_clock() -> SteppedClock:
     return SteppedClock()

@@ -36,7 +36,7 @@ from scada.gencity import generate
 from scada.loader import load_site
 from scada.runtime import Runtime
 from simulators.city import start_simulators
-from tests.conftest import free_port
+from tests.conftest import device_ports, free_port
 from tests.fixtures.historian import EmbeddedOutage
 from tests.fixtures.mqtt import eventually
 
@@ -60,8 +60,7 @@ def city(tmp_path: Path, broker: str) -> tuple[str, int]:
         assert old in text, f"{name}: expected {old!r} to shorten the period"
         p.write_text(text.replace(old, new))
     site = tmp_path / "city.yaml"
-    base = free_port()
-    generate(300, 2, out_path=str(site), profiles_dir=str(prof), seed=5, base_port=base % 40000 + 20000,
+    generate(300, 2, out_path=str(site), profiles_dir=str(prof), seed=5, base_port=device_ports(),
              broker=broker, junctions_per_server=1)
     port = free_port()
     text = site.read_text().replace("schedules:\n", "schedules:\n  enabled: false\n", 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scada.gencity import generate
-from tests.conftest import free_port
+from tests.conftest import device_ports, free_port
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_fault_becomes_a_red_dot(tmp_path):
     site = tmp_path / "city.yaml"
     generate(150, 1, out_path=str(site), profiles_dir=str(REPO / "config" / "profiles"), seed=2,
-             base_port=free_port() % 30000 + 20000)
+             base_port=device_ports())
     site.write_text(site.read_text() + f"drivers: {{mqtt: {{embedded_port: {free_port()}}}}}\n"
                     "historian: {enabled: false}\n")
     lum = next(line.split("id: ")[1] for line in site.read_text().splitlines() if "id: cab-" in line)
