@@ -28,14 +28,13 @@ import asyncio
 import gc
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drivers.base import Backoff, Driver, DriverContext, PointDef, RateLimitedLog
+from drivers.base import Backoff, CycleLog, Driver, DriverContext, PointDef, RateLimitedLog
 from scada import quality as Q
 from scada.errors import ConfigError
 from scada.site import DeviceInstance
@@ -284,7 +283,7 @@ class ModbusDriver(Driver):
         self._idle.set()
         #: per station poll: (clock time at completion, seconds from scheduled start to
         #: completion, shortest period of the groups polled)
-        self.cycle_log: deque[tuple[float, float, float]] = deque(maxlen=200_000)
+        self.cycle_log = CycleLog(200_000)
         # building a city's plans allocates ~10^5 small arrays and no cycles: without pausing
         # the cyclic GC, its full collections took more time than the planning itself
         was = gc.isenabled()

@@ -181,3 +181,18 @@ async def test_stop_keeps_its_budget_and_names_what_was_slow(site, caplog):
     assert loop.time() - t0 < 5.0
     assert "service:slow did not close within the 0 s shutdown budget" in caplog.text
     assert flaky.closed
+
+
+def test_cycle_log_ring_keeps_the_last_cycles_in_order():
+    from drivers.base import CycleLog
+
+    log = CycleLog(4)
+    assert list(log) == [] and list(reversed(log)) == []
+    for k in range(3):
+        log.append((float(k), 0.1 * k, 2.0))
+    assert [t for t, _, _ in log] == [0.0, 1.0, 2.0]
+    for k in range(3, 10):
+        log.append((float(k), 0.1 * k, 2.0))
+    assert len(log) == 4
+    assert [t for t, _, _ in log] == [6.0, 7.0, 8.0, 9.0]
+    assert [t for t, _, _ in reversed(log)] == [9.0, 8.0, 7.0, 6.0]
