@@ -19,6 +19,7 @@ import heapq
 import itertools
 import time as _time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 
@@ -66,18 +67,20 @@ class RealClock(Clock):
 class ScaledClock(Clock):
     """Simulated time: starts at ``start`` (default: now) and runs ``rate`` times faster."""
 
-    def __init__(self, rate: float = 1.0, start: float | None = None):
+    def __init__(self, rate: float = 1.0, start: float | None = None, *,
+                 monotonic: Callable[[], float] = _time.monotonic):
         if rate <= 0:
             raise ValueError(f"clock rate must be > 0, got {rate}")
         self.rate = float(rate)
-        self._mono0 = _time.monotonic()
+        self._monotonic = monotonic  # injectable: tests drive it instead of waiting
+        self._mono0 = monotonic()
         self._start = _time.time() if start is None else float(start)
 
     def time(self) -> float:
-        return self._start + (_time.monotonic() - self._mono0) * self.rate
+        return self._start + (self._monotonic() - self._mono0) * self.rate
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self.rate)
+        await asyncio.sleep(self.real_seconds(max(0.0, seconds)))
 
 
 class SteppedClock(Clock):

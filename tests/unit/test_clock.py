@@ -52,13 +52,21 @@ async def test_stepped_clock_refuses_going_back():
         await SteppedClock().advance(-1)
 
 
-async def test_scaled_clock_runs_faster():
-    clock = ScaledClock(rate=1000.0, start=0.0)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    await clock.sleep(50.0)  # 50 simulated seconds = 50 ms real
-    assert clock.time() >= 50.0
-    assert loop.time() - t0 < 5.0  # generous: only guards against sleeping in real seconds
+async def test_scaled_clock_runs_faster(monkeypatch):
+    real = [100.0]  # the monotonic source, driven by the test
+    clock = ScaledClock(rate=1000.0, start=0.0, monotonic=lambda: real[0])
+    assert clock.time() == 0.0
+    real[0] += 0.05  # 50 ms of real time = 50 simulated seconds
+    assert clock.time() == pytest.approx(50.0)
+    slept: list[float] = []
+
+    async def fake_sleep(d: float) -> None:
+        slept.append(d)
+
+    monkeypatch.setattr("scada.clock.asyncio.sleep", fake_sleep)
+    await clock.sleep(50.0)  # asks the loop for 50 ms, not 50 s
+    await clock.sleep(-1.0)
+    assert slept == [pytest.approx(0.05), 0.0]
     assert clock.real_seconds(10.0) == pytest.approx(0.01)
 
 
