@@ -28,6 +28,7 @@ counted in the ``_schedules/<area>/not_followed`` tag either way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,31 +227,30 @@ class Commander:
     def _cabinet(
         self, parent: str, sched: np.ndarray, changed: np.ndarray, wanted: np.ndarray
     ) -> list[Command]:
-        same, lvl = _uniform(wanted[sched])
-        if same:
-            return [Command(f"{parent}/group_level", lvl, "cabinet", sched, lvl)]
-        narrow = self._singles(changed, wanted)
-        m = _mode(wanted[sched])
-        exc = sched[wanted[sched] != m]
-        broad = [
-            Command(f"{parent}/group_level", m, "cabinet", sched, m),
-            *self._singles(exc, wanted),
-        ]
-        return broad if len(broad) < len(narrow) else narrow
+        return self._broad_or_narrow(f"{parent}/group_level", "cabinet", sched, changed, wanted,
+                                     lambda targets: self._singles(targets, wanted))
 
     def _dali(
         self, parent: str, sched: np.ndarray, changed: np.ndarray, wanted: np.ndarray
     ) -> list[Command]:
+        return self._broad_or_narrow(f"{parent}/broadcast_level", "broadcast", sched, changed, wanted,
+                                     lambda targets: self._groups(parent, sched, targets, wanted))
+
+    @staticmethod
+    def _broad_or_narrow(
+        tag: str, kind: str, sched: np.ndarray, changed: np.ndarray, wanted: np.ndarray,
+        narrow_of: Callable[[np.ndarray], list[Command]],
+    ) -> list[Command]:
+        """Fewest commands for one cabinet or gateway: its one broad command (cabinet-wide
+        register, DALI broadcast) when every scheduled luminaire wants the same level; else the
+        cheaper of the narrow commands for what changed, or the broad command at the most
+        common level plus narrow commands for the exceptions."""
         same, lvl = _uniform(wanted[sched])
         if same:
-            return [Command(f"{parent}/broadcast_level", lvl, "broadcast", sched, lvl)]
-        narrow = self._groups(parent, sched, changed, wanted)
+            return [Command(tag, lvl, kind, sched, lvl)]
+        narrow = narrow_of(changed)
         m = _mode(wanted[sched])
-        exc = sched[wanted[sched] != m]
-        broad = [
-            Command(f"{parent}/broadcast_level", m, "broadcast", sched, m),
-            *self._groups(parent, sched, exc, wanted),
-        ]
+        broad = [Command(tag, m, kind, sched, m), *narrow_of(sched[wanted[sched] != m])]
         return broad if len(broad) < len(narrow) else narrow
 
     def _groups(
