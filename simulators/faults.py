@@ -204,3 +204,20 @@ def send_control(host: str, port: int, *requests: dict[str, Any],
                 raise ConnectionError(f"control channel {host}:{port} closed before answering")
             out.append(json.loads(line))
     return out
+
+
+async def open_fault_channel(
+    site: Any, handles: dict[str, Any], faults: list[tuple[str, str, dict[str, Any]]],
+    control: tuple[str, int] | None, echo: Any = print,
+) -> ControlServer | None:
+    """Apply start-up faults to running simulators and open the control channel (if asked):
+    what ``scada sim`` and ``scada demo`` both do. Returns the channel (None when disabled)."""
+    router = FaultRouter(site, handles)
+    for name, path, params in faults:
+        router.inject(path, name, **params)
+        echo(f"fault {name} on {path} {params or ''}".rstrip())
+    if control is None:
+        return None
+    server = ControlServer(router, *control)
+    await server.start()
+    return server

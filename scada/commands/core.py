@@ -162,12 +162,9 @@ def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, du
         parsed = [parse_fault_spec(f) for f in faults]
     except FaultError as e:
         raise click.BadParameter(str(e), param_hint="--fault") from None
-    ctl = None
-    if control:
-        host, _, port = control.rpartition(":")
-        if not port.isdigit():
-            raise click.BadParameter(f"expected HOST:PORT, got {control!r}", param_hint="--control")
-        ctl = (host or "127.0.0.1", int(port))
+    from scada.commands.sim import hostport
+
+    ctl = hostport(control)
     asyncio.run(_serve(site, rate, simulate=True, duration=duration, faults=parsed, control=ctl))
 
 
@@ -186,20 +183,16 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
     ctl_server = None
     try:
         if sims is not None:
-            from simulators.faults import ControlServer, FaultError, FaultRouter
+            from simulators.faults import FaultError, open_fault_channel
 
-            router = FaultRouter(site, sims.handles)
-            for name, path, params in faults or []:
-                try:
-                    router.inject(path, name, **params)
-                except FaultError as e:
-                    click.echo(f"--fault {name}:{path}: {e}", err=True)
-                    raise SystemExit(2) from None
-                click.echo(f"fault {name} on {path} {params or ''}".rstrip())
-            if control is not None:
-                ctl_server = ControlServer(router, *control)
-                port = await ctl_server.start()
-                click.echo(f"simulator fault channel: {control[0]}:{port} (JSON lines, "
+            try:
+                ctl_server = await open_fault_channel(site, sims.handles, faults or [], control,
+                                                      click.echo)
+            except FaultError as e:
+                click.echo(f"--fault: {e}", err=True)
+                raise SystemExit(2) from None
+            if ctl_server is not None:
+                click.echo(f"simulator fault channel: {control[0]}:{ctl_server.port} (JSON lines, "
                            "see simulators/faults.py)")
         rt = Runtime(site, clock)
         try:

@@ -25,7 +25,7 @@ def register(main: click.Group) -> None:
     main.add_command(sim)
 
 
-def _hostport(value: str) -> tuple[str, int] | None:
+def hostport(value: str) -> tuple[str, int] | None:
     if not value:
         return None
     host, sep, port = value.rpartition(":")
@@ -71,7 +71,7 @@ def sim(site_file: str, rate: float, faults: tuple[str, ...], protocols: tuple[s
         raise click.BadParameter(str(e), param_hint="--fault") from None
     if rate <= 0:
         raise click.BadParameter("must be > 0", param_hint="--rate")
-    ctl = _hostport(control)
+    ctl = hostport(control)
     try:
         asyncio.run(_run(site, rate, parsed, list(protocols) or None, ctl, ready_file, duration))
     except (FaultError, OSError, ValueError) as e:
@@ -119,7 +119,7 @@ def _write_ready(path: str, info: dict) -> None:
 async def _run(site, rate: float, faults, protocols, ctl, ready_file, duration) -> None:
     from scada.clock import make_clock
     from simulators.city import start_simulators
-    from simulators.faults import ControlServer, FaultRouter
+    from simulators.faults import ControlServer, open_fault_channel
 
     clock = make_clock(rate)
     stop = asyncio.Event()
@@ -129,17 +129,12 @@ async def _run(site, rate: float, faults, protocols, ctl, ready_file, duration) 
     sims = await start_simulators(site, clock, protocols)
     server: ControlServer | None = None
     try:
-        router = FaultRouter(site, sims.handles)
-        for name, path, params in faults:
-            router.inject(path, name, **params)
-            click.echo(f"fault {name} on {path} {params or ''}".rstrip())
+        server = await open_fault_channel(site, sims.handles, faults, ctl, click.echo)
         counts = site.by_protocol()
         desc = ", ".join(f"{p} {len(counts.get(p, []))} devices" for p in sims.handles)
         click.echo(f"simulating site {site.name!r} at rate {rate:g}: {desc or 'nothing'}")
-        if ctl is not None:
-            server = ControlServer(router, *ctl)
-            port = await server.start()
-            click.echo(f"control channel: {ctl[0]}:{port} (JSON lines, see simulators/faults.py)")
+        if server is not None:
+            click.echo(f"control channel: {ctl[0]}:{server.port} (JSON lines, see simulators/faults.py)")
         if ready_file:
             info = {"pid": os.getpid(),
                     "control": [ctl[0], server.port] if server is not None else None,
