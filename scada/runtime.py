@@ -33,7 +33,7 @@ import numpy as np
 from . import quality as Q
 from .clock import Clock, RealClock
 from .driver import STANDARD_HEALTH, Driver, DriverContext, Health
-from .errors import ConfigError, UnknownTagError
+from .errors import ConfigError, UnknownTagError, WriteRefused
 from .site import Site
 from .tags import Batch, PointDef, TagDatabase
 
@@ -168,8 +168,6 @@ class Runtime:
     def check_write(self, tag: int | str, value: Any) -> tuple[int, Any]:
         """Validate a write without sending it: returns (tag index, coerced value) or raises
         :class:`~scada.errors.WriteRefused` with the OPC UA status to report."""
-        from .errors import WriteRefused
-
         try:
             i = self.tagdb.index(tag) if isinstance(tag, str) else int(tag)
             info = self.tagdb.info(i)
@@ -203,8 +201,6 @@ class Runtime:
             _CALLER.reset(token)
 
     async def _write(self, tag: int | str, value: Any) -> int:
-        from .errors import WriteRefused
-
         try:
             i, v = self.check_write(tag, value)
         except WriteRefused as e:
