@@ -681,9 +681,9 @@ class AlarmEngine:
             else:
                 state, ack = (b"Normal", b"true") if acked.all() else (b"UnackRTN", b"false")
             head = (b'{"seq":%d,"ts":' + ts + b',"event":"' + event.encode() + b'","state":"'
-                    + state + b'","acked":' + ack + b',"shelved":0,"shelve_until":null,'
-                    b'"suppressed":false,"oos":false,"user":null,"comment":null,"active":%d,'
-                    b'"value":%s,%s')
+                    + state + b'","acked":' + ack + b',"active":%d,"value":%s,%s')
+            # shelved, shelve_until, suppressed, oos, user and comment hold their defaults
+            # (journal.DEFAULTS): left out, the reader puts them back
             tail_of = self._tail_of
             tl = [tails[c] or tail_of(c) for c in rl]
             lines = list(map(head.__mod__, zip(range(seq0, seq0 + n), ll, vs, tl, strict=True)))
