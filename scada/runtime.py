@@ -21,6 +21,7 @@ import contextvars
 import gc
 import logging
 import math
+import os
 import signal
 import time as _time
 from abc import ABC, abstractmethod
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import memdiag
 from . import quality as Q
 from .clock import Clock, RealClock
 from .driver import STANDARD_HEALTH, Driver, DriverContext, Health
@@ -49,6 +51,7 @@ SERVER_HEALTH = (
     PointDef("loop_lag_ms", "float", "ms", "event-loop lag measured by the health task"),
     PointDef("task_restarts", "int", "", "supervised tasks restarted after a crash"),
     PointDef("subscriber_errors", "int", "", "exceptions raised by change subscribers"),
+    PointDef("rss_mb", "float", "MB", "resident memory of the server process"),
 )
 
 
@@ -260,6 +263,13 @@ class Runtime:
         for proto, drv in self.drivers.items():
             self.supervise(f"driver:{proto}", drv.run)
         self.supervise("health", self._health_loop)
+        diag = os.environ.get("SCADA_MEMDIAG")
+        if diag:
+            from scada import memdiag
+
+            cons = tuple(c for svc in self.services.values()
+                         if (c := getattr(getattr(svc, "backend", None), "_con", None)) is not None)
+            self.supervise("memdiag", lambda: memdiag.run(float(diag), cons))
 
     async def _health_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -276,6 +286,7 @@ class Runtime:
             srv.set("updates_per_s", (st["samples"] - last_stats["samples"]) / dt)
             srv.set("changes_per_s", (st["changes"] - last_stats["changes"]) / dt)
             srv.set("loop_lag_ms", lag * 1000.0)
+            srv.set("rss_mb", memdiag.rss_bytes() / 2**20)
             last_stats, last_t = dict(st), now
             self.publish_health()
 
@@ -340,7 +351,9 @@ class Runtime:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            t0 = _time.monotonic()
             await self.stop()
+            log.info("stopped in %.2f s", _time.monotonic() - t0)
 
 
 def coerce(p: PointDef, value: Any) -> Any:
