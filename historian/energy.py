@@ -158,18 +158,35 @@ def inventory_from_site(site: Any) -> Inventory:
 
 @dataclass
 class EnergyResult:
-    """Every figure of a report (JSON/CSV/HTML render the same object)."""
+    """Every figure of a report (JSON/CSV/HTML render the same object). The luminaire and
+    cabinet tables (``luminaires``, ``cabinets``: one row per light point / cabinet) are built
+    from their columns when first asked for: a KPI over 34,000 points does not pay for 34,000
+    rows it does not show."""
 
     inputs: dict[str, Any]
     summary: list[dict[str, Any]]
     monthly: list[dict[str, Any]]
     contract_years: list[dict[str, Any]]
     areas: list[dict[str, Any]]
-    cabinets: list[dict[str, Any]]
+    cabinet_columns: dict[str, Any] = field(repr=False, compare=False)
     worst_cabinets: list[dict[str, Any]]
-    luminaires: list[dict[str, Any]]
-    uncertainty: str
+    luminaire_columns: dict[str, Any] = field(repr=False, compare=False)
+    uncertainty: str = ""
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _luminaires: list[dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
+    _cabinets: list[dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def luminaires(self) -> list[dict[str, Any]]:
+        if self._luminaires is None:
+            self._luminaires = _luminaire_rows(self.luminaire_columns)
+        return self._luminaires
+
+    @property
+    def cabinets(self) -> list[dict[str, Any]]:
+        if self._cabinets is None:
+            self._cabinets = _cabinet_rows(self.cabinet_columns)
+        return self._cabinets
 
     def as_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "summary": self.summary, "monthly": self.monthly,
@@ -179,6 +196,235 @@ class EnergyResult:
 
 
 # ---------------------------------------------------------------------------- counters
+_CFIELDS = ("first_t", "first_v", "last_t", "last_v", "count", "mono")
+
+
+class _Summaries:
+    """Per-night counter summaries of ``S`` series over ``D1`` nights: a night's row of a field
+    over every series (:meth:`night`), or the [series, night] block of some series
+    (:meth:`take`). From roll-ups (:class:`historian.rollup.RollupView`, rows read from the
+    memory-mapped files) or from a :class:`historian.base.Buckets` push-down."""
+
+    def __init__(self, S: int, D1: int, view: Any = None, bk: Any = None):
+        self.S, self.D1, self.view = S, D1, view
+        self.m: dict[str, np.ndarray] = {}
+        if view is None:  # night-major matrices from the buckets
+            m = {f: np.full((D1, S), np.nan) for f in _CFIELDS[:4]}
+            m["count"] = np.zeros((D1, S))
+            m["mono"] = np.ones((D1, S))
+            ok = (bk.bucket >= 0) & (bk.bucket < D1) & (bk.count > 0)
+            k_, s_ = bk.bucket[ok], bk.sid[ok]
+            for f, src in (("first_t", bk.first_t), ("first_v", bk.first_v), ("last_t", bk.last_t),
+                           ("last_v", bk.last_v), ("count", bk.count), ("mono", bk.monotonic)):
+                m[f][k_, s_] = src[ok]
+            self.m = m
+
+    def night(self, j: int, field: str) -> np.ndarray:
+        return self.m[field][j] if self.view is None else self.view.night(j, field)
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        if self.view is not None:
+            return self.view.take(idx, _CFIELDS)
+        return {f: a[:, idx].T for f, a in self.m.items()}
+
+
+@dataclass
+class CounterTotals:
+    """Energy (Wh) of counter series over the result nights, in two parts.
+
+    ``fast`` series (every night measured, checked in one streaming pass over the nights; see
+    :func:`counter_totals`) are given as totals only: ``e_l`` per series and ``e_d`` per night
+    (summed over the fast series). The other series (``idx``) have their energy and status per
+    night (``energy``/``status`` [len(idx), D], the exact computation of docs/energy-kpi.md §4).
+    """
+
+    fast: np.ndarray  # bool [S]
+    e_l: np.ndarray  # [S]: total over the nights of each fast series (0 for the others)
+    e_d: np.ndarray  # [D]: per night, summed over the fast series
+    idx: np.ndarray  # [X] the series computed night by night
+    energy: np.ndarray  # [X, D]
+    status: np.ndarray  # int8 [X, D]
+    resets: np.ndarray  # [S]
+    replacements: np.ndarray  # [S]
+    n_slow: int = 0
+
+
+def _exact(backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray, max_w: np.ndarray,
+           c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Energy and status per series and night (all ``D1`` nights, the carry night first) of the
+    series ``keys`` from their summaries ``c`` ([series, night] arrays of ``_CFIELDS``): gaps
+    filled, resets/rollovers/jumps from raw readings, nights without data estimated."""
+    fv_, lv_, ft_, lt_, cnt_ = c["first_v"], c["last_v"], c["first_t"], c["last_t"], c["count"]
+    mono_ = c["mono"] > 0.5
+    S_, D1 = fv_.shape
+    has = cnt_ > 0
+    # the common case in one pass: the previous reading is last night's (shifted columns);
+    # nights after a gap and series with resets/jumps are handled one by one below
+    has_prev = np.zeros_like(has)
+    has_prev[:, 1:] = has[:, :-1]
+    lv_prev = np.full_like(lv_, np.nan)
+    lv_prev[:, 1:] = lv_[:, :-1]
+    lt_prev = np.full_like(lt_, np.nan)
+    lt_prev[:, 1:] = lt_[:, :-1]
+    direct = has & has_prev
+    within = np.where(has, lv_ - fv_, 0.0)
+    cross = np.where(direct, fv_ - lv_prev, 0.0)
+    rate = (max_w / 3600.0)[:, None]
+    with np.errstate(invalid="ignore"):
+        suspicious = (has & (~mono_ | (within > rate * np.maximum(lt_ - ft_, 1.0) + 1e-9))) | (
+            direct & ((cross < 0) | (cross > rate * np.maximum(ft_ - lt_prev, 1.0) + 1e-9)))
+    slow_mask = suspicious.any(axis=1)
+    gaps: list[tuple[int, int, int, float]] = []  # (series, night, previous data night, increase)
+    after_gap = has & ~has_prev
+    after_gap[:, 0] = False
+    for s_, k_ in np.argwhere(after_gap & ~slow_mask[:, None]).tolist():
+        earlier = np.flatnonzero(has[s_, :k_])
+        if not len(earlier):
+            continue  # first reading of the series: nothing before it to link
+        p_ = int(earlier[-1])
+        inc = float(fv_[s_, k_] - lv_[s_, p_])
+        if inc < 0 or inc > float(rate[s_, 0]) * max(float(ft_[s_, k_] - lt_[s_, p_]), 1.0) + 1e-9:
+            slow_mask[s_] = True
+        else:
+            gaps.append((s_, k_, p_, inc))
+    gaps = [g for g in gaps if not slow_mask[g[0]]]
+    resets = np.zeros(S_, np.int64)
+    repl = np.zeros(S_, np.int64)
+    slow = np.flatnonzero(slow_mask)
+    ks = np.arange(D1)
+    for s_ in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
+        raw = backend.read_raw(keys[s_], float(edges[0]), float(edges[-1]))
+        cd = counter_deltas(raw, edges, max_rate=float(rate[s_, 0]))
+        has[s_] = cd.count > 0
+        within[s_] = np.where(has[s_], np.nan_to_num(cd.delta) - cd.cross, 0.0)
+        d_ = has[s_] & (cd.prev_bucket == ks - 1)
+        direct[s_] = d_
+        cross[s_] = np.where(d_, cd.cross, 0.0)
+        for k_ in np.flatnonzero(has[s_] & (cd.prev_bucket >= 0) & ~d_).tolist():
+            gaps.append((s_, k_, int(cd.prev_bucket[k_]), float(cd.cross[k_])))
+        resets[s_] = int(cd.resets.sum())
+        repl[s_] = int(cd.replacements.sum())
+    energy = within + cross
+    status = np.where(has, MEASURED, ESTIMATED).astype(np.int8)
+    # an increase across a gap is spread over the missing nights and the night of the reading
+    # that ends it, in proportion to burning hours (missing nights: FILLED)
+    for s_, k_, p_, inc in gaps:
+        w = hours[p_ + 1 : k_ + 1].astype(np.float64)
+        tot = w.sum()
+        share = w / tot if tot > 0 else np.full(len(w), 1.0 / len(w))
+        energy[s_, p_ + 1 : k_ + 1] += inc * share
+        status[s_, p_ + 1 : k_] = FILLED
+    # nights before the first / after the last reading: estimated from the series' own rate,
+    # Wh per burning hour over the fully measured nights (ratio of sums), else the rated power
+    measured_full = direct & (hours[None, :] > 0)
+    e_full = np.where(measured_full, energy, 0.0).sum(axis=1)
+    h_full = (measured_full * hours[None, :]).sum(axis=1)
+    fallback = max_w / 3.0  # rated LED power (max_w is 3 x rated)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate_h = np.where(h_full > 0, e_full / h_full, fallback)
+    est = status == ESTIMATED
+    if est.any():
+        energy[est] = (rate_h[:, None] * hours[None, :])[est]
+    return energy, status, resets, repl, len(slow)
+
+
+def _fast_pass(src: _Summaries, max_w: np.ndarray, candidates: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the nights, a row of all the series at a time (no [series, night] matrix):
+    which ``candidates`` have a good reading every night with nothing to correct, and for those
+    the energy per series and per night, computed exactly as :func:`_exact` would.
+
+    A series passes when every night has good readings and no decrease (``count`` > 0,
+    ``mono``), no increase goes down between nights, and the largest increase within a night
+    (across a night boundary) is at most the plausible rate times the *shortest* reading span
+    within a night (across a boundary) - which implies the per-night checks of :func:`_exact`,
+    so a series that passes would be sent to no correction there. The others are left to
+    :func:`_exact` (they may well be fine: the bound is only sufficient)."""
+    S, D1 = src.S, src.D1
+    inf = np.inf
+    cnt_min, mono_min = np.full(S, inf), np.full(S, inf)
+    w_max, c_max = np.full(S, -inf), np.full(S, -inf)
+    dw_min, c_min, dc_min = np.full(S, inf), np.full(S, inf), np.full(S, inf)
+    e_l = np.zeros(S)
+    w, c, dt = np.empty(S), np.empty(S), np.empty(S)
+    lv_prev = lt_prev = None
+    for j in range(D1):
+        fv, lv = src.night(j, "first_v"), src.night(j, "last_v")
+        ft, lt = src.night(j, "first_t"), src.night(j, "last_t")
+        np.minimum(cnt_min, src.night(j, "count"), out=cnt_min)
+        np.minimum(mono_min, src.night(j, "mono"), out=mono_min)
+        np.subtract(lv, fv, out=w)
+        np.maximum(w_max, w, out=w_max)  # NaN propagates: such a series fails the test
+        np.subtract(lt, ft, out=dt)
+        np.minimum(dw_min, dt, out=dw_min)
+        if j:
+            np.subtract(fv, lv_prev, out=c)
+            np.minimum(c_min, c, out=c_min)
+            np.maximum(c_max, c, out=c_max)
+            np.subtract(ft, lt_prev, out=dt)
+            np.minimum(dc_min, dt, out=dc_min)
+            np.add(w, c, out=c)  # the night's energy: within + across the boundary
+            e_l += c
+        lv_prev, lt_prev = lv, lt
+    rate = max_w / 3600.0
+    fast = (candidates & (cnt_min > 0) & (mono_min > 0.5)
+            & (w_max <= rate * np.maximum(dw_min, 1.0) + 1e-9)
+            & (c_min >= 0) & (c_max <= rate * np.maximum(dc_min, 1.0) + 1e-9))
+    e_l = np.where(fast, e_l, 0.0)
+    # per night totals over the fast series (a second, lighter pass: two rows a night)
+    e_d = np.zeros(D1 - 1)
+    if fast.any():
+        every = bool(fast.all())
+        lv_prev = src.night(0, "last_v")
+        for j in range(1, D1):
+            fv, lv = src.night(j, "first_v"), src.night(j, "last_v")
+            np.subtract(lv, fv, out=w)
+            np.subtract(fv, lv_prev, out=c)
+            np.add(w, c, out=c)
+            e_d[j - 1] = c.sum() if every else c[fast].sum()
+            lv_prev = lv
+    return fast, e_l, e_d
+
+
+def counter_totals(
+    backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray,
+    max_w: np.ndarray, progress: Callable[[str], None] | None = None, bk: Any = None,
+    fast_ok: np.ndarray | None = None,
+) -> CounterTotals:
+    """Energy (Wh) of counter series over the nights (see :class:`CounterTotals`).
+
+    ``edges`` has one more leading night than the result (its readings only carry the counter
+    across the first boundary). ``bk``: a :class:`historian.rollup.RollupView` or a
+    :class:`historian.base.Buckets` of the counters (pushed down to the backend if None).
+    ``fast_ok``: the series that may be given as totals only (for the KPI: those in service
+    every night); None: every series night by night.
+    """
+    S, D1 = len(keys), len(edges) - 1
+    if bk is None:
+        bk = backend.buckets(keys, edges, counter=True)
+    src = _Summaries(S, D1, view=bk if hasattr(bk, "night") else None, bk=bk)
+    if fast_ok is not None and fast_ok.any():
+        fast, e_l, e_d = _fast_pass(src, max_w, np.asarray(fast_ok, bool))
+    else:
+        fast, e_l, e_d = np.zeros(S, bool), np.zeros(S), np.zeros(D1 - 1)
+    idx = np.flatnonzero(~fast)
+    energy = np.empty((len(idx), D1 - 1))
+    status = np.empty((len(idx), D1 - 1), np.int8)
+    resets = np.zeros(S, np.int64)
+    repl = np.zeros(S, np.int64)
+    n_slow = 0
+    for i0 in range(0, len(idx), 2048):  # a few thousand series: temporaries stay in cache
+        sel = idx[i0 : i0 + 2048]
+        e_, s_, r_, x_, n_ = _exact(backend, [keys[i] for i in sel.tolist()], edges, hours, max_w[sel],
+                                    src.take(sel))
+        energy[i0 : i0 + len(sel)], status[i0 : i0 + len(sel)] = e_[:, 1:], s_[:, 1:]
+        resets[sel], repl[sel] = r_, x_
+        n_slow += n_
+    if n_slow and progress:
+        progress(f"{n_slow} counters with resets or jumps were read raw")
+    return CounterTotals(fast, e_l, e_d, idx, energy, status, resets, repl, n_slow)
+
+
 def counter_energy(
     backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray,
     max_w: np.ndarray, progress: Callable[[str], None] | None = None, bk: Any = None,
@@ -190,126 +436,8 @@ def counter_energy(
     with status MEASURED / FILLED / ESTIMATED; nights with no way to know are ESTIMATED from
     the series' own Wh per burning hour (or ``max_w / 3`` ... see the module doc).
     """
-    S, D1 = len(keys), len(edges) - 1
-    view = None
-    if bk is not None and hasattr(bk, "rows"):  # roll-ups, read block by block below
-        view = bk
-        fv = lv = ft = lt = cnt = mono = np.zeros((0, 0))
-    else:
-        if bk is None:
-            bk = backend.buckets(keys, edges, counter=True)
-        fv = np.full((S, D1), np.nan)
-        lv = np.full((S, D1), np.nan)
-        ft = np.full((S, D1), np.nan)
-        lt = np.full((S, D1), np.nan)
-        cnt = np.zeros((S, D1), np.int64)
-        mono = np.ones((S, D1), bool)
-        ok = (bk.bucket >= 0) & (bk.bucket < D1) & (bk.count > 0)
-        s_, k_ = bk.sid[ok], bk.bucket[ok]
-        fv[s_, k_], lv[s_, k_] = bk.first_v[ok], bk.last_v[ok]
-        ft[s_, k_], lt[s_, k_] = bk.first_t[ok], bk.last_t[ok]
-        cnt[s_, k_] = bk.count[ok]
-        mono[s_, k_] = bk.monotonic[ok]
-    energy_all = np.empty((S, D1))
-    status_all = np.empty((S, D1), np.int8)
-    resets_all = np.zeros(S, np.int64)
-    repl_all = np.zeros(S, np.int64)
-    say = progress or (lambda m: None)
-    n_slow = 0
-
-    def block(r0: int, r1: int) -> None:
-        """Rows r0..r1 (a few thousand series: temporaries stay in cache, no page-fault storm)."""
-        nonlocal n_slow
-        S_ = r1 - r0
-        if view is not None:
-            m = view.rows(r0, r1, ("first_t", "first_v", "last_t", "last_v", "count", "mono"))
-            fv_, lv_, ft_, lt_, cnt_ = m["first_v"], m["last_v"], m["first_t"], m["last_t"], m["count"]
-            mono_ = m["mono"] > 0.5
-        else:
-            fv_, lv_, ft_, lt_ = fv[r0:r1], lv[r0:r1], ft[r0:r1], lt[r0:r1]
-            cnt_, mono_ = cnt[r0:r1], mono[r0:r1]
-        keys_ = keys[r0:r1]
-        max_w_ = max_w[r0:r1]
-        has = cnt_ > 0
-        # the common case in one pass: the previous reading is last night's (shifted columns);
-        # nights after a gap and series with resets/jumps are handled one by one below
-        has_prev = np.zeros_like(has)
-        has_prev[:, 1:] = has[:, :-1]
-        lv_prev = np.full_like(lv_, np.nan)
-        lv_prev[:, 1:] = lv_[:, :-1]
-        lt_prev = np.full_like(lt_, np.nan)
-        lt_prev[:, 1:] = lt_[:, :-1]
-        direct = has & has_prev
-        within = np.where(has, lv_ - fv_, 0.0)
-        cross = np.where(direct, fv_ - lv_prev, 0.0)
-        rate = (max_w_ / 3600.0)[:, None]
-        with np.errstate(invalid="ignore"):
-            suspicious = (has & (~mono_ | (within > rate * np.maximum(lt_ - ft_, 1.0) + 1e-9))) | (
-                direct & ((cross < 0) | (cross > rate * np.maximum(ft_ - lt_prev, 1.0) + 1e-9)))
-        slow_mask = suspicious.any(axis=1)
-        gaps: list[tuple[int, int, int, float]] = []  # (series, night, previous data night, increase)
-        after_gap = has & ~has_prev
-        after_gap[:, 0] = False
-        for s_, k_ in np.argwhere(after_gap & ~slow_mask[:, None]).tolist():
-            earlier = np.flatnonzero(has[s_, :k_])
-            if not len(earlier):
-                continue  # first reading of the series: nothing before it to link
-            p_ = int(earlier[-1])
-            inc = float(fv_[s_, k_] - lv_[s_, p_])
-            if inc < 0 or inc > float(rate[s_, 0]) * max(float(ft_[s_, k_] - lt_[s_, p_]), 1.0) + 1e-9:
-                slow_mask[s_] = True
-            else:
-                gaps.append((s_, k_, p_, inc))
-        gaps = [g for g in gaps if not slow_mask[g[0]]]
-        resets = np.zeros(S_, np.int64)
-        repl = np.zeros(S_, np.int64)
-        slow = np.flatnonzero(slow_mask)
-        ks = np.arange(D1)
-        for s_ in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
-            raw = backend.read_raw(keys_[s_], float(edges[0]), float(edges[-1]))
-            cd = counter_deltas(raw, edges, max_rate=float(rate[s_, 0]))
-            has[s_] = cd.count > 0
-            within[s_] = np.where(has[s_], np.nan_to_num(cd.delta) - cd.cross, 0.0)
-            d_ = has[s_] & (cd.prev_bucket == ks - 1)
-            direct[s_] = d_
-            cross[s_] = np.where(d_, cd.cross, 0.0)
-            for k_ in np.flatnonzero(has[s_] & (cd.prev_bucket >= 0) & ~d_).tolist():
-                gaps.append((s_, k_, int(cd.prev_bucket[k_]), float(cd.cross[k_])))
-            resets[s_] = int(cd.resets.sum())
-            repl[s_] = int(cd.replacements.sum())
-        energy = within + cross
-        status = np.where(has, MEASURED, ESTIMATED).astype(np.int8)
-        # an increase across a gap is spread over the missing nights and the night of the reading
-        # that ends it, in proportion to burning hours (missing nights: FILLED)
-        for s_, k_, p_, inc in gaps:
-            w = hours[p_ + 1 : k_ + 1].astype(np.float64)
-            tot = w.sum()
-            share = w / tot if tot > 0 else np.full(len(w), 1.0 / len(w))
-            energy[s_, p_ + 1 : k_ + 1] += inc * share
-            status[s_, p_ + 1 : k_] = FILLED
-        # nights before the first / after the last reading: estimated from the series' own rate,
-        # Wh per burning hour over the fully measured nights (ratio of sums), else the rated power
-        measured_full = direct & (hours[None, :] > 0)
-        e_full = np.where(measured_full, energy, 0.0).sum(axis=1)
-        h_full = (measured_full * hours[None, :]).sum(axis=1)
-        fallback = max_w_ / 3.0  # rated LED power (max_w_ is 3 x rated)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate_h = np.where(h_full > 0, e_full / h_full, fallback)
-        est = status == ESTIMATED
-        if est.any():
-            energy[est] = (rate_h[:, None] * hours[None, :])[est]
-
-        energy_all[r0:r1] = energy
-        status_all[r0:r1] = status
-        resets_all[r0:r1] = resets
-        repl_all[r0:r1] = repl
-        n_slow += len(slow)
-
-    for r0 in range(0, S, 2048):
-        block(r0, min(S, r0 + 2048))
-    if n_slow:
-        say(f"{n_slow} counters with resets or jumps were read raw")
-    return energy_all[:, 1:], status_all[:, 1:], resets_all, repl_all
+    ct = counter_totals(backend, keys, edges, hours, max_w, progress, bk)
+    return ct.energy, ct.status, ct.resets, ct.replacements
 
 
 def cabinet_on_hours(backend: Backend, cabs: Sequence[str], edges: np.ndarray, fallback: np.ndarray
@@ -365,6 +493,12 @@ def compute(
 
     ``rollups`` (:class:`historian.rollup.Rollups`): read per-night counter summaries from
     there, computing missing or stale nights first, instead of scanning raw data.
+
+    Nothing of size luminaires x nights is built for the points in service over the whole
+    period whose counters need no correction: their energy is summed while the nights are read
+    (:func:`counter_totals`); baseline and option A are sums of burning hours over each point's
+    service interval. The other points (added/removed in the period, gaps, resets...) are
+    computed night by night.
     """
     say = progress or (lambda m: None)
     pts = [p for p in inventory.points if area is None or p.area == area]
@@ -382,25 +516,48 @@ def compute(
     L = len(pts)
     nd = days[1:]
     e_ord = astro._EPOCH_ORD
-    inst = np.array([p.installed.toordinal() - e_ord if p.installed else -(10**9) for p in pts], np.int64)
-    rem = np.array([p.removed.toordinal() - e_ord if p.removed else 10**9 for p in pts], np.int64)
-    active = (nd[None, :] >= inst[:, None]) & (nd[None, :] < rem[:, None])
-    legacy = np.array([p.legacy_w for p in pts])
-    nominal = np.array([p.nominal_w or p.legacy_w / 2.0 for p in pts])
-    cabs = sorted({p.cabinet for p in pts if p.cabinet})
+    inst = np.fromiter((p.installed.toordinal() - e_ord if p.installed else -(10**9) for p in pts), np.int64, L)
+    rem = np.fromiter((p.removed.toordinal() - e_ord if p.removed else 10**9 for p in pts), np.int64, L)
+    # each point is in service over the nights [a, b) of the period (nights are consecutive)
+    a_l = np.clip(inst - nd[0], 0, D)
+    b_l = np.maximum(np.clip(rem - nd[0], 0, D), a_l)
+    legacy = np.fromiter((p.legacy_w for p in pts), np.float64, L)
+    nominal = np.fromiter((p.nominal_w or p.legacy_w / 2.0 for p in pts), np.float64, L)
+    cab_of = [p.cabinet for p in pts]
+    cabs = sorted(set(cab_of) - {""})
     cab_ix = {c: i for i, c in enumerate(cabs)}
-    lum_cab = np.array([cab_ix.get(p.cabinet, -1) for p in pts])
+    lum_cab = np.fromiter((cab_ix.get(c, -1) for c in cab_of), np.int64, L)
+    C = len(cabs)
     measured_note = ""
+    # burning hours by group of points: one group, or per cabinet when measured (+ the points
+    # without a cabinet, on astronomical hours)
     if inventory.measured_hours and cabs:
         say("routine adjustment: measured cabinet on-time")
         h_cab, n_meas = cabinet_on_hours(backend, cabs, edges[1:], hours)
-        hours_l = np.where(lum_cab[:, None] >= 0, h_cab[np.maximum(lum_cab, 0)], hours[None, :])
-        measured_note = (f"; measured on-time for {n_meas} of {len(cabs) * D} cabinet-nights, "
+        hours_g = np.vstack([h_cab, hours[None, :]])
+        grp = np.where(lum_cab >= 0, lum_cab, C)
+        measured_note = (f"; measured on-time for {n_meas} of {C * D} cabinet-nights, "
                          "astronomical hours for the others")
     else:
-        hours_l = hours[None, :]
-    in_service_h = hours_l * active  # burning hours of each point while in service
-    baseline = legacy[:, None] * in_service_h  # Wh
+        hours_g = hours[None, :]
+        grp = np.zeros(L, np.int64)
+    G = len(hours_g)
+    cum_h = np.zeros((G, D + 1))
+    np.cumsum(hours_g, axis=1, out=cum_h[:, 1:])
+    in_service_h = cum_h[grp, b_l] - cum_h[grp, a_l]  # burning hours of each point while in service
+
+    def in_service(w: np.ndarray, g: np.ndarray, n_g: int, a: np.ndarray = a_l, b: np.ndarray = b_l
+                   ) -> np.ndarray:
+        """[group, night]: sum of ``w`` over the points of each group in service that night."""
+        flat = np.concatenate([g * (D + 1) + a, g * (D + 1) + b])
+        m = np.bincount(flat, np.concatenate([w, -w]), minlength=n_g * (D + 1)).reshape(n_g, D + 1)
+        return np.cumsum(m[:, :D], axis=1)
+
+    act_l = b_l - a_l
+    act_d = np.round(in_service(np.ones(L), np.zeros(L, np.int64), 1)[0]).astype(np.int64)
+    leg_g = in_service(legacy, grp, G)
+    base_l = legacy * in_service_h  # Wh
+    base_d = (hours_g * leg_g).sum(0)
     say(f"baseline: {L} light points x {D} nights")
 
     # Option B: luminaire counters
@@ -412,60 +569,94 @@ def compute(
         if rollups is None:
             return None
         rollups.update(backend, keys, tz, night_dates[0], night_dates[-1], counter=counter)
-        if counter:
-            return rollups.view(keys, night_dates)
-        return rollups.matrices(keys, night_dates, fields=("vmax", "count"))
+        return rollups.view(keys, night_dates)
 
     e_keys = [f"{p.path}/energy_wh" for p in pts]
-    eb, st_b, resets, repl = counter_energy(backend, e_keys, edges, hours_all, max_w, say, summaries(e_keys))
-    eb = np.where(active, eb, 0.0)
-    st_b = np.where(active, st_b, INACTIVE)
+    ct = counter_totals(backend, e_keys, edges, hours_all, max_w, say, summaries(e_keys),
+                        fast_ok=(a_l == 0) & (b_l == D))
+    # the points computed night by night: their nights out of service count for nothing
+    X = ct.idx
+    n = np.arange(D)
+    act_x = (n[None, :] >= a_l[X, None]) & (n[None, :] < b_l[X, None])
+    eb_x = np.where(act_x, ct.energy, 0.0)
+    st_x = np.where(act_x, ct.status, INACTIVE)
+    meas_x, fill_x, est_x = st_x == MEASURED, st_x == FILLED, st_x == ESTIMATED
+    eb_l = ct.e_l.copy()
+    eb_l[X] = eb_x.sum(1)
+    eb_d = ct.e_d + eb_x.sum(0)
+    meas_l = np.where(ct.fast, act_l, 0)  # fast points: measured every night, in service every night
+    meas_l[X] = meas_x.sum(1)
+    fill_l = np.zeros(L, np.int64)
+    fill_l[X] = fill_x.sum(1)
+    est_l = np.zeros(L, np.int64)
+    est_l[X] = est_x.sum(1)
+    meas_d = int(ct.fast.sum()) + meas_x.sum(0)
+    e_by_status = (float(ct.e_l.sum()) + float(eb_x[meas_x].sum()), float(eb_x[fill_x].sum()),
+                   float(eb_x[est_x].sum()))
 
     # Option A: measured full-output power x stipulated hours
     say("option A: measured LED power x burning hours")
     p_keys = [f"{p.path}/power_w" for p in pts]
-    if set(backend.series("*/power_w")).isdisjoint(p_keys):
+    if set(p_keys).isdisjoint(backend.series("*/power_w")):
         p_led = nominal  # no power recorded: rated power stands in
     else:
-        pk = summaries(p_keys, counter=False) or backend.buckets(p_keys, edges)
-        if isinstance(pk, dict):
-            pmax = np.where(pk["count"] > 0, pk["vmax"], np.nan)
-        else:
-            pmax = np.full((L, D + 1), np.nan)
+        pv = summaries(p_keys, counter=False)
+        if pv is None:
+            pk = backend.buckets(p_keys, edges)
+            pm = np.full((D + 1, L), np.nan)
             okp = (pk.bucket >= 0) & (pk.bucket <= D) & (pk.count > 0)
-            pmax[pk.sid[okp], pk.bucket[okp]] = pk.vmax[okp]
-        pmax[pmax <= 1.0] = np.nan  # nights it never lit say nothing about its power
-        n_p = (~np.isnan(pmax)).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p_led = np.where(n_p > 0, np.nansum(pmax, axis=1) / np.maximum(n_p, 1), nominal)
-    ea = p_led[:, None] * in_service_h
+            pm[pk.bucket[okp], pk.sid[okp]] = pk.vmax[okp]
+
+            def pmax_night(j: int) -> np.ndarray:
+                return pm[j]
+        else:
+            def pmax_night(j: int) -> np.ndarray:
+                return np.where(pv.night(j, "count") > 0, pv.night(j, "vmax"), np.nan)
+        # nights it never lit say nothing about its power: the mean of the nightly maxima > 1 W
+        p_sum, n_p = np.zeros(L), np.zeros(L, np.int64)
+        for j in range(D + 1):
+            pmax = pmax_night(j)
+            with np.errstate(invalid="ignore"):
+                lit = pmax > 1.0
+            p_sum += np.where(lit, pmax, 0.0)
+            n_p += lit
+        p_led = np.where(n_p > 0, p_sum / np.maximum(n_p, 1), nominal)
+    ea_l = p_led * in_service_h
+    ea_d = (hours_g * in_service(p_led, grp, G)).sum(0)
 
     # Option C: cabinet meters against the baseline of the points behind each cabinet
-    base_cab = np.zeros((len(cabs), D))
-    if len(cabs):  # rows grouped by cabinet, summed per group (np.add.at is slow on 2-D rows)
-        order = np.argsort(lum_cab, kind="stable")
-        order = order[lum_cab[order] >= 0]
-        if len(order):
-            grp = lum_cab[order]
-            starts = np.flatnonzero(np.r_[True, grp[1:] != grp[:-1]])
-            # inventories are usually listed cabinet by cabinet: then no copy is needed
-            rows = baseline if np.array_equal(order, np.arange(L)) else baseline[order]
-            base_cab[grp[starts]] = np.add.reduceat(rows, starts, axis=0)
-    ec = np.zeros((len(cabs), D))
-    st_c = np.full((len(cabs), D), ESTIMATED, np.int8)
+    # (without cabinet meters, or without a cabinet, no option C: nothing is read or shown)
+    ec = np.zeros((C, D))
+    st_c = np.zeros((C, D), np.int8)
+    ec_valid = np.zeros(C, bool)
     if cabinet_meters and cabs:
         say("option C: cabinet energy meters")
-        cab_max = np.zeros(len(cabs))
+        cab_max = np.zeros(C)
         np.add.at(cab_max, lum_cab[lum_cab >= 0], 3.0 * legacy[lum_cab >= 0])
         c_keys = [f"{c}/energy_wh" for c in cabs]
         ec, st_c, _, _ = counter_energy(backend, c_keys, edges, hours_all, np.maximum(cab_max, 1.0), say,
                                         summaries(c_keys))
         present = (st_c != ESTIMATED).any(axis=1)
         ec = np.where(present[:, None], ec, np.nan)  # a cabinet without a meter: no option C
+        ec_valid = ~np.isnan(ec).any(axis=1)
+    # baseline per night of the cabinets with a meter (the others have no option C)
+    if not ec_valid.any():
+        base_cab = np.zeros((0, D))
+    elif G > 1:  # measured hours: the groups are the cabinets
+        base_cab = hours_g[:C][ec_valid] * leg_g[:C][ec_valid]
+    else:
+        v_ix = np.cumsum(ec_valid) - 1  # cabinet -> row among those with a meter
+        on_cab = lum_cab >= 0
+        on_cab[on_cab] = ec_valid[lum_cab[on_cab]]
+        base_cab = hours[None, :] * in_service(legacy[on_cab], v_ix[lum_cab[on_cab]], int(ec_valid.sum()),
+                                               a_l[on_cab], b_l[on_cab])
 
     say("aggregating")
-    res = _assemble(inventory, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
-                    cabs, lum_cab, base_cab, ec, st_c, backend, d0, d1, area)
+    lum = {"base": base_l, "eb": eb_l, "ea": ea_l, "act": act_l, "meas": meas_l, "fill": fill_l, "est": est_l,
+           "resets": ct.resets, "repl": ct.replacements}
+    night = {"base": base_d, "eb": eb_d, "ea": ea_d, "act": act_d, "meas": meas_d}
+    res = _assemble(inventory, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_valid, base_cab, ec, st_c,
+                    backend, d0, d1, area)
     res.inputs["hours_method"] += measured_note
     return res
 
@@ -478,28 +669,58 @@ def _kwh(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x / 1000.0, 4)
 
 
-def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl, cabs, lum_cab,
-              base_cab, ec, st_c, backend, d0, d1, area) -> EnergyResult:
-    """Every table of the report from the per luminaire x night arrays (vectorised: totals per
-    luminaire and per night first, then grouped sums with bincount)."""
+def _luminaire_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
+    """The luminaire table from its columns (built when a report asks for it)."""
+    return [
+        {"luminaire": p.path, "cabinet": p.cabinet, "area": p.area, "legacy_w": p.legacy_w,
+         "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
+         "nights_in_service": int(n_act),
+         "completeness_pct": round(100.0 * m_ / n_act, 3) if n_act else None,
+         "filled_nights": int(f_), "estimated_nights": int(e_), "counter_resets": int(r_), "meter_replacements": int(x_)}
+        for p, b, a, n_act, m_, f_, e_, r_, x_ in zip(
+            c["points"], c["base"].tolist(), c["eb"].tolist(), c["act"].tolist(), c["meas"].tolist(),
+            c["fill"].tolist(), c["est"].tolist(), c["resets"].tolist(), c["repl"].tolist(), strict=True)
+    ]
+
+
+def _group_rows(cc: dict[str, Any], name: str, sel: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Rows of the groups ``sel`` (all by default) from their sums (see ``group_cols``)."""
+    ks = range(len(cc["lab"])) if sel is None else sel.tolist()
+    n, gb, ga, gaa, gact, gmeas = (cc[k].tolist() for k in ("n", "base", "eb", "ea", "act", "meas"))
+    return [{name: str(cc["lab"][k]), "luminaires": int(n[k]), "baseline_kwh": _kwh(gb[k]),
+             "actual_kwh_b": _kwh(ga[k]), "actual_kwh_a": _kwh(gaa[k]), "savings_pct_b": _pct(gb[k] - ga[k], gb[k]),
+             "completeness_pct": round(100.0 * gmeas[k] / gact[k], 3) if gact[k] else None}
+            for k in ks]
+
+
+def _cabinet_rows(cc: dict[str, Any], sel: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """The cabinet table (or its rows ``sel``), with option C where the cabinet has a meter."""
+    rows = _group_rows(cc, "cabinet", sel)
+    for k, r in zip(range(len(rows)) if sel is None else sel.tolist(), rows, strict=True):
+        r["area"] = cc["area"][k]
+        if k in cc["c"] and r["cabinet"]:
+            e, b = cc["c"][k]
+            r["actual_kwh_c"] = _kwh(float(e))
+            r["savings_pct_c"] = _pct(float(b - e), float(b))
+        else:
+            r["actual_kwh_c"] = r["savings_pct_c"] = None
+    return rows
+
+
+def _assemble(inv, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_valid, base_cab, ec, st_c, backend,
+              d0, d1, area) -> EnergyResult:
+    """Every table of the report from the totals per luminaire (``lum``) and per night
+    (``night``): grouped sums with bincount; the luminaire table is built on demand."""
     D = len(nd)
     target = inv.target_pct
-    # per luminaire and per night totals
-    base_l, eb_l, ea_l = baseline.sum(1), eb.sum(1), ea.sum(1)
-    act_l = active.sum(1)
-    meas = st_b == MEASURED
-    meas_l = meas.sum(1)
-    fill_l = (st_b == FILLED).sum(1)
-    est_l = (st_b == ESTIMATED).sum(1)
-    base_d, eb_d, ea_d = baseline.sum(0), eb.sum(0), ea.sum(0)
-    act_d, meas_d = active.sum(0), meas.sum(0)
-    ec_valid = ~np.isnan(ec).any(axis=1) if len(cabs) else np.zeros(0, bool)
-    have_c = bool(ec_valid.any())
-    cb_d = base_cab[ec_valid].sum(0) if have_c else np.zeros(D)
+    base_l, eb_l, ea_l, act_l, meas_l = lum["base"], lum["eb"], lum["ea"], lum["act"], lum["meas"]
+    base_d, eb_d, ea_d, act_d, meas_d = night["base"], night["eb"], night["ea"], night["act"], night["meas"]
+    have_c = bool(ec_valid.any())  # base_cab: rows of the cabinets with a meter only
+    cb_d = base_cab.sum(0) if have_c else np.zeros(D)
     ec_d = np.nansum(ec[ec_valid], axis=0) if have_c else np.zeros(D)
 
     act_n, meas_n = int(act_l.sum()), int(meas_l.sum())
-    filled, estim = int(fill_l.sum()), int(est_l.sum())
+    filled, estim = int(lum["fill"].sum()), int(lum["est"].sum())
     B = float(base_l.sum())
 
     def summary_row(option: str, actual: float, base: float, complete: float | None) -> dict[str, Any]:
@@ -517,9 +738,7 @@ def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
         cc = round(100.0 * float((st_c[ec_valid] == MEASURED).sum()) / st_c[ec_valid].size, 3)
         summary.append(summary_row("C: cabinet meters", float(ec_d.sum()), float(cb_d.sum()), cc))
     # uncertainty: meter accuracy on measured nights, more on filled/estimated ones (option B)
-    e_meas = float(eb[meas].sum())
-    e_fill = float(eb[st_b == FILLED].sum())
-    e_est = float(eb[st_b == ESTIMATED].sum())
+    e_meas, e_fill, e_est = e_by_status
     u_abs = math.sqrt((U_METER * e_meas) ** 2 + (U_FILLED * e_fill) ** 2 + (U_ESTIMATED * e_est) ** 2)
     u_pts = 100.0 * u_abs / B if B > 0 else float("nan")
     uncertainty = (
@@ -569,44 +788,39 @@ def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
                       "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
                       "target_pct": target})
 
-    def group_rows(labels: list[str], name: str) -> list[dict[str, Any]]:
-        lab, inv_ = np.unique(np.array(labels), return_inverse=True)
+    def group_cols(lab: list[str], inv_: np.ndarray) -> dict[str, Any]:
+        """Sums per group: ``lab`` the sorted group names, ``inv_`` each point's group."""
         G = len(lab)
 
-        def g(x: np.ndarray) -> list[float]:
-            return np.bincount(inv_, weights=x.astype(np.float64), minlength=G).tolist()
+        def g(x: np.ndarray) -> np.ndarray:
+            return np.bincount(inv_, weights=x.astype(np.float64), minlength=G)
 
-        n, gb, ga, gaa, gact, gmeas = g(np.ones(len(labels))), g(base_l), g(eb_l), g(ea_l), g(act_l), g(meas_l)
-        return [{name: str(lab[k]), "luminaires": int(n[k]), "baseline_kwh": _kwh(gb[k]), "actual_kwh_b": _kwh(ga[k]),
-                 "actual_kwh_a": _kwh(gaa[k]), "savings_pct_b": _pct(gb[k] - ga[k], gb[k]),
-                 "completeness_pct": round(100.0 * gmeas[k] / gact[k], 3) if gact[k] else None}
-                for k in range(G)]
+        return {"lab": lab, "n": g(np.ones(len(inv_))), "base": g(base_l), "eb": g(eb_l), "ea": g(ea_l),
+                "act": g(act_l), "meas": g(meas_l)}
 
-    areas = group_rows([p.area for p in pts], "area")
-    cab_rows = group_rows([p.cabinet for p in pts], "cabinet")
-    cab_ix = {c: i for i, c in enumerate(cabs)}
+    area_of_pt = [p.area for p in pts]
+    area_lab = sorted(set(area_of_pt))
+    area_ix = {a: i for i, a in enumerate(area_lab)}
+    areas = _group_rows(group_cols(area_lab, np.fromiter((area_ix[a] for a in area_of_pt), np.int64, len(pts))),
+                        "area")
+    no_cab = bool((lum_cab < 0).any())  # points without a cabinet: the group "" (sorts first)
+    cc = group_cols(([""] if no_cab else []) + list(cabs), lum_cab + int(no_cab))
     area_of = {p.cabinet: p.area for p in pts}
-    ec_tot = np.nansum(ec, axis=1) if len(cabs) else np.zeros(0)
-    cb_tot = base_cab.sum(1) if len(cabs) else np.zeros(0)
-    for r in cab_rows:
-        c = cab_ix.get(r["cabinet"], -1)
-        r["area"] = area_of.get(r["cabinet"], "")
-        if c >= 0 and ec_valid[c]:
-            r["actual_kwh_c"] = _kwh(float(ec_tot[c]))
-            r["savings_pct_c"] = _pct(float(cb_tot[c] - ec_tot[c]), float(cb_tot[c]))
-        else:
-            r["actual_kwh_c"] = r["savings_pct_c"] = None
-    worst = sorted((r for r in cab_rows if r["savings_pct_b"] is not None), key=lambda r: r["savings_pct_b"])[:10]
-    lums = [
-        {"luminaire": p.path, "cabinet": p.cabinet, "area": p.area, "legacy_w": p.legacy_w,
-         "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
-         "nights_in_service": int(n_act),
-         "completeness_pct": round(100.0 * m_ / n_act, 3) if n_act else None,
-         "filled_nights": int(f_), "estimated_nights": int(e_), "counter_resets": int(r_), "meter_replacements": int(x_)}
-        for p, b, a, n_act, m_, f_, e_, r_, x_ in zip(
-            pts, base_l.tolist(), eb_l.tolist(), act_l.tolist(), meas_l.tolist(), fill_l.tolist(), est_l.tolist(),
-            resets.tolist(), repl.tolist(), strict=True)
-    ]
+    cc["area"] = [area_of.get(c, "") for c in cc["lab"]]
+    # option C of the cabinets with a meter: group -> (actual, baseline) Wh
+    cab_c = np.flatnonzero(ec_valid)
+    cc["c"] = dict(zip((cab_c + int(no_cab)).tolist(), zip(np.nansum(ec[cab_c], axis=1).tolist(),
+                                                            base_cab.sum(1).tolist(), strict=True), strict=True))
+    # the 10 worst by option B savings: rows built for the candidates only (those within
+    # rounding of the 10th lowest), sorted as the whole table would be
+    gb, ge = cc["base"], cc["eb"]
+    ok = gb > 0
+    cand = ok
+    if ok.sum() > 10:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            raw_pct = np.where(ok, 100.0 * (gb - ge) / np.where(ok, gb, 1.0), np.inf)
+        cand = ok & (raw_pct <= np.partition(raw_pct, 9)[9] + 0.002)
+    worst = sorted(_cabinet_rows(cc, np.flatnonzero(cand)), key=lambda r: r["savings_pct_b"])[:10]
     inputs = {
         "inventory": inv.source, "inventory_sha256": inv.sha256, "period_from": str(d0), "period_to": str(d1),
         "area": area or "all", "nights": D, "luminaires": len(pts), "cabinets": len(cabs),
@@ -616,7 +830,7 @@ def _assemble(inv, pts, nd, hours, active, baseline, ea, eb, st_b, resets, repl,
                          + (" (reference); baseline from measured cabinet on-time" if inv.measured_hours else "")),
         "backend": backend.describe(), "method": "docs/energy-kpi.md (IPMVP options A, B, C)",
     }
-    return EnergyResult(inputs, summary, monthly, years, areas, cab_rows, worst, lums, uncertainty)
+    return EnergyResult(inputs, summary, monthly, years, areas, cc, worst, {**lum, "points": pts}, uncertainty)
 
 
 def _contract_year(start: date, ordinal: int) -> int:

@@ -5,9 +5,12 @@ One file per point and night (local noon to local noon, as the KPI counts):
 ``<dir>/night-YYYY-MM-DD.<point>.npy``, one float64 matrix (no zip, read with one ``fromfile``,
 each field a contiguous row) holding per series (columns) its id, the first and last good
 reading (time, value), the maximum, good and bad counts and a monotonic flag - the
-:class:`historian.base.Buckets` summary the KPI consumes. Column 0 is a header: id -1 and, in
-the ``count`` row, the highest block sequence number of the embedded store the night was
-computed from. Series are numbered in ``<dir>/keys.txt`` (append-only).
+:class:`historian.base.Buckets` summary the KPI consumes. Column 0 is a header: id -1, in
+the ``count`` row the highest block sequence number of the embedded store the night was
+computed from, and in the ``first_t`` row a 52-bit hash of the id row (0 in files written before
+it existed), so a reader checks that a night holds exactly its series without reading the ids.
+Series are numbered in ``<dir>/keys.txt`` (append-only). Files are memory-mapped and the maps
+kept (per path, file identity and modification time) for the next report in the same process.
 
 Staleness: a night whose time range is touched by a block written after the roll-up (a spool
 replay after an outage, a late import) is recomputed on the next :meth:`Rollups.update`; for
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
@@ -32,6 +37,36 @@ FIELDS = ("first_t", "first_v", "last_t", "last_v", "vmax", "count", "bad", "mon
 ROWS = ("id", *FIELDS)
 R = {name: i for i, name in enumerate(ROWS)}
 DTYPE = {"count": np.int64, "bad": np.int64, "mono": bool}
+#: value of a field for a series absent from a night's file (no data that night)
+MISSING = {"first_t": np.nan, "first_v": np.nan, "last_t": np.nan, "last_v": np.nan, "vmax": np.nan,
+           "count": 0.0, "bad": 0.0, "mono": 1.0}
+_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+
+
+def ids_hash(ids: np.ndarray) -> float:
+    """52-bit hash of an id row (exact as a float64; never 0, which means "not recorded")."""
+    h = int.from_bytes(hashlib.blake2b(np.asarray(ids, np.int64).tobytes(), digest_size=8).digest(), "little")
+    return float((h >> 12) or 1)
+
+
+def _open_npy(path: str) -> np.ndarray:
+    """Memory-map a ``.npy`` matrix (a plain ndarray over the map; the header parse is cached)."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        if head[:6] != b"\x93NUMPY" or head[6] != 1:
+            return np.load(path, mmap_mode="r").view(np.ndarray)
+        hlen = int.from_bytes(head[8:10], "little")
+        raw = f.read(hlen)
+        meta = _HEADERS.get(raw)
+        if meta is None:
+            f.seek(8)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            meta = _HEADERS[raw] = (shape, fortran, dtype)
+        shape, fortran, dtype = meta
+        if not shape or not all(shape):
+            return np.zeros(shape, dtype)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.ndarray(shape, dtype, buffer=mm, offset=10 + hlen, order="F" if fortran else "C")
 
 
 class Rollups:
@@ -40,6 +75,7 @@ class Rollups:
         os.makedirs(directory, exist_ok=True)
         self._keys: list[str] = []
         self._index: dict[str, int] = {}
+        self._maps: dict[str, tuple[tuple[int, int, int], np.ndarray]] = {}
         p = os.path.join(self.dir, "keys.txt")
         if os.path.exists(p):
             with open(p, encoding="utf-8") as f:
@@ -66,6 +102,25 @@ class Rollups:
         except FileNotFoundError:
             return None
 
+    def _map(self, night: date, point: str) -> np.ndarray | None:
+        """The night's matrix, memory-mapped (read-only); the map is reused while the file is
+        the same (a rewrite replaces the file: new inode)."""
+        p = self.path(night, point)
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._maps.get(p)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            arr = _open_npy(p)
+        except FileNotFoundError:
+            return None
+        self._maps[p] = (key, arr)
+        return arr
+
     def write_night(self, night: date, point: str, keys: Sequence[str], cols: dict[str, np.ndarray],
                     seq: int = -1) -> None:
         """Store one night's summary of ``point`` series (rows parallel to ``keys``), merged with
@@ -83,6 +138,7 @@ class Rollups:
                 seq = min(seq, int(old[R["count"], 0])) if seq >= 0 else seq
         mat[:, 0] = 0.0
         mat[R["id"], 0], mat[R["count"], 0] = -1, seq
+        mat[R["first_t"], 0] = ids_hash(mat[R["id"], 1:])
         p = self.path(night, point)
         tmp = p + ".tmp.npy"
         np.save(tmp, mat)
@@ -119,7 +175,8 @@ class Rollups:
         point = _point(keys)
         seq_now, blocks = _blocks(backend)
         ids = self._ids(keys)
-        todo = [n for n in nights if force or self._stale(n, point, ids, tz, seq_now, blocks)]
+        h = ids_hash(ids)
+        todo = [n for n in nights if force or self._stale(n, point, ids, h, tz, seq_now, blocks)]
         runs: list[list[date]] = []
         for n in todo:  # contiguous runs: one push-down each
             if runs and (n - runs[-1][-1]).days == 1:
@@ -143,14 +200,15 @@ class Rollups:
                 self.write_night(night, point, list(keys), full, seq_now)
         return len(todo)
 
-    def _stale(self, night: date, point: str, ids: np.ndarray, tz: str, seq_now: int,
+    def _stale(self, night: date, point: str, ids: np.ndarray, h: float, tz: str, seq_now: int,
                blocks: list[tuple[int, int, int]]) -> bool:
-        arr = self._load(night, point)
+        arr = self._map(night, point)
         if arr is None:
             return True
-        have = arr[R["id"], 1:]
-        if not (len(have) == len(ids) and np.array_equal(have, ids)) and not np.isin(ids, have).all():
-            return True
+        if not _aligned(arr, ids, h):
+            have = arr[R["id"], 1:]
+            if not np.isin(ids, have).all():
+                return True
         seq = int(arr[R["count"], 0])
         if seq_now < 0 or seq >= seq_now:
             return False
@@ -164,10 +222,10 @@ class Rollups:
         ids = np.fromiter((self._index.get(k, -1) for k in keys), np.int64, len(keys))
         arrs = []
         for night in nights:
-            try:
-                arrs.append(np.load(self.path(night, point), mmap_mode="r"))
-            except FileNotFoundError:
+            arr = self._map(night, point)
+            if arr is None:
                 return None
+            arrs.append(arr)
         return RollupView(ids, arrs, len(self._keys))
 
     def matrices(self, keys: Sequence[str], nights: Sequence[date],
@@ -190,43 +248,102 @@ class Rollups:
 
 
 class RollupView:
-    """Per-night roll-up arrays (memory-mapped) of a list of series, read by row blocks so a
-    year of 34,000 luminaires never needs its 12 M-cell matrices allocated at once."""
+    """Per-night roll-up arrays (memory-mapped) of a list of series: a night's row of one field
+    over all the series (:meth:`night`, a view into the file when the night holds exactly these
+    series), or row blocks [series, night] (:meth:`rows`, :meth:`take`), so a year of 34,000
+    luminaires never needs its 12 M-cell matrices allocated at once."""
 
     def __init__(self, ids: np.ndarray, arrs: list[np.ndarray], n_keys: int):
         self.ids = ids
         self.arrs = arrs
-        self._ids_f = ids.astype(np.float64)
-        self._aligned = [a.shape[1] == len(ids) + 1 and np.array_equal(a[R["id"], 1:], self._ids_f)
-                         for a in arrs]
+        h = ids_hash(ids)
+        self._aligned = [_aligned(a, ids, h) for a in arrs]
         self._n_keys = n_keys
+        self._pos: dict[int, np.ndarray] = {}  # night -> file column of each series (-1: absent)
+        self._pos_by_hash: dict[float, np.ndarray] = {}
+
+    def _positions(self, j: int) -> np.ndarray:
+        pos = self._pos.get(j)
+        if pos is None:
+            arr = self.arrs[j]
+            h = float(arr[R["first_t"], 0]) if arr.shape[1] else 0.0
+            pos = self._pos_by_hash.get(h) if h else None
+            if pos is None:
+                fid = np.asarray(arr[R["id"], 1:]).astype(np.int64)
+                lut = np.full(max(self._n_keys, int(fid.max(initial=-1)) + 1, 1), -1, np.int64)
+                lut[fid] = np.arange(len(fid))
+                ok = (self.ids >= 0) & (self.ids < len(lut))
+                pos = np.full(len(self.ids), -1, np.int64)
+                pos[ok] = lut[self.ids[ok]]
+                if h:
+                    self._pos_by_hash[h] = pos
+            self._pos[j] = pos
+        return pos
+
+    def night(self, j: int, field: str) -> np.ndarray:
+        """Field ``field`` of night ``j`` for every series (float64; read-only when a view)."""
+        arr = self.arrs[j]
+        if self._aligned[j]:
+            return arr[R[field], 1:]
+        pos = self._positions(j)
+        out = np.full(len(self.ids), MISSING[field])
+        ok = pos >= 0
+        out[ok] = arr[R[field], 1 + pos[ok]]
+        return out
+
+    def take(self, idx: np.ndarray, fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
+        """[len(idx), night] float64 arrays of ``fields`` for the series ``idx``."""
+        idx = np.asarray(idx, np.int64)
+        N = len(self.arrs)
+        out = {f: np.empty((N, len(idx))) for f in fields}
+        for j, arr in enumerate(self.arrs):
+            if self._aligned[j]:
+                for f in fields:
+                    out[f][j] = arr[R[f], 1 + idx]
+                continue
+            pos = self._positions(j)[idx]
+            ok = pos >= 0
+            for f in fields:
+                out[f][j] = MISSING[f]
+                out[f][j, ok] = arr[R[f], 1 + pos[ok]]
+        return {f: a.T for f, a in out.items()}
 
     def rows(self, r0: int, r1: int, fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
         """[series r0..r1, night] float64 arrays of ``fields``."""
         S_, N = r1 - r0, len(self.arrs)
         # filled night by night as contiguous rows of [night, series], returned transposed
         out = {f: np.empty((N, S_)) for f in fields}
-        pos = None
         for j, (arr, aligned) in enumerate(zip(self.arrs, self._aligned, strict=True)):
             if aligned:
                 for f in fields:
                     out[f][j] = arr[R[f], 1 + r0 : 1 + r1]
                 continue
+            pos = self._positions(j)[r0:r1]
+            ok = pos >= 0
             for f in fields:
-                out[f][j] = np.nan if f in FIELDS[:5] else float(f == "mono")
-            if pos is None:
-                pos = np.full(max(self._n_keys, 1), -1, np.int64)
-                sel = self.ids[r0:r1]
-                pos[sel[sel >= 0]] = np.flatnonzero(sel >= 0)
-            r = pos[np.minimum(np.asarray(arr[R["id"], 1:]).astype(np.int64), len(pos) - 1)]
-            ok = r >= 0
-            for f in fields:
-                out[f][j, r[ok]] = np.asarray(arr[R[f], 1:])[ok]
+                out[f][j] = MISSING[f]
+                out[f][j, ok] = arr[R[f], 1 + pos[ok]]
         return {f: a.T for f, a in out.items()}
+
+
+def _aligned(arr: np.ndarray, ids: np.ndarray, h: float) -> bool:
+    """Does the night's matrix hold exactly the series ``ids``, in this order (``h``: their
+    :func:`ids_hash`)? Files with the hash in their header are checked without reading the ids."""
+    if arr.shape[1] != len(ids) + 1:
+        return False
+    stored = float(arr[R["first_t"], 0])
+    if stored:
+        return stored == h
+    return bool(np.array_equal(arr[R["id"], 1:], ids.astype(np.float64)))
 
 
 def _point(keys: Sequence[str]) -> str:
     """The point name shared by ``keys`` (``energy_wh``): roll-ups are kept per point."""
+    if keys:
+        name = keys[0].rsplit("/", 1)[-1]
+        suffix = "/" + name
+        if all(k.endswith(suffix) for k in keys):
+            return name
     names = {k.rsplit("/", 1)[-1] for k in keys}
     if len(names) != 1:
         raise ValueError(f"roll-ups are per point; got keys of points {sorted(names)[:5]}")
