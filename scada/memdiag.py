@@ -1,4 +1,10 @@
-"""Memory diagnostics for long runs (soak tests, a server that grows in the field).
+"""Memory upkeep and diagnostics for long runs (soak tests, a server that grows in the field).
+
+:func:`trim` hands the C heap's free pages back to the kernel. The runtime calls it every minute
+(in a worker thread): a Dijon-size server frees and reallocates megabytes of numpy temporaries,
+DuckDB buffers and protocol frames every second, in the main arena and in the worker threads'
+arenas, and glibc keeps what it cannot return from the top of each heap. Measured over a
+Dijon-size soak: RSS grew ~5 MB/min without it and stayed flat (+-10 MB) with it.
 
 ``SCADA_MEMDIAG=SECONDS scada run ...`` logs, every SECONDS, the process RSS, the Python heap
 (blocks allocated by the object allocator), what DuckDB holds, and the object types whose
@@ -29,6 +35,28 @@ def rss_bytes() -> int:
         return 0
 
 
+_libc: Any = None
+
+
+def trim() -> int:
+    """``malloc_trim(0)`` (glibc): give free heap pages back; returns bytes of RSS released
+    (0 where there is no glibc). Blocking for a few ms on a large heap: call it from a thread."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return 0
+    before = rss_bytes()
+    _libc.malloc_trim(0)
+    return max(0, before - rss_bytes())
+
+
 def type_counts() -> collections.Counter[str]:
     return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
 
@@ -54,8 +82,4 @@ async def run(interval: float, duckdb_connections: tuple[Any, ...] = ()) -> None
         log.warning("memdiag rss=%.1f MB py_blocks=%d objects=%d duckdb=%s grew: %s",
                     rss_bytes() / 2**20, sys.getallocatedblocks(), sum(counts.values()),
                     duck, growth or "-")
-        if os.environ.get("SCADA_MEMDIAG_TRIM"):
-            import ctypes
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            log.warning("memdiag after malloc_trim rss=%.1f MB", rss_bytes() / 2**20)
         await asyncio.sleep(interval)
