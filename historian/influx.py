@@ -3,12 +3,13 @@
 Works with any server speaking ``POST /api/v2/write``: InfluxDB 2.x/3.x, VictoriaMetrics
 single-node or cluster (vminsert) - how a metropolis scales the historian past one machine.
 
-Why plain HTTP (``urllib`` in the service's worker thread) rather than influxdb-client's write
-API: the client's batching buffer lives in memory and drops a batch after its retries (only a
-log line and an error callback tell), and ``flush()`` does not flush in some releases; building
+Why plain HTTP (``http.client`` from the service's worker thread) rather than influxdb-client's
+write API: the client's batching buffer lives in memory and drops a batch after its retries (only
+a log line and an error callback tell), and ``flush()`` does not flush in some releases; building
 ``Point`` objects runs at ~66,000 points/s. Here the disk spool owns durability, lines are built
-in bulk from the numpy block (~1 M points/s, see bench/historian.py), and every HTTP outcome is
-classified as in Telegraf's ``outputs/influxdb_v2``:
+in bulk from the numpy block (:class:`LineEncoder`, 4-7 M points/s), a block's bodies go out in
+order over one keep-alive connection while the next body is being built, and every HTTP outcome
+is classified as in Telegraf's ``outputs/influxdb_v2``:
 
 * 2xx - stored; 413 (payload too large) - the batch is split in two and both halves retried;
 * 429 / 5xx / connection errors, and 401/403/404/405 (token, bucket or URL to fix: the data is
@@ -38,10 +39,10 @@ import logging
 import math
 import re
 import time as _time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 
 import numpy as np
@@ -60,35 +61,109 @@ def escape_tag(value: str) -> str:
     return value.translate(_ESC)
 
 
-def line_protocol(points: Points, measurement: str = "scada", precision: str = "ms") -> list[bytes]:
-    """Build line-protocol lines for a block, one per point (bulk, no per-point objects).
+class LineEncoder:
+    """Builds line protocol for whole blocks with a handful of C-level steps per block instead of
+    one Python f-string per point (4.3-7.3 M points/s here against ~1.6 M for the per-point loop):
+
+    * each series' prefix (``measurement,tag=<escaped key> ``) is built once and cached;
+    * the ``,q=<q>i <time>\n`` tail is formatted once per distinct (quality, time) pair - a
+      recorder block holds many series at few timestamps - and picked per point with numpy;
+    * values: a block whose values are all integral (energy counters, counts, states) and below
+      1e15 in magnitude is written as ``str(int(v)) + ".0"`` - identical bytes to ``repr(v)``,
+      ~25 % cheaper - otherwise ``repr`` (shortest exact round trip of a float64);
+    * the pieces are interleaved into one list by slice assignment and joined once.
 
     NaN/inf values carry only the ``q`` field (a line needs at least one field; line protocol
-    has no NaN).
-    """
-    mult = _PREC[precision]
-    prefixes = [f"{escape_tag(measurement)},tag={escape_tag(k)} " for k in points.keys]
-    pref = [prefixes[i] for i in points.sid.tolist()]
-    ts = np.round(points.t * mult).astype(np.int64).tolist()
-    qs = points.q.tolist()
-    vals = points.v
-    finite = np.isfinite(vals)
-    vs = vals.tolist()
-    if finite.all():
-        text = "".join([f"{p}v={v!r},q={q}i {t}\n" for p, v, q, t in zip(pref, vs, qs, ts, strict=True)])
-    else:
-        fl = finite.tolist()
-        text = "".join([
-            (f"{p}v={v!r},q={q}i {t}\n" if f else f"{p}q={q}i {t}\n")
-            for p, v, q, t, f in zip(pref, vs, qs, ts, fl, strict=True)
-        ])
-    return [text.encode()]
+    has no NaN); -0.0 keeps its sign (``repr`` path)."""
+
+    def __init__(self, measurement: str = "scada", precision: str = "ms", cache_size: int = 1_000_000) -> None:
+        self.mult = _PREC[precision]
+        self._head = f"{escape_tag(measurement)},tag="
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[str, str]] = {}
+
+    def prefixes(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per key of a block: (``measurement,tag=key v=``, ``measurement,tag=key ``)."""
+        c = self._cache
+        if len(c) + len(keys) > self.cache_size:
+            c.clear()
+        got = []
+        for k in keys:
+            p = c.get(k)
+            if p is None:
+                bare = f"{self._head}{escape_tag(k)} "
+                p = c[k] = (bare + "v=", bare)
+            got.append(p)
+        with_v = np.empty(len(got), object)
+        bare_ = np.empty(len(got), object)
+        with_v[:] = [g[0] for g in got]
+        bare_[:] = [g[1] for g in got]
+        return with_v, bare_
+
+    def encode(self, points: Points, prefixes: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
+        n = len(points.sid)
+        if n == 0:
+            return b""
+        with_v, bare = prefixes if prefixes is not None else self.prefixes(points.keys)
+        v = points.v
+        sid = points.sid
+        finite = np.isfinite(v)
+        all_finite = bool(finite.all())
+        integral = all_finite and bool(((np.abs(v) < 1e15) & (np.trunc(v) == v)).all()) \
+            and not bool(np.signbit(v[v == 0]).any())
+        # one tail string per distinct (quality, time)
+        ts = np.round(points.t * self.mult).astype(np.int64)
+        q = points.q
+        ut, it = np.unique(ts, return_inverse=True)
+        it = it.reshape(-1)
+        if bool((q == q[0]).all()):
+            tq = [int(q[0])] * len(ut)
+            tt = ut.tolist()
+            idx = it
+        else:
+            uq, iq = np.unique(q, return_inverse=True)
+            code = iq.reshape(-1).astype(np.int64) * len(ut) + it
+            uc, idx = np.unique(code, return_inverse=True)
+            idx = idx.reshape(-1)
+            tq = uq[uc // len(ut)].tolist()
+            tt = ut[uc % len(ut)].tolist()
+        lead = ".0,q=" if integral else ",q="
+        tails = np.empty(len(tt), object)
+        tails[:] = [f"{lead}{a}i {b}\n" for a, b in zip(tq, tt, strict=True)]
+        parts: list[Any] = [None] * (3 * n)
+        if all_finite:
+            parts[0::3] = with_v[sid].tolist()
+            parts[1::3] = (list(map(str, v.astype(np.int64).tolist())) if integral
+                           else list(map(repr, v.tolist())))
+            parts[2::3] = tails[idx].tolist()
+        else:
+            bad = ~finite
+            pre = with_v[sid]
+            pre[bad] = bare[sid[bad]]
+            vals = np.full(n, "", object)
+            vals[finite] = list(map(repr, v[finite].tolist()))
+            tail = tails[idx]
+            bare_tails = np.empty(len(tt), object)
+            bare_tails[:] = [f"q={a}i {b}\n" for a, b in zip(tq, tt, strict=True)]
+            tail[bad] = bare_tails[idx[bad]]
+            parts[0::3] = pre.tolist()
+            parts[1::3] = vals.tolist()
+            parts[2::3] = tail.tolist()
+        return "".join(parts).encode()
+
+
+def line_protocol(points: Points, measurement: str = "scada", precision: str = "ms") -> list[bytes]:
+    """Build line-protocol lines for a block, one per point (see :class:`LineEncoder`)."""
+    return [LineEncoder(measurement, precision).encode(points)]
 
 
 class InfluxBackend(Backend):
     """Options: ``url`` (required), ``token``, ``org``, ``bucket`` (default ``scada``),
     ``measurement``, ``precision`` (ms), ``flavor`` (``victoriametrics`` | ``influxdb2``),
-    ``batch_lines`` (50,000), ``timeout`` (s), ``gzip`` (true), ``retries`` (2)."""
+    ``batch_lines`` (50,000), ``timeout`` (s), ``gzip`` (``auto``: on, except for a server on
+    this machine - see :func:`_gzip_option`), ``retries`` (2).
+
+    Not used: proxy environment variables (the server URL is connected directly)."""
 
     name = "influx"
 
@@ -113,10 +188,19 @@ class InfluxBackend(Backend):
             raise ValueError("historian.options.flavor must be 'victoriametrics' or 'influxdb2'")
         self.batch_lines = int(o.get("batch_lines", 50_000))
         self.timeout = float(o.get("timeout", 10.0))
-        self.gzip = bool(o.get("gzip", True))
+        self.gzip = _gzip_option(o.get("gzip", "auto"), self.url)
         self.retries = int(o.get("retries", 2))
         self.requests = 0
         self.written_points = 0
+        self.encoder = LineEncoder(self.measurement, self.precision)
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"historian.options.url must be http(s)://host[:port], not {self.url!r}")
+        self._scheme, self._host, self._port = u.scheme, u.hostname, u.port
+        self._base = u.path.rstrip("/")
+        self._sender: ThreadPoolExecutor | None = None
+        self._write_query = "/api/v2/write?" + urllib.parse.urlencode(
+            {"org": self.org, "bucket": self.bucket, "precision": self.precision})
 
     def describe(self) -> str:
         return f"influx line protocol to {self.url} ({self.flavor}, bucket {self.bucket})"
@@ -129,41 +213,93 @@ class InfluxBackend(Backend):
         h.update(extra or {})
         return h
 
+    def _connect(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=self.timeout)
+
     def _request(self, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers=self._headers(headers))
+                 headers: dict[str, str] | None = None,
+                 conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes, dict[str, str]]:
+        """One request: on ``conn`` (kept open for the caller's next request; reopened by
+        http.client if it was closed) or on a connection of its own, closed afterwards."""
+        c = conn if conn is not None else self._connect()
         self.requests += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return r.status, r.read(), dict(r.headers)
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), dict(e.headers or {})
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            c.request(method, self._base + path, body=body, headers=self._headers(headers))
+            r = c.getresponse()
+            data = r.read()
+            if r.will_close or conn is None:
+                c.close()
+            return r.status, data, dict(r.getheaders())
+        except (OSError, http.client.HTTPException) as e:
             # HTTPException: the server closed or garbled the answer (e.g. stopped mid-request)
+            c.close()
             raise BackendUnavailable(f"historian server {self.url} unreachable: {e!r}") from e
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
 
     # ------------------------------------------------------------------ writing
     def write(self, points: Points, batch_id: str) -> None:
-        if not len(points):
-            return
+        """Synchronous for the caller (returns once every line is stored, raises otherwise).
+
+        Bodies of ``batch_lines`` lines go out in order, one request at a time, over one
+        keep-alive connection (opened for this call, closed at its end: no socket outlives a
+        call), from the sender thread, while this thread builds (and compresses) the next body:
+        building overlaps the server's work instead of adding to it. On the first failure
+        nothing further is sent and the error is raised; the whole block stays spooled and is
+        written again later - harmless, as same series and time overwrite."""
         n = len(points)
-        for a in range(0, n, self.batch_lines):
-            sl = slice(a, min(n, a + self.batch_lines))
-            part = Points(points.keys, points.sid[sl], points.t[sl], points.v[sl], points.q[sl])
-            self._post(part, depth=0)
+        if not n:
+            return
+        prefixes = self.encoder.prefixes(points.keys)
+        bl = max(1, self.batch_lines)
+        conn = self._connect()
+        try:
+            if n <= bl:
+                self._post(points, 0, self._body(points, prefixes), conn)
+            else:
+                self._write_pipelined(points, prefixes, bl, conn)
+        finally:
+            conn.close()
         self.written_points += n
 
-    def _post(self, part: Points, depth: int) -> None:
-        body = b"".join(line_protocol(part, self.measurement, self.precision))
+    def _write_pipelined(self, points: Points, prefixes: tuple[np.ndarray, np.ndarray], bl: int,
+                         conn: http.client.HTTPConnection) -> None:
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix="historian-influx")
+        n = len(points)
+        pending: Future[None] | None = None
+        try:
+            for a in range(0, n, bl):
+                sl = slice(a, min(n, a + bl))
+                part = Points(points.keys, points.sid[sl], points.t[sl], points.v[sl], points.q[sl])
+                body = self._body(part, prefixes)
+                if pending is not None:
+                    pending.result()  # raises the previous body's failure; nothing more is sent
+                pending = self._sender.submit(self._post, part, 0, body, conn)
+            done, pending = pending, None
+            done.result()  # type: ignore[union-attr]
+        finally:
+            if pending is not None:  # building failed while a body was in flight
+                futures_wait([pending])
+
+    def _body(self, part: Points, prefixes: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
+        body = self.encoder.encode(part, prefixes)
+        return gzip.compress(body, compresslevel=1, mtime=0) if self.gzip else body
+
+    def _post(self, part: Points, depth: int, body: bytes | None = None,
+              conn: http.client.HTTPConnection | None = None) -> None:
+        if body is None:
+            body = self._body(part)
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.gzip:
-            body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        q = urllib.parse.urlencode({"org": self.org, "bucket": self.bucket, "precision": self.precision})
         delay = 0.2
         for attempt in range(self.retries + 1):
-            status, text, hdrs = self._request("POST", f"/api/v2/write?{q}", body, headers)
+            status, text, hdrs = self._request("POST", self._write_query, body, headers, conn)
             action = classify(status, len(part))
             if action == "ok":
                 return
@@ -172,7 +308,8 @@ class InfluxBackend(Backend):
                 half = len(part) // 2
                 log.info("historian server says batch of %d lines too large; splitting", len(part))
                 for sl in (slice(0, half), slice(half, len(part))):
-                    self._post(Points(part.keys, part.sid[sl], part.t[sl], part.v[sl], part.q[sl]), depth + 1)
+                    self._post(Points(part.keys, part.sid[sl], part.t[sl], part.v[sl], part.q[sl]), depth + 1,
+                               conn=conn)
                 return
             if action == "retry":
                 retry_after = _retry_after(hdrs)
@@ -314,6 +451,23 @@ def classify(status: int, lines: int) -> str:
     if status in (429, 401, 403, 404, 405) or status >= 500:
         return "retry"
     return "reject"
+
+
+def _gzip_option(value: Any, url: str) -> bool:
+    """``gzip``: true, false or ``auto`` (default): compress unless the server is on this
+    machine. Level 1 shrinks the bodies ~9x (~70 -> ~8 bytes/point) - on a network link that
+    is the difference between ~280 and ~30 Mbit/s at 500,000 points/s - but on loopback it only
+    spends CPU that the server, sharing the cores, needs to parse (bench/historian.py)."""
+    if isinstance(value, str) and value.lower() == "auto":
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+        return not (host == "localhost" or host == "::1" or host.startswith("127."))
+    if isinstance(value, str):
+        if value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if value.lower() in ("false", "no", "off", "0"):
+            return False
+        raise ValueError("historian.options.gzip must be true, false or auto")
+    return bool(value)
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:

@@ -12,7 +12,7 @@ import pytest
 
 from historian.base import HistorianError, Points, Raw
 from historian.embedded import EmbeddedBackend, live_segments
-from historian.influx import classify, line_protocol
+from historian.influx import LineEncoder, classify, escape_tag, line_protocol
 from historian.query import aggregate, counter_deltas
 from historian.service import HistorianService
 from historian.spool import Spool, SpoolFull
@@ -136,6 +136,54 @@ def test_line_protocol_escapes_and_nan():
     text = b"".join(line_protocol(pts, "scada", "ms")).decode()
     assert text == (r"scada,tag=a\ b/c\,d\=e v=1.5,q=0i 1735689600002" + "\n"
                     f"scada,tag=ok/x q={Q.BadCommunicationError}i 1735689600000\n")
+
+
+def _line_protocol_reference(pts: Points, measurement: str = "scada", precision: str = "ms") -> str:
+    """The plain per-point builder the vectorised one must match byte for byte."""
+    mult = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[precision]
+    out = []
+    for s, t, v, q in zip(pts.sid.tolist(), pts.t.tolist(), pts.v.tolist(), pts.q.tolist(), strict=True):
+        head = f"{escape_tag(measurement)},tag={escape_tag(pts.keys[s])} "
+        field = f"v={v!r},q={q}i" if np.isfinite(v) else f"q={q}i"
+        out.append(f"{head}{field} {int(np.round(t * mult))}\n")
+    return "".join(out)
+
+
+@pytest.mark.parametrize("kind", ["integral", "fractional", "mixed", "non_finite", "huge", "signed_zero"])
+def test_line_encoder_matches_per_point_reference(kind):
+    rng = np.random.default_rng(7)
+    n = 2000
+    keys = ["a b", "c,d", "e=f", "plain/x", "ünï/cödé"]
+    v = {
+        "integral": rng.integers(-10**6, 10**6, n).astype(np.float64),
+        "fractional": rng.normal(0, 1e3, n),
+        "mixed": np.where(rng.random(n) < 0.5, rng.integers(0, 99, n), rng.random(n) * 1e-7),
+        "non_finite": rng.choice([np.nan, np.inf, -np.inf, 1.0, 2.5, 1e300], n),
+        "huge": rng.choice([1e15, 1e15 - 1, 2.0**53, 1e16, 1e22, -1e15, 123.0], n),
+        "signed_zero": rng.choice([0.0, -0.0, 5.0], n),
+    }[kind]
+    t = T0 + rng.integers(0, 50, n) * 0.25 + rng.choice([0.0, 0.0004, 0.0015], n)
+    q = rng.choice([0, 0, Q.BadCommunicationError, Q.UncertainLastUsableValue], n).astype(np.uint32)
+    pts = Points(keys, rng.integers(0, len(keys), n).astype(np.int32), t, v, q)
+    for precision in ("ms", "s", "ns"):
+        got = LineEncoder("m x", precision).encode(pts).decode()
+        assert got == _line_protocol_reference(pts, "m x", precision)
+    # every value comes back as the same float64 (sign of zero included)
+    back = [ln.split(" v=")[1].split(",q=")[0] for ln in got.splitlines() if " v=" in ln]
+    fin = v[np.isfinite(v)]
+    assert np.array_equal(np.array([float(x) for x in back]), fin)
+    assert np.array_equal(np.signbit(np.array([float(x) for x in back])), np.signbit(fin))
+
+
+def test_line_encoder_integral_fast_path_and_prefix_cache():
+    enc = LineEncoder("scada", "ms")
+    pts = Points.of(["k"], [0, 0], [T0, T0 + 1], [41.0, -7.0])
+    assert enc.encode(pts) == b"scada,tag=k v=41.0,q=0i 1735689600000\nscada,tag=k v=-7.0,q=0i 1735689601000\n"
+    pts2 = Points.of(["new", "k"], [1, 0], [T0, T0], [0.5, 1.0])  # keys list differs per block
+    assert enc.encode(pts2) == b"scada,tag=k v=0.5,q=0i 1735689600000\nscada,tag=new v=1.0,q=0i 1735689600000\n"
+    assert enc.encode(Points.empty()) == b""
+    small = LineEncoder("scada", "ms", cache_size=1)
+    assert small.encode(pts2) == enc.encode(pts2)  # cache cleared when full, output unchanged
 
 
 def test_write_error_classification():
