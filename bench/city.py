@@ -356,6 +356,12 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
     if outage_on:
         os.unlink(segdir)
         os.replace(away, segdir)
+    # the spool drains; then every recorded point is either stored or still queued in memory
+    drain_end = time.monotonic() + max(30.0, tm0 + duration - 5 - time.monotonic())
+    while time.monotonic() < drain_end:
+        time.sleep(5)
+        if (health_last().get("_system/historian/spool_blocks") or 0) == 0:
+            break
     at(duration - 5)
     last = health_last()
     # one red dot per root cause: each killed cabinet raised comm_lost, its luminaires nothing
@@ -371,8 +377,18 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
     report["flood_detected"] = bool(m["flood_periods"])
     report["server_alive"] = server.alive()
     report["task_restarts"] = (last.get("_system/server/task_restarts", 0) or 0) - (restarts0 or 0)
-    report["historian_spool_blocks_at_end"] = last.get("_system/historian/spool_fill_pct")
-    report["historian_written"] = last.get("_system/historian/written")
+    h = {k: last.get(f"_system/historian/{k}") or 0 for k in
+         ("recorded", "written", "queued", "spool_blocks", "dropped", "rejected_blocks")}
+    report["historian"] = h
+    report["historian_points_lost"] = h["recorded"] - h["written"] - h["queued"] if not h["spool_blocks"] else None
+    try:  # an independent count: what the store holds, read by another process (this one)
+        from historian.embedded import EmbeddedBackend
+        report["historian_store_points"] = EmbeddedBackend(os.path.dirname(segdir)).count()
+    except Exception as e:  # reported, not fatal: the figures above stand
+        report["historian_store_points"] = repr(e)
+    # affected tags recover: each killed cabinet's comm_lost came back to normal
+    cleared = {e["source"] for e in events if e["name"] == "comm_lost" and e.get("active") is False}
+    report["killed_cabinets_recovered"] = len(cleared & killed_paths)
     return report
 
 
@@ -405,7 +421,8 @@ def health_tags(site: Any) -> list[str]:
            "_system/server/tags", "_system/server/task_restarts"]
     for proto in site.by_protocol():
         out += [f"_system/{proto}/{p}" for p in ("connected", "cycle_ms", "late_cycles", "errors", "cycles")]
-    out += ["_system/historian/lag_s", "_system/historian/written", "_system/historian/spool_fill_pct"]
+    out += [f"_system/historian/{p}" for p in ("lag_s", "recorded", "written", "queued", "spool_blocks",
+                                                "spool_fill_pct", "dropped", "rejected_blocks")]
     return out
 
 
