@@ -42,13 +42,52 @@ def _reader(site):
     return load_backend(cfg.backend, os.path.join(root, "data"), cfg.options)
 
 
-def _emit(text: str, out: str | None) -> None:
+def _emit(text: str | bytes, out: str | None) -> None:
     if out:
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(text)
+        if isinstance(text, bytes):
+            with open(out, "wb") as f:
+                f.write(text)
+        else:
+            with open(out, "w", encoding="utf-8") as f:
+                f.write(text)
         click.echo(f"wrote {out}", err=True)
+    elif isinstance(text, bytes):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text)
+        sys.stdout.buffer.flush()
     else:
         sys.stdout.write(text)
+
+
+def _stdout_isatty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _check_format(fmt: str, out: str | None) -> None:
+    """Before any work: a PDF needs fpdf2, and being binary it goes to --out or to a pipe or file
+    (stdout is refused when it is a terminal)."""
+    if fmt != "pdf":
+        return
+    from historian import report as R
+
+    try:
+        R.require_pdf()
+    except R.PdfUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    if not out and _stdout_isatty():
+        raise click.UsageError("a PDF is binary: give --out FILE (or redirect stdout to a file)")
+
+
+def _render(fmt: str, r: dict, html):
+    """``r`` in ``fmt``; ``html(r)`` draws the page, whose Doc the PDF is drawn from."""
+    from historian import report as R
+
+    if fmt == "json":
+        return R.to_json(r)
+    if fmt == "csv":
+        return R.to_csv(r)
+    page = html(r)
+    return R.pdf_of(page) if fmt == "pdf" else page
 
 
 class _Progress:
@@ -72,9 +111,10 @@ _state_dir = click.option("--state-dir", default=None, type=click.Path(file_okay
 
 def site_option(f):
     return _site_file(_state_dir(f))
-fmt_option = click.option("--format", "fmt", type=click.Choice(["html", "csv", "json"]), default="html",
-                          show_default=True)
-out_option = click.option("--out", type=click.Path(dir_okay=False), help="Write to a file (default stdout).")
+fmt_option = click.option("--format", "fmt", type=click.Choice(["html", "pdf", "csv", "json"]), default="html",
+                          show_default=True, help="pdf: the HTML page as PDF (needs pip install '.[pdf]').")
+out_option = click.option("--out", type=click.Path(dir_okay=False),
+                          help="Write to a file (default stdout; a PDF only to a pipe or file, never a terminal).")
 
 
 @click.group()
@@ -96,6 +136,7 @@ def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
     from historian import energy as E
     from historian import report as R
 
+    _check_format(fmt, out)
     site = _site(site_file, state_dir)
     inv = E.load_inventory(inventory) if inventory else E.inventory_from_site(site)
     if not inv.points:
@@ -115,9 +156,7 @@ def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
     finally:
         backend.close()
     prog("rendering")
-    r = res.as_dict()
-    text = R.to_json(r) if fmt == "json" else R.to_csv(r) if fmt == "csv" else R.energy_html(r)
-    _emit(text, out)
+    _emit(_render(fmt, res.as_dict(), R.energy_html), out)
 
 
 @report.command("availability")
@@ -130,16 +169,15 @@ def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
 def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
     """Equipment availability (contract: 99 %) per device, class, area and month, with outages."""
     from historian import availability as A
-    from historian import report as R
 
+    _check_format(fmt, out)
     site = _site(site_file, state_dir)
     backend = _reader(site)
     try:
         r = A.compute(backend, site, d0.date(), d1.date(), area=area, progress=_Progress(3))
     finally:
         backend.close()
-    text = R.to_json(r) if fmt == "json" else R.to_csv(r) if fmt == "csv" else A.to_html(r)
-    _emit(text, out)
+    _emit(_render(fmt, r, A.to_html), out)
 
 
 @report.command("interventions")
@@ -153,13 +191,12 @@ def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
 def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
     """Time to acknowledge and to clear alarms per priority, category, area: median, p90, month."""
     from historian import interventions as I
-    from historian import report as R
 
+    _check_format(fmt, out)
     site = _site(site_file, state_dir)
     path = journal or os.path.join(site.config.site.state_dir, site.config.alarms.journal)
     r = I.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
-    text = R.to_json(r) if fmt == "json" else R.to_csv(r) if fmt == "csv" else I.to_html(r)
-    _emit(text, out)
+    _emit(_render(fmt, r, I.to_html), out)
 
 
 def _when(v: str, tz: str) -> float:

@@ -1,5 +1,5 @@
 """Reports end to end through the CLI (click runner; embedded store on disk, no sockets):
-energy HTML/CSV/JSON agree, availability from recorded quality and faults, intervention
+energy HTML/CSV/JSON/PDF agree, availability from recorded quality and faults, intervention
 delays from an alarm journal, ``scada history`` raw and aggregated."""
 
 from __future__ import annotations
@@ -9,12 +9,15 @@ import io
 import json
 import os
 import re
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
 from click.testing import CliRunner
 
+import scada.commands.report as report_cmd
 from cli import main
+from historian import report as R
 from historian.base import Points
 from historian.embedded import EmbeddedBackend
 from scada import astro
@@ -77,6 +80,69 @@ def test_energy_report_formats_agree(tmp_path):
     assert json.loads(res.stdout)["inputs"]["luminaires"] == 3
 
 
+
+def _pdf_text(s: str) -> bytes:
+    """``s`` as an uncompressed PDF string operand (parentheses and backslashes escaped)."""
+    return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+
+
+def _pdf_pages(pdf: bytes) -> int:
+    pages = len(re.findall(rb"/Type /Page(?!s)\b", pdf))
+    assert pages == int(re.search(rb"/Count (\d+)", pdf)[1])  # the page tree agrees
+    return pages
+
+
+def test_energy_report_pdf(tmp_path, monkeypatch):
+    """The PDF is the HTML page: same charts (drawn from the same SVG), inputs with the
+    inventory hash, the uncertainty statement, the tables."""
+    monkeypatch.setattr(R, "PDF_COMPRESS", False)  # page text readable as is
+    site = make_site(tmp_path, cabinets=2, lamps=3)
+    b = _store(site)
+    b.write(_energy_data(site), "jan")
+    b.close()
+    r = CliRunner()
+    args = ["report", "energy", "--site", site.path, "--from", "2025-01-01", "--to", "2025-01-31"]
+    data = json.loads(r.invoke(main, [*args, "--format", "json"]).stdout)
+    out = tmp_path / "r.pdf"
+    res = r.invoke(main, [*args, "--format", "pdf", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}" in res.stderr
+    pdf = out.read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert _pdf_text("76.471") in pdf  # savings of option B (summary table and uncertainty note)
+    assert _pdf_text(data["inputs"]["inventory_sha256"]) in pdf
+    assert data["uncertainty"].startswith("Option B savings 76.471 % +/- 0.47 percentage points")
+    assert _pdf_text("Option B savings 76.471 % +/- 0.47 percentage points") in pdf  # the note's 1st line
+    # the four charts of the HTML, drawn as vectors: each title, the 65 % line and its dashes
+    for title in ("Savings per month (%)", "Energy per month (kWh)", "Measured luminaire-nights (%)",
+                  "Savings of the 10 worst cabinets (%, option B)"):
+        assert b"(" + _pdf_text(title) + b") Tj" in pdf, title
+    assert _pdf_text("target 65 %") in pdf and b"[6 4] 0 d" in pdf
+    assert 2 <= _pdf_pages(pdf) <= 6  # 4 with fpdf2 2.8.9: inputs + result, 3 of charts and tables
+    # one Doc for both pages: every chart of the HTML is the SVG the PDF drew
+    page = R.energy_html(data)
+    assert [s for h, bl in page.doc.sections for s in bl if isinstance(s, R.Chart)]
+    assert all(c.svg in page for h, bl in page.doc.sections for c in bl if isinstance(c, R.Chart))
+    # without --out: to stdout when it is a pipe / file, refused on a terminal (binary)
+    res = r.invoke(main, [*args, "--format", "pdf"])
+    assert res.exit_code == 0 and res.stdout_bytes.startswith(b"%PDF-")
+    monkeypatch.setattr(report_cmd, "_stdout_isatty", lambda: True)
+    res = r.invoke(main, [*args, "--format", "pdf"])
+    assert res.exit_code == 2 and "--out" in res.output
+
+
+def test_pdf_without_fpdf2_says_how_to_install(tmp_path, monkeypatch):
+    site = make_site(tmp_path, cabinets=1, lamps=1)
+    monkeypatch.setitem(sys.modules, "fpdf", None)  # import fpdf -> ImportError
+    for cmd in (["energy", "--from", "2025-01-01", "--to", "2025-01-31"],
+                ["availability", "--from", "2025-01-01", "--to", "2025-01-31"], ["interventions"]):
+        out = tmp_path / f"{cmd[0]}.pdf"
+        res = CliRunner().invoke(main, ["report", *cmd, "--site", site.path, "--format", "pdf", "--out", str(out)])
+        assert res.exit_code == 1, (cmd, res.output)
+        assert "pip install '.[pdf]'" in res.output
+        assert not out.exists()
+
+
 def test_availability_from_quality_and_faults(tmp_path):
     site = make_site(tmp_path, cabinets=1, lamps=3, areas=("centre",))  # lum-03: never recorded
     b = _store(site)
@@ -124,6 +190,12 @@ def test_availability_from_quality_and_faults(tmp_path):
     total = 3 * month - 24.0
     assert r["summary"][0]["available_pct"] == round(100 * (1 - 26 / total), 4)
     assert r["summary"][0]["target_met"] is False  # 98.8 % < 99 %
+    out = tmp_path / "av.pdf"
+    res = CliRunner().invoke(main, ["report", "availability", "--site", site.path, "--from", "2025-01-01",
+                                    "--to", "2025-01-31", "--format", "pdf", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    pdf = out.read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
     # recording stops on 3 Feb: past the last point + 1 h the state is unknown, not down
     res = CliRunner().invoke(main, ["report", "availability", "--site", site.path, "--from", "2025-02-01",
                                     "--to", "2025-02-05", "--format", "json"])
@@ -165,6 +237,10 @@ def test_interventions_from_journal(tmp_path):
     assert [o["alarm_id"] for o in r["open_at_end"]] == ["centre/cab-1/open"]
     html = CliRunner().invoke(main, ["report", "interventions", "--site", site.path, "--journal", str(j)])
     assert "<svg" in html.stdout
+    res = CliRunner().invoke(main, ["report", "interventions", "--site", site.path, "--journal", str(j),
+                                    "--format", "pdf"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout_bytes.startswith(b"%PDF-") and res.stdout_bytes.rstrip().endswith(b"%%EOF")
 
 
 def test_history_command_raw_and_aggregated(tmp_path):
