@@ -162,9 +162,10 @@ def compute(backend: Backend, site: Any, d0: date, d1: date, *, area: str | None
     }
 
 
-def to_html(r: dict[str, Any]) -> str:
+def to_doc(r: dict[str, Any]) -> R.Doc:
+    """The report's page model (HTML and PDF are drawn from it: historian.report.render)."""
     m = r["monthly"]
     chart = R.bar_chart("Availability per month (%)", [x["month"] for x in m],
                         [("all equipment", [x["available_pct"] for x in m])], unit=" %",
                         hline=TARGET_PCT, hline_label="contract 99 %", ymax=100.0)
-    return R.generic_html("Equipment availability", r, [("Per month", chart)])
+    return R.generic_doc("Equipment availability", r, [("Per month", chart)])

@@ -209,13 +209,6 @@ class Doc:
     sections: list[tuple[str, list[Block]]] = field(default_factory=list)
 
 
-class Page(str):
-    """The HTML text of a page, carrying the :class:`Doc` it was rendered from, so a report whose
-    ``to_html`` returns :func:`generic_html` output can be rendered as PDF from the same Doc."""
-
-    doc: Doc
-
-
 def _block_html(b: Block) -> str:
     if isinstance(b, Chart):
         return b.svg
@@ -224,22 +217,18 @@ def _block_html(b: Block) -> str:
     return f'<p class="note">{html.escape(b.text)}</p>'
 
 
-def render_html(doc: Doc) -> Page:
-    return page(doc.title, doc.inputs, [(h, "".join(_block_html(b) for b in blocks)) for h, blocks in doc.sections],
-                doc=doc)
+def render_html(doc: Doc) -> str:
+    return page(doc.title, doc.inputs, [(h, "".join(_block_html(b) for b in blocks)) for h, blocks in doc.sections])
 
 
-def page(title: str, inputs: dict[str, Any], sections: Sequence[tuple[str, str]], *, doc: Doc | None = None) -> Page:
+def page(title: str, inputs: dict[str, Any], sections: Sequence[tuple[str, str]]) -> str:
     body = [f"<h1>{html.escape(title)}</h1>", '<table class="inputs">']
     body += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in inputs.items()]
     body.append("</table>")
     for h, content in sections:
         body.append(f"<h2>{html.escape(h)}</h2>{content}")
-    out = Page(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-               f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
-    if doc is not None:
-        out.doc = doc
-    return out
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
 
 def energy_doc(r: dict[str, Any]) -> Doc:
@@ -274,12 +263,8 @@ def energy_doc(r: dict[str, Any]) -> Doc:
     return Doc("Public lighting energy savings (IPMVP)", r["inputs"], sections)
 
 
-def energy_html(r: dict[str, Any]) -> Page:
+def energy_html(r: dict[str, Any]) -> str:
     return render_html(energy_doc(r))
-
-
-def energy_pdf(r: dict[str, Any], *, compress: bool | None = None) -> bytes:
-    return render_pdf(energy_doc(r), compress=compress)
 
 
 def generic_doc(title: str, r: dict[str, Any], charts: Sequence[tuple[str, str]] = ()) -> Doc:
@@ -293,16 +278,15 @@ def generic_doc(title: str, r: dict[str, Any], charts: Sequence[tuple[str, str]]
     return Doc(title, r.get("inputs", {}), sections)
 
 
-def generic_html(title: str, r: dict[str, Any], charts: Sequence[tuple[str, str]] = ()) -> Page:
-    return render_html(generic_doc(title, r, charts))
-
-
-def pdf_of(page_html: str, *, compress: bool | None = None) -> bytes:
-    """The PDF of a page returned by :func:`generic_html` / :func:`energy_html` (same Doc)."""
-    doc = getattr(page_html, "doc", None)
-    if not isinstance(doc, Doc):
-        raise TypeError("not a page rendered by historian.report (render_html): no Doc to draw as PDF")
-    return render_pdf(doc, compress=compress)
+def render(doc_of: Any, r: dict[str, Any], fmt: str) -> str | bytes:
+    """Report ``r`` as ``fmt`` (json, csv, html, pdf); ``doc_of(r)`` gives its page model, from
+    which both the HTML and the PDF are drawn."""
+    if fmt == "json":
+        return to_json(r)
+    if fmt == "csv":
+        return to_csv(r)
+    doc = doc_of(r)
+    return render_pdf(doc) if fmt == "pdf" else render_html(doc)
 
 
 # ---------------------------------------------------------------------------- PDF

@@ -78,18 +78,6 @@ def _check_format(fmt: str, out: str | None) -> None:
         raise click.UsageError("a PDF is binary: give --out FILE (or redirect stdout to a file)")
 
 
-def _render(fmt: str, r: dict, html):
-    """``r`` in ``fmt``; ``html(r)`` draws the page, whose Doc the PDF is drawn from."""
-    from historian import report as R
-
-    if fmt == "json":
-        return R.to_json(r)
-    if fmt == "csv":
-        return R.to_csv(r)
-    page = html(r)
-    return R.pdf_of(page) if fmt == "pdf" else page
-
-
 class _Progress:
     """Progress on stderr: step number, what is being done, elapsed seconds."""
 
@@ -156,7 +144,7 @@ def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
     finally:
         backend.close()
     prog("rendering")
-    _emit(_render(fmt, res.as_dict(), R.energy_html), out)
+    _emit(R.render(R.energy_doc, res.as_dict(), fmt), out)
 
 
 @report.command("availability")
@@ -169,6 +157,7 @@ def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
 def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
     """Equipment availability (contract: 99 %) per device, class, area and month, with outages."""
     from historian import availability as A
+    from historian import report as R
 
     _check_format(fmt, out)
     site = _site(site_file, state_dir)
@@ -177,7 +166,7 @@ def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
         r = A.compute(backend, site, d0.date(), d1.date(), area=area, progress=_Progress(3))
     finally:
         backend.close()
-    _emit(_render(fmt, r, A.to_html), out)
+    _emit(R.render(A.to_doc, r, fmt), out)
 
 
 @report.command("interventions")
@@ -191,12 +180,13 @@ def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
 def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
     """Time to acknowledge and to clear alarms per priority, category, area: median, p90, month."""
     from historian import interventions as I
+    from historian import report as R
 
     _check_format(fmt, out)
     site = _site(site_file, state_dir)
     path = journal or os.path.join(site.config.site.state_dir, site.config.alarms.journal)
     r = I.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
-    _emit(_render(fmt, r, I.to_html), out)
+    _emit(R.render(I.to_doc, r, fmt), out)
 
 
 def _when(v: str, tz: str) -> float:

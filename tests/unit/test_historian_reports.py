@@ -120,9 +120,10 @@ def test_energy_report_pdf(tmp_path, monkeypatch):
     assert _pdf_text("target 65 %") in pdf and b"[6 4] 0 d" in pdf
     assert 2 <= _pdf_pages(pdf) <= 6  # 4 with fpdf2 2.8.9: inputs + result, 3 of charts and tables
     # one Doc for both pages: every chart of the HTML is the SVG the PDF drew
-    page = R.energy_html(data)
-    assert [s for h, bl in page.doc.sections for s in bl if isinstance(s, R.Chart)]
-    assert all(c.svg in page for h, bl in page.doc.sections for c in bl if isinstance(c, R.Chart))
+    doc = R.energy_doc(data)
+    page = R.render(R.energy_doc, data, "html")
+    charts = [c for h, bl in doc.sections for c in bl if isinstance(c, R.Chart)]
+    assert len(charts) == 4 and all(c.svg in page for c in charts)
     # without --out: to stdout when it is a pipe / file, refused on a terminal (binary)
     res = r.invoke(main, [*args, "--format", "pdf"])
     assert res.exit_code == 0 and res.stdout_bytes.startswith(b"%PDF-")
