@@ -41,6 +41,15 @@ _libc: Any = None
 def trim() -> int:
     """``malloc_trim(0)`` (glibc): give free heap pages back; returns bytes of RSS released
     (0 where there is no glibc). Blocking for a few ms on a large heap: call it from a thread."""
+    libc = _glibc()
+    if not libc:
+        return 0
+    before = rss_bytes()
+    libc.malloc_trim(0)
+    return max(0, before - rss_bytes())
+
+
+def _glibc() -> Any:
     global _libc
     if _libc is None:
         try:
@@ -48,13 +57,18 @@ def trim() -> int:
 
             _libc = ctypes.CDLL("libc.so.6")
             _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):
             _libc = False
-    if not _libc:
-        return 0
-    before = rss_bytes()
-    _libc.malloc_trim(0)
-    return max(0, before - rss_bytes())
+    return _libc
+
+
+def limit_arenas(n: int = 2) -> bool:
+    """``mallopt(M_ARENA_MAX, n)``: threads created from now on share ``n`` malloc arenas instead
+    of up to 8 per core, each fragmenting on its own (the worker threads of ``to_thread``,
+    DuckDB's). Returns whether glibc took it."""
+    libc = _glibc()
+    return bool(libc) and libc.mallopt(-8, n) == 1  # M_ARENA_MAX
 
 
 def type_counts() -> collections.Counter[str]:
@@ -70,9 +84,25 @@ def duckdb_memory(con: Any) -> dict[str, int]:
     return {str(t): int(b) for t, b in rows if b}
 
 
+def _traced_growth(prev: Any, cur: Any, top: int = 12) -> str:
+    stats = cur.compare_to(prev, "lineno")
+    return "; ".join(f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno} "
+                     f"{s.size_diff / 1024:+.0f} KiB ({s.count_diff:+d})"
+                     for s in sorted(stats, key=lambda s: -s.size_diff)[:top])
+
+
 async def run(interval: float, duckdb_connections: tuple[Any, ...] = ()) -> None:
-    """Log a memory report every ``interval`` seconds (see module docstring)."""
+    """Log a memory report every ``interval`` seconds (see module docstring). With
+    ``SCADA_MEMDIAG_TRACE=1`` also trace allocations (tracemalloc, from now on: slows the server
+    down noticeably) and log the source lines whose allocations grew most, numpy arrays and byte
+    buffers included (they are invisible to the object census)."""
     prev: collections.Counter[str] | None = None
+    trace = bool(os.environ.get("SCADA_MEMDIAG_TRACE"))
+    snap = None
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(1)
     while True:
         counts = await asyncio.to_thread(type_counts)
         growth = "" if prev is None else ", ".join(
@@ -82,4 +112,9 @@ async def run(interval: float, duckdb_connections: tuple[Any, ...] = ()) -> None
         log.warning("memdiag rss=%.1f MB py_blocks=%d objects=%d duckdb=%s grew: %s",
                     rss_bytes() / 2**20, sys.getallocatedblocks(), sum(counts.values()),
                     duck, growth or "-")
+        if trace:
+            cur = tracemalloc.take_snapshot()
+            if snap is not None:
+                log.warning("memdiag traced growth: %s", _traced_growth(snap, cur))
+            snap = cur
         await asyncio.sleep(interval)

@@ -262,6 +262,7 @@ class Runtime:
         # collections only look at what the running server allocates.
         gc.collect()
         gc.freeze()
+        memdiag.limit_arenas(2)  # before the worker threads exist (see scada.memdiag)
         for name, svc in self.services.items():
             self.supervise(f"service:{name}", svc.run)
         for proto, drv in self.drivers.items():
@@ -269,8 +270,6 @@ class Runtime:
         self.supervise("health", self._health_loop)
         diag = os.environ.get("SCADA_MEMDIAG")
         if diag:
-            from scada import memdiag
-
             cons = tuple(c for svc in self.services.values()
                          if (c := getattr(getattr(svc, "backend", None), "_con", None)) is not None)
             self.supervise("memdiag", lambda: memdiag.run(float(diag), cons))

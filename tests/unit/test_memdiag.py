@@ -51,3 +51,16 @@ def test_trim_gives_fragmented_heap_pages_back() -> None:
     released = memdiag.trim()
     assert released > 20 * 2**20, released
     assert len(keep) == 625
+
+
+def test_arena_limit_is_accepted_by_glibc() -> None:
+    import threading
+
+    assert memdiag.limit_arenas(2) is True
+    done = []
+    threads = [threading.Thread(target=lambda: done.append(bytes(4096))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 8
