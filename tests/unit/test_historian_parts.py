@@ -105,6 +105,116 @@ def test_spool_round_trip_and_damaged_file(tmp_path):
     assert small.dropped == 3
 
 
+def test_spool_key_table_replay_and_shared_key_strings(tmp_path):
+    """Keys live in the spool's key table: a block holds key ids, read hands out the table's
+    string objects (a snapshot block of every tag creates no new strings), restart reloads it."""
+    d = str(tmp_path / "sp")
+    sp = Spool(d, max_bytes=10**7, fsync=False)
+    k1 = Points.of(["a/x", "a/y", "b/z"], [2, 0, 1, 2], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], 0)
+    n1 = sp.append(k1)
+    # unused keys are dropped (compact_keys), known keys are not added again, new ones are
+    n2 = sp.append(Points.of(["unused", "b/z", "c/w"], [1, 2, 1], [5.0, 6.0, 7.0], [5.0, 6.0, 7.0], 0))
+    assert sp.key_count == 4
+    with open(os.path.join(d, "keys.txt"), encoding="utf-8") as f:
+        assert f.read() == "a/x\na/y\nb/z\nc/w\n"
+    a, batch_a = sp.read(n1)
+    b, _ = sp.read(n1)
+    assert a.keys == ["a/x", "a/y", "b/z"] and a.sid.tolist() == [2, 0, 1, 2] and batch_a
+    assert all(x is y for x, y in zip(a.keys, b.keys, strict=True))
+    c, _ = sp.read(n2)
+    assert c.keys == ["b/z", "c/w"] and c.sid.tolist() == [0, 1, 0]
+    assert c.keys[0] is a.keys[2]
+    # restart with blocks pending: the table is reloaded and the blocks replay the same keys
+    sp2 = Spool(d, max_bytes=10**7, fsync=False)
+    a2, batch2 = sp2.read(n1)
+    c2, _ = sp2.read(n2)
+    assert (a2.keys, a2.sid.tolist(), a2.t.tolist(), batch2) == (a.keys, a.sid.tolist(), a.t.tolist(), batch_a)
+    assert c2.keys == c.keys and c2.keys[0] is a2.keys[2]
+    n3 = sp2.append(Points.of(["c/w", "d/v"], [0, 1], [8.0, 9.0], [8.0, 9.0], 0))
+    assert sp2.read(n3)[0].keys == ["c/w", "d/v"] and sp2.key_count == 5
+    # once every block is stored the next start begins a fresh table (bounded by live series)
+    for n in sp2.pending():
+        sp2.remove(n)
+    sp3 = Spool(d, max_bytes=10**7, fsync=False)
+    assert sp3.key_count == 0 and os.path.getsize(os.path.join(d, "keys.txt")) == 0
+    assert sp3.read(sp3.append(k1))[0].keys == ["a/x", "a/y", "b/z"]
+
+
+def test_spool_reads_v1_blocks_and_odd_keys(tmp_path):
+    """A block spooled by the previous version (SCHSPL01, keys in the JSON header) is replayed
+    after an upgrade; keys with a newline or backslash survive the line-based key table."""
+    import json
+    import struct
+
+    d = tmp_path / "sp"
+    d.mkdir()
+    header = json.dumps({"batch": "old1", "n": 3, "keys": ["a/b/c", "a/b/d"]}).encode()
+    body = b"".join((b"SCHSPL01", struct.pack("<I", len(header)), header,
+                     np.array([1, 0, 1], "<i4").tobytes(), np.array([1.0, 2.0, 3.0], "<f8").tobytes(),
+                     np.array([np.nan, 5.0, 6.0], "<f8").tobytes(), np.array([Q.Bad, 0, 0], "<u4").tobytes()))
+    (d / "000000000007.blk").write_bytes(body)
+    sp = Spool(str(d), max_bytes=10**7, fsync=False)
+    assert sp.pending() == ["000000000007.blk"]
+    old, batch = sp.read("000000000007.blk")
+    assert batch == "old1" and old.keys == ["a/b/c", "a/b/d"] and old.sid.tolist() == [1, 0, 1]
+    assert np.isnan(old.v[0]) and old.q.tolist() == [Q.Bad, 0, 0] and old.t.tolist() == [1.0, 2.0, 3.0]
+    odd = ["x/line\nbreak", "x/back\\slash\\n", "x/\u00e9t\u00e9", "x/tab\there"]
+    name = sp.append(Points.of(odd, [0, 1, 2, 3], [1.0] * 4, [1.0] * 4, 0))
+    assert name > "000000000007.blk"  # numbering continues after the old blocks
+    assert Spool(str(d), max_bytes=10**7, fsync=False).read(name)[0].keys == odd
+
+
+def test_spool_key_table_torn_line_and_missing_key(tmp_path):
+    d = str(tmp_path / "sp")
+    sp = Spool(d, max_bytes=10**7, fsync=False)
+    n1 = sp.append(Points.of(["a/x", "a/y"], [0, 1], [1.0, 2.0], [1.0, 2.0], 0))
+    kpath = os.path.join(d, "keys.txt")
+    # crash in the middle of adding a key: its block was never renamed into place
+    with open(kpath, "ab") as f:
+        f.write("b/to\u00e9".encode()[:-1])
+    sp2 = Spool(d, max_bytes=10**7, fsync=False)
+    assert sp2.key_count == 2 and sp2.read(n1)[0].keys == ["a/x", "a/y"]
+    n2 = sp2.append(Points.of(["b/new", "a/y"], [0, 1], [3.0, 4.0], [3.0, 4.0], 0))
+    with open(kpath, "rb") as f:
+        assert f.read() == b"a/x\na/y\nb/new\n"  # the torn bytes were cut, not glued to b/new
+    assert Spool(d, max_bytes=10**7, fsync=False).read(n2)[0].keys == ["b/new", "a/y"]
+    # a block naming a key id the table does not have is damaged (and set aside as such)
+    with open(kpath, "r+b") as f:
+        f.truncate(len(b"a/x\na/y\n"))
+    sp3 = Spool(d, max_bytes=10**7, fsync=False)
+    with pytest.raises(HistorianError, match=f"{n2}.*damaged"):
+        sp3.read(n2)
+    assert sp3.read(n1)[0].keys == ["a/x", "a/y"]
+    moved = sp3.set_aside(n2, "damaged")
+    assert os.path.exists(moved) and sp3.pending() == [n1]
+    # a readable block set aside is rewritten self-contained (keys in the header, SCHSPL01)
+    rej = sp3.set_aside(n1, "rejected")
+    with open(rej, "rb") as f:
+        assert f.read(8) == b"SCHSPL01"
+    os.replace(rej, os.path.join(d, n1))
+    assert Spool(d, max_bytes=10**7, fsync=False).read(n1)[0].keys == ["a/x", "a/y"]
+
+
+def test_spool_read_creates_no_key_strings(tmp_path):
+    """Reading a 100,000-key block (a snapshot) twice hands out the same string objects, the
+    ones of the key table: no per-block key strings for the allocator to fragment."""
+    n = 100_000
+    keys = [f"cab{i // 100:04d}/lamp{i % 100:02d}/power_w" for i in range(n)]
+    sp = Spool(str(tmp_path / "sp"), max_bytes=10**9, fsync=False)
+    pts = Points.of(keys, np.arange(n), np.full(n, T0), np.ones(n), 0)
+    name = sp.append(pts)
+    a, _ = sp.read(name)
+    b, _ = sp.read(name)
+    assert a.keys == keys
+    assert [id(k) for k in a.keys] == [id(k) for k in b.keys]
+    assert all(x is y for x, y in zip(a.keys, keys, strict=True))  # the recorder's own strings
+    # after a restart the strings come from the reloaded table, still shared across reads
+    sp2 = Spool(sp.dir, max_bytes=10**9, fsync=False)
+    c, _ = sp2.read(name)
+    d, _ = sp2.read(name)
+    assert c.keys == keys and all(x is y for x, y in zip(c.keys, d.keys, strict=True))
+
+
 def test_live_segments_prefers_compactions():
     names = ["0000000001_0_9_a.parquet", "0000000002_0_9_b.parquet", "c0000000001-0000000002_0_9.parquet",
              "0000000003_0_9_c.parquet", "c0000000001-0000000003_0_9.parquet", ".tmp-x", "series.tsv"]
