@@ -145,7 +145,8 @@ def send_control(addr: tuple[str, int], req: dict[str, Any], timeout: float = 10
 
 
 # --------------------------------------------------------------------------- the city
-def prepare_city(work: str, size: str, broker_port: int, opcua_port: int) -> tuple[str, Any]:
+def prepare_city(work: str, size: str, broker_port: int, opcua_port: int,
+                 snapshot: float | None = None) -> tuple[str, Any]:
     lum, jct = SIZES[size]
     prof = os.path.join(work, "profiles")
     shutil.copytree(os.path.join(REPO, "config", "profiles"), prof)
@@ -164,6 +165,8 @@ def prepare_city(work: str, size: str, broker_port: int, opcua_port: int) -> tup
                     "--broker", f"127.0.0.1:{broker_port}"], cwd=REPO, check=True, timeout=600)
     with open(site_path, "a") as f:
         f.write(f"opcua: {{port: {opcua_port}, allow_security_none: true}}\n")
+        if snapshot:  # historian snapshots more often than the default 15 min (memory checks)
+            f.write(f"historian: {{snapshot: {snapshot:g}s}}\n")
     from scada.loader import load_site
 
     return site_path, load_site(site_path)
@@ -443,6 +446,8 @@ def main() -> None:
     ap.add_argument("--outage", type=float, default=600.0, help="historian outage in --chaos, s")
     ap.add_argument("--churn", nargs=3, metavar=("URL", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--snapshot", type=float, default=None, metavar="SECONDS",
+                    help="historian snapshot period (default: the site default, 15 min)")
     ap.add_argument("--client", metavar="CFG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.churn:
@@ -470,7 +475,7 @@ def main() -> None:
         if not wait_port(broker_port, 10):
             raise SystemExit("mosquitto did not start:\n" + procs[-1].tail())
         t0 = time.monotonic()
-        site_path, site = prepare_city(work, a.size, broker_port, opcua_port)
+        site_path, site = prepare_city(work, a.size, broker_port, opcua_port, a.snapshot)
         print(f"[city] {a.size}: {site.tag_count:,} tags in {sum(1 for _ in site.all_devices()):,} devices, "
               f"generated in {time.monotonic() - t0:.1f} s (work dir {work})", flush=True)
 
