@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import random
@@ -300,8 +301,12 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
     killed = rng.sample(cabinets, max(1, len(cabinets) // 20))
     t_kill = time.time()
     at(10)
+    refused = []
     for d in killed:
-        ctl(d.path, {"op": "inject", "fault": "offline"})
+        ans = ctl(d.path, {"op": "inject", "fault": "offline"})
+        if not ans.get("ok", True):
+            refused.append((d.path, ans))
+    report["kill_refused"] = refused[:5]
     at(70)
     for d in killed:
         ctl(d.path, {"op": "clear"})
@@ -375,6 +380,10 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
              and any(e["source"].startswith(p + "/") for p in killed_paths)]
     report["killed_cabinets_with_one_comm_lost"] = len(comm & killed_paths)
     report["red_dots_under_killed_cabinets"] = len(under)
+    report["red_dots_under_killed_by_name"] = dict(collections.Counter(
+        e["name"] for e in under).most_common(5))
+    report["killed_cabinet_events_by_name"] = dict(collections.Counter(
+        e["name"] for e in events if e["source"] in killed_paths).most_common(5))
     journal = os.path.join(os.path.dirname(os.path.dirname(segdir)).rsplit("/historian", 1)[0], "alarms")
     m = alarm_metrics(read_journal(journal), time.time())
     report["flood_detected"] = bool(m["flood_periods"])
@@ -383,7 +392,9 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
     h = {k: last.get(f"_system/historian/{k}") or 0 for k in
          ("recorded", "written", "queued", "spool_blocks", "dropped", "rejected_blocks")}
     report["historian"] = h
-    report["historian_points_lost"] = h["recorded"] - h["written"] - h["queued"] if not h["spool_blocks"] else None
+    # recorded = points put in blocks (queued changes are not blocks yet); once the spool has
+    # drained, every one of them must have been written
+    report["historian_points_lost"] = h["recorded"] - h["written"] if not h["spool_blocks"] else None
     try:  # an independent count: what the store holds, read by another process (this one)
         from historian.embedded import EmbeddedBackend
         report["historian_store_points"] = EmbeddedBackend(os.path.dirname(segdir)).count()
