@@ -376,7 +376,8 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
     events = [e for e in read_jsonl(ccfg["events"]) if e["t"] >= t_kill]
     killed_paths = {d.path for d in killed}
     comm = {e["source"] for e in events if e["name"] == "comm_lost" and e.get("active")}
-    under = [e for e in events if e.get("active") and e["name"] != "lamp_failure"
+    # a red dot is an annunciated alarm: active and Retain (suppressed ones arrive with Retain false)
+    under = [e for e in events if e.get("active") and e.get("retain") and e["name"] != "lamp_failure"
              and any(e["source"].startswith(p + "/") for p in killed_paths)]
     report["killed_cabinets_with_one_comm_lost"] = len(comm & killed_paths)
     report["red_dots_under_killed_cabinets"] = len(under)
