@@ -60,6 +60,10 @@ current_session: contextvars.ContextVar[InternalSession | None] = contextvars.Co
 
 MIN_PUBLISHING_INTERVAL_MS = 50.0
 MAX_QUEUE_SIZE = 10
+#: queue of an event monitored item (alarm events): one tag batch can raise a cabinet's
+#: comm_lost and suppress its 64 luminaires' alarms within one publishing interval; with the
+#: data-change bound of 10 the oldest events, the root cause first, were discarded
+EVENT_QUEUE_SIZE = 10_000
 _NUMERIC_VT = {
     ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
     ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
@@ -172,7 +176,17 @@ class GuardedSession(InternalSession):
             have = len(sub.monitored_item_srv._monitored_items)
             if have + len(params.ItemsToCreate) > self.scada.cfg.max_monitored_items_per_subscription:
                 raise ServiceError(ua.StatusCodes.BadTooManyMonitoredItems)
-        return await super().create_monitored_items(params)
+        results = await super().create_monitored_items(params)
+        sub = self.subscription_service.subscriptions.get(params.SubscriptionId)
+        if sub is not None:
+            items = sub.monitored_item_srv._monitored_items
+            for req, res in zip(params.ItemsToCreate, results, strict=False):
+                md = items.get(res.MonitoredItemId)
+                if md is not None and req.ItemToMonitor.AttributeId == ua.AttributeIds.EventNotifier:
+                    asked = int(req.RequestedParameters.QueueSize or 0)
+                    md.queue_size = min(asked, EVENT_QUEUE_SIZE) if asked > 0 else EVENT_QUEUE_SIZE
+                    res.RevisedQueueSize = md.queue_size
+        return results
 
     async def call(self, params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
         token = current_session.set(self)

@@ -211,3 +211,34 @@ async def test_cli_actions_go_through_the_methods(server) -> None:
     assert rt.tagdb.read("north/cab-2/power_w").quality == Q.BadOutOfService
     with pytest.raises(ClientError, match="BadUserAccessDenied"):
         await call_action(url, None, None, "acknowledge", alarm_id=AID, comment="")
+
+
+async def test_a_flood_in_one_publishing_interval_reaches_the_client_whole(tmp_path) -> None:
+    """30 red dots raised in one batch, a client publishing once a second with the default queue
+    size: every event arrives (the event queue is not the data-change bound of 10, which used to
+    drop the oldest events of a batch - a cabinet's root cause before its luminaires')."""
+    port = free_port()
+    site = load_site(write_site(tmp_path, nlum=30, extra=(
+        f"opcua: {{port: {port}, allow_security_none: true, anonymous: viewer}}\n")),
+        validate_drivers=False)
+    rt = Runtime(site, RealClock())
+    rt.load_services(only=["alarms", "opcua"])
+    await rt.start()
+    try:
+        await asyncio.wait_for(rt.services["opcua"].started.wait(), 30)
+        alarms = rt.services["alarms"]
+        await until(lambda: alarms.conditions is not None and hasattr(alarms.conditions, "ns"))
+        lums = [f"centre/cab-1/lum-{k:02d}" for k in range(1, 31)]
+        feed(rt, {"centre/cab-1/comm_ok": 1, "centre/cab-1/contactor": 1,
+                  **{f"{lum}/lamp_failure": 0 for lum in lums}})
+        async with Client(f"opc.tcp://127.0.0.1:{port}/scada", timeout=10) as c:
+            col = Collector()
+            sub = await c.create_subscription(1000, col)
+            await sub.subscribe_events(c.nodes.server, ua.ObjectIds.AlarmConditionType)
+            feed(rt, {f"{lum}/lamp_failure": 1 for lum in lums})  # one batch
+            await until(lambda: len({f(e, "SourceName") for e in col.events
+                                     if f(e, "ConditionName") == "lamp_failure"}) >= 30)
+            got = {f(e, "SourceName") for e in col.events if f(e, "ConditionName") == "lamp_failure"}
+            assert got == set(lums)
+    finally:
+        await rt.stop()
