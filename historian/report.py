@@ -263,10 +263,6 @@ def energy_doc(r: dict[str, Any]) -> Doc:
     return Doc("Public lighting energy savings (IPMVP)", r["inputs"], sections)
 
 
-def energy_html(r: dict[str, Any]) -> str:
-    return render_html(energy_doc(r))
-
-
 def generic_doc(title: str, r: dict[str, Any], charts: Sequence[tuple[str, str]] = ()) -> Doc:
     """``charts``: (heading, SVG from bar_chart / hbar_chart); then every table of the report."""
     sections: list[tuple[str, list[Block]]] = [(h, [Chart(svg)]) for h, svg in charts]

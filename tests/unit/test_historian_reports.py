@@ -45,13 +45,17 @@ def _energy_data(site, days: int = 31):
     return Points.of(keys, np.repeat(np.arange(len(keys)), n), np.tile(t, len(keys)), np.tile(wh, len(keys)))
 
 
-def test_energy_report_formats_agree(tmp_path):
+def _energy_january(tmp_path) -> list[str]:
+    """A 2-cabinet site with January's 15-min energy stored; the report command's arguments."""
     site = make_site(tmp_path, cabinets=2, lamps=3)
     b = _store(site)
     b.write(_energy_data(site), "jan")
     b.close()
-    r = CliRunner()
-    args = ["report", "energy", "--site", site.path, "--from", "2025-01-01", "--to", "2025-01-31"]
+    return ["report", "energy", "--site", site.path, "--from", "2025-01-01", "--to", "2025-01-31"]
+
+
+def test_energy_report_formats_agree(tmp_path):
+    r, args = CliRunner(), _energy_january(tmp_path)
     res = r.invoke(main, [*args, "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
@@ -96,12 +100,7 @@ def test_energy_report_pdf(tmp_path, monkeypatch):
     """The PDF is the HTML page: same charts (drawn from the same SVG), inputs with the
     inventory hash, the uncertainty statement, the tables."""
     monkeypatch.setattr(R, "PDF_COMPRESS", False)  # page text readable as is
-    site = make_site(tmp_path, cabinets=2, lamps=3)
-    b = _store(site)
-    b.write(_energy_data(site), "jan")
-    b.close()
-    r = CliRunner()
-    args = ["report", "energy", "--site", site.path, "--from", "2025-01-01", "--to", "2025-01-31"]
+    r, args = CliRunner(), _energy_january(tmp_path)
     data = json.loads(r.invoke(main, [*args, "--format", "json"]).stdout)
     out = tmp_path / "r.pdf"
     res = r.invoke(main, [*args, "--format", "pdf", "--out", str(out)])
