@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -274,9 +275,58 @@ async def churn_main(url: str, clients: int, seconds: float) -> None:
     print(json.dumps({"sessions_ok": ok, "sessions_failed": failed}), flush=True)
 
 
+class RssSampler(threading.Thread):
+    """Samples the server's RSS every ``every`` seconds as (monotonic time, bytes), bounded by
+    ``limit_s``; one steady series for the memory figures (max, end, growth per hour)."""
+
+    def __init__(self, server: "Proc", every: float = 10.0, limit_s: float = 48 * 3600) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.server, self.every, self.limit_s = server, every, limit_s
+        self.samples: list[tuple[float, int]] = [(time.monotonic(), server.rss())]
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        t_end = time.monotonic() + self.limit_s
+        while not self._halt.wait(self.every) and time.monotonic() < t_end:
+            try:
+                self.samples.append((time.monotonic(), self.server.rss()))
+            except OSError:  # the server exited; the bench reports that separately
+                return
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._halt.set()
+        self.join(5)
+        return self.samples
+
+
+def memory_growth(samples: list[tuple[float, int]], warmup_share: float = 1 / 6) -> dict[str, Any]:
+    """Memory growth per hour after warm-up: the least-squares slope of RSS against time over the
+    samples after the first ``warmup_share`` of the window, as % of their mean per hour. RSS
+    moves by tens of MB as the historian's snapshot buffers come and go, so two end points alone
+    say more about where those fall than about a trend; the end-point figure is printed too."""
+    import numpy as np
+
+    if len(samples) < 3:
+        return {}
+    t0 = samples[0][0]
+    warm = [(t, r) for t, r in samples if t - t0 >= warmup_share * (samples[-1][0] - t0)]
+    t = np.array([x[0] for x in warm]) / 3600.0
+    mb = np.array([x[1] for x in warm]) / 2**20
+    slope = float(np.polyfit(t - t[0], mb, 1)[0]) if len(warm) >= 3 and t[-1] > t[0] else 0.0
+    hours = max(1e-9, t[-1] - t[0])
+    return {
+        "soak_memory_growth_pct_per_hour": round(100.0 * slope / float(mb.mean()), 2),
+        "soak_memory_growth_mb_per_hour": round(slope, 1),
+        "soak_memory_growth_endpoints_pct_per_hour": round(float(100.0 * (mb[-1] - mb[0]) / mb[0] / hours), 2),
+        "soak_rss_mb_after_warmup": {"first": round(float(mb[0])), "last": round(float(mb[-1])),
+                                     "min": round(float(mb.min())), "max": round(float(mb.max())),
+                                     "samples": len(warm), "every_s": round(float(3600 * hours / max(1, len(warm) - 1)), 1)},
+    }
+
+
 def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, int], procs: list,
               server: Proc, ccfg: dict[str, Any], opcua_port: int, rng: random.Random, tm0: float,
-              duration: float, rss_samples: list[int]) -> dict[str, Any]:
+              duration: float) -> dict[str, Any]:
     """The chaos list of issue 9 against the running city; returns what was checked."""
     from scada.alarms.journal import read_journal
     from scada.alarms.metrics import compute as alarm_metrics
@@ -288,8 +338,6 @@ def run_chaos(a: Any, site: Any, work: str, controls: list, shard_of: dict[str, 
     def at(offset: float) -> None:
         while time.monotonic() < tm0 + offset:
             time.sleep(min(1.0, tm0 + offset - time.monotonic()))
-            if int(time.monotonic()) % 30 == 0:
-                rss_samples.append(server.rss())
 
     def health_last() -> dict[str, Any]:
         rows = read_jsonl(ccfg["health"])
@@ -547,7 +595,8 @@ def main() -> None:
 
         # measurement window with faults
         cpu0, tm0 = server.cpu_seconds(), time.monotonic()
-        rss_samples = [server.rss()]
+        sampler = RssSampler(server)
+        sampler.start()
         health_mark = len(read_jsonl(ccfg["health"]))
         from scada.commands.sim import shard_key
 
@@ -568,13 +617,11 @@ def main() -> None:
         chaos_report: dict[str, Any] = {}
         if a.chaos:
             chaos_report = run_chaos(a, site, work, controls, shard_of, procs, server, ccfg,
-                                     opcua_port, rng, tm0, duration, rss_samples)
+                                     opcua_port, rng, tm0, duration)
         for k, path in enumerate(victims):
             at = tm0 + k * inject_window / max(1, len(victims))
             while time.monotonic() < at:
                 time.sleep(min(1.0, at - time.monotonic()))
-                if int(time.monotonic() - tm0) % 30 == 0:
-                    rss_samples.append(server.rss())
             parent = path.rsplit("/", 1)[0]
             ctl = controls[shard_of.get(parent, 0)]
             t_flip = time.time()
@@ -589,8 +636,8 @@ def main() -> None:
                              {"op": "clear", "path": old_path})
         while time.monotonic() < tm0 + duration:
             time.sleep(min(5.0, tm0 + duration - time.monotonic()))
-            rss_samples.append(server.rss())
         cpu1, tm1 = server.cpu_seconds(), time.monotonic()
+        rss_samples = [r for _, r in sampler.stop()] + [server.rss()]
         alive = server.alive()
         stop_s = server.stop(signal.SIGTERM)
         client.stop(signal.SIGTERM)
@@ -649,10 +696,7 @@ def main() -> None:
             figures["chaos"] = chaos_report
         if a.soak:
             figures["soak_availability_pct"] = cycles_on_time
-            rss_h = [(r / 2**20) for r in rss_samples]
-            warm = rss_h[len(rss_h) // 6:] or rss_h
-            growth = (warm[-1] - warm[0]) / warm[0] * 100 / max(1e-9, (tm1 - tm0) / 3600)
-            figures["soak_memory_growth_pct_per_hour"] = round(growth, 2)
+            figures.update(memory_growth(sampler.samples))
         path = save(f"city-{a.size}" + ("-soak" if a.soak else ""), figures)
         print(json.dumps(figures, indent=2))
         print(f"[city] figures saved to {path}")
