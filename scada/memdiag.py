@@ -63,12 +63,20 @@ def _glibc() -> Any:
     return _libc
 
 
-def limit_arenas(n: int = 2) -> bool:
+def limit_arenas(n: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
     """``mallopt(M_ARENA_MAX, n)``: threads created from now on share ``n`` malloc arenas instead
     of up to 8 per core, each fragmenting on its own (the worker threads of ``to_thread``,
-    DuckDB's). Returns whether glibc took it."""
+    DuckDB's). ``mallopt(M_MMAP_THRESHOLD, mmap_threshold)``: blocks that large always get their
+    own mapping, given back to the system when freed. glibc otherwise raises that threshold
+    (up to 32 MB) each time such a block is freed, after which the historian's multi-MB numpy
+    and DuckDB buffers, allocated and freed by worker threads every second, are cut from the
+    arenas' heaps, between long-lived small blocks, and the heaps only grow. The default
+    (128 KiB) is glibc's own starting value, held fixed. Returns whether glibc took both."""
     libc = _glibc()
-    return bool(libc) and libc.mallopt(-8, n) == 1  # M_ARENA_MAX
+    if not libc:
+        return False
+    ok = libc.mallopt(-8, n) == 1  # M_ARENA_MAX
+    return libc.mallopt(-3, int(mmap_threshold)) == 1 and ok  # M_MMAP_THRESHOLD
 
 
 def type_counts() -> collections.Counter[str]:
@@ -115,6 +123,7 @@ async def run(interval: float, duckdb_connections: tuple[Any, ...] = ()) -> None
         if trace:
             cur = tracemalloc.take_snapshot()
             if snap is not None:
-                log.warning("memdiag traced growth: %s", _traced_growth(snap, cur))
+                log.warning("memdiag traced=%.1f MB growth: %s",
+                            tracemalloc.get_traced_memory()[0] / 2**20, _traced_growth(snap, cur))
             snap = cur
         await asyncio.sleep(interval)
