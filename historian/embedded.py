@@ -122,7 +122,10 @@ class EmbeddedBackend(Backend):
         self.compact_after = int(self.options.get("compact_after", 64))
         self.fsync = bool(self.options.get("fsync", True))
         self.zstd_level = int(self.options.get("zstd_level", 3))
-        self._con = duckdb.connect(":memory:", config={"threads": int(self.options.get("threads", 2))})
+        # no external file cache: it does not cache local files anyway, but keeps an entry for
+        # every Parquet file ever read, and compaction keeps making and deleting files (~2 MB/h)
+        self._con = duckdb.connect(":memory:", config={"threads": int(self.options.get("threads", 2)),
+                                                      "enable_external_file_cache": False})
         self._lock = threading.Lock()
         # series ids are read by query threads while the writer thread adds new ones
         self._series_lock = threading.RLock()
