@@ -293,10 +293,11 @@ class RssSampler(threading.Thread):
             except OSError:  # the server exited; the bench reports that separately
                 return
 
-    def stop(self) -> list[tuple[float, int]]:
+    def stop(self) -> None:
+        """Stop sampling; the last sample is taken now."""
         self._halt.set()
         self.join(5)
-        return self.samples
+        self.samples.append((time.monotonic(), self.server.rss()))
 
 
 def memory_growth(samples: list[tuple[float, int]], warmup_share: float = 1 / 6) -> dict[str, Any]:
@@ -637,7 +638,7 @@ def main() -> None:
         while time.monotonic() < tm0 + duration:
             time.sleep(min(5.0, tm0 + duration - time.monotonic()))
         cpu1, tm1 = server.cpu_seconds(), time.monotonic()
-        rss_samples = [r for _, r in sampler.stop()] + [server.rss()]
+        sampler.stop()
         alive = server.alive()
         stop_s = server.stop(signal.SIGTERM)
         client.stop(signal.SIGTERM)
@@ -674,8 +675,8 @@ def main() -> None:
         figures.update({
             "duration_s": round(tm1 - tm0), "server_alive": alive, "server_stop_s": round(stop_s, 2),
             "server_cpu_pct_of_one_core": round(cpu_pct, 1),
-            "server_rss_mb_max": round(max(rss_samples) / 2**20),
-            "server_rss_mb_end": round(rss_samples[-1] / 2**20),
+            "server_rss_mb_max": round(max(r for _, r in sampler.samples) / 2**20),
+            "server_rss_mb_end": round(sampler.samples[-1][1] / 2**20),
             "tag_updates_per_s_median": round(percentile(ups, 50)) if ups else None,
             "devices_connected_at_end": connected,
             "poll_cycles_on_time_pct": cycles_on_time,

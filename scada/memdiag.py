@@ -63,8 +63,8 @@ def _glibc() -> Any:
     return _libc
 
 
-def limit_arenas(n: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
-    """``mallopt(M_ARENA_MAX, n)``: threads created from now on share ``n`` malloc arenas instead
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
+    """``mallopt(M_ARENA_MAX, arenas)``: threads created from now on share ``arenas`` malloc arenas instead
     of up to 8 per core, each fragmenting on its own (the worker threads of ``to_thread``,
     DuckDB's). ``mallopt(M_MMAP_THRESHOLD, mmap_threshold)``: blocks that large always get their
     own mapping, given back to the system when freed. glibc otherwise raises that threshold
@@ -75,7 +75,7 @@ def limit_arenas(n: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
     libc = _glibc()
     if not libc:
         return False
-    ok = libc.mallopt(-8, n) == 1  # M_ARENA_MAX
+    ok = libc.mallopt(-8, arenas) == 1  # M_ARENA_MAX
     return libc.mallopt(-3, int(mmap_threshold)) == 1 and ok  # M_MMAP_THRESHOLD
 
 

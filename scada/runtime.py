@@ -262,7 +262,7 @@ class Runtime:
         # collections only look at what the running server allocates.
         gc.collect()
         gc.freeze()
-        memdiag.limit_arenas(2)  # before the worker threads exist (see scada.memdiag)
+        memdiag.tune_malloc()  # before the worker threads exist (see scada.memdiag)
         for name, svc in self.services.items():
             self.supervise(f"service:{name}", svc.run)
         for proto, drv in self.drivers.items():

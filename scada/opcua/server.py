@@ -177,15 +177,13 @@ class GuardedSession(InternalSession):
             if have + len(params.ItemsToCreate) > self.scada.cfg.max_monitored_items_per_subscription:
                 raise ServiceError(ua.StatusCodes.BadTooManyMonitoredItems)
         results = await super().create_monitored_items(params)
-        sub = self.subscription_service.subscriptions.get(params.SubscriptionId)
-        if sub is not None:
-            items = sub.monitored_item_srv._monitored_items
-            for req, res in zip(params.ItemsToCreate, results, strict=False):
-                md = items.get(res.MonitoredItemId)
-                if md is not None and req.ItemToMonitor.AttributeId == ua.AttributeIds.EventNotifier:
-                    asked = int(req.RequestedParameters.QueueSize or 0)
-                    md.queue_size = min(asked, EVENT_QUEUE_SIZE) if asked > 0 else EVENT_QUEUE_SIZE
-                    res.RevisedQueueSize = md.queue_size
+        # asyncua caps every queue at max_monitored_item_queue_size; event items get their own
+        items = sub.monitored_item_srv._monitored_items if sub is not None else {}
+        for req, res in zip(params.ItemsToCreate, results, strict=False):
+            md = items.get(res.MonitoredItemId)
+            if md is not None and req.ItemToMonitor.AttributeId == ua.AttributeIds.EventNotifier:
+                asked = int(req.RequestedParameters.QueueSize or 0)
+                md.queue_size = res.RevisedQueueSize = min(asked or EVENT_QUEUE_SIZE, EVENT_QUEUE_SIZE)
         return results
 
     async def call(self, params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
