@@ -15,7 +15,7 @@ one *immutable* file, written to a temporary name, fsynced and renamed into plac
 Layout of ``<dir>``::
 
     series.tsv                       append-only "id<TAB>tag path" lines
-    blocks.log                       batch ids of stored blocks (idempotent replays)
+    blocks.log                       batch ids of the last stored blocks (idempotent replays)
     segments/<seq>_<tmin>_<tmax>_<batch>.parquet       one per written block
     segments/c<seqlo>-<seqhi>_<tmin>_<tmax>.parquet    compaction of blocks seqlo..seqhi
     writer.lock                      held (flock) by the one writing process
@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,7 +103,9 @@ def live_segments(names: Sequence[str]) -> list[Segment]:
 
 class EmbeddedBackend(Backend):
     """Parquet segments + DuckDB. Options: ``compact_after`` (blocks, default 64),
-    ``zstd_level`` (default 3), ``fsync`` (default true)."""
+    ``zstd_level`` (default 3), ``fsync`` (default true), ``remember_batches`` (default 100,000:
+    batch ids kept, in memory and in ``blocks.log``, to skip replayed blocks; a spool replays
+    only blocks written since its last acknowledgement, so a few would do)."""
 
     name = "embedded"
 
@@ -134,7 +137,11 @@ class EmbeddedBackend(Backend):
         self._keys: list[str] = []
         self._series_size = -1
         self._seq = -1
-        self._batches: set[str] = set()
+        # the last ``remember_batches`` batch ids written, oldest first: one block a second is
+        # 31 M ids a year, so neither this nor blocks.log may keep them all
+        self.remember_batches = max(1, int(self.options.get("remember_batches", 100_000)))
+        self._batches: OrderedDict[str, None] = OrderedDict()
+        self._log_lines = 0
         self.written_points = 0
         self.written_bytes = 0
 
@@ -218,14 +225,41 @@ class EmbeddedBackend(Backend):
                     os.unlink(os.path.join(self.segdir, n))  # torn write from a crash
         segs = [s for s in (parse_segment(n) for n in names) if s is not None]
         self._seq = max((s.hi for s in segs), default=-1)
-        self._batches = {s.batch for s in segs if s.batch}
         # batch ids of blocks already folded into compactions (replays after a crash skip them)
         try:
             with open(os.path.join(self.path, "blocks.log"), encoding="utf-8") as f:
-                tail = f.readlines()[-100_000:]
-            self._batches.update(line.strip() for line in tail if line.strip())
+                lines = [ln.strip() for ln in f if ln.strip()]
         except FileNotFoundError:
-            pass
+            lines = []
+        self._log_lines = len(lines)
+        for b in lines[-self.remember_batches:]:
+            self._remember(b)
+        for s in sorted((s for s in segs if s.batch), key=lambda s: s.lo):
+            self._remember(s.batch)
+
+    def _remember(self, batch: str) -> None:
+        self._batches[batch] = None
+        self._batches.move_to_end(batch)
+        while len(self._batches) > self.remember_batches:
+            self._batches.popitem(last=False)
+
+    def _log_batch(self, batch: str) -> None:
+        """Append ``batch`` to blocks.log; past twice ``remember_batches`` lines, rewrite it
+        (atomically) with the ids still remembered, so the file stays bounded too."""
+        log_path = os.path.join(self.path, "blocks.log")
+        if self._log_lines >= 2 * self.remember_batches:
+            tmp = log_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(b + "\n" for b in self._batches))
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, log_path)
+            self._log_lines = len(self._batches)
+            return
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(batch + "\n")
+        self._log_lines += 1
 
     def write(self, points: Points, batch_id: str) -> None:
         """Write one block as one immutable segment (see module doc)."""
@@ -254,9 +288,9 @@ class EmbeddedBackend(Backend):
                 name = f"{self._seq:010d}_{int(t.min())}_{int(t.max())}_{batch or 'x'}.parquet"
                 self._copy({"sid": sids, "t": t, "v": v, "q": q,
                             "b": np.full(len(t), self._seq, np.uint32)}, name)
-                self._batches.add(batch)
-                with open(os.path.join(self.path, "blocks.log"), "a", encoding="utf-8") as f:
-                    f.write(batch + "\n")
+                if batch:
+                    self._remember(batch)
+                    self._log_batch(batch)
                 self.written_points += len(t)
             except (OSError, duckdb.IOException) as e:
                 raise BackendUnavailable(

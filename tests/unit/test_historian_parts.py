@@ -241,6 +241,29 @@ def test_embedded_compaction_keeps_later_writes_and_single_writer(tmp_path):
         x.close()
 
 
+def test_embedded_remembers_recent_batches_only_and_blocks_log_stays_bounded(tmp_path):
+    """One block a second is 31 M batch ids a year: the writer keeps the last
+    ``remember_batches`` (in memory and in blocks.log), which still skips a replayed block."""
+    path = str(tmp_path / "s")
+    key = ["x/y/z"]
+    b = EmbeddedBackend(path, {"fsync": False, "compact_after": 4, "remember_batches": 5})
+    for k in range(23):
+        b.write(Points.of(key, [0], [T0 + k], [float(k)]), f"b{k}")
+    assert list(b._batches) == [f"b{k}" for k in range(18, 23)]
+    with open(os.path.join(path, "blocks.log")) as f:
+        lines = f.read().split()
+    assert 5 <= len(lines) <= 10 and lines[-1] == "b22"  # rewritten when it reached 10 lines
+    b.write(Points.of(key, [0], [T0 + 22], [-1.0]), "b22")  # a replay: skipped
+    b.close()
+    again = EmbeddedBackend(path, {"fsync": False, "remember_batches": 5})
+    again.write(Points.of(key, [0], [T0 + 21], [-1.0]), "b21")  # replay after a restart: skipped
+    assert again.read_raw(key[0], T0, T0 + 30).v.tolist() == [float(k) for k in range(23)]
+    assert list(again._batches) == [f"b{k}" for k in range(18, 23)]
+    again.write(Points.of(key, [0], [T0 + 1], [-1.0]), "b1")  # long forgotten: written again
+    assert again.read_raw(key[0], T0 + 1, T0 + 2).v.tolist() == [-1.0]
+    again.close()
+
+
 def test_line_protocol_escapes_and_nan():
     pts = Points.of(["a b/c,d=e", "ok/x"], [0, 1], [T0 + 0.0015, T0], [1.5, np.nan], [0, Q.BadCommunicationError])
     text = b"".join(line_protocol(pts, "scada", "ms")).decode()
