@@ -103,7 +103,7 @@ def live_segments(names: Sequence[str]) -> list[Segment]:
 
 class EmbeddedBackend(Backend):
     """Parquet segments + DuckDB. Options: ``compact_after`` (blocks, default 64),
-    ``zstd_level`` (default 3), ``fsync`` (default true), ``remember_batches`` (default 100,000:
+    ``zstd_level`` (default 3), ``fsync`` (default true), ``remember_batches`` (default 10,000:
     batch ids kept, in memory and in ``blocks.log``, to skip replayed blocks; a spool replays
     only blocks written since its last acknowledgement, so a few would do)."""
 
@@ -139,7 +139,7 @@ class EmbeddedBackend(Backend):
         self._seq = -1
         # the last ``remember_batches`` batch ids written, oldest first: one block a second is
         # 31 M ids a year, so neither this nor blocks.log may keep them all
-        self.remember_batches = max(1, int(self.options.get("remember_batches", 100_000)))
+        self.remember_batches = max(1, int(self.options.get("remember_batches", 10_000)))
         self._batches: OrderedDict[str, None] = OrderedDict()
         self._log_lines = 0
         self.written_points = 0
