@@ -509,6 +509,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--snapshot", type=float, default=None, metavar="SECONDS",
                     help="historian snapshot period (default: the site default, 15 min)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment of the server process only (repeatable), e.g. "
+                         "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (docs/operations.md)")
     ap.add_argument("--client", metavar="CFG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.churn:
@@ -527,6 +530,9 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix=f"city-{a.size}-")
     procs: list[Proc] = []
     figures: dict[str, Any] = {"size": a.size, "luminaires": SIZES[a.size][0], "junctions": SIZES[a.size][1]}
+    server_env = dict(kv.split("=", 1) for kv in a.server_env)
+    if server_env:
+        figures["server_env"] = server_env
     try:
         broker_port, opcua_port = free_port(), free_port()
         with open(os.path.join(work, "mosquitto.conf"), "w") as f:
@@ -567,7 +573,7 @@ def main() -> None:
 
         # server
         t0 = time.monotonic()
-        server = Proc("server", [sys.executable, "-m", "cli", "run", site_path], work)
+        server = Proc("server", [sys.executable, "-m", "cli", "run", site_path], work, server_env)
         procs.append(server)
         if not wait_port(opcua_port, 600):
             raise SystemExit("server did not open its OPC UA port:\n" + server.tail(40))
