@@ -279,7 +279,7 @@ class RssSampler(threading.Thread):
     """Samples the server's RSS every ``every`` seconds as (monotonic time, bytes), bounded by
     ``limit_s``; one steady series for the memory figures (max, end, growth per hour)."""
 
-    def __init__(self, server: "Proc", every: float = 10.0, limit_s: float = 48 * 3600) -> None:
+    def __init__(self, server: Proc, every: float = 10.0, limit_s: float = 48 * 3600) -> None:
         super().__init__(name="rss-sampler", daemon=True)
         self.server, self.every, self.limit_s = server, every, limit_s
         self.samples: list[tuple[float, int]] = [(time.monotonic(), server.rss())]
@@ -465,6 +465,14 @@ def sim_specs(sim_procs: int, junction_procs: int) -> list[tuple[list[str], int,
 
 
 # --------------------------------------------------------------------------- orchestration
+def env_pair(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of ``--server-env``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []
@@ -509,7 +517,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--snapshot", type=float, default=None, metavar="SECONDS",
                     help="historian snapshot period (default: the site default, 15 min)")
-    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", type=env_pair,
                     help="environment of the server process only (repeatable), e.g. "
                          "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (docs/operations.md)")
     ap.add_argument("--client", metavar="CFG", help=argparse.SUPPRESS)
@@ -530,7 +538,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix=f"city-{a.size}-")
     procs: list[Proc] = []
     figures: dict[str, Any] = {"size": a.size, "luminaires": SIZES[a.size][0], "junctions": SIZES[a.size][1]}
-    server_env = dict(kv.split("=", 1) for kv in a.server_env)
+    server_env = dict(a.server_env)
     if server_env:
         figures["server_env"] = server_env
     try:

@@ -45,6 +45,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from scada.files import replace_text
+
 from .base import Backend, BackendUnavailable, Buckets, HistorianError, Points, Raw
 
 log = logging.getLogger("historian.embedded")
@@ -248,13 +250,7 @@ class EmbeddedBackend(Backend):
         (atomically) with the ids still remembered, so the file stays bounded too."""
         log_path = os.path.join(self.path, "blocks.log")
         if self._log_lines >= 2 * self.remember_batches:
-            tmp = log_path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(b + "\n" for b in self._batches))
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, log_path)
+            replace_text(log_path, "".join(b + "\n" for b in self._batches), self.fsync)
             self._log_lines = len(self._batches)
             return
         with open(log_path, "a", encoding="utf-8") as f:

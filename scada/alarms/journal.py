@@ -37,6 +37,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..files import replace_text
+
 log = logging.getLogger("scada.alarms.journal")
 
 _NAME = re.compile(r"journal-(\d{6})\.jsonl$")
@@ -198,14 +200,9 @@ class Journal:
         """Atomically replace ``snapshot.json`` (states as of ``data['seq']``, valid for the
         journal files numbered ``>= file``)."""
         data = {**data, "file": self._num}
-        path = os.path.join(self.directory, SNAPSHOT)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, default=str, ensure_ascii=False, separators=(",", ":"))
-            f.flush()
-            if self.fsync == "always":
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_text(os.path.join(self.directory, SNAPSHOT),
+                     json.dumps(data, default=str, ensure_ascii=False, separators=(",", ":")),
+                     fsync=self.fsync == "always")
         # interval/never: a power cut right after a rotation may lose the snapshot; the start-up
         # then replays the journal files (they are never deleted by the server)
 

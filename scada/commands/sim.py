@@ -19,6 +19,8 @@ import sys
 
 import click
 
+from ..files import replace_text
+
 
 def register(main: click.Group) -> None:
     """Add this module's commands to the main group."""
@@ -110,10 +112,7 @@ def shard_key(dev) -> tuple:
 
 def _write_ready(path: str, info: dict) -> None:
     """Atomically write the ready file (another process polls for it)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f)
-    os.replace(tmp, path)
+    replace_text(path, json.dumps(info), fsync=False)
 
 
 async def _run(site, rate: float, faults, protocols, ctl, ready_file, duration) -> None:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..audit import AuditLog
+from ..files import replace_text
 
 
 class OverrideRefused(PermissionError):
@@ -93,12 +94,7 @@ class OverrideStore:
         return [Override(**o) for o in data.get("overrides", [])]
 
     def _write(self, items: list[Override]) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"overrides": [asdict(o) for o in items]}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        replace_text(self.path, json.dumps({"overrides": [asdict(o) for o in items]}, indent=1))
 
     def reload_if_changed(self) -> bool:
         """Re-read the file when its mtime/size changed; True when something was (re)loaded."""
