@@ -1,6 +1,6 @@
 """``scada``: the command line of the city SCADA server (thin: parse, call, print).
 
-Each group of commands lives in ``scada/commands/<topic>.py`` and registers itself on the main
+Each group of commands lives in ``commands/<topic>.py`` and registers itself on the main
 group through its ``register(group)`` function.
 """
 
@@ -14,12 +14,12 @@ from scada import __version__
 
 #: Command modules, each exposing ``register(main)``.
 COMMAND_MODULES = (
-    "scada.commands.core",      # run, demo, check, schema, gen-city
-    "scada.commands.sim",       # sim
-    "scada.commands.client",    # tags, watch, write, user (OPC UA client side)
-    "scada.commands.alarms",    # alarms, ack, shelve
-    "scada.commands.schedule",  # schedule preview / explain / override
-    "scada.commands.report",    # report energy / availability / interventions, history
+    "commands.core",      # run, demo, check, schema, gen-city
+    "commands.sim",       # sim
+    "commands.client",    # tags, watch, write, user (OPC UA client side)
+    "commands.alarms",    # alarms, ack, shelve
+    "commands.schedule",  # schedule preview / explain / override
+    "commands.report",    # report energy / availability / interventions, history
 )
 
 

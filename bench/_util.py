@@ -46,3 +46,12 @@ def save(name: str, figures: dict[str, Any]) -> str:
     with open(path, "w") as f:
         json.dump({"machine": machine(), **figures}, f, indent=2)
     return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

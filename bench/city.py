@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from bench._util import percentile, save  # noqa: E402
+from bench._util import free_port, percentile, save  # noqa: E402
 
 SIZES = {"small": (600, 4), "dijon": (34_000, 200), "paris": (200_000, 2_000)}
 NS_URI = "urn:scada:streetlight:tags"
@@ -52,11 +52,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- process helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def free_range(n: int, start: int = 21000, avoid: tuple[int, ...] = ()) -> int:
     """First port p >= start such that p..p+n-1 are all bindable on loopback now (and none of
@@ -613,7 +608,7 @@ def main() -> None:
         sampler = RssSampler(server)
         sampler.start()
         health_mark = len(read_jsonl(ccfg["health"]))
-        from scada.commands.sim import shard_key
+        from commands.sim import shard_key
 
         order: dict[tuple, int] = {}
         shard_of: dict[str, int] = {}  # top-level device -> index of its simulator process

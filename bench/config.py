@@ -29,7 +29,7 @@ t0 = time.perf_counter()
 mode, path = sys.argv[1], sys.argv[2]
 if mode == "check":
     from scada.loader import load_site
-    from scada.commands.core import summary
+    from commands.core import summary
     site = load_site(path)
     text = summary(site)
     n = site.tag_count

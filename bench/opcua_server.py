@@ -295,7 +295,7 @@ def run_role(*args: str, timeout: float = 300) -> dict:
 
 
 def throughput(kind: str, nvars: int, warm: float, dur: float) -> tuple[dict, dict]:
-    from tests.conftest import free_port
+    from bench._util import free_port
 
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
@@ -349,7 +349,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(coro)), flush=True)
         return
 
-    from tests.conftest import free_port
+    from bench._util import free_port
 
     sizes = [200_000] if a.quick else [200_000, 1_200_000]
     dur = 4.0 if a.quick else a.dur

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from scada import quality as Q
 from scada.errors import ScadaError
 
 
@@ -181,8 +182,6 @@ class Backend(ABC):
         allows a cheaper summary for accumulating counters (first/last may be min/max; resets
         then show across buckets, see :func:`historian.energy.counter_energy`).
         """
-        from .query import buckets_from_raw
-
         return buckets_from_raw(self, keys, edges)
 
     def flush(self) -> None:  # noqa: B027 - optional
@@ -194,6 +193,43 @@ class Backend(ABC):
     def stats(self) -> dict[str, float]:
         """Figures for health tags and benchmarks (disk bytes, segments, ...)."""
         return {}
+
+
+def buckets_from_raw(backend: Backend, keys: Sequence[str], edges: np.ndarray) -> Buckets:
+    """Generic :meth:`Backend.buckets`: one raw read per series (for backends without push-down)."""
+    rows: dict[str, list] = {k: [] for k in ("sid", "bucket", "ft", "fv", "lt", "lv", "mn", "mx", "n", "bad", "mono")}
+    nb = len(edges) - 1
+    for s, key in enumerate(keys):
+        raw = backend.read_raw(key, float(edges[0]), float(edges[-1]))
+        if not len(raw):
+            continue
+        b = np.searchsorted(edges, raw.t, side="right") - 1
+        good = Q.good_mask(raw.q) & ~np.isnan(raw.v)
+        for k in np.unique(b[(b >= 0) & (b < nb)]).tolist():
+            m = b == k
+            g = m & good
+            rows["sid"].append(s)
+            rows["bucket"].append(k)
+            rows["n"].append(int(g.sum()))
+            rows["bad"].append(int((m & ~good).sum()))
+            if g.any():
+                tv, vv = raw.t[g], raw.v[g]
+                rows["ft"].append(tv[0])
+                rows["fv"].append(vv[0])
+                rows["lt"].append(tv[-1])
+                rows["lv"].append(vv[-1])
+                rows["mn"].append(vv.min())
+                rows["mx"].append(vv.max())
+                rows["mono"].append(bool(np.all(np.diff(vv) >= 0)))
+            else:
+                for c in ("ft", "fv", "lt", "lv", "mn", "mx"):
+                    rows[c].append(np.nan)
+                rows["mono"].append(True)
+    f = lambda c: np.asarray(rows[c], np.float64)  # noqa: E731
+    return Buckets(list(keys), np.asarray(rows["sid"], np.int64), np.asarray(rows["bucket"], np.int64),
+                   f("ft"), f("fv"), f("lt"), f("lv"), f("mn"), f("mx"),
+                   np.asarray(rows["n"], np.int64), np.asarray(rows["bad"], np.int64),
+                   np.asarray(rows["mono"], bool))
 
 
 def load_backend(name: str, path: str, options: dict[str, Any] | None = None) -> Backend:

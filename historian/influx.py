@@ -47,8 +47,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendRejected, BackendUnavailable, Buckets, Points, Raw
-from .query import buckets_from_raw
+from .base import (
+    Backend,
+    BackendRejected,
+    BackendUnavailable,
+    Buckets,
+    Points,
+    Raw,
+    buckets_from_raw,
+)
 
 log = logging.getLogger("historian.influx")
 

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from scada import quality as Q
 
-from .base import Backend, Buckets, Raw
+from .base import Raw
 
 AGGREGATES = ("avg", "min", "max", "first", "last", "count", "time_avg", "integral")
 
@@ -210,40 +209,3 @@ def counter_deltas(
         delta = np.where(count > 0, 0.0, np.nan)
     return CounterDeltas(delta, resets, repl, count, bad, first_t, last_t, first_v, last_v,
                          cross, prev_bucket)
-
-
-def buckets_from_raw(backend: Backend, keys: Sequence[str], edges: np.ndarray) -> Buckets:
-    """Generic :meth:`Backend.buckets`: one raw read per series (for backends without push-down)."""
-    rows: dict[str, list] = {k: [] for k in ("sid", "bucket", "ft", "fv", "lt", "lv", "mn", "mx", "n", "bad", "mono")}
-    nb = len(edges) - 1
-    for s, key in enumerate(keys):
-        raw = backend.read_raw(key, float(edges[0]), float(edges[-1]))
-        if not len(raw):
-            continue
-        b = np.searchsorted(edges, raw.t, side="right") - 1
-        good = Q.good_mask(raw.q) & ~np.isnan(raw.v)
-        for k in np.unique(b[(b >= 0) & (b < nb)]).tolist():
-            m = b == k
-            g = m & good
-            rows["sid"].append(s)
-            rows["bucket"].append(k)
-            rows["n"].append(int(g.sum()))
-            rows["bad"].append(int((m & ~good).sum()))
-            if g.any():
-                tv, vv = raw.t[g], raw.v[g]
-                rows["ft"].append(tv[0])
-                rows["fv"].append(vv[0])
-                rows["lt"].append(tv[-1])
-                rows["lv"].append(vv[-1])
-                rows["mn"].append(vv.min())
-                rows["mx"].append(vv.max())
-                rows["mono"].append(bool(np.all(np.diff(vv) >= 0)))
-            else:
-                for c in ("ft", "fv", "lt", "lv", "mn", "mx"):
-                    rows[c].append(np.nan)
-                rows["mono"].append(True)
-    f = lambda c: np.asarray(rows[c], np.float64)  # noqa: E731
-    return Buckets(list(keys), np.asarray(rows["sid"], np.int64), np.asarray(rows["bucket"], np.int64),
-                   f("ft"), f("fv"), f("lt"), f("lv"), f("mn"), f("mx"),
-                   np.asarray(rows["n"], np.int64), np.asarray(rows["bad"], np.int64),
-                   np.asarray(rows["mono"], bool))

@@ -107,7 +107,7 @@ class AlarmService(Service):
         if opcua is None or self.conditions is not None:
             return
         try:
-            from .opcua_ac import AlarmConditions
+            from ..opcua.alarms import AlarmConditions
         except ImportError as e:  # asyncua missing: the server cannot exist either
             log.error("alarms: OPC UA Alarms & Conditions unavailable: %s", e)
             return

@@ -15,9 +15,9 @@ from asyncua import Client, ua
 
 from scada.alarms import model as M
 from scada.alarms.journal import read_journal
-from scada.alarms.opcua_ac import SUFFIX, ClientError, call_action
 from scada.clock import RealClock
 from scada.loader import load_site
+from scada.opcua.alarms import SUFFIX, ClientError, call_action
 from scada.runtime import Runtime
 from scada.tags import Batch
 from scada.users import hash_password

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 from asyncua import Client
 
+from commands.core import resolve_state_dir
 from scada import quality as Q
 from scada.alarms.journal import read_journal
 from scada.alarms.metrics import compute as alarm_metrics
 from scada.clock import RealClock
-from scada.commands.core import resolve_state_dir
 from scada.gencity import generate
 from scada.loader import load_site
 from scada.runtime import Runtime

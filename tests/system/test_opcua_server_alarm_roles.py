@@ -8,10 +8,10 @@ import asyncio
 
 from asyncua import Client, ua
 
-from scada.alarms.opcua_ac import SUFFIX
 from scada.audit import AuditLog
 from scada.clock import RealClock
 from scada.loader import load_site
+from scada.opcua.alarms import SUFFIX
 from scada.runtime import Runtime
 from scada.tags import Batch
 from scada.users import hash_password, role_allows

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from click.testing import CliRunner
 
-import scada.commands.report as report_cmd
+import commands.report as report_cmd
 from cli import main
 from historian import report as R
 from historian.base import Points

@@ -19,7 +19,7 @@ import sys
 
 import click
 
-from ..files import replace_text
+from scada.files import replace_text
 
 
 def register(main: click.Group) -> None:

@@ -45,7 +45,7 @@ from typing import Any
 from asyncua import Client, ua
 from asyncua.common import event_objects as eo
 
-from . import model as M
+from ..alarms import model as M
 
 log = logging.getLogger("scada.alarms.opcua")
 

@@ -13,7 +13,7 @@ import click
 
 from scada.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEMO_SITE = REPO / "config" / "demo.yaml"
 
 
@@ -163,7 +163,7 @@ def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, du
         parsed = [parse_fault_spec(f) for f in faults]
     except FaultError as e:
         raise click.BadParameter(str(e), param_hint="--fault") from None
-    from scada.commands.sim import hostport
+    from commands.sim import hostport
 
     ctl = hostport(control)
     asyncio.run(_serve(site, rate, simulate=True, duration=duration, faults=parsed, control=ctl))

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from scada.commands.core import DEMO_SITE, load_or_exit
+from commands.core import DEMO_SITE, load_or_exit
 
 
 def register(main: click.Group) -> None:

@@ -40,8 +40,8 @@ def _journal_dir(site_file: str | None, directory: str | None) -> tuple[str, Any
     """(journal directory, the site's ``alarms:`` config or None when only ``--dir`` is given)."""
     if directory and not site_file:
         return directory, None
+    from commands.core import DEMO_SITE, load_or_exit
     from scada.alarms.service import alarms_dir
-    from scada.commands.core import DEMO_SITE, load_or_exit
 
     site = load_or_exit(site_file or str(DEMO_SITE))
     return directory or alarms_dir(site), site.config.alarms
@@ -192,15 +192,15 @@ def _emit_json(obj: Any, out: str | None) -> None:
 def _client_opts(f: Any) -> Any:
     """The connection options of the other client commands (`scada tags`, `scada write`:
     endpoint, user, password, security policy and certificates, namespace) plus a comment."""
-    from scada.commands.client import _connection_options
+    from commands.client import _connection_options
 
     f = click.option("--comment", "-m", default="", help="Comment recorded with the action.")(f)
     return _connection_options(f)
 
 
 def _call(o: dict[str, Any], what: str, **kw: Any) -> None:
-    from scada.alarms.opcua_ac import ClientError, act
-    from scada.commands.client import _connect, _ns
+    from commands.client import _connect, _ns
+    from scada.opcua.alarms import ClientError, act
 
     if o.get("username") and o.get("password") is None:
         o["password"] = click.prompt(f"password for {o['username']}", hide_input=True)
