@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "commands.alarms",    # alarms, ack, shelve
     "commands.schedule",  # schedule preview / explain / override
     "commands.report",    # report energy / availability / interventions, history
+    "commands.historian",  # historian import / export / fingerprint
 )
 
 

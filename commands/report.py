@@ -42,6 +42,28 @@ def _reader(site):
     return load_backend(cfg.backend, os.path.join(root, "data"), cfg.options)
 
 
+def open_store(site_file: str, state_dir: str | None, store: str | None, write: bool = False):
+    """(backend, roll-up directory or None, site or None): ``--store DIR`` is an embedded
+    historian directory of its own (an auditor's copy: no site file needed; ``DIR/data`` holds the
+    segments, ``DIR/rollups`` the per-night roll-ups), else the site's historian."""
+    from historian.base import HistorianError
+
+    if store:
+        from historian.embedded import EmbeddedBackend
+
+        root = os.path.abspath(store)
+        os.makedirs(root, exist_ok=True)
+        return EmbeddedBackend(os.path.join(root, "data"), {}), os.path.join(root, "rollups"), None
+    site = _site(site_file, state_dir)
+    try:
+        b = _reader(site)
+    except HistorianError as e:
+        raise click.ClickException(str(e)) from None
+    rollups = (os.path.join(os.path.dirname(b.path), "rollups")
+               if site.config.historian.backend == "embedded" else None)
+    return b, rollups, site
+
+
 def _emit(text: str | bytes, out: str | None) -> None:
     if out:
         if isinstance(text, bytes):
@@ -99,6 +121,11 @@ _state_dir = click.option("--state-dir", default=None, type=click.Path(file_okay
 
 def site_option(f):
     return _site_file(_state_dir(f))
+
+
+store_option = click.option("--store", type=click.Path(file_okay=False),
+                            help="An embedded historian directory of its own instead of the site's "
+                                 "(e.g. an auditor's import); no site file needed.")
 fmt_option = click.option("--format", "fmt", type=click.Choice(["html", "pdf", "csv", "json"]), default="html",
                           show_default=True, help="pdf: the HTML page as PDF (needs pip install '.[pdf]').")
 out_option = click.option("--out", type=click.Path(dir_okay=False),
@@ -189,7 +216,7 @@ def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
     _emit(R.render(I.to_doc, r, fmt), out)
 
 
-def _when(v: str, tz: str) -> float:
+def when(v: str, tz: str) -> float:
     try:
         dt = datetime.fromisoformat(v)
     except ValueError:
@@ -220,7 +247,7 @@ def history(tag, site_file, state_dir, t0, t1, agg, fn, fmt, out) -> None:
 
     site = _site(site_file, state_dir)
     tz = site.config.site.timezone
-    a, b = _when(t0, tz), _when(t1, tz)
+    a, b = when(t0, tz), when(t1, tz)
     backend = _reader(site)
     try:
         raw = backend.read_raw(tag, a, b)

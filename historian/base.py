@@ -184,6 +184,28 @@ class Backend(ABC):
         """
         return buckets_from_raw(self, keys, edges)
 
+    def read_many(self, keys: Sequence[str], t0: float, t1: float) -> Points:
+        """Readings of several series with ``t0 <= t < t1``, all qualities, sorted by series
+        (in the order of ``keys``) then time; ``sid`` indexes ``keys``. The default reads each
+        series raw; columnar backends push it down."""
+        sids, ts, vs, qs = [], [], [], []
+        for i, k in enumerate(keys):
+            raw = self.read_raw(k, t0, t1)
+            if len(raw):
+                sids.append(np.full(len(raw), i, np.int32))
+                ts.append(raw.t)
+                vs.append(raw.v)
+                qs.append(raw.q)
+        if not sids:
+            return Points(list(keys), np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint32))
+        return Points(list(keys), np.concatenate(sids), np.concatenate(ts), np.concatenate(vs),
+                      np.concatenate(qs).astype(np.uint32))
+
+    def has_batch(self, batch_id: str) -> bool:
+        """Does the store already hold the block written under ``batch_id``? (Imports skip such
+        blocks; False when the backend cannot tell: same series + time then overwrite.)"""
+        return False
+
     def flush(self) -> None:  # noqa: B027 - optional
         """Make everything written so far visible to readers (optional)."""
 

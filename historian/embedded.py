@@ -422,6 +422,43 @@ class EmbeddedBackend(Backend):
         return Raw(np.asarray(res["t"], np.int64) / US, _floats(res["v"]),
                    np.asarray(res["q"], np.uint32))
 
+    def has_batch(self, batch_id: str) -> bool:
+        batch = re.sub(r"[^A-Za-z0-9]", "", batch_id)[:40]
+        with self._lock:
+            self._open_writer()
+            return bool(batch) and batch in self._batches
+
+    def read_many(self, keys: Sequence[str], t0: float, t1: float) -> Points:
+        """One scan for many series: sorted by (series, time, block) in DuckDB, and of the same
+        (series, time) written by several blocks the later block's reading kept (numpy)."""
+        self._load_series()
+        known = [(i, self._sid[k]) for i, k in enumerate(keys) if k in self._sid]
+        if not known:
+            return Points(list(keys), np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint32))
+        sid_arr = np.array([s for _, s in known], dtype=np.uint32)
+        local = np.full(int(sid_arr.max()) + 1, -1, np.int64)
+        local[sid_arr] = [i for i, _ in known]
+        everything = len(known) == len(self._sid)
+        sel = "TRUE" if everything else "sid IN (SELECT unnest(?::UINTEGER[]))"
+        params = [] if everything else [sid_arr.tolist()]
+        res = self._query(
+            lambda files: f"SELECT sid, t, v, q FROM read_parquet({files!r}) WHERE t >= {round(t0 * US)} "
+            f"AND t < {round(t1 * US)} AND {sel} ORDER BY sid, t, b",
+            t0, t1, params)
+        if res is None or len(res["t"]) == 0:
+            return Points(list(keys), np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint32))
+        s = np.asarray(res["sid"], np.int64)
+        t = np.asarray(res["t"], np.int64)
+        last = np.ones(len(t), bool)
+        last[:-1] = (s[1:] != s[:-1]) | (t[1:] != t[:-1])
+        ls = local[s[last]]
+        order = np.argsort(ls, kind="stable") if not np.all(ls[1:] >= ls[:-1]) else None
+        pts = Points(list(keys), ls.astype(np.int32), t[last] / US, _floats(res["v"])[last],
+                     np.asarray(res["q"], np.uint32)[last])
+        if order is not None:
+            pts = Points(pts.keys, pts.sid[order], pts.t[order], pts.v[order], pts.q[order])
+        return pts
+
     def buckets(self, keys: Sequence[str], edges: np.ndarray, counter: bool = False) -> Buckets:
         """Summaries pushed down to DuckDB: one pass over the segments, grouped by series and
         bucket; buckets where the value went down are flagged non-monotonic. ``counter``: the

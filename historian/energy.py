@@ -140,6 +140,14 @@ def load_inventory(path: str) -> Inventory:
     )
 
 
+def used_series(inv: Inventory) -> list[str]:
+    """The series the KPI reads for ``inv``: each luminaire's ``energy_wh`` (option B) and
+    ``power_w`` (option A), each cabinet's ``energy_wh`` (option C); sorted."""
+    keys = {f"{p.path}/{pt}" for p in inv.points for pt in ("energy_wh", "power_w")}
+    keys |= {f"{p.cabinet}/energy_wh" for p in inv.points if p.cabinet}
+    return sorted(keys)
+
+
 def inventory_from_site(site: Any) -> Inventory:
     """Inventory derived from the site's luminaire attributes (``legacy_w``, ``nominal_w``)."""
     pts = []
