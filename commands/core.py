@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from scada.errors import ConfigError
+from scada.errors import CannotListen, ConfigError, StateDirInUse
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SITE = REPO / "config" / "demo.yaml"
@@ -34,6 +34,40 @@ def resolve_state_dir(site) -> None:
         site.config.site.state_dir = os.path.normpath(os.path.join(
             os.path.dirname(os.path.abspath(site.path)), site.config.site.state_dir
         ))
+
+
+def lock_or_exit(site, command: str):  # -> StateLock, held until the process ends
+    """Take the site's state directory for this process (one server per state directory):
+    exit 2 naming the holder's PID when another server has it."""
+    from scada.statelock import lock_state_dir
+
+    state = site.config.site.state_dir
+    try:
+        return lock_state_dir(state)
+    except StateDirInUse as e:
+        click.echo(f"scada {command}: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        click.echo(f"scada {command}: cannot use the state directory {state} "
+                   f"(site.state_dir in {site.path}): {e.strerror or e}", err=True)
+        sys.exit(2)
+
+
+def listen_or_exit(site, command: str, *, simulate: bool, opcua_option: str | None,
+                   control: tuple[str, int] | None = None) -> None:
+    """Check every port the command will listen on before anything starts: exit 2 with one
+    line per taken port naming the setting that chooses it. The demo moves a taken port that
+    was not given on the command line to a free one and says so (see commands/ports.py)."""
+    from commands.ports import check, site_listeners
+
+    listeners = site_listeners(site, simulate=simulate, opcua_option=opcua_option, control=control)
+    try:
+        for note in check(listeners, move=simulate):
+            click.echo(note)
+    except CannotListen as e:
+        for line in str(e).splitlines():
+            click.echo(f"scada {command}: {line}", err=True)
+        sys.exit(2)
 
 
 def summary(site) -> str:
@@ -129,14 +163,20 @@ def run(site_file: str, rate: float, opcua_port: int | None) -> None:
     if opcua_port is not None:
         site.config.opcua.port = opcua_port
     resolve_state_dir(site)
-    asyncio.run(_serve(site, rate, simulate=False))
+    lock = lock_or_exit(site, "run")
+    listen_or_exit(site, "run", simulate=False,
+                   opcua_option="--opcua-port" if opcua_port is not None else None)
+    serve_or_exit(site, "run", rate, simulate=False)
+    lock.release()
     exit_without_teardown()
 
 
 @click.command()
 @click.option("--site", "site_file", default=str(DEMO_SITE), show_default=True,
               type=click.Path(dir_okay=False), help="Site file to demonstrate.")
-@click.option("--opcua-port", type=int, default=4840, show_default=True, help="OPC UA server port.")
+@click.option("--opcua-port", type=click.IntRange(0, 65535), default=4840, show_default=True,
+              help="OPC UA server port (when 4840 is taken and this option is not given, the "
+                   "demo chooses a free port and prints it).")
 @click.option("--rate", default=1.0, show_default=True, help="Clock rate (simulated s per real s).")
 @click.option("--state-dir", default=None, help="Where the demo keeps its state (default: site's).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
@@ -145,13 +185,17 @@ def run(site_file: str, rate: float, opcua_port: int | None) -> None:
                    "(repeatable; see `scada sim --help`).")
 @click.option("--control", default="127.0.0.1:0", show_default=True,
               help="HOST:PORT of the simulators' JSON-lines fault channel ('' disables it).")
-def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, duration: float | None,
-         faults: tuple[str, ...], control: str) -> None:
+@click.pass_context
+def demo(ctx: click.Context, site_file: str, opcua_port: int, rate: float, state_dir: str | None,
+         duration: float | None, faults: tuple[str, ...], control: str) -> None:
     """Run the demo city: simulators plus server in one process, nothing else to install.
 
     Faults can be injected at start (--fault) or while it runs through the control channel,
     e.g. ``echo '{"op": "inject", "path": "centre/cab-001/lum-03", "fault": "lamp_failure"}' |
-    nc -q1 127.0.0.1 PORT``; the red dots appear on `scada alarms` and to OPC UA clients."""
+    nc -q1 127.0.0.1 PORT``; the red dots appear on `scada alarms` and to OPC UA clients.
+
+    Ports: the demo's defaults (OPC UA 4840, the simulated devices' ports, the embedded MQTT
+    broker's 11883) that another program holds are replaced by free ones, printed at start."""
     from simulators.faults import FaultError, parse_fault_spec
 
     site = load_or_exit(site_file)
@@ -166,8 +210,23 @@ def demo(site_file: str, opcua_port: int, rate: float, state_dir: str | None, du
     from commands.sim import hostport
 
     ctl = hostport(control)
-    asyncio.run(_serve(site, rate, simulate=True, duration=duration, faults=parsed, control=ctl))
+    explicit = ctx.get_parameter_source("opcua_port") == click.core.ParameterSource.COMMANDLINE
+    lock = lock_or_exit(site, "demo")
+    listen_or_exit(site, "demo", simulate=True, opcua_option="--opcua-port" if explicit else None,
+                   control=ctl)
+    serve_or_exit(site, "demo", rate, simulate=True, duration=duration, faults=parsed, control=ctl)
+    lock.release()
     exit_without_teardown()
+
+
+def serve_or_exit(site, command: str, rate: float, **kw) -> None:
+    """Run the server; a socket that cannot be opened after all (another program took the
+    port since the check) is one line and exit 2, not a traceback."""
+    try:
+        asyncio.run(_serve(site, rate, **kw))
+    except CannotListen as e:
+        click.echo(f"scada {command}: {e}", err=True)
+        sys.exit(2)
 
 
 async def _serve(site, rate: float, simulate: bool, duration: float | None = None,
@@ -181,7 +240,10 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
         # the demo wires simulators in from the CLI side; the server never imports them
         from simulators.city import start_simulators
 
-        sims = await start_simulators(site, clock)
+        try:
+            sims = await start_simulators(site, clock)
+        except OSError as e:  # the simulators name the device and its address
+            raise CannotListen(e.strerror or str(e)) from None
     ctl_server = None
     try:
         if sims is not None:
@@ -193,6 +255,9 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
             except FaultError as e:
                 click.echo(f"--fault: {e}", err=True)
                 raise SystemExit(2) from None
+            except OSError as e:
+                raise CannotListen(f"cannot listen on {control[0]}:{control[1]} for the simulators' "
+                                   f"fault channel: {e.strerror or e}; choose another --control") from None
             if ctl_server is not None:
                 click.echo(f"simulator fault channel: {control[0]}:{ctl_server.port} (JSON lines, "
                            "see simulators/faults.py)")
@@ -203,6 +268,9 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
             rt.load_services()
         except ConfigError as e:
             click.echo(f"{site.path}: {e}", err=True)
+            raise SystemExit(2) from None
+        except OSError as e:  # a state file or directory the services cannot create or open
+            click.echo(f"{site.path}: cannot start: {e}", err=True)
             raise SystemExit(2) from None
 
         def ready() -> None:

@@ -74,11 +74,29 @@ def sim(site_file: str, rate: float, faults: tuple[str, ...], protocols: tuple[s
     if rate <= 0:
         raise click.BadParameter("must be > 0", param_hint="--rate")
     ctl = hostport(control)
+    _check_ports(site, ctl, protocols)
     try:
         asyncio.run(_run(site, rate, parsed, list(protocols) or None, ctl, ready_file, duration))
     except (FaultError, OSError, ValueError) as e:
         click.echo(f"scada sim: {e}", err=True)
         sys.exit(1)
+
+
+def _check_ports(site, ctl: tuple[str, int] | None, protocols: tuple[str, ...]) -> None:
+    """Every address the simulators will listen on, checked first: a taken one is one line
+    naming the device and where the site file sets its port, exit 2 (commands/ports.py)."""
+    from commands.ports import check, site_listeners
+    from scada.errors import CannotListen
+
+    listeners = [ls for ls in site_listeners(site, simulate=True, opcua_option=None, control=ctl,
+                                             server=False)
+                 if not protocols or ls.protocol is None or ls.protocol in protocols]
+    try:
+        check(listeners, move=False)
+    except CannotListen as e:
+        for line in str(e).splitlines():
+            click.echo(f"scada sim: {line}", err=True)
+        sys.exit(2)
 
 
 def _shard(site, spec: str):

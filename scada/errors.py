@@ -39,3 +39,27 @@ class WriteRefused(ScadaError, PermissionError):
 
 class DriverError(ScadaError, RuntimeError):
     """A driver could not do what was asked (device unreachable, protocol exception, ...)."""
+
+
+class StateDirInUse(ScadaError, BlockingIOError):
+    """Another process holds the lock of a state directory (one server per state directory,
+    see :mod:`scada.statelock`)."""
+
+    def __init__(self, state_dir: str, pid: int | None):
+        self.state_dir = state_dir
+        self.pid = pid
+        who = f"PID {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"state directory {state_dir} is in use by {who}; one server per state directory: "
+            f"stop that server, or give this one its own site.state_dir (scada demo: --state-dir)")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class CannotListen(ScadaError, OSError):
+    """A port the server or the demo must listen on cannot be bound (in use, not local,
+    privileged). The message names the address and the setting that chooses it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()

@@ -483,6 +483,10 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
     if errors:
         raise ConfigError(errors)
     site = expand(cfg, path)
+    devs = raw.get("devices")
+    for i, d in enumerate(cfg.devices):
+        f, line = devs.ipos[i] if isinstance(devs, LList) and i < len(devs.ipos) else (path, 0)
+        site.origins[f"{d.area}/{d.id}"] = f"{f}:{line}"
     return site
 
 

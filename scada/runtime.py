@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import gc
 import logging
 import math
@@ -35,7 +36,7 @@ from . import memdiag
 from . import quality as Q
 from .clock import Clock, RealClock
 from .driver import STANDARD_HEALTH, Driver, DriverContext, Health
-from .errors import ConfigError, UnknownTagError, WriteRefused
+from .errors import CannotListen, ConfigError, ScadaError, UnknownTagError, WriteRefused
 from .site import Site
 from .tags import Batch, PointDef, TagDatabase
 
@@ -98,6 +99,11 @@ class Runtime:
         self._out_of_service: set[int] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        #: a service that could not listen at its first start (see :meth:`supervise`)
+        self.fatal: CannotListen | None = None
+        self._fatal_event = asyncio.Event()
+        #: per supervised task, set once its first run has failed or returned
+        self._first_done: dict[str, asyncio.Event] = {}
         self.restarts = 0
         self._health: dict[str, tuple[Health, int]] = {}
         self._register_devices()
@@ -149,7 +155,14 @@ class Runtime:
             if only is not None and name not in only:
                 continue
             factory = eps[name].load()
-            svc = factory(self)
+            try:
+                svc = factory(self)
+            except (ValueError, ScadaError) as e:
+                # a service refusing the site's configuration (a backend that is not
+                # installed, options it cannot use): one clear error, not a traceback
+                if isinstance(e, ConfigError):
+                    raise ConfigError([f"{name}: {m}" for m in e.errors]) from e
+                raise ConfigError(f"{name}: {e}") from e
             if svc is not None:
                 self.services[name] = svc
 
@@ -228,8 +241,17 @@ class Runtime:
             return Q.BadInternalError
 
     # ----------------------------------------------------------------- supervision
-    def supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        """Run ``factory()`` as a task restarted with backoff whenever it crashes."""
+    def supervise(self, name: str, factory: Callable[[], Awaitable[None]], *,
+                  listens: bool = False) -> asyncio.Task[None]:
+        """Run ``factory()`` as a task restarted with backoff whenever it crashes.
+
+        ``listens``: the task opens a listening socket (a service such as the OPC UA server).
+        If its *first* run fails because the address cannot be listened on (in use, not
+        local, privileged), retrying cannot help: the error is recorded in :attr:`fatal`
+        and :meth:`serve_forever` stops the server and raises it, one line for the operator
+        instead of a traceback every backoff period. A later failure is retried as usual.
+        """
+        first_done = self._first_done.setdefault(name, asyncio.Event())
 
         async def runner() -> None:
             delay = 1.0
@@ -242,8 +264,16 @@ class Runtime:
                     log.warning("task %s returned; restarting", name)
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as e:
+                    if listens and not first_done.is_set() and _cannot_listen(e):
+                        msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                        log.error("%s cannot start: %s", name, msg)
+                        self.fatal = CannotListen(msg)
+                        first_done.set()
+                        self._fatal_event.set()
+                        return
                     log.exception("task %s crashed; restarting in %.1f s", name, delay)
+                first_done.set()
                 self.restarts += 1
                 if _time.monotonic() - started > 60:
                     delay = 1.0
@@ -264,7 +294,7 @@ class Runtime:
         gc.freeze()
         memdiag.tune_malloc()  # before the worker threads exist (see scada.memdiag)
         for name, svc in self.services.items():
-            self.supervise(f"service:{name}", svc.run)
+            self.supervise(f"service:{name}", svc.run, listens=True)
         for proto, drv in self.drivers.items():
             self.supervise(f"driver:{proto}", drv.run)
         self.supervise("health", self._health_loop)
@@ -350,16 +380,49 @@ class Runtime:
                 pass
         try:
             await self.start()
-            if ready:
-                ready()
-            await stop.wait()
-            log.info("shutdown requested")
+            # "running" is said once the services that listen do (or failed to)
+            await self._wait_first_start(stop)
+            if self.fatal is None and not stop.is_set():
+                if ready:
+                    ready()
+                waits = [asyncio.ensure_future(e.wait()) for e in (stop, self._fatal_event)]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+            if self.fatal is None:
+                log.info("shutdown requested")
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             t0 = _time.monotonic()
             await self.stop()
             log.info("stopped in %.2f s", _time.monotonic() - t0)
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _wait_first_start(self, stop: asyncio.Event) -> None:
+        """Until every service with a ``started`` event has set it or ended its first run
+        (a failed first run is retried in the background, or is :attr:`fatal`)."""
+        for name, svc in self.services.items():
+            started = getattr(svc, "started", None)
+            if not isinstance(started, asyncio.Event):
+                continue
+            waits = [asyncio.ensure_future(e.wait())
+                     for e in (started, self._first_done[f"service:{name}"], stop)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if stop.is_set() or self.fatal is not None:
+                return
+
+
+def _cannot_listen(e: BaseException) -> bool:
+    """The error of a server socket that cannot be bound (retrying will not help)."""
+    return isinstance(e, OSError) and e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 
 
 def coerce(p: PointDef, value: Any) -> Any:
