@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from scada.errors import CannotListen, ConfigError, StateDirInUse
+from scada.errors import CannotListen, CannotStart, ConfigError, StateDirInUse
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SITE = REPO / "config" / "demo.yaml"
@@ -134,8 +134,20 @@ def gen_city(luminaires: int, junctions: int, out: str, seed: int, host: str, ba
 @click.command()
 @click.argument("site_file", type=click.Path(dir_okay=False))
 def check(site_file: str) -> None:
-    """Validate SITE_FILE and print a summary (exit 2 and every error if invalid)."""
+    """Validate SITE_FILE and print a summary (exit 2 and every error if invalid).
+
+    Beyond the site model, the drivers are built as `scada run` builds them (no connection is
+    opened), so what only a driver can refuse (a poll group its profile does not declare,
+    overlapping registers, a topic a child cannot fill, a missing certificate file) is found
+    here too."""
     site = load_or_exit(site_file)
+    from scada.runtime import Runtime
+
+    try:
+        Runtime(site).load_drivers()
+    except ConfigError as e:
+        click.echo(f"{site.path}: {e}", err=True)
+        sys.exit(2)
     click.echo(summary(site))
 
 
@@ -220,11 +232,11 @@ def demo(ctx: click.Context, site_file: str, opcua_port: int, rate: float, state
 
 
 def serve_or_exit(site, command: str, rate: float, **kw) -> None:
-    """Run the server; a socket that cannot be opened after all (another program took the
-    port since the check) is one line and exit 2, not a traceback."""
+    """Run the server; what cannot start (a port another program took since the check, a
+    state directory a service cannot create) is one line and exit 2, not a traceback."""
     try:
         asyncio.run(_serve(site, rate, **kw))
-    except CannotListen as e:
+    except CannotStart as e:  # a port taken, a directory it cannot create
         click.echo(f"scada {command}: {e}", err=True)
         sys.exit(2)
 
@@ -268,9 +280,6 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
             rt.load_services()
         except ConfigError as e:
             click.echo(f"{site.path}: {e}", err=True)
-            raise SystemExit(2) from None
-        except OSError as e:  # a state file or directory the services cannot create or open
-            click.echo(f"{site.path}: cannot start: {e}", err=True)
             raise SystemExit(2) from None
 
         def ready() -> None:

@@ -57,9 +57,14 @@ class StateDirInUse(ScadaError, BlockingIOError):
         return str(self.args[0])
 
 
-class CannotListen(ScadaError, OSError):
-    """A port the server or the demo must listen on cannot be bound (in use, not local,
-    privileged). The message names the address and the setting that chooses it."""
+class CannotStart(ScadaError, OSError):
+    """A part of the server cannot start for a reason retrying will not cure (a port taken, a
+    directory it cannot create). The message says what, where, and which setting to change."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class CannotListen(CannotStart):
+    """A port the server or the demo must listen on cannot be bound (in use, not local,
+    privileged). The message names the address and the setting that chooses it."""

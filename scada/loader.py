@@ -19,6 +19,18 @@ Repeat expansion (a city is a few hundred lines, not 34,000 entries)::
 Strings in a repeated entry are formatted with the repeat variables (``str.format``);
 ``${expr}`` evaluates integer arithmetic (``+ - * // %``) on them and, when it is the whole
 string, yields a number.
+
+Limits (:data:`LIMITS`, docs/configuration.md "Limits"): a site file is input, and a few
+hundred bytes of YAML can ask for gigabytes (aliases of aliases, the "billion laughs"; a
+``repeat`` over a hundred million values; a format width of a billion). Every way a file
+expands is bounded *before* it expands, so a hostile file is refused in well under a second
+and a few MB: bytes read (checked on the file's size, before reading), YAML nodes counted on
+the parser's event stream with every alias use counted as the nodes it repeats (before any
+node is built), nesting depth, device entries after ``repeat`` (counted before expanding),
+devices with their children, tags and alarm instances (counted from the profiles before the
+devices are made), and format widths in templates. Each refusal names file:line and the limit.
+The limits are about five times the design target of one server (Paris: 200,000 luminaires,
+2,000 junctions); a bigger city is split over several servers.
 """
 
 from __future__ import annotations
@@ -27,9 +39,13 @@ import ast
 import difflib
 import glob
 import itertools
+import math
 import operator
 import os
+import stat
+import string
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -37,11 +53,51 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
+from .sections.common import check_format
 from .site import Site, SiteConfig, expand
 
 _Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Pos = tuple[str, int]  # (file, 1-based line)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one site (its file and everything it includes) may expand to. The defaults are
+    about five times the design target of one server process (a Paris of 200,000 luminaires
+    and 2,000 junctions: 2.2 MB of YAML, 270,000 nodes, 5,800 device entries, 206,000
+    devices, 3.1 M tags, 1.9 M alarm instances)."""
+
+    #: bytes of YAML read, all files together (checked on each file's size before reading)
+    yaml_bytes: int = 16 * 2**20
+    #: YAML nodes (scalars, lists, mappings), all files together; an alias counts as the
+    #: nodes it repeats, every time it is used
+    yaml_nodes: int = 750_000
+    #: nesting of lists and mappings
+    depth: int = 64
+    #: entries of ``devices:`` after ``repeat`` expansion
+    device_entries: int = 100_000
+    #: devices, children (luminaires behind cabinets and gateways) included
+    devices: int = 1_000_000
+    #: tags (one per device and point of its profile)
+    tags: int = 16_000_000
+    #: alarm instances (one per device and alarm template of its profile)
+    alarms: int = 10_000_000
+    #: absolute value of a ``${expr}`` result or intermediate
+    int_abs: int = 2**53
+
+
+LIMITS = Limits()
+_MORE = "; split a bigger city over several servers (docs/configuration.md, Limits)"
+
+
+class _Budget:
+    """What the files read so far used of the site's limits."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.bytes = 0
+        self.nodes = 0
 
 
 class LDict(dict):
@@ -67,21 +123,19 @@ class LList(list):
 
 
 # ----------------------------------------------------------------------------- YAML reading
-def read_yaml(path: str, errors: list[str]) -> Any:
-    """Parse ``path`` into LDict/LList; syntax errors are appended to ``errors``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        errors.append(f"{path}: cannot read file: {e.strerror or e}")
+def read_yaml(path: str, errors: list[str], budget: _Budget | None = None) -> Any:
+    """Parse ``path`` into LDict/LList; problems (syntax, limits) are appended to ``errors``
+    and None is returned."""
+    budget = budget if budget is not None else _Budget(LIMITS)
+    text = _read_text(path, errors, budget)
+    if text is None:
         return None
-    except UnicodeDecodeError as e:
-        errors.append(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+    if not _measure(text, path, errors, budget):
         return None
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        if node is None:
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
             errors.append(f"{path}:1: the file is empty; expected a mapping of sections")
             return None
         return _build(node, path, loader, errors)
@@ -98,14 +152,137 @@ def read_yaml(path: str, errors: list[str]) -> Any:
         loader.dispose()
 
 
+_NULL = "tag:yaml.org,2002:null"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _read_text(path: str, errors: list[str], budget: _Budget) -> str | None:
+    """The file's text, if it is a regular file that fits in what is left of the byte limit
+    (its size is checked before reading: ``/dev/zero`` or a 10 GB log cannot be included)."""
+    left = budget.limits.yaml_bytes - budget.bytes
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            errors.append(f"{path}: not a regular file; a site file and its includes must be files")
+            return None
+        if st.st_size > left:
+            errors.append(f"{path}:1: {_bytes_msg(st.st_size, budget)}")
+            return None
+        with open(path, "rb") as f:
+            data = f.read(left + 1)
+    except OSError as e:
+        errors.append(f"{path}: cannot read file: {e.strerror or e}")
+        return None
+    if len(data) > left:  # it grew since stat
+        errors.append(f"{path}:1: {_bytes_msg(len(data), budget)}")
+        return None
+    budget.bytes += len(data)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        errors.append(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+        return None
+
+
+def _bytes_msg(size: int, budget: _Budget) -> str:
+    before = f" ({budget.bytes:,} already read from the site's other files)" if budget.bytes else ""
+    return (f"the file is {size:,} bytes; a site holds at most {budget.limits.yaml_bytes:,} bytes "
+            f"of YAML in all its files{before}{_MORE}")
+
+
+_SCALAR, _ALIAS = yaml.ScalarEvent, yaml.AliasEvent
+_OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _measure(text: str, path: str, errors: list[str], budget: _Budget) -> bool:
+    """Count the YAML nodes ``text`` expands to, on the parser's event stream (no node is
+    built, memory stays flat), and refuse it as soon as the site's node limit or the nesting
+    limit is passed. An alias counts as the size of what its anchor holds (computed when the
+    anchor's node closes), so the 30 nested aliases of a "billion laughs" are refused at the
+    alias that crosses the limit, by its own line. A recursive alias (one inside the node it
+    names) is refused too: expanding it would never end. Syntax errors are left to the
+    composer, which reports them with their line."""
+    lim = budget.limits
+    left = lim.yaml_nodes - budget.nodes
+    n = 0
+    stack: list[tuple[int, str | None]] = []  # (n at the collection's start, its anchor)
+    sizes: dict[str, int] = {}  # anchor -> nodes its node holds
+    loader = _Loader(text)
+    try:
+        while True:
+            ev = loader.get_event()
+            if isinstance(ev, _SCALAR):
+                n += 1
+                if ev.anchor:
+                    sizes[ev.anchor] = 1
+            elif isinstance(ev, _ALIAS):
+                size = sizes.get(ev.anchor)
+                if size is None:
+                    if any(anchor == ev.anchor for _, anchor in stack):
+                        errors.append(f"{path}:{ev.start_mark.line + 1}: the alias *{ev.anchor} is "
+                                      f"inside the node its anchor names: it would repeat itself "
+                                      f"forever")
+                        return False
+                    size = 1  # an undefined alias: the composer reports it
+                n += size
+                if n > left:
+                    errors.append(
+                        f"{path}:{ev.start_mark.line + 1}: the alias *{ev.anchor} repeats "
+                        f"{size:,} YAML nodes; with it the site would hold more than "
+                        f"{lim.yaml_nodes:,} nodes (every use of an alias counts what it repeats)")
+                    return False
+                continue
+            elif isinstance(ev, _OPEN):
+                stack.append((n, ev.anchor))
+                n += 1
+                if len(stack) > lim.depth:
+                    errors.append(f"{path}:{ev.start_mark.line + 1}: lists and mappings nested "
+                                  f"more than {lim.depth} deep")
+                    return False
+            elif isinstance(ev, _CLOSE):
+                start, anchor = stack.pop()
+                if anchor:
+                    sizes[anchor] = n - start
+                continue
+            elif isinstance(ev, yaml.StreamEndEvent):
+                break
+            else:
+                continue
+            if n > left:
+                errors.append(f"{path}:{ev.start_mark.line + 1}: the site holds more than "
+                              f"{lim.yaml_nodes:,} YAML nodes (all its files together){_MORE}")
+                return False
+    except yaml.YAMLError:
+        return True
+    finally:
+        loader.dispose()
+    budget.nodes += n
+    return True
+
+
 def _build(node: yaml.Node, file: str, loader: Any, errors: list[str]) -> Any:
+    """LDict/LList/scalars from a composed node. Aliases are built once per use (the node
+    count was bounded by :func:`_measure`). Merge keys (``<<: *defaults``) follow the YAML
+    merge-key spec: the mapping's own keys win over merged ones, and an earlier merged mapping
+    over a later one; only the mapping's own keys can be duplicates."""
     if isinstance(node, yaml.MappingNode):
         out = LDict()
         out.pos = (file, node.start_mark.line + 1)
-        loader.flatten_mapping(node)
+        merged: list[tuple[Any, Any, Pos]] = []
         for knode, vnode in node.value:
-            key = loader.construct_object(knode, deep=True)
             kpos = (file, knode.start_mark.line + 1)
+            if knode.tag == _MERGE:
+                sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+                for src in sources:
+                    if not isinstance(src, yaml.MappingNode):
+                        errors.append(f"{file}:{kpos[1]}: a merge key '<<' takes a mapping or a "
+                                      f"list of mappings (e.g. '<<: *defaults')")
+                        continue
+                    sub = _build(src, file, loader, errors)
+                    merged.extend((k, v, sub.kpos.get(k, kpos)) for k, v in sub.items())
+                continue
+            key = _scalar(knode, file, loader, errors)
             if isinstance(key, (list, dict)):
                 errors.append(f"{file}:{kpos[1]}: a mapping key must be a plain value")
                 continue
@@ -116,6 +293,10 @@ def _build(node: yaml.Node, file: str, loader: Any, errors: list[str]) -> Any:
                 continue
             out[key] = _build(vnode, file, loader, errors)
             out.kpos[key] = kpos
+        for key, value, pos in merged:
+            if key not in out:
+                out[key] = value
+                out.kpos[key] = pos
         return out
     if isinstance(node, yaml.SequenceNode):
         lst = LList()
@@ -124,7 +305,17 @@ def _build(node: yaml.Node, file: str, loader: Any, errors: list[str]) -> Any:
             lst.append(_build(item, file, loader, errors))
             lst.ipos.append((file, item.start_mark.line + 1))
         return lst
-    return loader.construct_object(node, deep=True)
+    return _scalar(node, file, loader, errors)
+
+
+def _scalar(node: yaml.Node, file: str, loader: Any, errors: list[str]) -> Any:
+    """A scalar's value; a value the constructor refuses (an integer of 5,000 digits, a bad
+    timestamp) is an error at its line, not a traceback."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, yaml.constructor.ConstructorError) as e:
+        errors.append(f"{file}:{node.start_mark.line + 1}: cannot read this value: {e}")
+        return None
 
 
 # ----------------------------------------------------------------------------- locating
@@ -221,21 +412,39 @@ _OPS: dict[type, Callable[[Any, Any], Any]] = {
 }
 
 
-def _eval(expr: str, env: dict[str, int]) -> int:
+#: longest ``${expr}`` (a city's arithmetic is short; a long one is a deep parse tree)
+MAX_EXPR_CHARS = 200
+
+
+def _eval(expr: str, env: dict[str, int], int_abs: int = LIMITS.int_abs) -> int:
+    """Integer arithmetic on repeat variables; every result stays within ``int_abs`` (no
+    million-digit integers from ``n*n*n*...``)."""
+    if len(expr) > MAX_EXPR_CHARS:
+        raise ValueError(f"${{{expr[:40]}...}} is longer than {MAX_EXPR_CHARS} characters")
+
     def ev(n: ast.AST) -> int:
         if isinstance(n, ast.Expression):
             return ev(n.body)
-        if isinstance(n, ast.Constant) and isinstance(n.value, int):
-            return n.value
-        if isinstance(n, ast.Name) and n.id in env:
-            return env[n.id]
+        if isinstance(n, ast.Constant) and isinstance(n.value, int) and not isinstance(n.value, bool):
+            return bound(n.value)
+        if isinstance(n, ast.Name) and n.id in env and isinstance(env[n.id], int):
+            return bound(env[n.id])
         if isinstance(n, ast.BinOp) and type(n.op) in _OPS:
-            return _OPS[type(n.op)](ev(n.left), ev(n.right))
+            return bound(_OPS[type(n.op)](ev(n.left), ev(n.right)))
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
             return -ev(n.operand)
         raise ValueError(f"only integers, repeat variables and + - * // % are allowed in ${{{expr}}}")
 
+    def bound(v: int) -> int:
+        if abs(v) > int_abs:
+            raise ValueError(f"${{{expr}}}: {'a value' if abs(v) > 10**30 else v} is beyond "
+                             f"+-{int_abs:,}")
+        return v
+
     return ev(ast.parse(expr, mode="eval"))
+
+
+_FMT = string.Formatter()
 
 
 def _subst(v: Any, env: dict[str, Any]) -> Any:
@@ -245,13 +454,12 @@ def _subst(v: Any, env: dict[str, Any]) -> Any:
         s = v
         while "${" in s:
             a = s.index("${")
-            b = s.index("}", a)
+            b = s.find("}", a)
+            if b < 0:
+                raise ValueError(f"{v!r}: '${{' without its closing '}}'")
             s = s[:a] + str(_eval(s[a + 2 : b], env)) + s[b + 1 :]
-        if "{" in s:
-            try:
-                s = s.format(**env)
-            except (KeyError, IndexError, ValueError):
-                pass  # not a template for us (e.g. a child id template using {n})
+        if "{" in s and _is_template(s, env):
+            s = check_format(s).format(**env)
         return s
     if isinstance(v, LDict):
         d = LDict()
@@ -266,18 +474,30 @@ def _subst(v: Any, env: dict[str, Any]) -> Any:
     return v
 
 
-def _range_values(spec: Any) -> list[Any]:
+def _is_template(s: str, env: dict[str, Any]) -> bool:
+    """Every field of ``s`` is a repeat variable (else it is not a template for us, e.g. a
+    message with {device} that the alarm engine fills in)."""
+    try:
+        names = [name for _text, name, _spec, _conv in _FMT.parse(s) if name is not None]
+    except ValueError:
+        return False
+    return all(name.split(".")[0].split("[")[0] in env for name in names)
+
+
+def _range_values(spec: Any) -> range | list[Any]:
+    """The values of one repeat variable, as a ``range`` (not materialised: its length is
+    checked against the limits before anything is expanded) or the list given."""
     if isinstance(spec, str) and "-" in spec:
         a, _, b = spec.partition("-")
         lo, hi = int(a), int(b)
         if hi < lo:
             raise ValueError(f"range {spec!r}: end before start")
-        return list(range(lo, hi + 1))
+        return range(lo, hi + 1)
     if isinstance(spec, list) and len(spec) == 2 and all(isinstance(x, int) for x in spec):
         if spec[1] < spec[0]:
             raise ValueError(f"range {spec!r}: end before start")
-        return list(range(spec[0], spec[1] + 1))
-    if isinstance(spec, dict) and "values" in spec:
+        return range(spec[0], spec[1] + 1)
+    if isinstance(spec, dict) and "values" in spec and isinstance(spec["values"], list):
         return list(spec["values"])
     if isinstance(spec, int):
         return [spec]
@@ -286,7 +506,11 @@ def _range_values(spec: Any) -> list[Any]:
     )
 
 
-def expand_repeats(devices: Any, errors: list[str]) -> Any:
+def expand_repeats(devices: Any, errors: list[str], budget: _Budget | None = None) -> Any:
+    """Expand ``repeat`` entries. The number of entries, and the YAML nodes their copies add
+    (entries x nodes of the entry), are checked against the limits before any is made."""
+    budget = budget if budget is not None else _Budget(LIMITS)
+    limits = budget.limits
     if not isinstance(devices, LList):
         return devices
     out = LList()
@@ -294,6 +518,10 @@ def expand_repeats(devices: Any, errors: list[str]) -> Any:
     for i, entry in enumerate(devices):
         pos = devices.ipos[i]
         if not (isinstance(entry, LDict) and "repeat" in entry):
+            if len(out) >= limits.device_entries:
+                errors.append(f"{pos[0]}:{pos[1]}: devices[{i}]: more than "
+                              f"{limits.device_entries:,} device entries{_MORE}")
+                break
             out.append(entry)
             out.ipos.append(pos)
             continue
@@ -308,8 +536,23 @@ def expand_repeats(devices: Any, errors: list[str]) -> Any:
         except (ValueError, TypeError) as e:
             errors.append(f"{rpos[0]}:{rpos[1]}: devices[{i}].repeat: {e}")
             continue
-        lens = {len(r) for r in ranges}
-        combos = zip(*ranges, strict=True) if len(lens) == 1 else itertools.product(*ranges)
+        lens = [len(r) for r in ranges]
+        same = len(set(lens)) == 1
+        count = lens[0] if same else math.prod(lens)
+        if len(out) + count > limits.device_entries:
+            how = "" if same else f" ({' x '.join(f'{n:,}' for n in lens)}: ranges of different lengths combine)"
+            errors.append(f"{rpos[0]}:{rpos[1]}: devices[{i}].repeat makes {count:,} devices{how}; "
+                          f"a site holds at most {limits.device_entries:,} device entries"
+                          + (f" ({len(out):,} before this one)" if out else "") + _MORE)
+            continue
+        size = _nodes(entry)
+        if budget.nodes + (count - 1) * size > limits.yaml_nodes:
+            errors.append(f"{rpos[0]}:{rpos[1]}: devices[{i}].repeat makes {count:,} copies of an "
+                          f"entry of {size:,} YAML nodes; with them the site would hold more than "
+                          f"{limits.yaml_nodes:,} nodes{_MORE}")
+            continue
+        budget.nodes += (count - 1) * size
+        combos = zip(*ranges, strict=True) if same else itertools.product(*ranges)
         body = LDict((k, v) for k, v in entry.items() if k != "repeat")
         body.pos, body.kpos = entry.pos, entry.kpos
         for combo in combos:
@@ -321,12 +564,21 @@ def expand_repeats(devices: Any, errors: list[str]) -> Any:
                     d[k] = v if k == "children" else _subst(v, env)
                 if "children" in body:
                     d["children"] = _subst_children(body["children"], env)
-            except (ValueError, SyntaxError, ZeroDivisionError) as e:
+            except (ValueError, SyntaxError, ZeroDivisionError, RecursionError) as e:
                 errors.append(f"{pos[0]}:{pos[1]}: devices[{i}]: template error: {e}")
                 break
             out.append(d)
             out.ipos.append(pos)
     return out
+
+
+def _nodes(v: Any) -> int:
+    """YAML nodes of a built value (each key, value, list and mapping counts one)."""
+    if isinstance(v, dict):
+        return 1 + sum(1 + _nodes(x) for x in v.values())
+    if isinstance(v, list):
+        return 1 + sum(_nodes(x) for x in v)
+    return 1
 
 
 def _subst_children(children: Any, env: dict[str, Any]) -> Any:
@@ -371,11 +623,15 @@ def known_protocols() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- main entry
-def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Site:
-    """Load and validate a site file; raise :class:`ConfigError` listing every problem."""
+def load_site(path: str | os.PathLike[str], validate_drivers: bool = True,
+              limits: Limits = LIMITS) -> Site:
+    """Load and validate a site file; raise :class:`ConfigError` listing every problem.
+
+    Nothing the file asks for is expanded past ``limits`` (see :class:`Limits`)."""
     path = os.fspath(path)
     errors: list[str] = []
-    raw = read_yaml(path, errors)
+    budget = _Budget(limits)
+    raw = read_yaml(path, errors, budget)
     if raw is None:
         raise ConfigError(errors)
     if not isinstance(raw, LDict):
@@ -401,7 +657,7 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
             if not files:
                 errors.append(f"{ipos[0]}:{ipos[1]}: include[{k}]: no file matches {pattern!r} (relative to {base})")
             for f in files:
-                data = read_yaml(f, errors)
+                data = read_yaml(f, errors, budget)
                 if data is None:
                     continue
                 if not isinstance(data, LDict) or not set(data) or set(data) - _INCLUDABLE:
@@ -467,7 +723,7 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
             target.ipos.extend(defs.ipos)
 
     if "devices" in raw:
-        raw["devices"] = expand_repeats(raw["devices"], errors)
+        raw["devices"] = expand_repeats(raw["devices"], errors, budget)
 
     try:
         cfg = SiteConfig.model_validate(raw)
@@ -476,6 +732,11 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
         # still report broken references, so one pass shows every problem
         errors.extend(_raw_reference_checks(raw))
         raise ConfigError(errors) from None
+    if errors:
+        raise ConfigError(errors)
+    # before anything is made per device (child ids, instances, tags): the totals, from the
+    # profiles and the counts alone
+    errors.extend(_size_checks(cfg, raw, limits))
     if errors:
         raise ConfigError(errors)
 
@@ -488,6 +749,29 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True) -> Si
         f, line = devs.ipos[i] if isinstance(devs, LList) and i < len(devs.ipos) else (path, 0)
         site.origins[f"{d.area}/{d.id}"] = f"{f}:{line}"
     return site
+
+
+def _size_checks(cfg: SiteConfig, raw: Any, limits: Limits) -> list[str]:
+    """Devices (children included), tags and alarm instances the site would make, counted
+    from the profiles; the first device entry that takes a total past its limit is named."""
+    points = {name: len(p.points) for name, p in cfg.profiles.items()}
+    alarms = {name: len(p.alarms) for name, p in cfg.profiles.items()}
+    ndev = ntags = nalarms = 0
+    for i, d in enumerate(cfg.devices):
+        ndev += 1
+        ntags += points.get(d.profile, 0)
+        nalarms += alarms.get(d.profile, 0)
+        for c in d.children:
+            ndev += c.count
+            ntags += c.count * points.get(c.profile, 0)
+            nalarms += c.count * alarms.get(c.profile, 0)
+        for total, limit, what in ((ndev, limits.devices, "devices (children included)"),
+                                   (ntags, limits.tags, "tags"),
+                                   (nalarms, limits.alarms, "alarm instances")):
+            if total > limit:
+                return [f"{_at(raw, ('devices', i))}: with this device the site has {total:,} "
+                        f"{what}; the limit is {limit:,}{_MORE}"]
+    return []
 
 
 def _raw_reference_checks(raw: Any) -> list[str]:
@@ -574,6 +858,9 @@ def _semantic_checks(cfg: SiteConfig, raw: Any, validate_drivers: bool) -> list[
             else:
                 errs.extend(_driver_model(cls, "Options", opts, raw, ("drivers", dname)))
 
+    errs.extend(_alarm_checks(cfg, raw))
+    errs.extend(_service_checks(cfg, raw, validate_drivers))
+
     for i, d in enumerate(cfg.devices):
         if d.area not in areas:
             close = difflib.get_close_matches(d.area, list(areas), n=1)
@@ -603,6 +890,108 @@ def _semantic_checks(cfg: SiteConfig, raw: Any, validate_drivers: bool) -> list[
             if dup:
                 errs.append(f"{_at(raw, ('devices', i, 'children', j, 'id'))}: child ids {sorted(dup)[:3]} repeat an earlier child group of {key}")
             child_ids.update(ids)
+    return errs
+
+
+def _hint(name: str, known: list[str] | set[str], what: str) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; its {what}: {', '.join(sorted(known)) or 'none'}"
+
+
+def _alarm_checks(cfg: SiteConfig, raw: Any) -> list[str]:
+    """What the alarm engine would refuse at start, found here with file:line: a template on a
+    point (or reference, or suppressing alarm/point) its profile does not have, an alarm name
+    twice in a profile (its own templates and alarm_templates files together), a rule on the
+    parent of a device that has none, or naming what the parent's profile does not have."""
+    errs: list[str] = []
+    for pname, prof in cfg.profiles.items():
+        points = {p.name for p in prof.points}
+        names: dict[str, int] = {}
+        for k, a in enumerate(prof.alarms):
+            loc = ("profiles", pname, "alarms", k)
+            if a.name in names:
+                errs.append(f"{_at(raw, (*loc, 'name'))}: alarm {a.name!r} declared twice in profile "
+                            f"{pname!r} (also alarms[{names[a.name]}], maybe from an alarm_templates "
+                            f"file); alarm names are unique per device")
+            names.setdefault(a.name, k)
+            for field in ("point", "reference"):
+                v = getattr(a, field)
+                if v is not None and v not in points:
+                    errs.append(f"{_at(raw, (*loc, field))}: profile {pname!r} has no point {v!r}"
+                                f"{_hint(v, points, 'points')}")
+        alarms = {a.name for a in prof.alarms}
+        for k, a in enumerate(prof.alarms):
+            for j, r in enumerate(a.suppressed_by):
+                if r.of != "self":
+                    continue
+                loc = ("profiles", pname, "alarms", k, "suppressed_by", j)
+                if r.alarm is not None and r.alarm not in alarms:
+                    errs.append(f"{_at(raw, (*loc, 'alarm'))}: profile {pname!r} has no alarm "
+                                f"{r.alarm!r}{_hint(r.alarm, alarms, 'alarms')}")
+                if r.point is not None and r.point not in points:
+                    errs.append(f"{_at(raw, (*loc, 'point'))}: profile {pname!r} has no point "
+                                f"{r.point!r}{_hint(r.point, points, 'points')}")
+
+    def parent_rules(pname: str) -> list[tuple[str, Any]]:
+        prof = cfg.profiles.get(pname)
+        return [(a.name, r) for a in prof.alarms for r in a.suppressed_by if r.of == "parent"] \
+            if prof is not None else []
+
+    seen: set[tuple[str, str]] = set()
+    for i, d in enumerate(cfg.devices):
+        rules = parent_rules(d.profile)
+        if rules and ("", d.profile) not in seen:
+            seen.add(("", d.profile))
+            errs.append(f"{_at(raw, ('devices', i, 'profile'))}: device {d.area}/{d.id} has no parent, "
+                        f"but alarm {rules[0][0]!r} of its profile {d.profile!r} is suppressed by its "
+                        f"parent's; use the profile for children only, or write 'of: self'")
+        parent = cfg.profiles.get(d.profile)
+        if parent is None:
+            continue
+        for j, c in enumerate(d.children):
+            if (d.profile, c.profile) in seen:
+                continue
+            seen.add((d.profile, c.profile))
+            have_alarms = {a.name for a in parent.alarms}
+            have_points = {p.name for p in parent.points}
+            for aname, r in parent_rules(c.profile):
+                missing = (("alarm", r.alarm) if r.alarm is not None and r.alarm not in have_alarms else
+                           ("point", r.point) if r.point is not None and r.point not in have_points else None)
+                if missing:
+                    errs.append(f"{_at(raw, ('devices', i, 'children', j, 'profile'))}: alarm {aname!r} "
+                                f"of profile {c.profile!r} is suppressed by its parent's {missing[0]} "
+                                f"{missing[1]!r}, which the parent's profile {d.profile!r} does not have")
+    return errs
+
+
+def _service_checks(cfg: SiteConfig, raw: Any, validate_backends: bool) -> list[str]:
+    """What the services would refuse at start: a historian backend that is not installed (or
+    options its model refuses, when the backend declares an ``Options`` model), and a user
+    name declared twice (which role would win is undefined)."""
+    errs: list[str] = []
+    hist = cfg.historian
+    if validate_backends and hist.enabled:
+        eps = {ep.name: ep for ep in entry_points(group="scada.historians")}
+        ep = eps.get(hist.backend)
+        if ep is None:
+            errs.append(f"{_at(raw, ('historian', 'backend'))}: unknown historian backend "
+                        f"{hist.backend!r}; expected one of {', '.join(sorted(eps)) or '(none installed)'}")
+        else:
+            try:
+                cls = ep.load()
+            except (ImportError, AttributeError) as e:
+                errs.append(f"{_at(raw, ('historian', 'backend'))}: historian backend "
+                            f"{hist.backend!r} ({ep.value}) is installed but failed to load: {e}")
+            else:
+                errs.extend(_driver_model(cls, "Options", hist.options, raw, ("historian", "options")))
+    users: dict[str, int] = {}
+    for k, u in enumerate(cfg.users):
+        if u.name in users:
+            errs.append(f"{_at(raw, ('users', k, 'name'))}: user {u.name!r} declared twice (also "
+                        f"users[{users[u.name]}]); one entry per user, with one role")
+        users.setdefault(u.name, k)
     return errs
 
 

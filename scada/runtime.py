@@ -36,7 +36,14 @@ from . import memdiag
 from . import quality as Q
 from .clock import Clock, RealClock
 from .driver import STANDARD_HEALTH, Driver, DriverContext, Health
-from .errors import CannotListen, ConfigError, ScadaError, UnknownTagError, WriteRefused
+from .errors import (
+    CannotListen,
+    CannotStart,
+    ConfigError,
+    ScadaError,
+    UnknownTagError,
+    WriteRefused,
+)
 from .site import Site
 from .tags import Batch, PointDef, TagDatabase
 
@@ -99,8 +106,8 @@ class Runtime:
         self._out_of_service: set[int] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
-        #: a service that could not listen at its first start (see :meth:`supervise`)
-        self.fatal: CannotListen | None = None
+        #: a service that could not start at all (see :meth:`supervise`)
+        self.fatal: CannotStart | None = None
         self._fatal_event = asyncio.Event()
         #: per supervised task, set once its first run has failed or returned
         self._first_done: dict[str, asyncio.Event] = {}
@@ -163,6 +170,8 @@ class Runtime:
                 if isinstance(e, ConfigError):
                     raise ConfigError([f"{name}: {m}" for m in e.errors]) from e
                 raise ConfigError(f"{name}: {e}") from e
+            except OSError as e:  # a state directory or file it cannot create or open
+                raise CannotStart(f"the {name} service cannot start: {e}") from e
             if svc is not None:
                 self.services[name] = svc
 
@@ -242,13 +251,13 @@ class Runtime:
 
     # ----------------------------------------------------------------- supervision
     def supervise(self, name: str, factory: Callable[[], Awaitable[None]], *,
-                  listens: bool = False) -> asyncio.Task[None]:
+                  fatal_first: bool = False) -> asyncio.Task[None]:
         """Run ``factory()`` as a task restarted with backoff whenever it crashes.
 
-        ``listens``: the task opens a listening socket (a service such as the OPC UA server).
-        If its *first* run fails because the address cannot be listened on (in use, not
-        local, privileged), retrying cannot help: the error is recorded in :attr:`fatal`
-        and :meth:`serve_forever` stops the server and raises it, one line for the operator
+        ``fatal_first``: if the *first* run fails with an ``OSError`` (a port that cannot be
+        listened on: in use, not local, privileged; a directory that cannot be created), the
+        setting is wrong and retrying cannot help: the error is recorded in :attr:`fatal` and
+        :meth:`serve_forever` stops the server and raises it, one line for the operator
         instead of a traceback every backoff period. A later failure is retried as usual.
         """
         first_done = self._first_done.setdefault(name, asyncio.Event())
@@ -265,10 +274,9 @@ class Runtime:
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    if listens and not first_done.is_set() and _cannot_listen(e):
-                        msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                        log.error("%s cannot start: %s", name, msg)
-                        self.fatal = CannotListen(msg)
+                    if fatal_first and not first_done.is_set() and isinstance(e, OSError):
+                        self.fatal = _start_error(name, e)
+                        log.error("%s", self.fatal)
                         first_done.set()
                         self._fatal_event.set()
                         return
@@ -294,7 +302,7 @@ class Runtime:
         gc.freeze()
         memdiag.tune_malloc()  # before the worker threads exist (see scada.memdiag)
         for name, svc in self.services.items():
-            self.supervise(f"service:{name}", svc.run, listens=True)
+            self.supervise(f"service:{name}", svc.run, fatal_first=True)
         for proto, drv in self.drivers.items():
             self.supervise(f"driver:{proto}", drv.run)
         self.supervise("health", self._health_loop)
@@ -420,9 +428,15 @@ class Runtime:
                 return
 
 
-def _cannot_listen(e: BaseException) -> bool:
-    """The error of a server socket that cannot be bound (retrying will not help)."""
-    return isinstance(e, OSError) and e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
+def _start_error(task: str, e: OSError) -> CannotStart:
+    """The one line for a service's failed first start. A socket that cannot be bound keeps
+    the service's own message (it names the address and the setting)."""
+    if isinstance(e, CannotStart):
+        return e
+    if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) or (
+            e.errno == errno.EACCES and e.filename is None):
+        return CannotListen(e.strerror if e.strerror and e.filename is None else str(e))
+    return CannotStart(f"the {task.removeprefix('service:')} service cannot start: {e}")
 
 
 def coerce(p: PointDef, value: Any) -> Any:

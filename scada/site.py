@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .sections.alarms import AlarmDef, AlarmsConfig
-from .sections.common import Ident, Strict
+from .sections.common import Ident, Strict, check_format
 from .sections.historian import HistorianConfig
 from .sections.opcua import OpcUaServerConfig
 from .sections.schedules import SchedulesConfig
@@ -117,6 +117,11 @@ class ChildGroup(Strict):
     start: int = Field(1, ge=0)
     attrs: dict[str, Any] = Field(default_factory=dict)
     location: Location | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_template(cls, v: str) -> str:
+        return check_format(v)  # formatted once per child: no megabyte-wide fields
 
 
 class DeviceConfig(Strict):

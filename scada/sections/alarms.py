@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import Duration, Ident, Strict
+from .common import Duration, Ident, Strict, check_format
 
 AlarmKind = Literal["discrete", "limit", "deviation", "quality", "stale", "rate"]
 Category = Literal["lighting", "traffic", "cabinet", "system"]
@@ -133,6 +133,11 @@ class AlarmDef(Strict):
     @classmethod
     def _bool(cls, v: Any) -> Any:
         return float(v) if isinstance(v, bool) else v
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, v: str) -> str:
+        return check_format(v)  # formatted at every raise: no megabyte-wide fields
 
     @model_validator(mode="after")
     def _kind_fields(self) -> AlarmDef:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
@@ -48,3 +49,34 @@ def parse_duration(v: object) -> float:
 
 #: A duration in seconds written as ``2s``, ``500ms``, ``15min``, ``1h`` or a number.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+#: Widest field (and longest precision) a site file's ``str.format`` templates may ask for.
+#: ``"{n:>999999999}"`` would make a 1 GB string per device (or per alarm event).
+MAX_FORMAT_WIDTH = 100
+
+_FORMATTER = string.Formatter()
+_NUMBERS = re.compile(r"\d+")
+
+
+def check_format(template: str) -> str:
+    """Refuse a ``str.format`` template that could exhaust memory: a width or precision above
+    :data:`MAX_FORMAT_WIDTH`, or a nested field in a format spec (``{n:{w}}``, whose width
+    would come from data). Returns the template; raises ``ValueError`` saying what is wrong.
+    A string that is not a valid template at all is returned as is (it is then plain text)."""
+    try:
+        parts = list(_FORMATTER.parse(template))
+    except ValueError:
+        return template
+    for _text, name, spec, _conv in parts:
+        if name is None or not spec:
+            continue
+        if "{" in spec:
+            raise ValueError(f"template {template!r}: a format spec cannot contain a field "
+                             f"({{{name}:{spec}}}); write the width as a number")
+        for num in _NUMBERS.findall(spec):
+            digits = num.lstrip("0")
+            if len(digits) > 3 or (digits and int(digits) > MAX_FORMAT_WIDTH):
+                raise ValueError(f"template {template!r}: width or precision {num} in "
+                                 f"{{{name}:{spec}}} is above the limit of {MAX_FORMAT_WIDTH}")
+    return template
