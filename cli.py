@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "commands.schedule",  # schedule preview / explain / override
     "commands.report",    # report energy / availability / interventions, history
     "commands.historian",  # historian import / export / fingerprint
+    "commands.notify",    # notify list / replay (alarm notification queues, dead letters)
 )
 
 

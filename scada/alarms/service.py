@@ -40,6 +40,15 @@ HEALTH = (
     PointDef("journal_errors", "int", "", "journal writes that failed"),
 )
 
+#: ``_system/notify/<channel>/*``: one set per notification channel
+NOTIFY_HEALTH = (
+    PointDef("queued", "int", "", "notifications waiting in the channel's durable queue"),
+    PointDef("failed", "int", "", "failed delivery attempts since start"),
+    PointDef("dead_letters", "int", "", "notifications given up since start (dead letters)"),
+    PointDef("last_success", "float", "s", "POSIX time of the last delivery (NaN: none yet)"),
+    PointDef("down", "bool", "", "the channel failed more than its retries and is retrying"),
+)
+
 
 def state_dir(site: Any) -> str:
     d = site.config.site.state_dir
@@ -68,12 +77,12 @@ class AlarmService(Service):
             site, runtime.tagdb, runtime.clock, self.journal,
             on_out_of_service=self._oos, audit=self.audit)
         self.notifier: Notifier | None = None
+        self._notify_first: dict[str, int] = {}
         if cfg.notifications.channels:
-            self.notifier = Notifier(
-                cfg.notifications, runtime.clock, self.directory, site=site.name,
-                timezone=site.config.site.timezone,
-                municipality_of={a.id: a.municipality or a.name or a.id for a in site.config.areas})
-            self.engine.listeners.append(self.notifier.on_events)
+            self.notifier = make_notifier(site, self.engine, runtime.clock, self.directory)
+            for ch in cfg.notifications.channels:
+                self._notify_first[ch] = runtime.tagdb.add_tags(f"_system/notify/{ch}",
+                                                                NOTIFY_HEALTH)
         self.conditions: Any = None
         self.engine.start()
 
@@ -96,6 +105,14 @@ class AlarmService(Service):
         self.runtime.tagdb.apply(Batch.of(range(self._health_first, self._health_first + len(vals)),
                                           [float(v) for v in vals], Q.Good,
                                           self.runtime.clock.time()))
+        if self.notifier is not None:
+            idx: list[int] = []
+            vals: list[float] = []
+            for ch, h in self.notifier.health().items():
+                first = self._notify_first[ch]
+                idx += range(first, first + len(NOTIFY_HEALTH))
+                vals += [h[p.name] for p in NOTIFY_HEALTH]
+            self.runtime.tagdb.apply(Batch.of(idx, vals, Q.Good, self.runtime.clock.time()))
 
     async def _health(self) -> None:
         while True:
@@ -134,6 +151,62 @@ class AlarmService(Service):
             await self.conditions.close()
         self.engine.close()
         self.audit.close()
+
+
+def make_notifier(site: Any, engine: AlarmEngine, clock: Any, directory: str) -> Notifier:
+    """The notifier of ``site.config.alarms.notifications`` wired to ``engine``: it reads the
+    alarms' state at send time, raises the channel-down alarms through ``set_condition`` and
+    describes devices from the site model. Registered as an engine listener."""
+    municipality_of = {a.id: a.municipality or a.name or a.id for a in site.config.areas}
+
+    def state_of(alarm_id: str) -> Any:
+        c = engine.by_id.get(alarm_id)
+        return None if c is None else engine.view(c)
+
+    def channel_down(channel: str, down: bool, reason: str) -> None:
+        # _system/notify/<channel>/down, priority 2: raised when a channel fails more than its
+        # retries, cleared when it delivers again
+        engine.set_condition(
+            f"_system/notify/{channel}", "down", down, priority=2, category="system",
+            message=f"notification channel {channel} is down ({reason}): notifications are "
+                    f"queued and sent when it answers; check its server and settings")
+
+    n = Notifier(site.config.alarms.notifications, clock, directory, site=site.name,
+                 timezone=site.config.site.timezone, municipality_of=municipality_of,
+                 state_of=state_of, describe=describer(site, municipality_of),
+                 on_down=channel_down)
+    engine.listeners.append(n.on_events)
+    return n
+
+
+def describer(site: Any, municipality_of: dict[str, str]) -> Any:
+    """``device path -> where it is`` for notifications: coordinates (its own, else its
+    parent's), the ``address``/``description`` attributes, its cabinet (parent) and the
+    municipality of its area. The device index is built on first use."""
+    index: dict[str, Any] = {}
+
+    def describe(path: str) -> dict[str, Any]:
+        if not index:
+            index.update((d.path, d) for d in site.all_devices())
+        d = index.get(path)
+        if d is None:
+            return {}
+        parent = index.get(d.parent) if d.parent else None
+        loc = d.location or (parent.location if parent is not None else None)
+        out: dict[str, Any] = {}
+        if loc is not None:
+            out["location"] = (loc.lat, loc.lon)
+        for key in ("address", "description"):
+            if d.attrs.get(key):
+                out[key] = str(d.attrs[key])
+        if parent is not None:
+            out["cabinet"] = {"path": parent.path, **({"description": str(
+                parent.attrs["description"])} if parent.attrs.get("description") else {})}
+        if municipality_of.get(d.area) and municipality_of[d.area] != d.area:
+            out["municipality"] = municipality_of[d.area]
+        return out
+
+    return describe
 
 
 def create(runtime: Any) -> AlarmService | None:

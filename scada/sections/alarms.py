@@ -168,26 +168,58 @@ class ChatterConfig(Strict):
 
 
 class ChannelConfig(Strict):
-    """A notification channel: e-mail over SMTP or an HTTP webhook (SMS gateways are webhooks)."""
+    """A notification channel: e-mail over SMTP, an HTTP webhook (JSON POST of the alarm), or
+    an SMS: through an HTTP SMS gateway (``url``, ``fields`` template, ``token`` or
+    ``username``/``password`` authentication) or, without ``url``, through an SMTP-to-SMS
+    gateway (``host``/``port`` and ``to`` addresses such as ``0600000000@sms.operator``)."""
 
-    type: Literal["smtp", "webhook"]
-    # smtp
+    type: Literal["smtp", "webhook", "sms"]
+    # smtp (and SMTP-to-SMS)
     host: str = "127.0.0.1"
     port: int = Field(25, ge=1, le=65535)
     sender: str = "scada@localhost"
+    #: e-mail addresses (smtp, SMTP-to-SMS) or phone numbers (sms through an HTTP gateway)
     to: list[str] = Field(default_factory=list)
     starttls: bool = False
     username: str | None = None
     password: str | None = None
-    # webhook
+    # webhook and HTTP SMS gateway
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    #: HTTP ``Authorization: Bearer`` token (else ``username``/``password`` give Basic auth)
+    token: str | None = None
+    # HTTP SMS gateway
+    #: request parameters; string values are formatted with ``{to}`` (one request per number)
+    #: and ``{text}`` (the SMS text)
+    fields: dict[str, Any] = Field(default_factory=lambda: {"to": "{to}", "text": "{text}"})
+    #: send ``fields`` as application/x-www-form-urlencoded instead of JSON
+    form: bool = False
+    #: an SMS is cut to this many characters
+    max_chars: int = Field(160, ge=20, le=1600)
     # delivery
     timeout: Duration = 10.0
+    #: failed attempts before the channel is declared down (alarm raised); it keeps retrying
     retries: int = Field(3, ge=0, le=20)
+    #: wait after the first failed attempt, doubled after each further one ...
     backoff: Duration = 2.0
+    #: ... up to this
+    max_backoff: Duration = Field(60.0, gt=0)
+    #: a notification not delivered this long after it was queued becomes a dead letter
+    max_age: Duration = Field(86400.0, gt=0)
     #: at most this many messages per minute; beyond it queued alarms go out as one digest
     rate_per_min: float = Field(30.0, gt=0)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k, x in v.items():
+            if isinstance(x, str):
+                try:
+                    x.format(to="", text="")
+                except (KeyError, IndexError, ValueError) as e:
+                    raise ValueError(f"fields.{k}: {x!r} may use only {{to}} and {{text}} "
+                                     f"({type(e).__name__}: {e})") from None
+        return v
 
     @model_validator(mode="after")
     def _need(self) -> ChannelConfig:
@@ -195,6 +227,9 @@ class ChannelConfig(Strict):
             raise ValueError("an smtp channel needs 'to' (a list of addresses)")
         if self.type == "webhook" and not self.url:
             raise ValueError("a webhook channel needs 'url' (http://host:port/path)")
+        if self.type == "sms" and not self.to:
+            raise ValueError("an sms channel needs 'to' (phone numbers for an HTTP gateway "
+                             "('url'), or the addresses of an SMTP-to-SMS gateway)")
         return self
 
 
@@ -226,6 +261,8 @@ class RuleConfig(Strict):
     channels: list[str] = Field(default_factory=list)
     #: if still unacknowledged after ``after``, also notify these channels (in order)
     escalate: list[EscalationStep] = Field(default_factory=list)
+    #: also notify the rule's channels when an alarm it notified returns to normal
+    return_to_normal: bool = False
 
     @field_validator("hours")
     @classmethod

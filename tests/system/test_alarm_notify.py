@@ -1,6 +1,7 @@
 """Notifications against real peers on loopback: an aiosmtpd SMTP server and an asyncio HTTP
-server (webhook); escalation and rate limits on a stepped clock; failing endpoints end in the
-dead-letter log."""
+server (webhook, SMS gateway); escalation and rate limits on a stepped clock; an outage loses
+nothing (durable queue, channel-down alarm, health); permanent refusals end in the dead-letter
+log and are replayed."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from cli import main
+from scada.alarms import model as M
 from scada.alarms.notify import Notifier
+from scada.alarms.notify_queue import read_dead_letters, read_queues
+from scada.alarms.service import make_notifier
 from tests.conftest import free_port
 from tests.fixtures.alarms import AlarmEnv, make_env
 
@@ -31,14 +37,16 @@ async def until(pred: Any, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def notifier(tmp_path: Path, stepped_clock: Any, notifications: str):
-    env: AlarmEnv = make_env(tmp_path, stepped_clock, nlum=4,
-                             alarms_extra=f"notifications:\n{notifications}")
-    cfg = env.site.config
-    n = Notifier(cfg.alarms.notifications, stepped_clock, env.engine.journal.directory,
-                 site=cfg.site.name, timezone=cfg.site.timezone,
-                 municipality_of={"centre": "Dijon", "north": "Talant"})
-    env.engine.listeners.append(n.on_events)
+async def notifier(tmp_path: Path, stepped_clock: Any, notifications: str, *,
+                   env: AlarmEnv | None = None, extra: str = ""):
+    """The alarm engine of the test site with the notifier wired as the server wires it
+    (:func:`make_notifier`); ``env`` reuses an engine (a restarted notifier)."""
+    own = env is None
+    if env is None:
+        env = make_env(tmp_path, stepped_clock, nlum=4, extra=extra,
+                       alarms_extra=f"notifications:\n{notifications}")
+    n = make_notifier(env.site, env.engine, stepped_clock, env.engine.journal.directory)
+    n.municipality_of.update({"centre": "Dijon", "north": "Talant"})
     task = asyncio.create_task(n.run())
     await stepped_clock.advance(0)
     try:
@@ -46,7 +54,18 @@ async def notifier(tmp_path: Path, stepped_clock: Any, notifications: str):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        env.engine.close()
+        env.engine.listeners.remove(n.on_events)
+        if own:
+            env.engine.close()
+
+
+async def run_for(clock: Any, n: Notifier, seconds: float, step: float = 5.0) -> None:
+    """Advance the stepped clock ``seconds`` in ``step``s, letting every delivery attempt (real
+    I/O in worker threads or sockets) finish before time moves on."""
+    for _ in range(int(seconds / step)):
+        await until(lambda: not any(c.busy for c in n.channels.values()), "attempts to end")
+        await clock.advance(step)
+    await until(lambda: not any(c.busy for c in n.channels.values()), "attempts to end")
 
 
 def dead_letters(n: Notifier) -> list[dict[str, Any]]:
@@ -103,26 +122,118 @@ async def test_mail_and_webhook_then_escalation(tmp_path, stepped_clock, smtp_se
         assert dead_letters(n) == []
 
 
-async def test_failing_endpoints_go_to_dead_letters(tmp_path, stepped_clock, http_server) -> None:
-    http_server.status = 500
+async def test_refusals_are_dead_letters_and_replayed_outages_are_queued(
+        tmp_path, stepped_clock, http_server) -> None:
+    http_server.status = 400  # the gateway refuses the message itself: retrying cannot help
     closed = free_port()
     conf = f"""
   channels:
     failing: {{type: webhook, url: "{http_server.url}", retries: 2, backoff: 1s}}
-    refused: {{type: webhook, url: "http://127.0.0.1:{closed}/x", retries: 1, timeout: 2s}}
+    refused: {{type: webhook, url: "http://127.0.0.1:{closed}/x", retries: 1, backoff: 1s,
+               timeout: 2s}}
   rules:
-    - {{channels: [failing, refused]}}
+    - {{categories: [cabinet], channels: [failing, refused]}}
 """
     async with notifier(tmp_path, stepped_clock, conf) as (env, n):
         env.set({f"{CAB}/comm_ok": 1})
         env.mark(CAB, 0x80050000)
-        await until(lambda: len(dead_letters(n)) == 2, "two dead letters")
-        by = {d["channel"]: d for d in dead_letters(n)}
-        assert by["failing"]["reason"].endswith("HTTP 500") and by["failing"]["attempts"] == 3
-        assert len(http_server.requests) == 3  # tried, retried twice
-        assert by["refused"]["attempts"] == 2 and "Error" in by["refused"]["reason"]
-        assert by["refused"]["alarm_ids"] == [f"{CAB}/comm_lost"]
-        assert n.channels["failing"].stats["dead"] == 1
+        await until(lambda: len(dead_letters(n)) == 1, "a dead letter")
+        await run_for(stepped_clock, n, 10)
+        (d,) = dead_letters(n)
+        assert d["channel"] == "failing" and d["reason"].endswith("HTTP 400")
+        assert d["attempts"] == 1 and len(http_server.requests) == 1  # not retried
+        assert d["alarm_ids"] == [f"{CAB}/comm_lost"]
+        # a refused connection is an outage: kept in the durable queue, the channel is down
+        ch = n.channels["refused"]
+        assert ch.failures >= 2 and ch.down_since is not None
+        assert [x["event"]["alarm_id"] for x in read_queues(env.engine.journal.directory)[
+            "refused"]] == [f"{CAB}/comm_lost"]
+        assert env.state("_system/notify/refused/down") == M.UNACK_ACTIVE
+        assert n.health()["refused"]["queued"] == 1 and n.health()["refused"]["down"] == 1
+        assert n.health()["failing"]["dead_letters"] == 1
+        # the operator fixes the gateway and replays the dead letter (scada notify replay)
+        http_server.status = 200
+        directory = env.engine.journal.directory
+        listed = CliRunner().invoke(main, ["notify", "list", "--dir", directory])
+        assert listed.exit_code == 0, listed.output
+        assert "queue refused: 1 waiting" in listed.output and d["id"] in listed.output
+        res = CliRunner().invoke(main, ["notify", "replay", "--dir", directory, d["id"]])
+        assert res.exit_code == 0, res.output
+        assert "requested" in res.output
+        await run_for(stepped_clock, n, 10)
+        await until(lambda: len(http_server.requests) == 2, "the replayed notification")
+        assert http_server.requests[1]["body"]["alarm_id"] == f"{CAB}/comm_lost"
+        assert read_dead_letters(directory) == []  # replayed: not listed any more
+        assert len(read_dead_letters(directory, include_replayed=True)) == 1
+        res = CliRunner().invoke(main, ["notify", "replay", "--dir", directory, d["id"]])
+        assert res.exit_code == 2 and "no dead letter" in res.output  # not twice
+
+
+async def test_smtp_outage_of_ten_minutes_loses_nothing(tmp_path, stepped_clock,
+                                                        smtp_server) -> None:
+    conf = f"""
+  channels:
+    mail: {{type: smtp, host: 127.0.0.1, port: {smtp_server.port}, to: [oncall@city.example],
+            sender: scada@city.example, retries: 2, backoff: 5s, max_backoff: 60s, timeout: 5s}}
+  rules:
+    - {{categories: [cabinet], priorities: [1, 2], channels: [mail]}}
+"""
+    async with notifier(tmp_path, stepped_clock, conf) as (env, n):
+        ch = n.channels["mail"]
+        env.set({f"{CAB}/comm_ok": 1, "north/cab-2/comm_ok": 1, "north/cab-2/voltage_l1": 230})
+        smtp_server.stop()
+        t0 = stepped_clock.time()
+        env.mark(CAB, 0x80050000)                       # P1 at t0
+        await run_for(stepped_clock, n, 180)
+        env.set({"north/cab-2/voltage_l1": 260})        # P2 at t0 + 3 min
+        await run_for(stepped_clock, n, 180)
+        env.mark("north/cab-2", 0x80050000)             # P1 at t0 + 6 min
+        await run_for(stepped_clock, n, 240)
+        assert stepped_clock.time() - t0 == 600 and smtp_server.messages == []
+        assert ch.down_since is not None and n.health()["mail"]["queued"] == 3
+        assert env.state("_system/notify/mail/down") == M.UNACK_ACTIVE
+        smtp_server.start()
+        await run_for(stepped_clock, n, 65)
+        await until(lambda: smtp_server.messages, "the backlog")
+        order = [f"{CAB}/comm_lost", "north/cab-2/voltage", "north/cab-2/comm_lost"]
+        (_, rcpt, msg), = smtp_server.messages  # one digest, not a flood
+        body = msg.get_content()
+        assert rcpt == ["oncall@city.example"] and "3 late" in msg["Subject"]
+        assert "unreachable" in body and "rate limited" not in body
+        lines = [ln for ln in body.splitlines() if ln.startswith("- ")]
+        assert [next(a for a in order if a in ln) for ln in lines] == order  # in order
+        assert all("LATE" in ln for ln in lines)  # each marked with its delay
+        assert "LATE 10 min" in lines[0]
+        assert ch.down_since is None and n.health()["mail"]["queued"] == 0
+        assert env.state("_system/notify/mail/down") == M.UNACK_RTN  # cleared
+        assert read_queues(env.engine.journal.directory)["mail"] == []
+        assert dead_letters(n) == []
+
+
+async def test_queue_survives_a_restart(tmp_path, stepped_clock, smtp_server) -> None:
+    conf = f"""
+  channels:
+    mail: {{type: smtp, host: 127.0.0.1, port: {smtp_server.port}, to: [oncall@city.example],
+            retries: 0, backoff: 30s}}
+  rules:
+    - {{categories: [cabinet], channels: [mail]}}
+"""
+    smtp_server.stop()
+    env = make_env(tmp_path, stepped_clock, nlum=2, alarms_extra=f"notifications:\n{conf}")
+    try:
+        async with notifier(tmp_path, stepped_clock, conf, env=env) as (_, n):
+            env.set({f"{CAB}/comm_ok": 1})
+            env.mark(CAB, 0x80050000)
+            await run_for(stepped_clock, n, 10)
+            assert n.health()["mail"]["failed"] >= 1
+        smtp_server.start()  # the server restarts with the channel's queue on disk
+        async with notifier(tmp_path, stepped_clock, conf, env=env) as (_, n2):
+            assert len(n2.channels["mail"].queue.pending) == 1
+            await run_for(stepped_clock, n2, 10)
+            await until(lambda: smtp_server.messages, "the queued mail")
+            assert f"{CAB}/comm_lost" in smtp_server.messages[0][2]["Subject"]
+    finally:
+        env.engine.close()
 
 
 async def test_rate_limit_sends_a_digest_not_a_flood(tmp_path, stepped_clock, http_server) -> None:
