@@ -32,7 +32,9 @@ def register(main: click.Group) -> None:
     """Add this module's commands to the main group."""
     main.add_command(alarms)
     main.add_command(ack)
+    main.add_command(comment)
     main.add_command(shelve)
+    main.add_command(roles)
     main.add_command(out_of_service)
 
 
@@ -198,12 +200,14 @@ def _client_opts(f: Any) -> Any:
     return _connection_options(f)
 
 
-def _call(o: dict[str, Any], what: str, **kw: Any) -> None:
-    from commands.client import _connect, _ns
-    from scada.opcua.alarms import ClientError, act
+def call(o: dict[str, Any], what: str, **kw: Any) -> None:
+    """Run one operator action on the server as the authenticated ``--user`` and print the
+    answer (exit 1 when refused). The server's operator API checks, performs and audits it."""
+    from commands.client import _connect, _ns, password_of
+    from scada.opcua.client import ClientError, act
 
-    if o.get("username") and o.get("password") is None:
-        o["password"] = click.prompt(f"password for {o['username']}", hide_input=True)
+    if o.get("username"):
+        password_of(o)
 
     async def go() -> str:
         c = await _connect(o)
@@ -225,7 +229,17 @@ def _call(o: dict[str, Any], what: str, **kw: Any) -> None:
 @_client_opts
 def ack(alarm_id: str, comment: str, **o: Any) -> None:
     """Acknowledge ALARM (area/device/name) through the server (operator role)."""
-    _call(o, "acknowledge", alarm_id=alarm_id, comment=comment)
+    call(o, "acknowledge", alarm_id=alarm_id, comment=comment)
+
+
+@click.command()
+@click.argument("alarm_id")
+@_client_opts
+def comment(alarm_id: str, comment: str, **o: Any) -> None:
+    """Add a comment to ALARM (operator role): -m "text"."""
+    if not comment.strip():
+        raise click.UsageError("the comment is empty: -m/--comment TEXT")
+    call(o, "comment", alarm_id=alarm_id, comment=comment)
 
 
 @click.command()
@@ -236,12 +250,12 @@ def ack(alarm_id: str, comment: str, **o: Any) -> None:
 def shelve(alarm_id: str, comment: str, duration: str | None, unshelve: bool, **o: Any) -> None:
     """Shelve ALARM (engineer role): timed with --duration, else one-shot; --unshelve."""
     if unshelve:
-        _call(o, "unshelve", alarm_id=alarm_id, comment=comment)
+        call(o, "unshelve", alarm_id=alarm_id, comment=comment)
         return
     if not comment:
         raise click.UsageError("shelving needs a reason: --comment/-m")
     secs = parse_duration(duration) if duration else None
-    _call(o, "shelve", alarm_id=alarm_id, comment=comment, duration=secs)
+    call(o, "shelve", alarm_id=alarm_id, comment=comment, duration=secs)
 
 
 @click.command("out-of-service")
@@ -250,4 +264,20 @@ def shelve(alarm_id: str, comment: str, duration: str | None, unshelve: bool, **
 @click.option("--back", is_flag=True, help="Put the device back in service.")
 def out_of_service(device: str, comment: str, back: bool, **o: Any) -> None:
     """Take DEVICE (area/device) out of service for works, or --back (engineer role)."""
-    _call(o, "out_of_service", device=device, oos=not back, comment=comment)
+    call(o, "out_of_service", device=device, oos=not back, comment=comment)
+
+
+@click.command()
+@click.option("--markdown", is_flag=True, help="The table as in docs/opcua.md.")
+def roles(markdown: bool) -> None:
+    """The role matrix: which role may do what, on every front end (OPC UA, CLI, web)."""
+    from scada.operations import roles as R
+
+    if markdown:
+        click.echo(R.markdown(), nl=False)
+        return
+    width = max(len(a.name) for a in R.ACTIONS)
+    click.echo(f"{'action':<{width}}  " + "  ".join(f"{r:<8}" for r in R.ROLES))
+    for a in R.ACTIONS:
+        click.echo(f"{a.name:<{width}}  " + "  ".join(f"{'yes' if R.allows(r, a.name) else '-':<8}" for r in R.ROLES)
+                   + f"  {a.what}")

@@ -36,10 +36,14 @@ def register(main: click.Group) -> None:
 
 def _connection_options(f):
     opts = [
-        click.option("--endpoint", default=DEFAULT_ENDPOINT, show_default=True, help="Server endpoint URL."),
+        click.option("--endpoint", default=None,
+                     help=f"Server endpoint URL [default: the --site file's opcua port, else {DEFAULT_ENDPOINT}]."),
+        click.option("--site", "site_file", type=click.Path(dir_okay=False), default=None,
+                     help="Take the endpoint from this site file (opcua: host and port)."),
         click.option("--user", "username", default=None, help="User name (default: anonymous)."),
-        click.option("--password", default=None, envvar="SCADA_OPCUA_PASSWORD",
-                     help="Password (or env SCADA_OPCUA_PASSWORD)."),
+        click.option("--password-file", "password_file", type=click.Path(dir_okay=False), default=None,
+                     help="File holding the password (one line, or the demo's 'user role password' "
+                          "lines); else env SCADA_OPCUA_PASSWORD; else a prompt. Never on the command line."),
         click.option("--policy", type=click.Choice(POLICIES), default="None", show_default=True,
                      help="Security policy of the secure channel."),
         click.option("--mode", type=click.Choice(["Sign", "SignAndEncrypt"]), default="SignAndEncrypt",
@@ -102,11 +106,12 @@ async def _connect(o: dict[str, Any]):
     from asyncua import Client, ua
     from asyncua.crypto import security_policies as sp
 
+    o["endpoint"] = endpoint_of(o)
     c = Client(o["endpoint"], timeout=o["timeout"])
     c.session_timeout = 60_000  # the server clamps longer requests anyway
     if o["username"]:
         c.set_user(o["username"])
-        c.set_password(o["password"] or "")
+        c.set_password(password_of(o))
     if o["policy"] != "None":
         cert, key, uri = _client_cert(o["cert"], o["key"])
         c.application_uri = uri
@@ -124,6 +129,51 @@ async def _connect(o: dict[str, Any]):
         c.disconnect_socket()
         raise ClientError(f"cannot connect to {o['endpoint']}: {e or type(e).__name__}") from None
     return c
+
+
+def endpoint_of(o: dict[str, Any]) -> str:
+    """``--endpoint``, else the ``--site`` file's OPC UA endpoint, else the default."""
+    if o.get("endpoint"):
+        return o["endpoint"]
+    if o.get("site_file"):
+        from commands.core import load_or_exit
+
+        cfg = load_or_exit(o["site_file"]).config.opcua
+        host = "127.0.0.1" if cfg.host in ("0.0.0.0", "", "::") else cfg.host
+        return f"opc.tcp://{host}:{cfg.port}/scada"
+    return DEFAULT_ENDPOINT
+
+
+def password_of(o: dict[str, Any]) -> str:
+    """The password of ``--user``: from ``--password-file``, else ``SCADA_OPCUA_PASSWORD``, else
+    a prompt (hidden; read from stdin when it is not a terminal). Passwords never appear on the
+    command line, where other users of the machine could read them (``ps``)."""
+    if o.get("password") is not None:
+        return o["password"]
+    user = o["username"]
+    pf = o.get("password_file")
+    if pf:
+        try:
+            text = Path(pf).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ClientError(f"cannot read the password file {pf}: {e.strerror or e}") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        for ln in lines:  # the demo's accounts file: "user role password"
+            parts = ln.split()
+            if len(parts) == 3 and parts[0] == user:
+                o["password"] = parts[2]
+                return parts[2]
+        if len(lines) == 1 and len(lines[0].split()) == 1:
+            o["password"] = lines[0]
+            return lines[0]
+        raise ClientError(f"{pf} holds no password for {user!r} (one line with the password, or "
+                          f"'user role password' lines)")
+    env = os.environ.get("SCADA_OPCUA_PASSWORD")
+    if env is not None:
+        o["password"] = env
+        return env
+    o["password"] = click.prompt(f"password for {user}", hide_input=True, err=True)
+    return o["password"]
 
 
 def _hint(code: int) -> str:
@@ -372,12 +422,12 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["viewer", "operator", "engineer", "admin"]), required=True)
-@click.option("--password", default=None, envvar="SCADA_NEW_PASSWORD",
-              help="Password (or env SCADA_NEW_PASSWORD); prompted for when omitted and a terminal is attached, "
-                   "generated otherwise.")
+@click.option("--password-file", "password_file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the new password (one line). Else env SCADA_NEW_PASSWORD; else prompted "
+                   "for when a terminal is attached, generated otherwise. Never on the command line.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Append the entry to this YAML file (a `users:` list) instead of printing it.")
-def user_add(name: str, role: str, password: str | None, out: str | None) -> None:
+def user_add(name: str, role: str, password_file: str | None, out: str | None) -> None:
     """Print (or append) the `users:` entry for NAME with a salted scrypt hash of its password."""
     from scada.sections.common import _ident
     from scada.users import generate_password, hash_line
@@ -387,6 +437,9 @@ def user_add(name: str, role: str, password: str | None, out: str | None) -> Non
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="NAME") from None
     generated = False
+    password = os.environ.get("SCADA_NEW_PASSWORD")
+    if password_file:
+        password = Path(password_file).read_text(encoding="utf-8").strip()
     if password is None:
         if sys.stdin.isatty():
             password = click.prompt("password", hide_input=True, confirmation_prompt=True)

@@ -4,15 +4,14 @@
   each profile's steps, and the night's expected energy versus the legacy baseline.
 * ``explain LUMINAIRE --site SITE --at "YYYY-MM-DD HH:MM"``: which rule wins for that luminaire
   that night and why, the step in force and the resulting level (overrides included).
-* ``override set|list|cancel``: operator overrides shared with the running server through
-  ``<state_dir>/schedules/overrides.json``; role-checked against the site's ``users:`` and
-  audited in ``<state_dir>/schedules/audit.log``.
+* ``override set|cancel``: operator actions sent to the running server as the authenticated
+  ``--user`` (the server's operator API checks the role and areas and audits them);
+  ``override list`` reads ``<state_dir>/schedules/overrides.json``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -26,10 +25,7 @@ _CLOCK = RealClock()  # the CLI's 'now' (the server's clock may be simulated)
 
 
 def _state_dir(site) -> str:
-    sd = site.config.site.state_dir
-    if not os.path.isabs(sd):
-        sd = os.path.join(os.path.dirname(os.path.abspath(site.path)), sd)
-    return os.path.join(sd, "schedules")
+    return os.path.join(site.state_dir, "schedules")
 
 
 def _fleet(site):
@@ -196,13 +192,6 @@ def explain_text(site, luminaire: str, t: float) -> str:
     return "\n".join(lines)
 
 
-def _role_of(site, user: str) -> str | None:
-    for u in site.config.users:
-        if u.name == user:
-            return u.role
-    return None
-
-
 def register(main: click.Group) -> None:
     """Add this module's commands to the main group."""
     main.add_command(schedule)
@@ -251,9 +240,13 @@ def override() -> None:
     """Operator overrides (engineer role): set, list, cancel."""
 
 
+def _override_opts(f):
+    from .client import _connection_options
+
+    return _connection_options(f)
+
+
 @override.command("set")
-@click.argument("site_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--user", required=True, help="a user of the site's users: section")
 @click.option("--level", type=click.FloatRange(0, 100), required=True)
 @click.option("--minutes", type=float, default=120.0, show_default=True)
 @click.option("--reason", required=True)
@@ -262,59 +255,14 @@ def override() -> None:
     "--device", "devices", multiple=True, help="device path (cabinet, gateway or luminaire)"
 )
 @click.option("--group", "groups", multiple=True, help="luminaire group attr")
-def override_set(site_file, user, level, minutes, reason, areas, devices, groups) -> None:
-    """Override luminaires at LEVEL for MINUTES (beats every calendar rule)."""
-    from scada.audit import AuditLog
-    from scada.schedules.overrides import OverrideRefused, OverrideStore, authorize, new_override
+@_override_opts
+def override_set(level, minutes, reason, areas, devices, groups, **o) -> None:
+    """Override luminaires at LEVEL for MINUTES (beats every calendar rule); engineer role,
+    through the running server (--user, --site or --endpoint)."""
+    from .alarms import call
 
-    site = load_or_exit(site_file)
-    state = _state_dir(site)
-    audit = AuditLog(os.path.join(state, "audit.log"), _RealClock())
-    target = ",".join([*areas, *devices, *groups]) or "everything"
-    try:
-        authorize(_role_of(site, user), user, audit, "schedule.override", target, level=level)
-        o = new_override(
-            level=level,
-            minutes=minutes,
-            reason=reason,
-            user=user,
-            now=_CLOCK.time(),
-            areas=list(areas) or None,
-            devices=list(devices) or None,
-            groups=list(groups) or None,
-        )
-        OverrideStore(state).add(o)
-    except OverrideRefused as e:
-        audit.close()
-        click.echo(f"override refused: {e}", err=True)
-        sys.exit(3)
-    except ValueError as e:
-        audit.record(
-            user=user,
-            action="schedule.override",
-            target=target,
-            outcome=f"refused: {e}",
-            level=level,
-        )
-        audit.close()
-        click.echo(f"override refused: {e}", err=True)
-        sys.exit(3)
-    audit.record(
-        user=user,
-        action="schedule.override",
-        target=target,
-        outcome="ok",
-        id=o.id,
-        level=o.level,
-        expires=o.expires,
-        reason=reason,
-    )
-    audit.close()
-    tz = site.config.site.timezone
-    click.echo(
-        f"override {o.id}: {o.scope_text()} at {level:g} % until "
-        f"{datetime.fromtimestamp(o.expires, ZoneInfo(tz)):%Y-%m-%d %H:%M %Z} ({reason})"
-    )
+    call(o, "set_override", level=level, minutes=minutes, reason=reason, areas=list(areas),
+         devices=list(devices), groups=list(groups))
 
 
 @override.command("list")
@@ -338,32 +286,10 @@ def override_list(site_file) -> None:
 
 
 @override.command("cancel")
-@click.argument("site_file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("override_id")
-@click.option("--user", required=True)
-def override_cancel(site_file, override_id, user) -> None:
-    """Cancel an override before it expires."""
-    from scada.audit import AuditLog
-    from scada.schedules.overrides import OverrideRefused, OverrideStore, authorize
+@_override_opts
+def override_cancel(override_id, **o) -> None:
+    """Cancel an override before it expires (engineer role, through the running server)."""
+    from .alarms import call
 
-    site = load_or_exit(site_file)
-    state = _state_dir(site)
-    audit = AuditLog(os.path.join(state, "audit.log"), _RealClock())
-    try:
-        authorize(_role_of(site, user), user, audit, "schedule.override.cancel", override_id)
-        o = OverrideStore(state).update(override_id, cancelled=_CLOCK.time())
-    except (OverrideRefused, KeyError) as e:
-        click.echo(f"cancel refused: {e}", err=True)
-        audit.close()
-        sys.exit(3)
-    audit.record(
-        user=user, action="schedule.override.cancel", target=o.scope_text(), outcome="ok", id=o.id
-    )
-    audit.close()
-    click.echo(f"override {o.id} cancelled")
-
-
-def _RealClock():
-    from scada.clock import RealClock
-
-    return RealClock()
+    call(o, "cancel_override", override_id=override_id)

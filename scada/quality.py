@@ -68,6 +68,18 @@ BadNoData: Final = 0x809B0000
 BadIdentityTokenRejected: Final = 0x80210000
 BadCertificateUntrusted: Final = 0x801A0000
 BadSecurityPolicyRejected: Final = 0x80550000
+# sessions, subscriptions and Part 9 condition methods (the operator API answers with these)
+BadSessionIdInvalid: Final = 0x80250000
+BadSubscriptionIdInvalid: Final = 0x80280000
+BadEventIdUnknown: Final = 0x809A0000
+BadConditionBranchAlreadyAcked: Final = 0x80CF0000
+BadConditionAlreadyShelved: Final = 0x80D10000
+BadConditionNotShelved: Final = 0x80D20000
+BadShelvingTimeOutOfRange: Final = 0x80D30000
+BadTooManySessions: Final = 0x80560000
+BadRequestTooLarge: Final = 0x80B80000
+BadEntryExists: Final = 0x809F0000
+BadNoEntryExists: Final = 0x80A00000
 
 NAMES: Final[dict[int, str]] = {
     v: k

@@ -44,6 +44,7 @@ from .errors import (
     UnknownTagError,
     WriteRefused,
 )
+from .operations import Operations
 from .site import Site
 from .tags import Batch, PointDef, TagDatabase
 
@@ -114,6 +115,10 @@ class Runtime:
         self.restarts = 0
         self._health: dict[str, tuple[Health, int]] = {}
         self._register_devices()
+        #: absolute state directory (journal, audit log, spool, overrides, certificates)
+        self.state_dir = site.state_dir
+        #: the operator API every front end calls (role matrix, areas, audit: scada/operations)
+        self.operations = Operations(self)
 
     # ----------------------------------------------------------------- building
     def _register_devices(self) -> None:
@@ -374,6 +379,7 @@ class Runtime:
                 elif fut.exception() is not None:
                     log.error("%s failed while closing: %r", name, fut.exception())
         self._tasks.clear()
+        self.operations.close()
 
     async def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
         """Start, wait for SIGINT/SIGTERM, stop. For ``scada run`` and ``scada demo``."""

@@ -13,6 +13,7 @@ the driver's own models (``Driver.Connection``, ``Driver.PointSource``, ``Driver
 
 from __future__ import annotations
 
+import os
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -198,6 +199,15 @@ class Site:
     @property
     def name(self) -> str:
         return self.config.site.name
+
+    @property
+    def state_dir(self) -> str:
+        """The state directory, absolute (a relative ``site.state_dir`` is relative to the site
+        file): alarm journal, audit log, historian spool, overrides, certificates."""
+        d = self.config.site.state_dir
+        if os.path.isabs(d):
+            return d
+        return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.path)), d))
 
     def all_devices(self) -> Iterator[DeviceInstance]:
         for d in self.devices:

@@ -1,19 +1,8 @@
-"""Users, roles and password checks for everything an operator can do to the live system.
+"""Accounts and password checks (who you are); what each role may do is the role matrix of
+:mod:`scada.operations.roles`, which every front end goes through.
 
-OPC UA itself has no role model (Part 3 §4.8 leaves "user authorization" to the server; Part 18
-describes well-known roles, which we follow loosely), and asyncua's default user manager gives
-admin rights to anyone calling themselves ``admin``. This module is the project's own model,
-used by the OPC UA server (writes, AddNodes), the alarm engine (Acknowledge, Shelve, out of
-service) and the schedule engine (overrides):
-
-========  =========================================================================
-role      may
-========  =========================================================================
-viewer    browse, read, subscribe
-operator  + write setpoints, acknowledge alarms
-engineer  + override schedules, shelve alarms, put devices out of service
-admin     everything, including adding nodes and administering the server
-========  =========================================================================
+Roles are ordered ``viewer < operator < engineer < admin``. asyncua's default user manager
+gives admin rights to anyone calling themselves ``admin``; this module replaces it.
 
 Passwords are never stored: a site file holds ``scrypt$N$r$p$salt$hash`` lines produced by
 :func:`hash_password` (``scada user add NAME --role R``), checked with a constant-time compare.
@@ -40,44 +29,7 @@ from .clock import Clock, RealClock
 
 Role = Literal["viewer", "operator", "engineer", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "engineer", "admin")
-
-Action = Literal[
-    "read", "subscribe", "write", "acknowledge", "shelve", "out_of_service", "override",
-    "add_nodes", "admin",
-]
-ACTIONS: tuple[Action, ...] = (
-    "read", "subscribe", "write", "acknowledge", "shelve", "out_of_service", "override",
-    "add_nodes", "admin",
-)
-
-#: The least role allowed to do each action (roles are ordered viewer < ... < admin).
-_MIN_ROLE: dict[str, Role] = {
-    "read": "viewer",
-    "subscribe": "viewer",
-    "write": "operator",
-    "acknowledge": "operator",
-    "override": "engineer",
-    "shelve": "engineer",
-    "out_of_service": "engineer",
-    "add_nodes": "admin",
-    "admin": "admin",
-}
 _RANK = {r: i for i, r in enumerate(ROLES)}
-
-
-def role_allows(role: str | None, action: str) -> bool:
-    """True when ``role`` may perform ``action``.
-
-    Unknown roles (and ``None``: an anonymous client the site refuses) may do nothing; an
-    unknown action is a programming error and raises ``ValueError`` naming it, so a typo in a
-    caller cannot silently grant or deny everything.
-    """
-    need = _MIN_ROLE.get(action)
-    if need is None:
-        raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-    rank = _RANK.get(role or "", -1)
-    return rank >= _RANK[need]
-
 
 def check_role(role: str) -> Role:
     if role not in _RANK:

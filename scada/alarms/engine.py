@@ -14,9 +14,9 @@ Data flow (DESIGN.md "the tag database is the hub"):
    SuppressedState, OutOfServiceState), are written to the journal in **one** write per batch,
    and only then handed to the listeners (OPC UA Alarms & Conditions, notifications).
 
-Operator actions (acknowledge, comment, shelve, unshelve, out-of-service) check the caller's
-role with :func:`scada.users.role_allows` (acknowledge: operator; shelve and out_of_service:
-engineer), take a comment, are journaled with the user, and audited (denials too).
+Operator actions (acknowledge, comment, shelve, unshelve, out-of-service) take a comment and
+are journaled with the user. Who may perform them, in which areas, and the audit log are the
+operator API's (:mod:`scada.operations`), which calls these methods.
 """
 
 from __future__ import annotations
@@ -43,12 +43,6 @@ from .suppression import SRC_ALARM, SRC_POINT, SuppressionTable
 log = logging.getLogger("scada.alarms")
 
 Listener = Callable[[list[M.AlarmEvent]], None]
-
-
-def _role_allows(role: str | None, action: str) -> bool:
-    from scada.users import role_allows
-
-    return role_allows(role, action)
 
 
 class _Fmt(dict):
@@ -130,8 +124,7 @@ class AlarmEngine:
 
     def __init__(self, tagdb: TagDatabase, clock: Clock, journal: Journal, *,
                  config: AlarmsConfig | None = None,
-                 on_out_of_service: Callable[[str, bool], None] | None = None,
-                 audit: Any = None, role_allows: Callable[[str | None, str], bool] | None = None):
+                 on_out_of_service: Callable[[str, bool], None] | None = None):
         self.tagdb = tagdb
         self.clock = clock
         self.journal = journal
@@ -139,8 +132,6 @@ class AlarmEngine:
             journal.snapshot = self.snapshot
         self.config = config or AlarmsConfig()
         self.on_out_of_service = on_out_of_service
-        self.audit = audit
-        self.role_allows = role_allows or _role_allows
         self.cond = ConditionTable()
         self.supp = SuppressionTable()
         # per-alarm metadata (Python lists: touched only on transitions)
@@ -1001,53 +992,31 @@ class AlarmEngine:
         }
 
     # ------------------------------------------------------------------ operator actions
-    def _check(self, action: str, target: str, user: str | None, role: str | None) -> None:
-        if not self.role_allows(role, action):
-            if self.audit is not None:
-                self.audit.record(user=user, action=f"alarm.{action}", target=target,
-                                  outcome="denied", role=role)
-            raise M.AlarmPermissionError(
-                f"{user or 'anonymous'} (role {role or 'none'}) may not {action.replace('_', ' ')} "
-                f"{target}: this needs the "
-                f"{'operator' if action == 'acknowledge' else 'engineer'} role"
-            )
-
-    def _audit(self, action: str, target: str, user: str | None, role: str | None,
-               comment: str | None, **kw: Any) -> None:
-        if self.audit is not None:
-            self.audit.record(user=user, action=f"alarm.{action}", target=target, outcome="ok",
-                              role=role, comment=comment, **kw)
-
-    def acknowledge(self, alarm_id: str, *, user: str | None, role: str | None,
-                    comment: str = "") -> M.AlarmEvent:
-        """ISA-18.2 acknowledge (OPC UA Part 9 AcknowledgeableConditionType.Acknowledge): operator role."""
-        self._check("acknowledge", alarm_id, user, role)
+    # Role checks, area checks and the audit log are the operator API's (scada/operations);
+    # these methods change the state, journal it with the user's name and notify listeners.
+    def acknowledge(self, alarm_id: str, *, user: str | None, comment: str = "") -> M.AlarmEvent:
+        """ISA-18.2 acknowledge (OPC UA Part 9 AcknowledgeableConditionType.Acknowledge)."""
         c = self.find(alarm_id)
         if self.acked[c]:
             raise M.InvalidAlarmState(f"{alarm_id} is already acknowledged")
         self.acked[c] = True
         e = self._event(c, M.ACK, self.clock.time(), user=user, comment=comment)
         self._commit([e])
-        self._audit("acknowledge", alarm_id, user, role, comment)
         return e
 
-    def add_comment(self, alarm_id: str, *, user: str | None, role: str | None,
-                    comment: str) -> M.AlarmEvent:
-        """OPC UA Part 9 ConditionType.AddComment (operator role, like acknowledge)."""
-        self._check("acknowledge", alarm_id, user, role)
+    def add_comment(self, alarm_id: str, *, user: str | None, comment: str) -> M.AlarmEvent:
+        """OPC UA Part 9 ConditionType.AddComment."""
         c = self.find(alarm_id)
         e = self._event(c, M.COMMENT, self.clock.time(), user=user, comment=comment)
         self._commit([e])
-        self._audit("comment", alarm_id, user, role, comment)
         return e
 
-    def shelve(self, alarm_id: str, *, user: str | None, role: str | None, comment: str,
+    def shelve(self, alarm_id: str, *, user: str | None, comment: str,
                duration: float | None = None) -> M.AlarmEvent:
         """Shelve (ISA-18.2 shelving; OPC UA Part 9 ShelvedStateMachineType TimedShelve /
         OneShotShelve).
 
         ``duration`` seconds (timed) or None (one-shot: until the alarm returns to normal)."""
-        self._check("shelve", alarm_id, user, role)
         if not comment:
             raise ValueError(f"shelving {alarm_id} needs a reason (comment)")
         if duration is not None and duration <= 0:
@@ -1059,13 +1028,10 @@ class AlarmEngine:
         self.shelve_info[c] = (user or "", comment)
         e = self._event(c, M.SHELVE, now, user=user, comment=comment)
         self._commit([e])
-        self._audit("shelve", alarm_id, user, role, comment, duration=duration)
         self._wake.set()
         return e
 
-    def unshelve(self, alarm_id: str, *, user: str | None, role: str | None,
-                 comment: str = "") -> M.AlarmEvent:
-        self._check("shelve", alarm_id, user, role)
+    def unshelve(self, alarm_id: str, *, user: str | None, comment: str = "") -> M.AlarmEvent:
         c = self.find(alarm_id)
         if not self.shelved[c]:
             raise M.InvalidAlarmState(f"{alarm_id} is not shelved")
@@ -1074,14 +1040,12 @@ class AlarmEngine:
         self.shelve_info.pop(c, None)
         e = self._event(c, M.UNSHELVE, self.clock.time(), user=user, comment=comment)
         self._commit([e])
-        self._audit("unshelve", alarm_id, user, role, comment)
         return e
 
     def set_out_of_service(self, device: str, oos: bool, *, user: str | None,
-                           role: str | None, comment: str = "") -> list[M.AlarmEvent]:
+                           comment: str = "") -> list[M.AlarmEvent]:
         """Put a device under works (ISA-18.2 out-of-service): its alarms are hidden and
-        its tags read BadOutOfService (through the runtime hook); engineer role."""
-        self._check("out_of_service", device, user, role)
+        its tags read BadOutOfService (through the runtime hook)."""
         try:
             self.tagdb.device_index(device)
         except KeyError:
@@ -1109,7 +1073,6 @@ class AlarmEngine:
         self._commit(events, extra_lines=[dev_line])
         if self.on_out_of_service is not None:
             self.on_out_of_service(device, oos)
-        self._audit(ev, device, user, role, comment)
         return events
 
     # ------------------------------------------------------------------ external conditions

@@ -89,10 +89,6 @@ class UnknownAlarm(AlarmError, KeyError):
         return str(self.args[0]) if self.args else "unknown alarm"
 
 
-class AlarmPermissionError(AlarmError, PermissionError):
-    """The user's role does not allow the action (OPC UA BadUserAccessDenied)."""
-
-
 class InvalidAlarmState(AlarmError, ValueError):
     """The action does not apply in the alarm's state (OPC UA BadConditionAlreadyShelved ...)."""
 

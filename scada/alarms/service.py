@@ -17,7 +17,6 @@ import os
 from typing import Any
 
 from scada import quality as Q
-from scada.audit import AuditLog
 from scada.runtime import Service
 from scada.tags import Batch, PointDef
 
@@ -71,11 +70,10 @@ class AlarmService(Service):
         self.directory = alarms_dir(site)
         self.journal = Journal(self.directory, fsync=cfg.fsync, fsync_interval=cfg.fsync_interval,
                                rotate_bytes=int(cfg.rotate_mb * 1024 * 1024))
-        self.audit = AuditLog(os.path.join(self.directory, "audit.log"), runtime.clock)
         self._health_first = runtime.tagdb.add_tags("_system/alarms", HEALTH)
         self.engine: AlarmEngine = build_from_site(
             site, runtime.tagdb, runtime.clock, self.journal,
-            on_out_of_service=self._oos, audit=self.audit)
+            on_out_of_service=self._oos)
         self.notifier: Notifier | None = None
         self._notify_first: dict[str, int] = {}
         if cfg.notifications.channels:
@@ -150,7 +148,6 @@ class AlarmService(Service):
         if self.conditions is not None:
             await self.conditions.close()
         self.engine.close()
-        self.audit.close()
 
 
 def make_notifier(site: Any, engine: AlarmEngine, clock: Any, directory: str) -> Notifier:

@@ -42,10 +42,12 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-from asyncua import Client, ua
+from asyncua import ua
 from asyncua.common import event_objects as eo
 
 from ..alarms import model as M
+from ._asyncua import subscription_of, trigger_event_for
+from .server import current_session
 
 log = logging.getLogger("scada.alarms.opcua")
 
@@ -80,12 +82,18 @@ def _text(x: Any) -> str:
     return "" if x is None else str(x)
 
 
+def _sees(session: Any, area: str) -> bool:
+    ident = getattr(session, "identity", None)
+    return ident is None or ident.sees_area(area)
+
+
 class AlarmConditions:
     """The Part 9 condition model of one engine on one asyncua server."""
 
     def __init__(self, engine: Any, opcua: Any):
         self.engine = engine
         self.svc = opcua
+        self.ops = opcua.ops
         self._queue: deque[M.AlarmEvent] = deque()
         self._ready = asyncio.Event()
         self._nodes: set[int] = set()
@@ -289,12 +297,15 @@ class AlarmConditions:
         return out
 
     async def _trigger(self, c: int, ev: Any, subscription_id: int | None = None) -> None:
-        ss = self.svc.server.iserver.subscription_service
+        """Send the event from each emitter (Server, area, device) to the subscriptions whose
+        session may see the alarm's area (areas as tenants)."""
+        iserver = self.svc.server.iserver
+        area = self.engine.area[c]
         for node in self._emitters(c):
             e2 = copy.copy(ev)
             e2.__dict__ = dict(ev.__dict__)
             e2.emitting_node = node
-            await ss.trigger_event(e2, subscription_id=subscription_id)
+            await trigger_event_for(iserver, e2, lambda s: _sees(s, area), subscription_id)
 
     async def _emit(self, e: M.AlarmEvent) -> None:
         if self.svc.server is None:
@@ -314,30 +325,14 @@ class AlarmConditions:
             return None
         return self.engine.by_id.get(s.split(SUFFIX, 1)[0])
 
-    def _caller(self) -> tuple[str | None, str | None]:
-        return self.svc.user_name(), self.svc.role_of()
-
-    def _run(self, fn: Any, *a: Any, **kw: Any) -> ua.StatusCode:
+    def _status(self, out: Any) -> ua.StatusCode:
         self.stats["calls"] += 1
-        try:
-            fn(*a, **kw)
-        except M.AlarmPermissionError as ex:
+        if out.status == ua.StatusCodes.BadUserAccessDenied:
             self.stats["denied"] += 1
-            log.info("OPC UA A&C: denied: %s", ex)
-            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
-        except M.UnknownAlarm:
-            return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
-        except M.InvalidAlarmState as ex:
-            msg = str(ex)
-            if "acknowledged" in msg:
-                return ua.StatusCode(ua.StatusCodes.BadConditionBranchAlreadyAcked)
-            if "not shelved" in msg:
-                return ua.StatusCode(ua.StatusCodes.BadConditionNotShelved)
-            return ua.StatusCode(ua.StatusCodes.BadInvalidState)
-        except ValueError:
-            return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
-        return ua.StatusCode(ua.StatusCodes.Good)
+        return ua.StatusCode(int(out.status))
 
+    # Every method goes through the operator API with the identity of the calling session
+    # (role matrix, areas, audit); this layer only maps OPC UA arguments and status codes.
     async def _acknowledge(self, objid: Any, event_id: Any = None, comment: Any = None) -> ua.StatusCode:
         c = self._cond_of(objid)
         if c is None:
@@ -345,17 +340,13 @@ class AlarmConditions:
         eid = _v(event_id)
         if eid and eid != self._last_eid.get(c):
             return ua.StatusCode(ua.StatusCodes.BadEventIdUnknown)
-        user, role = self._caller()
-        return self._run(self.engine.acknowledge, self.engine.ids[c], user=user, role=role,
-                         comment=_text(comment))
+        return self._status(await self.ops.acknowledge(self.svc.caller(), self.engine.ids[c], _text(comment)))
 
     async def _add_comment(self, objid: Any, event_id: Any = None, comment: Any = None) -> ua.StatusCode:
         c = self._cond_of(objid)
         if c is None:
             return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
-        user, role = self._caller()
-        return self._run(self.engine.add_comment, self.engine.ids[c], user=user, role=role,
-                         comment=_text(comment))
+        return self._status(await self.ops.comment(self.svc.caller(), self.engine.ids[c], _text(comment)))
 
     async def _timed_shelve(self, objid: Any, shelving_time: Any = None, comment: Any = None) -> ua.StatusCode:
         c = self._cond_of(objid)
@@ -363,34 +354,29 @@ class AlarmConditions:
             return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
         ms = _v(shelving_time)
         if not isinstance(ms, (int, float)) or ms <= 0:
-            return ua.StatusCode(ua.StatusCodes.BadShelvingTimeOutOfRange)
-        user, role = self._caller()
-        return self._run(self.engine.shelve, self.engine.ids[c], user=user, role=role,
-                         comment=_text(comment) or "timed shelve (OPC UA)", duration=ms / 1000.0)
+            ms = -1.0  # the operator API refuses it (BadShelvingTimeOutOfRange), audited
+        return self._status(await self.ops.shelve(self.svc.caller(), self.engine.ids[c],
+                                                  _text(comment) or "timed shelve (OPC UA)", ms / 1000.0))
 
     async def _oneshot_shelve(self, objid: Any, comment: Any = None) -> ua.StatusCode:
         c = self._cond_of(objid)
         if c is None:
             return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
-        user, role = self._caller()
-        return self._run(self.engine.shelve, self.engine.ids[c], user=user, role=role,
-                         comment=_text(comment) or "one-shot shelve (OPC UA)")
+        return self._status(await self.ops.shelve(self.svc.caller(), self.engine.ids[c],
+                                                  _text(comment) or "one-shot shelve (OPC UA)", None))
 
     async def _unshelve(self, objid: Any, comment: Any = None) -> ua.StatusCode:
         c = self._cond_of(objid)
         if c is None:
             return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
-        user, role = self._caller()
-        return self._run(self.engine.unshelve, self.engine.ids[c], user=user, role=role,
-                         comment=_text(comment))
+        return self._status(await self.ops.unshelve(self.svc.caller(), self.engine.ids[c], _text(comment)))
 
     async def _service(self, objid: Any, oos: bool, comment: Any) -> ua.StatusCode:
         c = self._cond_of(objid)
         if c is None:
             return ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)
-        user, role = self._caller()
-        return self._run(self.engine.set_out_of_service, self.engine.device[c], oos, user=user,
-                         role=role, comment=_text(comment))
+        return self._status(await self.ops.set_out_of_service(self.svc.caller(), self.engine.device[c], oos,
+                                                              _text(comment)))
 
     async def _remove_from_service(self, objid: Any, comment: Any = None) -> ua.StatusCode:
         return await self._service(objid, True, comment)
@@ -399,21 +385,21 @@ class AlarmConditions:
         return await self._service(objid, False, comment)
 
     async def _set_oos_method(self, objid: Any, device: Any, oos: Any, comment: Any = None) -> ua.StatusCode:
-        user, role = self._caller()
-        return self._run(self.engine.set_out_of_service, _text(device), bool(_v(oos)), user=user,
-                         role=role, comment=_text(comment))
+        return self._status(await self.ops.set_out_of_service(self.svc.caller(), _text(device), bool(_v(oos)),
+                                                              _text(comment)))
 
     async def _refresh(self, objid: Any, subscription_id: Any = None, mid: Any = None) -> ua.StatusCode:
         """ConditionRefresh (Part 9 ConditionType): RefreshStart, every retained red dot, RefreshEnd,
         to the calling subscription only."""
-        ss = self.svc.server.iserver.subscription_service
         sid = _v(subscription_id)
-        if sid not in ss.subscriptions:
+        session = current_session.get()
+        if session is None or subscription_of(session, sid) is None:
             return ua.StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid)
+        who = self.svc.caller()
         await self._marker(ua.ObjectIds.RefreshStartEventType, sid)
         for c in self.engine.retained().tolist():
             v = self.engine.view(c)
-            if v.hidden:
+            if v.hidden or not who.sees_area(self.engine.area[c]):
                 continue
             await self._ensure_node(c)
             eid = self._last_eid.setdefault(c, f"r{c}".encode())
@@ -446,81 +432,3 @@ class AlarmConditions:
                 fl.ClientHandle = mdata.client_handle
                 fl.EventFields = ev.to_event_fields(mdata.filter.SelectClauses)
                 await mis.isub.enqueue_event(mid, fl, mdata.queue_size)
-
-
-# ----------------------------------------------------------------------------- client side (CLI)
-class ClientError(Exception):
-    """An action over OPC UA failed; the message names the alarm and the server's answer."""
-
-
-DEFAULT_NS = "urn:scada:streetlight:tags"
-
-
-async def _ns(client: Client, uri: str) -> int:
-    arr = await client.get_namespace_array()
-    if uri in arr:
-        return arr.index(uri)
-    raise ClientError(f"the server has no namespace {uri!r} (namespaces: {arr}); "
-                      f"pass the site's opcua.namespace_uri")
-
-
-async def act(client: Client, ns: int, what: str, **kw: Any) -> str:
-    """Call one A&C method on a connected client (the server checks the caller's role):
-    ``acknowledge`` / ``unshelve`` (alarm_id, comment), ``shelve`` (alarm_id, comment,
-    duration s or None = one-shot), ``out_of_service`` (device, oos, comment)."""
-    comment = ua.LocalizedText(kw.get("comment") or "")
-    if what == "out_of_service":
-        node = client.get_node(ua.NodeId(ALARMS_OBJECT, ns))
-        args = [ua.Variant(kw["device"], ua.VariantType.String),
-                ua.Variant(bool(kw["oos"]), ua.VariantType.Boolean),
-                ua.Variant(kw.get("comment") or "", ua.VariantType.String)]
-        method = ua.NodeId(ALARMS_OBJECT + ".SetOutOfService", ns)
-        target = kw["device"]
-    else:
-        target = kw["alarm_id"]
-        node = client.get_node(ua.NodeId(target + SUFFIX, ns))
-        if what == "acknowledge":
-            method = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
-            args = [ua.Variant(b"", ua.VariantType.ByteString), comment]
-        elif what == "shelve" and kw.get("duration"):
-            method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_TimedShelve)
-            args = [ua.Variant(float(kw["duration"]) * 1000.0, ua.VariantType.Double), comment]
-        elif what == "shelve":
-            method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_OneShotShelve)
-            args = [comment]
-        elif what == "unshelve":
-            method = ua.NodeId(ua.ObjectIds.AlarmConditionType_ShelvingState_Unshelve)
-            args = [comment]
-        else:
-            raise ClientError(f"unknown action {what!r}")
-    try:
-        await node.call_method(method, *args)
-    except ua.UaStatusCodeError as e:
-        name = getattr(ua.StatusCode(e.code), "name", None) or f"0x{e.code:08X}"
-        hint = {
-            "BadUserAccessDenied": "your role does not allow this (log in with --user)",
-            "BadNodeIdInvalid": "no such alarm instance on the server (see `scada alarms`)",
-            "BadNodeIdUnknown": "no such alarm or device",
-            "BadConditionBranchAlreadyAcked": "already acknowledged",
-            "BadConditionNotShelved": "the alarm is not shelved",
-        }.get(name, "")
-        raise ClientError(f"{what} {target}: {name}{': ' + hint if hint else ''}") from e
-    return f"{what.replace('_', ' ')} {target}: done"
-
-
-async def call_action(endpoint: str, user: str | None, password: str | None, what: str,
-                      namespace_uri: str = DEFAULT_NS, **kw: Any) -> str:
-    """Connect (no message security), call :func:`act` as ``user``, disconnect."""
-    client = Client(endpoint, timeout=10)
-    client.session_timeout = 60_000  # what servers grant anyway; avoids a revision warning
-    if user:
-        client.set_user(user)
-        client.set_password(password or "")
-    try:
-        await client.connect()
-    except (OSError, TimeoutError, ua.UaError) as e:
-        raise ClientError(f"cannot connect to {endpoint}: {e} (is `scada run`/`scada demo` running?)") from e
-    try:
-        return await act(client, await _ns(client, namespace_uri), what, **kw)
-    finally:
-        await client.disconnect()

@@ -3,16 +3,18 @@
 Every unsafe asyncua default is replaced here:
 
 * **User manager** - asyncua's ``PermissiveUserManager`` gives admin rights to anyone named
-  ``admin`` whatever the password. :class:`SiteUserManager` checks the site's salted hashes
-  (:class:`scada.users.UserStore`, with lockout) and maps anonymous clients to ``viewer`` or
-  refuses them, as the site says.
+  ``admin`` whatever the password. :class:`SiteUserManager` asks the operator API
+  (:meth:`scada.operations.Operations.authenticate`: the site's salted hashes, one lockout
+  state for every front end) and maps anonymous clients to ``viewer`` or refuses them, as the
+  site says. The session keeps the caller's :class:`~scada.operations.Identity`.
 * **Endpoints** - only Basic256Sha256 and Aes128_Sha256_RsaOaep (Sign, SignAndEncrypt);
   ``None`` only with ``opcua.allow_security_none``. Basic128Rsa15 and Basic256 (deprecated by
   OPC UA 1.04, Part 7 "Security Policy" profiles) are never offered.
-* **Client certificates** - checked against a trust list directory
-  (:class:`TrustList`): an unknown certificate gets ``BadCertificateUntrusted`` and a copy in
-  ``rejected/`` for an administrator to move into ``trusted/`` (the usual OPC UA GDS-less
-  workflow, Part 12 §7.3).
+* **Client certificates** - on signed and encrypted channels, checked against a trust list
+  directory (:class:`TrustList`): an unknown certificate gets ``BadCertificateUntrusted`` and a
+  copy in ``rejected/`` for an administrator to move into ``trusted/`` (the usual OPC UA
+  GDS-less workflow, Part 12 §7.3). On a None channel the client certificate is ignored, as
+  Part 4 §5.6.2 says (real HMIs send one anyway).
 * **Server certificate** - generated on first start (RSA 2048, SHA-256, application URI in
   the subjectAltName as Part 6 §6.2.2 requires) and kept in ``<state_dir>/opcua/``.
 """
@@ -36,8 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..audit import AuditLog
-from ..users import UserStore
+from ..operations import Identity
+from ._asyncua import current_channel
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class ScadaUser(User):
     """asyncua's session user plus our role (``viewer`` .. ``admin``)."""
 
     scada_role: str = "viewer"
+    identity: Identity | None = None
 
 
 def ensure_server_certificate(directory: Path, app_uri: str, host: str) -> tuple[Path, Path]:
@@ -118,11 +121,12 @@ class TrustList:
     ``BadCertificateUntrusted``; an expired one with ``BadCertificateTimeInvalid``.
     """
 
-    def __init__(self, trusted_dir: Path, rejected_dir: Path, audit: AuditLog | None = None,
-                 trust_all: bool = False):
+    def __init__(self, trusted_dir: Path, rejected_dir: Path,
+                 on_refused: Any = None, trust_all: bool = False):
         self.trusted_dir = trusted_dir
         self.rejected_dir = rejected_dir
-        self.audit = audit
+        #: ``on_refused(client, outcome, reason)``: the operator API's security audit
+        self.on_refused = on_refused
         self.trust_all = trust_all
         self._mtime: float = -1.0
         self._trusted: set[str] = set()
@@ -166,54 +170,47 @@ class TrustList:
         """Raise ``ServiceError`` (BadCertificateUntrusted / TimeInvalid) unless trusted."""
         now = datetime.now(UTC)
         if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
-            self._record(uri, "BadCertificateTimeInvalid")
+            self._record(uri, "BadCertificateTimeInvalid",
+                         f"client certificate of {uri or '?'} is outside its validity period")
             raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
         if self.trust_all or self.is_trusted(cert):
             return
         der = cert.public_bytes(serialization.Encoding.DER)
         (self.rejected_dir / (_fingerprint(der)[:16] + ".der")).write_bytes(der)
-        self._record(uri, "BadCertificateUntrusted")
-        log.warning("refused client certificate of %r (%s): not in %s; copy it from %s to trust it",
-                    uri, cert.subject.rfc4514_string(), self.trusted_dir, self.rejected_dir)
+        self._record(uri, "BadCertificateUntrusted",
+                     f"client certificate of {uri or '?'} ({cert.subject.rfc4514_string()}) is not in "
+                     f"{self.trusted_dir}; copy it from {self.rejected_dir} to trust it")
         raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
-    def _record(self, uri: str, outcome: str) -> None:
-        if self.audit is not None:
-            self.audit.record(user=None, action="certificate", target=uri or "?", outcome=outcome)
+    def _record(self, uri: str, outcome: str, reason: str) -> None:
+        ch = current_channel.get()
+        via = f"opcua {ch.peer}" if ch is not None else "opcua"
+        if self.on_refused is not None:
+            self.on_refused(via, outcome, reason)
+        else:
+            log.warning("%s: %s", outcome, reason)
 
 
 class SiteUserManager:
-    """asyncua user manager backed by the site's accounts (replaces PermissiveUserManager).
+    """asyncua user manager backed by the operator API (replaces PermissiveUserManager).
 
     ``get_user`` is called by asyncua's ActivateSession with the decrypted user name and
     password (UserNameIdentityToken, Part 4 §7.36.4) or with neither for an anonymous token.
-    Every refused login is audited with its reason (bad password, unknown user, locked).
+    The operator API audits every login, refused ones with their reason.
     """
 
-    def __init__(self, store: UserStore, audit: AuditLog | None, anonymous: str):
-        self.store = store
-        self.audit = audit
-        self.anonymous = anonymous
+    def __init__(self, operations: Any):
+        self.ops = operations
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:
-        if username is None and password is None:
-            if self.anonymous == "viewer":
-                return ScadaUser(role=UserRole.User, name=None, scada_role="viewer")
-            self._record(None, "login", "BadIdentityTokenRejected", reason="anonymous refused")
+        ch = current_channel.get()
+        via = f"opcua {ch.peer}" if ch is not None else "opcua"
+        ident, _res = self.ops.authenticate(username, password, via)
+        if ident is None:
             return None
-        res = self.store.authenticate(username, password)
-        if res.user is None:
-            self._record(username, "login", "BadUserAccessDenied", reason=res.reason)
-            log.warning("login refused for user %r: %s", username, res.reason)
-            return None
-        role = UserRole.Admin if res.user.role == "admin" else UserRole.User
-        self._record(res.user.name, "login", "Good", role=res.user.role)
-        return ScadaUser(role=role, name=res.user.name, scada_role=res.user.role)
-
-    def _record(self, user: str | None, action: str, outcome: str, **kw: Any) -> None:
-        if self.audit is not None:
-            self.audit.record(user=user, action=action, target="session", outcome=outcome, **kw)
+        role = UserRole.Admin if ident.role == "admin" else UserRole.User
+        return ScadaUser(role=role, name=ident.user, scada_role=ident.role or "viewer", identity=ident)
 
 
 class PolicedInSession(PermissionRuleset):
@@ -230,8 +227,20 @@ class PolicedInSession(PermissionRuleset):
 
 def role_of(user: Any) -> str | None:
     """Our role of an asyncua session user (None: not logged in / refused)."""
+    ident = identity_of(user)
+    return ident.role if ident is not None else None
+
+
+#: asyncua's internal server session (our own code, not a client)
+_INTERNAL = Identity("server", "admin", None, "opcua internal")
+#: a session not (yet) activated: no rights
+NOBODY = Identity(None, None, frozenset(), "opcua")
+
+
+def identity_of(user: Any) -> Identity | None:
+    """The operator-API identity of an asyncua session user (None: not logged in)."""
     if isinstance(user, ScadaUser):
-        return user.scada_role
+        return user.identity or Identity(user.name, user.scada_role)
     if isinstance(user, User) and user.role == UserRole.Admin and user.name is None:
-        return "admin"  # asyncua's internal server session (our own code, not a client)
+        return _INTERNAL
     return None

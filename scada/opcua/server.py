@@ -10,11 +10,14 @@ How it costs in proportion to what clients monitor and read, not to city size:
   same queues its own ``datachange_callback`` fills, without the per-value ``deepcopy`` and
   coroutine of that path). Unmonitored changes cost one numpy gather per batch.
 
-Requests are policed in :class:`GuardedSession` (an asyncua ``InternalSession``): writes go
-to :meth:`scada.runtime.Runtime.write` (the owning driver answers) after the role check
-(``operator`` and up), AddNodes/DeleteNodes/references need ``admin``, subscriptions and
-monitored items per session are bounded; every write, denial and login is appended to the
-audit log (``<state_dir>/opcua/audit.log``).
+Requests are policed in :class:`GuardedSession` (an asyncua ``InternalSession``), each with
+the identity of the session whose AuthenticationToken it carries (scada/opcua/_asyncua.py):
+every state change goes to the operator API (:mod:`scada.operations`: role matrix, areas,
+audit) - writes through :meth:`~scada.operations.Operations.write` to the owning driver,
+AddNodes/DeleteNodes/references as ``address_space.edit``; a user restricted to some areas
+sees only their nodes (Read, Browse, TranslateBrowsePaths, monitored items, history, events);
+subscriptions belong to their session, and sessions, subscriptions and monitored items are
+bounded.
 """
 
 from __future__ import annotations
@@ -23,32 +26,43 @@ import asyncio
 import contextvars
 import fnmatch
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from asyncua import Node, Server, ua
+from asyncua import Node, ua
 from asyncua.common.utils import ServiceError
 from asyncua.server.internal_session import InternalSession
 from cryptography import x509
 
 from .. import quality as Q
-from ..audit import AuditLog
+from ..operations import Identity, Operations, Outcome
+from ..operations import roles as R
 from ..runtime import Service
 from ..tags import Changes
-from ..users import UserStore, generate_password, hash_password, role_allows
 from . import history
+from ._asyncua import (
+    ScadaServer,
+    current_channel,
+    external_sessions,
+    install_session_class,
+    owned_subscription_ids,
+    set_refusal_hook,
+    subscription_of,
+    subscription_owner,
+)
 from .address_space import VARIANT, LazyNodes, MonitorRegistry, make_datavalue
 from .address_space import ts as _ts
 from .security import (
+    NOBODY,
     SECURE_POLICIES,
     PolicedInSession,
     SiteUserManager,
     TrustList,
     ensure_server_certificate,
+    identity_of,
     role_of,
 )
 
@@ -82,11 +96,27 @@ class GuardedSession(InternalSession):
 
     scada: OpcUaService
 
+    @property
+    def identity(self) -> Identity:
+        """Who this session is (the operator API's identity; no rights before activation)."""
+        return identity_of(self.user) or NOBODY
+
     def _role(self) -> str | None:
         return role_of(self.user)
 
     def _name(self) -> str | None:
         return getattr(self.user, "name", None)
+
+    # ------------------------------------------------------------------ session set-up
+    async def create_session(self, params: ua.CreateSessionParameters, sockname: Any = None
+                             ) -> ua.CreateSessionResult:
+        """Part 4 §5.6.2: with SecurityPolicy None the server ignores the client certificate.
+        Real HMIs (UaExpert, node-opcua) send one anyway; checking it against the trust list
+        there refused them for nothing. Signed and encrypted channels keep the strict check."""
+        ch = current_channel.get()
+        if ch is not None and ch.unsecured:
+            params.ClientCertificate = None
+        return await super().create_session(params, sockname=sockname)
 
     def activate_session(self, params: ua.ActivateSessionParameters, peer_certificate: bytes | None
                          ) -> ua.ActivateSessionResult:
@@ -98,32 +128,94 @@ class GuardedSession(InternalSession):
         what protects the traffic, so it is the one checked here (Part 4 §5.6.3 / §6.1.3).
         """
         svc = self.scada
+        ch = current_channel.get()
+        via = f"opcua {ch.peer}" if ch is not None else "opcua"
         if not peer_certificate:
             if not svc.cfg.allow_security_none:
-                svc.audit.record(user=None, action="login", target="session", outcome="BadSecurityPolicyRejected",
-                                 reason="SecurityPolicy None is not allowed on this server")
+                svc.ops.refuse_security(via, "BadSecurityPolicyRejected",
+                                        "SecurityPolicy None is not allowed on this server")
                 raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
         else:
             svc.trust.check(x509.load_der_x509_certificate(peer_certificate))
+        token = params.UserIdentityToken
+        anonymous = token is None or isinstance(token, ua.AnonymousIdentityToken) or (
+            isinstance(token, ua.ExtensionObject) and token.TypeId == ua.NodeId(ua.ObjectIds.Null))
+        if anonymous and svc.ops.anonymous_role is None:
+            svc.ops.refuse_security(via, "BadIdentityTokenRejected", "anonymous access is refused on this server")
+            raise ServiceError(ua.StatusCodes.BadIdentityTokenRejected)
         if not self.is_activated():
-            active = sum(1 for s in self.iserver._external_sessions.values() if s.is_activated())
+            active = sum(1 for s in external_sessions(self.iserver) if s.is_activated())
             if active >= svc.cfg.max_sessions:
-                svc.audit.record(user=None, action="login", target="session", outcome="BadTooManySessions")
+                svc.ops.refuse_security(via, "BadTooManySessions",
+                                        f"{active} sessions active (opcua.max_sessions)")
                 raise ServiceError(ua.StatusCodes.BadTooManySessions)
         return super().activate_session(params, peer_certificate)
 
+    # ------------------------------------------------------------------ areas as tenants
+    def _visible(self, nodeid: Any) -> bool:
+        """May this session see ``nodeid``? Standard (ns 0) nodes and server objects (``#...``)
+        always; our tag, device and area nodes by the user's areas (Identity.sees)."""
+        ident = self.identity
+        if ident.areas is None:
+            return True
+        if getattr(nodeid, "NamespaceIndex", 0) != self.scada.namespace_index:
+            return True
+        ident_s = nodeid.Identifier
+        if not isinstance(ident_s, str) or ident_s.startswith("#"):
+            return True
+        return ident.sees(ident_s)
+
     async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
-        """Part 3 §5.6.3: UserAccessLevel is the access of *this* user - HMIs grey out setpoints
-        a viewer cannot write. The shared node holds the full access; it is narrowed here."""
+        """Part 3 §5.6.3: UserAccessLevel and UserExecutable are those of *this* user - HMIs
+        grey out setpoints and methods the user cannot use. The shared nodes hold the full
+        access; it is narrowed here from the role matrix, per session. Nodes of areas the user
+        may not see read ``BadUserAccessDenied``."""
+        ident = self.identity
+        hidden = [k for k, rv in enumerate(params.NodesToRead) if not self._visible(rv.NodeId)]
         results = await super().read(params)
-        if role_allows(self._role(), "write"):
-            return results
-        ual = ua.AttributeIds.UserAccessLevel
+        for k in hidden:
+            results[k] = _denied_dv()
+        ual, uex = ua.AttributeIds.UserAccessLevel, ua.AttributeIds.UserExecutable
+        svc = self.scada
         for k, rv in enumerate(params.NodesToRead):
-            if rv.AttributeId == ual and rv.NodeId.NamespaceIndex == self.scada.namespace_index:
-                dv = results[k]
-                if dv.Value is not None and isinstance(dv.Value.Value, int):
+            if k in hidden:
+                continue
+            dv = results[k]
+            if rv.AttributeId == ual and rv.NodeId.NamespaceIndex == svc.namespace_index:
+                i = svc.tag_index(rv.NodeId)
+                if i is None or dv.Value is None or not isinstance(dv.Value.Value, int):
+                    continue
+                path = svc.tagdb.path(i)
+                if not (R.allows(ident.role, svc.ops.write_action(path)) and ident.sees(path)):
                     results[k] = ua.DataValue(ua.Variant(dv.Value.Value & ~0x02, ua.VariantType.Byte))
+            elif rv.AttributeId == uex and dv.Value is not None and isinstance(dv.Value.Value, bool):
+                action = svc.method_action(rv.NodeId)
+                if action is not None and not R.allows(ident.role, action):
+                    results[k] = ua.DataValue(ua.Variant(False, ua.VariantType.Boolean))
+        return results
+
+    async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
+        results = await super().browse(params)
+        if self.identity.areas is None:
+            return results
+        for k, bd in enumerate(params.NodesToBrowse):
+            if not self._visible(bd.NodeId):
+                results[k] = ua.BrowseResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
+                continue
+            r = results[k]
+            if r.References:
+                r.References = [ref for ref in r.References if self._visible(ref.NodeId)]
+        return results
+
+    async def translate_browsepaths_to_nodeids(self, params: list[ua.BrowsePath]) -> list[ua.BrowsePathResult]:
+        results = await super().translate_browsepaths_to_nodeids(params)
+        if self.identity.areas is None:
+            return results
+        for r in results:
+            if r.Targets:
+                r.Targets = [t for t in r.Targets if self._visible(t.TargetId)]
+                if not r.Targets:
+                    r.StatusCode = ua.StatusCode(ua.StatusCodes.BadNoMatch)
         return results
 
     async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
@@ -133,31 +225,30 @@ class GuardedSession(InternalSession):
         return out
 
     async def _admin_only(self, action: str, target: str, fn: Callable[[], Awaitable[list[Any]]], n: int) -> list[Any]:
-        if not role_allows(self._role(), "add_nodes"):
-            self.scada.audit.record(user=self._name(), action=action, target=target, outcome="BadUserAccessDenied",
-                                    role=self._role())
+        ops = self.scada.ops
+        denied = ops.authorize(self.identity, "address_space.edit", target, service=action)
+        if denied is not None:
             raise ServiceError(ua.StatusCodes.BadUserAccessDenied)
         res = await fn()
-        self.scada.audit.record(user=self._name(), action=action, target=target, outcome="Good", role=self._role(),
-                                count=n)
+        ops.record(self.identity, "address_space.edit", target, _GOOD_OUTCOME, service=action, count=n)
         return res
 
     async def add_nodes(self, params: list[ua.AddNodesItem]) -> list[ua.AddNodesResult]:
         target = ",".join(str(p.RequestedNewNodeId) for p in params[:5])
-        return await self._admin_only("add_nodes", target, lambda: super(GuardedSession, self).add_nodes(params),
+        return await self._admin_only("AddNodes", target, lambda: super(GuardedSession, self).add_nodes(params),
                                       len(params))
 
     async def delete_nodes(self, params: ua.DeleteNodesParameters) -> list[ua.StatusCode]:
         target = ",".join(str(p.NodeId) for p in params.NodesToDelete[:5])
-        return await self._admin_only("delete_nodes", target,
+        return await self._admin_only("DeleteNodes", target,
                                       lambda: super(GuardedSession, self).delete_nodes(params), len(params.NodesToDelete))
 
     async def add_references(self, params: list[ua.AddReferencesItem]) -> list[ua.StatusCode]:
-        return await self._admin_only("add_references", "references",
+        return await self._admin_only("AddReferences", "references",
                                       lambda: super(GuardedSession, self).add_references(params), len(params))
 
     async def delete_references(self, params: list[ua.DeleteReferencesItem]) -> list[ua.StatusCode]:
-        return await self._admin_only("delete_references", "references",
+        return await self._admin_only("DeleteReferences", "references",
                                       lambda: super(GuardedSession, self).delete_references(params), len(params))
 
     async def create_subscription(self, params: ua.CreateSubscriptionParameters, callback: Callable[..., Any],
@@ -170,15 +261,86 @@ class GuardedSession(InternalSession):
                                                  MIN_PUBLISHING_INTERVAL_MS)
         return await super().create_subscription(params, callback, request_callback)
 
+    # Part 4 §5.13: a subscription belongs to the session that created it. asyncua's
+    # subscription service is server-wide, so every service naming a subscription is checked
+    # here (see scada/opcua/_asyncua.py).
+    def _own(self, subscription_id: int) -> Any:
+        sub = subscription_of(self, subscription_id)
+        if sub is None:
+            raise ServiceError(ua.StatusCodes.BadSubscriptionIdInvalid)
+        return sub
+
+    def modify_subscription(self, params: ua.ModifySubscriptionParameters) -> ua.ModifySubscriptionResult:
+        self._own(params.SubscriptionId)
+        return super().modify_subscription(params)
+
+    async def delete_subscriptions(self, ids: list[int]) -> list[ua.StatusCode]:
+        mine = owned_subscription_ids(self)
+        ok = await super().delete_subscriptions([i for i in ids if i in mine])
+        it = iter(ok)
+        return [next(it) if i in mine else ua.StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid) for i in ids]
+
+    async def set_publishing_mode(self, params: ua.SetPublishingModeParameters) -> list[ua.StatusCode]:
+        mine = owned_subscription_ids(self)
+        ids = list(params.SubscriptionIds)
+        params.SubscriptionIds = [i for i in ids if i in mine]
+        ok = await super().set_publishing_mode(params) if params.SubscriptionIds else []
+        it = iter(ok)
+        return [next(it) if i in mine else ua.StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid) for i in ids]
+
+    async def set_monitoring_mode(self, params: ua.SetMonitoringModeParameters) -> list[ua.StatusCode]:
+        self._own(params.SubscriptionId)
+        return await super().set_monitoring_mode(params)
+
+    async def modify_monitored_items(self, params: ua.ModifyMonitoredItemsParameters
+                                     ) -> list[ua.MonitoredItemModifyResult]:
+        self._own(params.SubscriptionId)
+        return await super().modify_monitored_items(params)
+
+    async def delete_monitored_items(self, params: ua.DeleteMonitoredItemsParameters) -> list[ua.StatusCode]:
+        self._own(params.SubscriptionId)
+        return await super().delete_monitored_items(params)
+
+    def republish(self, params: ua.RepublishParameters) -> ua.NotificationMessage:
+        self._own(params.SubscriptionId)
+        return super().republish(params)
+
+    async def transfer_subscriptions(self, params: ua.TransferSubscriptionsParameters,  # type: ignore[override]
+                                     callback: Callable[..., Any]) -> list[ua.TransferResult]:
+        """Part 4 §5.13.7: only subscriptions of a session of the *same user* may be taken over."""
+        me = self._name()
+        asked = list(params.SubscriptionIds)
+        allowed, results = [], {}
+        for sid in asked:
+            owner = subscription_owner(self, sid)
+            if owner is None:
+                results[sid] = ua.StatusCode(ua.StatusCodes.BadSubscriptionIdInvalid)
+            elif owner is not self and (getattr(owner.user, "name", None) != me or me is None):
+                results[sid] = ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+                self.scada.ops.refuse_security(self.identity.via or "opcua", "BadUserAccessDenied",
+                                               f"TransferSubscriptions of subscription {sid} of another user",
+                                               user=me)
+            else:
+                allowed.append(sid)
+        params.SubscriptionIds = allowed
+        done = iter(await super().transfer_subscriptions(params, callback) if allowed else [])
+        return [ua.TransferResult(StatusCode=results[sid]) if sid in results else next(done) for sid in asked]
+
     async def create_monitored_items(self, params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
-        sub = self.subscription_service.subscriptions.get(params.SubscriptionId)
-        if sub is not None:
-            have = len(sub.monitored_item_srv._monitored_items)
-            if have + len(params.ItemsToCreate) > self.scada.cfg.max_monitored_items_per_subscription:
-                raise ServiceError(ua.StatusCodes.BadTooManyMonitoredItems)
-        results = await super().create_monitored_items(params)
+        sub = self._own(params.SubscriptionId)
+        have = len(sub.monitored_item_srv._monitored_items)
+        if have + len(params.ItemsToCreate) > self.scada.cfg.max_monitored_items_per_subscription:
+            raise ServiceError(ua.StatusCodes.BadTooManyMonitoredItems)
+        asked_items = list(params.ItemsToCreate)
+        refused = {k for k, it in enumerate(asked_items) if not self._visible(it.ItemToMonitor.NodeId)}
+        if refused:
+            params.ItemsToCreate = [it for k, it in enumerate(asked_items) if k not in refused]
+        made = iter(await super().create_monitored_items(params) if params.ItemsToCreate else [])
+        results = [ua.MonitoredItemCreateResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
+                   if k in refused else next(made) for k in range(len(asked_items))]
+        params.ItemsToCreate = asked_items
         # asyncua caps every queue at max_monitored_item_queue_size; event items get their own
-        items = sub.monitored_item_srv._monitored_items if sub is not None else {}
+        items = sub.monitored_item_srv._monitored_items
         for req, res in zip(params.ItemsToCreate, results, strict=False):
             md = items.get(res.MonitoredItemId)
             if md is not None and req.ItemToMonitor.AttributeId == ua.AttributeIds.EventNotifier:
@@ -187,20 +349,34 @@ class GuardedSession(InternalSession):
         return results
 
     async def call(self, params: list[ua.CallMethodRequest]) -> list[ua.CallMethodResult]:
+        """Method handlers (alarm actions, overrides) read the caller from ``current_session``
+        and go through the operator API; objects of areas the user may not see are refused."""
+        refused = {k for k, c in enumerate(params) if not self._visible(c.ObjectId)}
         token = current_session.set(self)
         try:
-            return await super().call(params)
+            todo = [c for k, c in enumerate(params) if k not in refused]
+            done = iter(await super().call(todo) if todo else [])
         finally:
             current_session.reset(token)
+        return [ua.CallMethodResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
+                if k in refused else next(done) for k in range(len(params))]
 
     async def history_update(self, params: ua.HistoryUpdateParameters) -> list[ua.HistoryUpdateResult]:
         """History is written by the historian only (Part 11 §6.8 HistoryUpdate is refused)."""
-        self.scada.audit.record(user=self._name(), action="history_update", target="history",
-                                outcome="BadUserAccessDenied", role=self._role())
+        self.scada.ops.authorize(self.identity, "history.update", "history")
         raise ServiceError(ua.StatusCodes.BadUserAccessDenied)
 
     async def history_read(self, params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
-        return await history.read_history(self.scada, params, super().history_read)
+        nodes = list(params.NodesToRead)
+        refused = {k for k, n in enumerate(nodes) if not self._visible(n.NodeId)}
+        if not refused:
+            return await history.read_history(self.scada, params, super().history_read)
+        params.NodesToRead = [n for k, n in enumerate(nodes) if k not in refused]
+        got = iter(await history.read_history(self.scada, params, super().history_read)
+                   if params.NodesToRead else [])
+        params.NodesToRead = nodes
+        return [ua.HistoryReadResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
+                if k in refused else next(got) for k in range(len(nodes))]
 
 
 class _Route:
@@ -227,11 +403,10 @@ class OpcUaService(Service):
         self.runtime = runtime
         self.cfg = runtime.site.config.opcua
         self.tagdb = runtime.tagdb
-        state = Path(runtime.site.config.site.state_dir)
-        if not state.is_absolute():
-            state = Path(os.path.dirname(os.path.abspath(runtime.site.path))) / state
-        self.state_dir = state / "opcua"
-        self.server: Server | None = None
+        self.state_dir = Path(runtime.state_dir) / "opcua"
+        #: the operator API: authentication, role matrix, areas, audit (shared by every front end)
+        self.ops: Operations = runtime.operations
+        self.server: ScadaServer | None = None
         self.namespace_index: int = -1
         self.server_node: Node | None = None
         self.on_started: list[Callable[[OpcUaService], Awaitable[None]]] = []
@@ -239,10 +414,7 @@ class OpcUaService(Service):
         self.app_uri = f"urn:scada:{_slug(runtime.site.name)}:server"
         self.registry = MonitorRegistry(len(self.tagdb.value))
         self.lazy: LazyNodes | None = None
-        self.audit: AuditLog = None  # type: ignore[assignment]  # opened in start()
-        self.users: UserStore | None = None
         self.trust: TrustList | None = None
-        self.demo_users_file: Path | None = self.state_dir / "demo-users.txt" if self.cfg.demo_users else None
         self._routes: dict[int, _Route] = {}
         self._dtypes: dict[int, str] = {}
         self._sub_handle: object | None = None
@@ -256,8 +428,8 @@ class OpcUaService(Service):
         sec = "None allowed (DEMO: unencrypted endpoint offered)" if self.cfg.allow_security_none else \
             "Basic256Sha256/Aes128_Sha256_RsaOaep, Sign or SignAndEncrypt"
         users = ""
-        if self.demo_users_file is not None:
-            users = f"; operator/engineer passwords in {self.demo_users_file}"
+        if self.ops.demo_users_file is not None:
+            users = f"; demo accounts and passwords in {self.ops.demo_users_file}"
         anon = "anonymous = viewer" if self.cfg.anonymous == "viewer" else "no anonymous access"
         return (f"{self.endpoint} (namespace {self.cfg.namespace_uri}; security {sec}; {anon}{users}; "
                 f"trust client certificates by copying them into {self.trust_dir})")
@@ -290,6 +462,20 @@ class OpcUaService(Service):
         s = session if session is not None else current_session.get()
         return getattr(s, "user", None)
 
+    def caller(self) -> Identity:
+        """The identity of the session whose method call is running (no rights outside one)."""
+        s = current_session.get()
+        return s.identity if isinstance(s, GuardedSession) else NOBODY
+
+    def method_action(self, nodeid: Any) -> str | None:
+        """The role-matrix action a method node performs (for UserExecutable), or None."""
+        ident = getattr(nodeid, "Identifier", None)
+        if getattr(nodeid, "NamespaceIndex", -1) == 0:
+            return _METHOD_ACTIONS.get(ident)
+        if isinstance(ident, str) and ident.startswith("#"):
+            return _OWN_METHOD_ACTIONS.get(ident.rsplit(".", 1)[-1])
+        return None
+
     def user_name(self, session: Any = None) -> str | None:
         return getattr(self.user_of(session), "name", None)
 
@@ -307,34 +493,19 @@ class OpcUaService(Service):
 
     async def aclose(self) -> None:
         await self._shutdown()
-        if self.audit is not None:
-            self.audit.close()
 
     async def start(self) -> None:
         cfg = self.cfg
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.audit is None:
-            self.audit = AuditLog(str(self.state_dir / "audit.log"), self.runtime.clock)
-        self.users = UserStore(self.runtime.site.config.users, clock=self.runtime.clock,
-                               max_failures=cfg.lockout_attempts, lockout_s=cfg.lockout)
-        if cfg.demo_users:
-            self._demo_users()
         self.registry = MonitorRegistry(len(self.tagdb.value))  # fresh on a supervised restart
         self._routes = {}
         self.registry.on_remove = lambda handle: self._routes.pop(handle, None)
-        self.trust = TrustList(self.trust_dir, self.state_dir / "rejected", self.audit, cfg.trust_all_clients)
-        server = Server(user_manager=SiteUserManager(self.users, self.audit, cfg.anonymous))
+        self.trust = TrustList(self.trust_dir, self.state_dir / "rejected", self.ops.refuse_security,
+                               cfg.trust_all_clients)
+        server = ScadaServer(user_manager=SiteUserManager(self.ops))
         iserver = server.iserver
-        session_cls = type("GuardedSession", (GuardedSession,), {"scada": self})  # one per server
-
-        def create_session(name: str, user: Any = None, external: bool = False) -> InternalSession:
-            if user is None:
-                from asyncua.crypto.permission_rules import User, UserRole
-                user = User(role=UserRole.Anonymous)
-            return session_cls(iserver, iserver.aspace, iserver.subscription_service, name, user=user,
-                               external=external)
-
-        iserver.create_session = create_session  # type: ignore[method-assign]
+        install_session_class(iserver, type("GuardedSession", (GuardedSession,), {"scada": self}))
+        set_refusal_hook(iserver, self.ops.refuse_security)
         iserver.allow_remote_admin = False
         await server.init()
         server.set_endpoint(self.endpoint)
@@ -404,24 +575,7 @@ class OpcUaService(Service):
                 log.exception("error stopping the OPC UA server")
             server.iserver.method_service.stop()
 
-    def _demo_users(self) -> None:
-        """Create an operator and an engineer account once; passwords in demo-users.txt (0600)."""
-        p = self.state_dir / "demo-users.txt"
-        self.demo_users_file = p
-        if not p.exists():
-            lines = ["# demo accounts of the OPC UA server (generated on first start; delete to regenerate)"]
-            for name, role in (("operator", "operator"), ("engineer", "engineer")):
-                lines.append(f"{name} {role} {generate_password()}")
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-            log.warning("created demo OPC UA accounts 'operator' and 'engineer'; passwords in %s", p)
-        for line in p.read_text(encoding="utf-8").splitlines():
-            parts = line.split()
-            if len(parts) == 3 and not line.startswith("#") and parts[0] not in self.users:
-                self.users.add(parts[0], parts[1], hash_password(parts[2]))
-
-    async def _build(self, server: Server) -> None:
+    async def _build(self, server: ScadaServer) -> None:
         """Area folders, the Scada object with FindTags, then the lazy node map."""
         ns = self.namespace_index
         objects = server.nodes.objects
@@ -446,6 +600,13 @@ class OpcUaService(Service):
             [ua.VariantType.String, ua.VariantType.UInt32],
             [ua.VariantType.String, ua.VariantType.String],
         )
+        S, D = ua.VariantType.String, ua.VariantType.Double
+        await scada.add_method(
+            ua.NodeId("#Scada.SetOverride", ns), ua.QualifiedName("SetOverride", ns), self._set_override,
+            [D, D, S, S, S, S], [S, S])
+        await scada.add_method(
+            ua.NodeId("#Scada.CancelOverride", ns), ua.QualifiedName("CancelOverride", ns), self._cancel_override,
+            [S], [S])
         aspace._nodes = lazy
         self.lazy = lazy
 
@@ -458,10 +619,37 @@ class OpcUaService(Service):
         client never browses 200,000 nodes to match a pattern. ``max`` 0 means 10,000."""
         pat = pattern.Value if isinstance(pattern, ua.Variant) else pattern
         n = limit.Value if isinstance(limit, ua.Variant) else limit
-        paths, units = await self.find_tags(str(pat or "*"), int(n or 10_000))
+        paths, units = await self.find_tags(str(pat or "*"), int(n or 10_000), self.caller())
         return [ua.Variant(paths, ua.VariantType.String), ua.Variant(units, ua.VariantType.String)]
 
-    async def find_tags(self, pattern: str, limit: int = 10_000) -> tuple[list[str], list[str]]:
+    # ---------------------------------------------------------------- overrides (operator API)
+    async def _set_override(self, parent: ua.NodeId, level: Any, minutes: Any, reason: Any, areas: Any,
+                            devices: Any, groups: Any) -> Any:
+        """``SetOverride(level %, minutes, reason, areas, devices, groups)`` -> (id, message);
+        the scope lists are comma-separated. The CLI's ``scada schedule override set``."""
+        def lst(x: Any) -> list[str] | None:
+            v = [p.strip() for p in str(_val(x) or "").split(",") if p.strip()]
+            return v or None
+
+        try:
+            lv, mn = float(_val(level)), float(_val(minutes))
+        except (TypeError, ValueError):
+            return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+        out = await self.ops.set_override(self.caller(), level=lv, minutes=mn, reason=str(_val(reason) or ""),
+                                          areas=lst(areas), devices=lst(devices), groups=lst(groups))
+        if not out.ok:
+            return ua.StatusCode(int(out.status))
+        return [ua.Variant(out.data.get("id", ""), ua.VariantType.String),
+                ua.Variant(out.message, ua.VariantType.String)]
+
+    async def _cancel_override(self, parent: ua.NodeId, override_id: Any) -> Any:
+        out = await self.ops.cancel_override(self.caller(), str(_val(override_id) or ""))
+        if not out.ok:
+            return ua.StatusCode(int(out.status))
+        return [ua.Variant(out.message, ua.VariantType.String)]
+
+    async def find_tags(self, pattern: str, limit: int = 10_000, who: Identity | None = None
+                        ) -> tuple[list[str], list[str]]:
         """Tag paths matching a glob, with their units. Devices whose path cannot start the
         pattern's literal prefix are skipped whole; the scan yields to the event loop every
         2,000 devices so a city-wide pattern never stalls the server."""
@@ -474,6 +662,8 @@ class OpcUaService(Service):
                 await asyncio.sleep(0)
             if literal and not (dev.startswith(literal) or literal.startswith(dev)):
                 continue
+            if who is not None and not who.sees(dev):
+                continue
             for p in db.device_schema(d).points:
                 path = f"{dev}/{p.name}"
                 if rx.match(path):
@@ -485,43 +675,42 @@ class OpcUaService(Service):
 
     # ---------------------------------------------------------------- writes
     async def handle_write(self, session: GuardedSession, wv: ua.WriteValue) -> ua.StatusCode:
-        user, role = session._name(), session._role()
+        """A Write of one attribute: tag values go to the operator API (role matrix, areas,
+        audit, owning driver); other attributes of our nodes are not writable; attributes of
+        standard nodes are an administrator's address-space edit."""
+        who = session.identity
+        ops = self.ops
         i = self.tag_index(wv.NodeId)
         if i is None:
             target = wv.NodeId.to_string()
-            if wv.NodeId.NamespaceIndex == self.namespace_index or not role_allows(role, "admin"):
-                code = Q.BadUserAccessDenied if not role_allows(role, "admin") else Q.BadNotWritable
-                self._audit_write(user, role, target, code, attribute=int(wv.AttributeId))
-                return ua.StatusCode(code)
+            denied = ops.authorize(who, "address_space.edit", target, attribute=int(wv.AttributeId))
+            if denied is not None:
+                return ua.StatusCode(denied.status)
+            if wv.NodeId.NamespaceIndex == self.namespace_index:
+                ops.record(who, "address_space.edit", target, _outcome(Q.BadNotWritable),
+                           attribute=int(wv.AttributeId))
+                return ua.StatusCode(Q.BadNotWritable)
             res = await self.server.iserver.attribute_service.write(ua.WriteParameters([wv]), user=session.user)
-            self._audit_write(user, role, target, res[0].value, attribute=int(wv.AttributeId))
+            ops.record(who, "address_space.edit", target, _outcome(res[0].value), attribute=int(wv.AttributeId))
             return res[0]
         path = self.tagdb.path(i)
-        # schedule overrides (server-owned `_schedules/<area>/*` tags) are an engineer's action
-        action = "override" if path.startswith("_schedules/") else "write"
-        if not role_allows(role, action):
+        action = ops.write_action(path)
+        denied = ops.authorize(who, action, path, new=_plain(wv.Value))
+        if denied is not None:
             self.stats["denied"] += 1
-            self._audit_write(user, role, path, Q.BadUserAccessDenied, new=_plain(wv.Value))
-            return ua.StatusCode(Q.BadUserAccessDenied)
+            return ua.StatusCode(denied.status)
         if wv.AttributeId != ua.AttributeIds.Value:
-            self._audit_write(user, role, path, Q.BadNotWritable, attribute=int(wv.AttributeId))
+            ops.record(who, action, path, _outcome(Q.BadNotWritable), attribute=int(wv.AttributeId))
             return ua.StatusCode(Q.BadNotWritable)
         p = self.tagdb.point(i)
         var = wv.Value.Value if wv.Value is not None else None
         if var is None or var.VariantType not in _ACCEPT[p.dtype] or var.is_array:
             vt = var.VariantType.name if var is not None else "null"
-            self._audit_write(user, role, path, Q.BadTypeMismatch, new=_plain(wv.Value), variant=vt)
+            ops.record(who, action, path, _outcome(Q.BadTypeMismatch), new=_plain(wv.Value), variant=vt)
             return ua.StatusCode(Q.BadTypeMismatch)
-        old = self.tagdb.read(i).value
-        value = var.Value
-        code = await self.runtime.write(i, value, user=user)
+        out = await ops.write(who, i, var.Value)
         self.stats["writes"] += 1
-        self._audit_write(user, role, path, code, old=old, new=value)
-        return ua.StatusCode(int(code))
-
-    def _audit_write(self, user: str | None, role: str | None, target: str, code: int, **kw: Any) -> None:
-        self.audit.record(user=user, action="write", target=target, outcome=Q.name(code), role=role or "none",
-                          **kw)
+        return ua.StatusCode(int(out.status))
 
     # ---------------------------------------------------------------- monitored items
     def _on_changes(self, ch: Changes) -> None:
@@ -606,6 +795,39 @@ class OpcUaService(Service):
 
 
 _NEW = object.__new__
+_GOOD_OUTCOME = Outcome(Q.Good)
+
+
+def _denied_dv() -> ua.DataValue:
+    return ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadUserAccessDenied))
+
+
+def _outcome(code: int) -> Outcome:
+    return Outcome(int(code))
+
+
+#: Part 9 methods (ns 0) -> the role-matrix action they perform (UserExecutable per session)
+_METHOD_ACTIONS: dict[int, str] = {
+    ua.ObjectIds.AcknowledgeableConditionType_Acknowledge: "alarm.acknowledge",
+    ua.ObjectIds.ConditionType_AddComment: "alarm.comment",
+    ua.ObjectIds.AlarmConditionType_ShelvingState_TimedShelve: "alarm.shelve",
+    ua.ObjectIds.ShelvedStateMachineType_TimedShelve: "alarm.shelve",
+    ua.ObjectIds.AlarmConditionType_ShelvingState_OneShotShelve: "alarm.shelve",
+    ua.ObjectIds.ShelvedStateMachineType_OneShotShelve: "alarm.shelve",
+    ua.ObjectIds.AlarmConditionType_ShelvingState_Unshelve: "alarm.shelve",
+    ua.ObjectIds.ShelvedStateMachineType_Unshelve: "alarm.shelve",
+    ua.ObjectIds.AlarmConditionType_RemoveFromService: "device.out_of_service",
+    ua.ObjectIds.AlarmConditionType_PlaceInService: "device.out_of_service",
+    ua.ObjectIds.ConditionType_ConditionRefresh: "read",
+    ua.ObjectIds.ConditionType_ConditionRefresh2: "read",
+}
+#: our own methods (``#Object.Method``) -> action
+_OWN_METHOD_ACTIONS: dict[str, str] = {
+    "FindTags": "read",
+    "SetOutOfService": "device.out_of_service",
+    "SetOverride": "schedule.override",
+    "CancelOverride": "schedule.override",
+}
 _VT_D, _VT_B, _VT_I = ua.VariantType.Double, ua.VariantType.Boolean, ua.VariantType.Int64
 _STATUS: dict[int, ua.StatusCode] = {}
 _NULL = ua.Variant(None, ua.VariantType.Null)
@@ -638,6 +860,10 @@ def _status(q: int) -> ua.StatusCode:
     if sc is None:
         sc = _STATUS[q] = ua.StatusCode(q)
     return sc
+
+
+def _val(x: Any) -> Any:
+    return x.Value if isinstance(x, ua.Variant) else x
 
 
 def _plain(dv: ua.DataValue | None) -> Any:

@@ -4,13 +4,13 @@ An override beats every calendar rule for the luminaires it covers until it expi
 cancelled. Overrides are kept in ``<state_dir>/schedules/overrides.json`` so that
 
 * they survive a server restart (an override made before a restart still expires on time),
-* ``scada schedule override`` (another process) and the running server share them: the server
-  re-reads the file when its modification time changes (every ``schedules.tick``).
+* ``scada schedule override list`` (another process) reads them; the server re-reads the file
+  when its modification time changes (every ``schedules.tick``).
 
-Each change is role-checked (:func:`scada.users.role_allows` with action ``override``: engineer
-or admin) and written to the audit log (``<state_dir>/schedules/audit.log``) whatever the
-outcome. The file is rewritten atomically (temporary file + ``os.replace``) under an advisory
-``fcntl`` lock so the CLI and the server never interleave a read-modify-write.
+Changes are operator actions: the operator API (:meth:`scada.operations.Operations.set_override`,
+reached by the CLI through the server) checks the role matrix (``schedule.override``: engineer)
+and the user's areas, and audits them. The file is rewritten atomically (temporary file +
+``os.replace``) under an advisory ``fcntl`` lock so readers never see a half-written file.
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from ..audit import AuditLog
 from ..files import replace_text
-
-
-class OverrideRefused(PermissionError):
-    """The user's role does not allow overrides (needs engineer or admin)."""
 
 
 @dataclass
@@ -168,28 +163,3 @@ def new_override(
         groups=groups,
         source=source,
     )
-
-
-def authorize(
-    role: str | None, user: str, audit: AuditLog | None, action: str, target: str, **fields: object
-) -> None:
-    """Raise :class:`OverrideRefused` (audited) unless ``role`` allows overrides.
-
-    The caller audits the outcome of an allowed change once it is done."""
-    from ..users import role_allows
-
-    ok = role_allows(role, "override")
-    if not ok:
-        if audit is not None:
-            audit.record(
-                user=user,
-                action=action,
-                target=target,
-                outcome="refused: role",
-                role=role,
-                **fields,
-            )
-        raise OverrideRefused(
-            f"user {user!r} (role {role or 'none'}) may not override schedules; "
-            f"an engineer or admin must do it"
-        )

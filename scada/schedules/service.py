@@ -6,8 +6,8 @@ optional photocell), turns it into the minimal command list (:mod:`.engine`), se
 :meth:`Runtime.write` rate-limited, and checks that the luminaires followed.
 
 Server-owned tags per area (device ``_schedules/<area>``), writable from OPC UA through
-:meth:`Runtime.register_writer` (the OPC UA server must check the ``override`` permission of
-:func:`scada.users.role_allows` for them):
+:meth:`Runtime.register_writer`; the operator API (:mod:`scada.operations`) treats a write to
+them as the ``schedule.override`` action (engineer) and audits it:
 
 * ``override_level`` (% rw): writing starts an area override at that level for
   ``override_minutes`` (120 min when unset);
@@ -31,7 +31,6 @@ import numpy as np
 
 from .. import astro
 from .. import quality as Q
-from ..audit import AuditLog
 from ..runtime import Service, current_user
 from ..tags import Batch, PointDef
 from . import calendar
@@ -87,7 +86,7 @@ class ScheduleService(Service):
         self.verifier = Verifier(self.fleet, self.cfg.tolerance)
         state = os.path.join(info.state_dir, "schedules")
         self.store = OverrideStore(state)
-        self.audit = AuditLog(os.path.join(state, "audit.log"), self.clock)
+        self._wake = asyncio.Event()
         self._plan: Plan | None = None
         self._plan_day: int | None = None
         self._ov_masks: dict[str, np.ndarray] = {}
@@ -301,10 +300,29 @@ class ScheduleService(Service):
             await self.tick()
             now = self.clock.time()
             nxt = min(self.next_change(now), now + self.cfg.tick)
-            await self.clock.sleep_until(nxt)
+            sleeper = asyncio.ensure_future(self.clock.sleep_until(nxt))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+            self._wake.clear()
+
+    # ----------------------------------------------------------------- overrides (operator API)
+    def find_override(self, override_id: str) -> Override | None:
+        """An override by id or unique id prefix (active, expired or cancelled)."""
+        self.store.reload_if_changed()
+        hits = [o for o in self.store.overrides if o.id == override_id or o.id.startswith(override_id)]
+        return hits[0] if len(hits) == 1 else None
+
+    def overrides_changed(self) -> None:
+        """The store changed (an operator action): re-plan now, not at the next tick."""
+        self._ov_masks.clear()
+        self._wake.set()
 
     async def aclose(self) -> None:
-        self.audit.close()
+        pass
 
     # ----------------------------------------------------------------- overrides from OPC UA
     def _writer(self, area: str):
@@ -326,35 +344,16 @@ class ScheduleService(Service):
                     source="opcua",
                 )
                 await asyncio.to_thread(self.store.add, o)
-                self.audit.record(
-                    user=user,
-                    action="schedule.override",
-                    target=area,
-                    outcome="ok",
-                    level=o.level,
-                    expires=o.expires,
-                    id=o.id,
-                )
             elif point == "override_minutes":
                 self._minutes[area] = float(value)
                 for o in self.store.active(now):
                     if o.areas == [area]:
                         if float(value) == 0:
                             await asyncio.to_thread(self.store.update, o.id, cancelled=now)
-                            action = "schedule.override.cancel"
                         else:
                             await asyncio.to_thread(
                                 self.store.update, o.id, expires=now + float(value) * 60
                             )
-                            action = "schedule.override.extend"
-                        self.audit.record(
-                            user=user,
-                            action=action,
-                            target=area,
-                            outcome="ok",
-                            id=o.id,
-                            minutes=float(value),
-                        )
             else:
                 return Q.BadNotWritable
             self.runtime.tagdb.apply(Batch.of([i], [float(value)], Q.Good, now))

@@ -19,6 +19,9 @@ class UserConfig(Strict):
     name: Ident
     role: Role = "viewer"
     password_hash: str
+    #: areas (municipalities) this user may see and act on; omitted = every area. Enforced by
+    #: the operator API on every front end (OPC UA, web console, CLI through the server).
+    areas: list[Ident] | None = None
 
     @field_validator("password_hash")
     @classmethod

@@ -114,7 +114,7 @@ async def test_mail_and_webhook_then_escalation(tmp_path, stepped_clock, smtp_se
         # an acknowledged alarm does not escalate
         env.set({f"{CAB}/voltage_l1": 260})  # HighHigh voltage, priority 2
         await until(lambda: len(smtp_server.messages) == 2, "second mail")
-        env.engine.acknowledge(f"{CAB}/voltage", user="olga", role="operator", comment="ok")
+        env.engine.acknowledge(f"{CAB}/voltage", user="olga", comment="ok")
         await stepped_clock.advance(3600)
         await asyncio.sleep(0.1)
         esc = [r for r in http_server.requests if r["body"]["escalation"] == 1]

@@ -6,6 +6,7 @@ out of service through the same methods."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from scada.alarms import model as M
 from scada.alarms.journal import read_journal
 from scada.clock import RealClock
 from scada.loader import load_site
-from scada.opcua.alarms import SUFFIX, ClientError, call_action
+from scada.opcua.alarms import SUFFIX
+from scada.opcua.client import ClientError, call_action
 from scada.runtime import Runtime
 from scada.tags import Batch
 from scada.users import hash_password
@@ -195,7 +197,7 @@ async def test_cli_actions_go_through_the_methods(server) -> None:
     # the real command line, in its own process
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "ack", AID, "--endpoint", url, "--user", "op1",
-        "--password", PASSWORDS["op1"][1], "-m", "seen", cwd=str(REPO),
+        "-m", "seen", cwd=str(REPO), env={**os.environ, "SCADA_OPCUA_PASSWORD": PASSWORDS["op1"][1]},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()

@@ -12,9 +12,10 @@ from scada.audit import AuditLog
 from scada.clock import RealClock
 from scada.loader import load_site
 from scada.opcua.alarms import SUFFIX
+from scada.operations import allows
 from scada.runtime import Runtime
 from scada.tags import Batch
-from scada.users import hash_password, role_allows
+from scada.users import hash_password
 from tests.conftest import free_port
 from tests.fixtures.alarms import write_site
 from tests.fixtures.hmi import PASSWORDS, ROLES
@@ -64,17 +65,17 @@ async def test_acknowledge_and_shelve_by_role_over_the_wire(tmp_path):
                 cond = c.get_node(ua.NodeId(f"{lum}/lamp_failure{SUFFIX}", svc.namespace_index))
                 code = await _call(cond, ACK, ua.Variant(b"", ua.VariantType.ByteString),
                                    ua.LocalizedText(f"ack by {user}"))
-                want = ua.StatusCodes.Good if role_allows(role, "acknowledge") else ua.StatusCodes.BadUserAccessDenied
+                want = ua.StatusCodes.Good if allows(role, "alarm.acknowledge") else ua.StatusCodes.BadUserAccessDenied
                 assert code == want, (user, code)
                 code = await _call(cond, SHELVE, ua.Variant(60_000.0, ua.VariantType.Double),
                                    ua.LocalizedText(f"shelved by {user}"))
-                want = ua.StatusCodes.Good if role_allows(role, "shelve") else ua.StatusCodes.BadUserAccessDenied
+                want = ua.StatusCodes.Good if allows(role, "alarm.shelve") else ua.StatusCodes.BadUserAccessDenied
                 assert code == want, (user, code)
-        audit = AuditLog.read(str(tmp_path / "state" / "alarms" / "audit.log"))
+        audit = AuditLog.read(str(rt.operations.audit.path))
         seen = {(e["user"], e["action"], e["outcome"]) for e in audit}
         for user, role in ROLES.items():
-            for action in ("acknowledge", "shelve"):
-                outcome = "ok" if role_allows(role, action) else "denied"
-                assert (user, f"alarm.{action}", outcome) in seen, (user, action, outcome)
+            for action in ("alarm.acknowledge", "alarm.shelve"):
+                outcome = "Good" if allows(role, action) else "BadUserAccessDenied"
+                assert (user, action, outcome) in seen, (user, action, outcome)
     finally:
         await rt.stop()

@@ -85,7 +85,7 @@ async def test_operator_write_reaches_owner_and_comes_back_viewer_and_anonymous_
             except ua.UaStatusCodeError as e:
                 assert e.code == Q.BadUserAccessDenied
     assert len(hmi.writes) == 2  # op's two writes only
-    log = [e for e in AuditLog.read(str(hmi.audit_path)) if e["action"] == "write"]
+    log = [e for e in AuditLog.read(str(hmi.audit_path)) if e["action"] == "tag.write"]
     assert [(e["user"], e["outcome"]) for e in log] == [
         ("op1", "Good"), ("op1", "BadDeviceFailure"), ("anonymous", "BadUserAccessDenied"),
         ("viewer1", "BadUserAccessDenied")]
@@ -114,7 +114,7 @@ async def test_bad_input_rejected_server_unaffected(hmi):
         assert hmi.writes == []
         await n.write_value(ua.Variant(20, ua.VariantType.Int32))  # numeric variants convert
         assert await n.read_value() == 20.0
-    outcomes = [e["outcome"] for e in AuditLog.read(str(hmi.audit_path)) if e["action"] == "write"]
+    outcomes = [e["outcome"] for e in AuditLog.read(str(hmi.audit_path)) if e["action"] == "tag.write"]
     assert outcomes == ["BadTypeMismatch", "BadTypeMismatch", "BadOutOfRange", "BadOutOfRange", "BadNotWritable", "Good"]
 
 

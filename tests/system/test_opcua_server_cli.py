@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 from scada import quality as Q
@@ -13,10 +14,13 @@ from scada.users import verify
 SCADA = [sys.executable, "-m", "cli"]
 
 
-async def _scada(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+async def _scada(*args: str, env: dict | None = None, stdin: str | None = None) -> tuple[int, str, str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "SCADA_OPCUA_PASSWORD"}
+    full_env.update(env or {})
     p = await asyncio.create_subprocess_exec(*SCADA, *args, stdout=asyncio.subprocess.PIPE,
-                                             stderr=asyncio.subprocess.PIPE, env=env)
-    out, err = await asyncio.wait_for(p.communicate(), 60)
+                                             stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE,
+                                             env=full_env)
+    out, err = await asyncio.wait_for(p.communicate(stdin.encode() if stdin is not None else b""), 60)
     return p.returncode, out.decode(), err.decode()
 
 
@@ -34,18 +38,31 @@ async def test_tags_json_and_table(hmi):
     assert "north/cab-02/power_w" in out and "BadWaitingForInitialData" in out
 
 
-async def test_write_as_operator_and_refusals(hmi):
+async def test_write_as_operator_and_refusals(hmi, tmp_path):
+    """Passwords come from the environment, a file or a prompt: never the command line."""
     hmi.feed({"centre/cab-01/group_level": 10.0})
     rc, out, err = await _scada("write", "centre/cab-01/group_level", "65", "--endpoint", hmi.url,
-                                "--user", "op1", "--password", "pw-operator")
+                                "--user", "op1", env={"SCADA_OPCUA_PASSWORD": "pw-operator"})
     assert rc == 0, err
     assert "Good" in out and hmi.writes == [("centre/cab-01/group_level", 65.0)]
+    pw = tmp_path / "pw"
+    pw.write_text("pw-operator\n")
+    rc, out, err = await _scada("write", "centre/cab-01/group_level", "66", "--endpoint", hmi.url,
+                                "--user", "op1", "--password-file", str(pw))
+    assert rc == 0, err
+    rc, out, err = await _scada("write", "centre/cab-01/group_level", "67", "--endpoint", hmi.url,
+                                "--user", "op1", stdin="pw-operator\n")  # the prompt
+    assert rc == 0, err
+    assert [v for _, v in hmi.writes] == [65.0, 66.0, 67.0]
     rc, out, err = await _scada("write", "centre/cab-01/group_level", "70", "--endpoint", hmi.url)
     assert rc == 1 and "BadUserAccessDenied" in out
     rc, out, err = await _scada("write", "centre/cab-01/group_level", "70", "--endpoint", hmi.url,
-                                "--user", "op1", "--password", "wrong")
+                                "--user", "op1", env={"SCADA_OPCUA_PASSWORD": "wrong"})
     assert rc == 1 and "BadUserAccessDenied" in err and "locked" in err
-    assert hmi.runtime.tagdb.read("centre/cab-01/group_level").value == 65.0
+    rc, out, err = await _scada("write", "centre/cab-01/group_level", "70", "--endpoint", hmi.url,
+                                "--user", "op1", "--password", "pw-operator")
+    assert rc == 2 and "No such option '--password'" in err
+    assert hmi.runtime.tagdb.read("centre/cab-01/group_level").value == 67.0
 
 
 async def test_watch_prints_changes(hmi):
@@ -63,7 +80,7 @@ async def test_watch_prints_changes(hmi):
 
 
 async def test_user_add_prints_a_verifiable_hash(tmp_path):
-    rc, out, err = await _scada("user", "add", "alice", "--role", "operator", "--password", "s3cret!")
+    rc, out, err = await _scada("user", "add", "alice", "--role", "operator", env={"SCADA_NEW_PASSWORD": "s3cret!"})
     assert rc == 0, err
     assert "s3cret" not in out
     h = out.split("password_hash: '")[1].split("'")[0]

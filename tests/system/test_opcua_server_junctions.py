@@ -57,6 +57,6 @@ async def test_junction_values_and_operator_write_through_our_server(one_endpoin
                 raise AssertionError("out-of-range plan accepted")
             except ua.UaStatusCodeError as e:
                 assert e.code == Q.BadOutOfRange
-        writes = [(e["target"], e["outcome"]) for e in AuditLog.read(str(svc.state_dir / "audit.log"))
-                  if e["action"] == "write"]
+        writes = [(e["target"], e["outcome"]) for e in AuditLog.read(str(rig.runtime.operations.audit.path))
+                  if e["action"] == "tag.write"]
         assert writes == [("centre/j-8/plan_cmd", "Good"), ("centre/j-8/plan_cmd", "BadOutOfRange")]

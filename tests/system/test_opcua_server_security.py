@@ -10,7 +10,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from scada import quality as Q
 from scada.audit import AuditLog
 from scada.opcua.security import DEPRECATED_URIS
-from scada.users import role_allows
+from scada.operations import allows
 from tests.fixtures.hmi import PASSWORDS, ROLES, client_certificate
 
 NONE_URI = "http://opcfoundation.org/UA/SecurityPolicy#None"
@@ -118,9 +118,9 @@ async def test_five_failed_logins_lock_the_account(hmi):
 
 EXPECTED = {  # role -> allowed actions of the matrix
     "viewer": {"read"},
-    "operator": {"read", "write", "acknowledge"},
-    "engineer": {"read", "write", "acknowledge", "shelve"},
-    "admin": {"read", "write", "acknowledge", "shelve", "add_nodes"},
+    "operator": {"read", "tag.write", "alarm.acknowledge"},
+    "engineer": {"read", "tag.write", "alarm.acknowledge", "alarm.shelve"},
+    "admin": {"read", "tag.write", "alarm.acknowledge", "alarm.shelve", "address_space.edit"},
 }
 
 
@@ -135,21 +135,23 @@ async def test_role_matrix(hmi):
             assert dv.StatusCode.is_good()
             ual = (await hmi.node(c, "centre/cab-01/group_level").read_attribute(
                 ua.AttributeIds.UserAccessLevel)).Value.Value
-            assert bool(ual & 0x02) is ("write" in EXPECTED[role]) and ual & 0x01
+            assert bool(ual & 0x02) is ("tag.write" in EXPECTED[role]) and ual & 0x01
             # write
             code = await _status_of(hmi.node(c, "centre/cab-01/group_level").write_value(
                 ua.Variant(42.0, ua.VariantType.Double)))
-            assert code == (Q.Good if "write" in EXPECTED[role] else Q.BadUserAccessDenied), (user, Q.name(code))
+            assert code == (Q.Good if "tag.write" in EXPECTED[role] else Q.BadUserAccessDenied), (user, Q.name(code))
             # add nodes
             code = await _status_of(c.nodes.objects.add_folder(ua.NodeId(f"test-{user}", 1), f"1:test-{user}"))
-            assert code == (Q.Good if "add_nodes" in EXPECTED[role] else Q.BadUserAccessDenied), (user, Q.name(code))
-        # acknowledge / shelve: the alarm engine's methods check scada.users.role_allows
-        for action in ("acknowledge", "shelve", "read", "write", "add_nodes"):
-            assert role_allows(role, action) is (action in EXPECTED[role])
+            assert code == (Q.Good if "address_space.edit" in EXPECTED[role] else Q.BadUserAccessDenied), \
+                (user, Q.name(code))
+        # acknowledge / shelve: the operator API checks the same table (scada.operations.roles)
+        for action in ("alarm.acknowledge", "alarm.shelve", "read", "tag.write", "address_space.edit"):
+            assert allows(role, action) is (action in EXPECTED[role])
         audit = [e for e in AuditLog.read(str(hmi.audit_path))
-                 if e["action"] in ("write", "add_nodes") and e["user"] == user]
+                 if e["action"] in ("tag.write", "address_space.edit") and e["user"] == user]
         assert [(e["action"], e["outcome"] == "Good", e["role"]) for e in audit] == [
-            ("write", "write" in EXPECTED[role], role), ("add_nodes", "add_nodes" in EXPECTED[role], role)]
+            ("tag.write", "tag.write" in EXPECTED[role], role),
+            ("address_space.edit", "address_space.edit" in EXPECTED[role], role)]
 
 
 async def test_sessions_bounded(tmp_path):
@@ -188,11 +190,12 @@ async def test_demo_users_created_once_and_usable(tmp_path):
 
     h = await start_hmi(tmp_path, extra="demo_users: true")
     try:
-        f = h.service.state_dir / "demo-users.txt"
+        f = h.runtime.operations.demo_users_file
+        assert f.name == "demo-users.txt"
         assert str(f) in h.service.connect_info()
         assert oct(f.stat().st_mode & 0o777) == "0o600"
         accounts = {ln.split()[0]: ln.split()[2] for ln in f.read_text().splitlines() if not ln.startswith("#")}
-        assert set(accounts) == {"operator", "engineer"}
+        assert set(accounts) == {"viewer", "operator", "engineer"}
         async with h.client("operator", accounts["operator"]) as c:
             await h.node(c, "centre/cab-01/group_level").write_value(ua.Variant(5.0, ua.VariantType.Double))
         assert h.writes == [("centre/cab-01/group_level", 5.0)]

@@ -51,7 +51,7 @@ def test_raise_ack_clear_normal(alarm_env: AlarmEnv) -> None:
     env.set({f"{LUM}/lamp_failure": 1})
     assert env.state(aid) == M.UNACK_ACTIVE
     assert [a.alarm_id for a in env.engine.active()] == [aid]
-    env.engine.acknowledge(aid, user="olga", role="operator", comment="crew sent")
+    env.engine.acknowledge(aid, user="olga", comment="crew sent")
     assert env.state(aid) == M.ACK_ACTIVE
     env.set({f"{LUM}/lamp_failure": 0})
     assert env.state(aid) == M.NORMAL
@@ -70,27 +70,19 @@ def test_return_to_normal_unacknowledged_is_latched_until_ack(alarm_env: AlarmEn
     env.set({f"{LUM}/lamp_failure": 0})
     assert env.state(aid) == M.UNACK_RTN
     assert [a.alarm_id for a in env.engine.active()] == [aid]  # still a red dot
-    env.engine.acknowledge(aid, user="olga", role="operator")
+    env.engine.acknowledge(aid, user="olga")
     assert env.state(aid) == M.NORMAL
     with pytest.raises(M.InvalidAlarmState):
-        env.engine.acknowledge(aid, user="olga", role="operator")
+        env.engine.acknowledge(aid, user="olga")
 
 
-def test_acknowledge_needs_operator_role_and_denials_are_refused(alarm_env: AlarmEnv) -> None:
+def test_unknown_alarm_is_refused(alarm_env: AlarmEnv) -> None:
+    """Role checks are the operator API's now (tests/unit/test_operations.py); the engine
+    still refuses what does not exist."""
     env = alarm_env
     healthy(env)
-    aid = f"{LUM}/lamp_failure"
-    env.set({f"{LUM}/lamp_failure": 1})
-    for role in (None, "viewer"):
-        with pytest.raises(M.AlarmPermissionError, match="operator"):
-            env.engine.acknowledge(aid, user="x", role=role)
-    assert env.state(aid) == M.UNACK_ACTIVE
-    with pytest.raises(M.AlarmPermissionError, match="engineer"):
-        env.engine.shelve(aid, user="olga", role="operator", comment="noisy", duration=60)
-    with pytest.raises(M.AlarmPermissionError):
-        env.engine.set_out_of_service(CAB, True, user="olga", role="operator", comment="works")
     with pytest.raises(M.UnknownAlarm):
-        env.engine.acknowledge("centre/nope/x", user="olga", role="operator")
+        env.engine.acknowledge("centre/nope/x", user="olga")
 
 
 async def test_on_delay_and_off_delay(alarm_env: AlarmEnv) -> None:
@@ -132,12 +124,12 @@ def test_limit_levels_and_deadband(alarm_env: AlarmEnv) -> None:
     v = f"{CAB}/voltage_l1"
     env.set({v: 246})
     assert env.engine.view(env.engine.find(aid)).active == 1
-    env.engine.acknowledge(aid, user="o", role="operator")
+    env.engine.acknowledge(aid, user="o")
     env.set({v: 254})  # High -> HighHigh: needs a new acknowledgement
     view = env.engine.view(env.engine.find(aid))
     assert (view.active, view.state) == (2, M.UNACK_ACTIVE)
     assert "HighHigh voltage 254 V" in view.message
-    env.engine.acknowledge(aid, user="o", role="operator")
+    env.engine.acknowledge(aid, user="o")
     env.set({v: 252})  # inside HiHi but within the 2 V deadband: stays HighHigh
     assert env.engine.view(env.engine.find(aid)).active == 2
     env.set({v: 250})  # back to High: no new ack needed
@@ -162,7 +154,7 @@ async def test_timed_shelve_expires_and_one_shot_ends_on_return_to_normal(alarm_
     async with running(env):
         healthy(env)
         env.set({f"{LUM}/lamp_failure": 1})
-        env.engine.shelve(aid, user="eve", role="engineer", comment="lamp ordered",
+        env.engine.shelve(aid, user="eve", comment="lamp ordered",
                           duration=3600)
         assert env.state(aid) == M.SHELVED
         assert env.engine.active() == []
@@ -174,16 +166,16 @@ async def test_timed_shelve_expires_and_one_shot_ends_on_return_to_normal(alarm_
         unshelve = [e for e in env.events if e.alarm_id == aid and e.event == "unshelve"]
         assert unshelve[0].comment == "timed shelve expired"
         # one-shot: lasts until the alarm returns to normal
-        env.engine.shelve(aid, user="eve", role="engineer", comment="until repaired")
+        env.engine.shelve(aid, user="eve", comment="until repaired")
         await env.clock.advance(7200)
         assert env.state(aid) == M.SHELVED
         env.set({f"{LUM}/lamp_failure": 0})
         assert env.engine.view(env.engine.find(aid)).shelved == M.UNSHELVED
         assert env.state(aid) == M.UNACK_RTN
         with pytest.raises(M.InvalidAlarmState):
-            env.engine.unshelve(aid, user="eve", role="engineer")
+            env.engine.unshelve(aid, user="eve")
         with pytest.raises(ValueError, match="reason"):
-            env.engine.shelve(aid, user="eve", role="engineer", comment="")
+            env.engine.shelve(aid, user="eve", comment="")
 
 
 def test_out_of_service_hides_device_alarms_and_calls_runtime(alarm_env: AlarmEnv) -> None:
@@ -191,7 +183,7 @@ def test_out_of_service_hides_device_alarms_and_calls_runtime(alarm_env: AlarmEn
     healthy(env)
     env.set({f"{CAB}/voltage_l1": 250})
     assert len(env.engine.active()) == 1
-    evs = env.engine.set_out_of_service(CAB, True, user="eve", role="engineer",
+    evs = env.engine.set_out_of_service(CAB, True, user="eve",
                                         comment="cabinet replaced")
     assert env.oos_calls == [(CAB, True)]
     assert {e.event for e in evs} == {"out_of_service"}
@@ -200,7 +192,7 @@ def test_out_of_service_hides_device_alarms_and_calls_runtime(alarm_env: AlarmEn
     # what the runtime does: its tags read BadOutOfService; no comm-lost alarm from that
     env.mark(CAB, Q.BadOutOfService)
     assert env.engine.view(env.engine.find(f"{CAB}/comm_lost")).active == 0
-    env.engine.set_out_of_service(CAB, False, user="eve", role="engineer", comment="done")
+    env.engine.set_out_of_service(CAB, False, user="eve", comment="done")
     assert env.oos_calls[-1] == (CAB, False)
     assert env.state(f"{CAB}/voltage") == M.UNACK_ACTIVE
     dev_lines = [e for e in env.journal() if e["name"] == "" and e["device"] == CAB]
@@ -416,13 +408,13 @@ def test_restart_restores_states_exactly_without_duplicates(tmp_path, stepped_cl
     e = env.engine
     env.set({f"{LUM}/lamp_failure": 1})                     # UnackActive
     env.set({f"{CAB}/voltage_l1": 250})                     # AckActive
-    e.acknowledge(f"{CAB}/voltage", user="o", role="operator")
+    e.acknowledge(f"{CAB}/voltage", user="o")
     env.set({"centre/cab-1/lum-02/lamp_failure": 1})        # UnackRTN
     env.set({"centre/cab-1/lum-02/lamp_failure": 0})
     env.set({"centre/cab-1/lum-03/lamp_failure": 1})        # shelved
-    e.shelve("centre/cab-1/lum-03/lamp_failure", user="eve", role="engineer", comment="c",
+    e.shelve("centre/cab-1/lum-03/lamp_failure", user="eve", comment="c",
              duration=7200)
-    e.set_out_of_service("north/cab-2", True, user="eve", role="engineer", comment="works")
+    e.set_out_of_service("north/cab-2", True, user="eve", comment="works")
     e.set_condition(LUM, "schedule_not_followed", True, priority=2)
     before = {a: e.view(c) for a, c in e.by_id.items()}
     seq = e.seq
@@ -456,8 +448,8 @@ def test_snapshot_at_rotation_bounds_the_replay(tmp_path, stepped_clock) -> None
     healthy(env)
     e = env.engine
     env.set({f"{LUM}/lamp_failure": 1})
-    e.shelve(f"{LUM}/lamp_failure", user="eve", role="engineer", comment="ordered", duration=600)
-    e.set_out_of_service("north/cab-2", True, user="eve", role="engineer", comment="works")
+    e.shelve(f"{LUM}/lamp_failure", user="eve", comment="ordered", duration=600)
+    e.set_out_of_service("north/cab-2", True, user="eve", comment="works")
     e.set_condition(CAB, "schedule_missed", True, priority=2)
     for k in range(30):  # churn on other alarms: several rotations
         env.set({"centre/cab-1/lum-02/lamp_failure": k % 2})
@@ -502,14 +494,14 @@ def test_journal_lines_match_announced_events_in_mixed_floods(alarm_env: AlarmEn
     env = alarm_env
     healthy(env)
     lamps = {f"{CAB}/lum-{n:02d}/lamp_failure": 1 for n in range(1, 65)}
-    env.engine.shelve(f"{CAB}/lum-05/lamp_failure", user="e", role="engineer", comment="x",
+    env.engine.shelve(f"{CAB}/lum-05/lamp_failure", user="e", comment="x",
                       duration=3600)
-    env.engine.shelve(f"{CAB}/lum-06/lamp_failure", user="e", role="engineer", comment="y")
+    env.engine.shelve(f"{CAB}/lum-06/lamp_failure", user="e", comment="y")
     env.set({f"{CAB}/contactor": 0})
     env.set(dict.fromkeys(list(lamps)[:10], 1))          # suppressed raises
     env.set({f"{CAB}/contactor": 1})
     env.set(lamps)                                         # the rest: unhidden raises
-    env.engine.acknowledge(f"{CAB}/lum-20/lamp_failure", user="o", role="operator")
+    env.engine.acknowledge(f"{CAB}/lum-20/lamp_failure", user="o")
     env.set(dict.fromkeys(lamps, 0))                       # mixed clears
     keys = ("seq", "event", "state", "active", "acked", "shelved", "shelve_until", "suppressed",
             "oos", "user", "comment", "value")

@@ -94,9 +94,9 @@ def test_cli_active_history_export_and_metrics(tmp_path, stepped_clock) -> None:
              f"{LUM}/lamp_failure": 0, f"{LUM}/level": 100})
     env.set({f"{LUM}/lamp_failure": 1})
     env.set({f"{CAB}/voltage_l1": 250})
-    env.engine.acknowledge(f"{CAB}/voltage", user="olga", role="operator", comment="seen, crew")
+    env.engine.acknowledge(f"{CAB}/voltage", user="olga", comment="seen, crew")
     env.set({"north/cab-2/contactor": 1})
-    env.engine.set_out_of_service("north/cab-2", True, user="eve", role="engineer", comment="works")
+    env.engine.set_out_of_service("north/cab-2", True, user="eve", comment="works")
     env.engine.close()
     d = env.engine.journal.directory
     r = CliRunner()

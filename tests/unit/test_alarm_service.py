@@ -14,6 +14,7 @@ from scada import quality as Q
 from scada.alarms import model as M
 from scada.alarms.notify import in_window, matches
 from scada.loader import load_site
+from scada.operations import Identity
 from scada.runtime import Runtime
 from scada.sections.alarms import AlarmDef, NotificationsConfig, RuleConfig
 from scada.tags import Batch
@@ -96,20 +97,22 @@ async def test_service_in_a_runtime_health_oos_and_audit(tmp_path, stepped_clock
     svc.publish_health()
     assert db.read("_system/alarms/active").value == 1
     assert db.read("_system/alarms/alarms").value == svc.engine.n
-    e = svc.engine
-    with pytest.raises(M.AlarmPermissionError):
-        e.set_out_of_service("north/cab-2", True, user="olga", role="operator", comment="x")
-    e.set_out_of_service("north/cab-2", True, user="eve", role="engineer", comment="rebuilt")
+    ops = rt.operations
+    olga, eve = Identity("olga", "operator"), Identity("eve", "engineer")
+    out = await ops.set_out_of_service(olga, "north/cab-2", True, "x")
+    assert out.status == Q.BadUserAccessDenied
+    assert db.read("north/cab-2/power_w").quality != Q.BadOutOfService
+    assert (await ops.set_out_of_service(eve, "north/cab-2", True, "rebuilt")).ok
     assert db.read("north/cab-2/power_w").quality == Q.BadOutOfService
     assert (await rt.write("north/cab-2/contactor_cmd", True)) == Q.BadOutOfService
-    e.set_out_of_service("north/cab-2", False, user="eve", role="engineer", comment="done")
+    assert (await ops.set_out_of_service(eve, "north/cab-2", False, "done")).ok
     assert db.read("north/cab-2/power_w").quality != Q.BadOutOfService
     await svc.aclose()
-    audit = [json.loads(x) for x in (tmp_path / "state" / "alarms" / "audit.log").read_text().splitlines()]
+    audit = [json.loads(x) for x in (tmp_path / "state" / "audit.log").read_text().splitlines()]
     assert [(a["action"], a["outcome"], a["user"]) for a in audit] == [
-        ("alarm.out_of_service", "denied", "olga"),
-        ("alarm.out_of_service", "ok", "eve"),
-        ("alarm.in_service", "ok", "eve"),
+        ("device.out_of_service", "BadUserAccessDenied", "olga"),
+        ("device.out_of_service", "Good", "eve"),
+        ("device.out_of_service", "Good", "eve"),
     ]
     assert audit[1]["comment"] == "rebuilt"
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from click.testing import CliRunner
 
 from cli import main
-from scada.audit import AuditLog
 from scada.users import hash_password
 from tests.unit.test_schedule_engine import site_yaml
 
@@ -76,53 +73,3 @@ def test_explain_names_the_winning_rule(site):
     assert "[WINS ] everyday" in r.output and "=> level 40 %" in r.output
 
 
-def test_override_role_checked_audited_listed_cancelled(site, tmp_path):
-    refused = CliRunner().invoke(
-        main,
-        [
-            "schedule",
-            "override",
-            "set",
-            str(site),
-            "--user",
-            "olga",
-            "--level",
-            "100",
-            "--reason",
-            "accident",
-            "--area",
-            "centre",
-        ],
-    )
-    assert refused.exit_code == 3 and "may not override" in refused.output
-    ok = run(
-        "schedule",
-        "override",
-        "set",
-        str(site),
-        "--user",
-        "eve",
-        "--level",
-        "100",
-        "--minutes",
-        "90",
-        "--reason",
-        "accident rue Monge",
-        "--area",
-        "centre",
-    )
-    assert ok.exit_code == 0, ok.output
-    oid = ok.output.split()[1].rstrip(":")
-    data = json.loads((tmp_path / "state" / "schedules" / "overrides.json").read_text())
-    assert data["overrides"][0]["areas"] == ["centre"]
-    lst = run("schedule", "override", "list", str(site))
-    assert oid in lst.output and "accident rue Monge" in lst.output
-    r = run("schedule", "override", "cancel", str(site), oid, "--user", "eve")
-    assert r.exit_code == 0 and "cancelled" in r.output
-    assert "no active override" in run("schedule", "override", "list", str(site)).output
-    log = AuditLog.read(str(tmp_path / "state" / "schedules" / "audit.log"))
-    assert [(e["user"], e["action"], e["outcome"].split(":")[0]) for e in log] == [
-        ("olga", "schedule.override", "refused"),
-        ("eve", "schedule.override", "ok"),
-        ("eve", "schedule.override.cancel", "ok"),
-    ]

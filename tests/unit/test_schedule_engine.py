@@ -239,20 +239,31 @@ async def test_override_wins_and_expires(make, tmp_path):
 
 
 async def test_opcua_style_override_tags(make):
+    """The override tags are written through the operator API (as the OPC UA server does):
+    an engineer's action, audited with the identity and the outcome."""
+    from scada.audit import AuditLog
+    from scada.operations import Identity
+
     rt, plant, svc, clock = await make(local(2026, 1, 15, 23, 0))
+    ops, eve, olga = rt.operations, Identity("eve", "engineer"), Identity("olga", "operator")
     await run_until(clock, svc, local(2026, 1, 15, 23, 5))
-    assert await rt.write("_schedules/chenove/override_minutes", 30) == Q.Good
-    assert await rt.write("_schedules/chenove/override_level", 100) == Q.Good
-    assert await rt.write("_schedules/chenove/override_level", 150) == Q.BadOutOfRange
+    assert (await ops.write(olga, "_schedules/chenove/override_level", 100)).status == Q.BadUserAccessDenied
+    assert (await ops.write(eve, "_schedules/chenove/override_minutes", 30)).status == Q.Good
+    assert (await ops.write(eve, "_schedules/chenove/override_level", 100)).status == Q.Good
+    assert (await ops.write(eve, "_schedules/chenove/override_level", 150)).status == Q.BadOutOfRange
     await run_until(clock, svc, local(2026, 1, 15, 23, 10))
     assert plant.log[-1][1:] == ("chenove/gw-1/broadcast_level", 100.0)
-    assert await rt.write("_schedules/chenove/override_minutes", 0) == Q.Good  # cancel
+    assert (await ops.write(eve, "_schedules/chenove/override_minutes", 0)).status == Q.Good  # cancel
     await run_until(clock, svc, local(2026, 1, 15, 23, 15))
     assert plant.log[-1][1:] == ("chenove/gw-1/broadcast_level", 70.0)
-    from scada.audit import AuditLog
-
-    actions = [e["action"] for e in AuditLog.read(svc.audit.path)]
-    assert actions == ["schedule.override", "schedule.override.cancel"]
+    log = [(e["user"], e["action"], e["target"], e["outcome"]) for e in AuditLog.read(ops.audit.path)]
+    assert log == [
+        ("olga", "schedule.override", "_schedules/chenove/override_level", "BadUserAccessDenied"),
+        ("eve", "schedule.override", "_schedules/chenove/override_minutes", "Good"),
+        ("eve", "schedule.override", "_schedules/chenove/override_level", "Good"),
+        ("eve", "schedule.override", "_schedules/chenove/override_level", "BadOutOfRange"),
+        ("eve", "schedule.override", "_schedules/chenove/override_minutes", "Good"),
+    ]
 
 
 async def test_mixed_levels_use_one_dali_group_command(make):

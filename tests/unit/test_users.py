@@ -1,4 +1,5 @@
-"""Role model, password hashing and lockout (scada.users): pure, no sockets."""
+"""Password hashing and lockout (scada.users): pure, no sockets. The role matrix is tested in
+tests/unit/test_operations.py."""
 
 from __future__ import annotations
 
@@ -7,40 +8,12 @@ import pytest
 from scada.clock import SteppedClock
 from scada.sections.users import UserConfig
 from scada.users import (
-    ACTIONS,
-    ROLES,
     UserStore,
     hash_password,
-    role_allows,
     verify,
 )
 
 FAST = {"n": 2**10}  # cheap scrypt cost for tests; the default is 2**14
-
-EXPECTED = {
-    "viewer": {"read", "subscribe"},
-    "operator": {"read", "subscribe", "write", "acknowledge"},
-    "engineer": {"read", "subscribe", "write", "acknowledge", "override", "shelve", "out_of_service"},
-    "admin": set(ACTIONS),
-}
-
-
-@pytest.mark.parametrize("role", ROLES)
-@pytest.mark.parametrize("action", ACTIONS)
-def test_role_matrix(role, action):
-    assert role_allows(role, action) is (action in EXPECTED[role])
-
-
-def test_unknown_role_and_anonymous_refused_everything():
-    for action in ACTIONS:
-        assert not role_allows(None, action)
-        assert not role_allows("root", action)
-
-
-def test_unknown_action_is_an_error():
-    with pytest.raises(ValueError, match="unknown action 'delete'"):
-        role_allows("admin", "delete")
-
 
 def test_hash_is_salted_and_verifies():
     a = hash_password("s3cret", **FAST)
