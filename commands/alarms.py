@@ -34,7 +34,7 @@ def register(main: click.Group) -> None:
     main.add_command(ack)
     main.add_command(comment)
     main.add_command(shelve)
-    main.add_command(roles)
+    main.add_command(roles_cmd)
     main.add_command(out_of_service)
 
 
@@ -267,17 +267,17 @@ def out_of_service(device: str, comment: str, back: bool, **o: Any) -> None:
     call(o, "out_of_service", device=device, oos=not back, comment=comment)
 
 
-@click.command()
+@click.command("roles")
 @click.option("--markdown", is_flag=True, help="The table as in docs/opcua.md.")
-def roles(markdown: bool) -> None:
+def roles_cmd(markdown: bool) -> None:
     """The role matrix: which role may do what, on every front end (OPC UA, CLI, web)."""
-    from scada.operations import roles as R
+    from scada.operations import roles
 
     if markdown:
-        click.echo(R.markdown(), nl=False)
+        click.echo(roles.markdown(), nl=False)
         return
-    width = max(len(a.name) for a in R.ACTIONS)
-    click.echo(f"{'action':<{width}}  " + "  ".join(f"{r:<8}" for r in R.ROLES))
-    for a in R.ACTIONS:
-        click.echo(f"{a.name:<{width}}  " + "  ".join(f"{'yes' if R.allows(r, a.name) else '-':<8}" for r in R.ROLES)
+    width = max(len(a.name) for a in roles.ACTIONS)
+    click.echo(f"{'action':<{width}}  " + "  ".join(f"{r:<8}" for r in roles.ROLES))
+    for a in roles.ACTIONS:
+        click.echo(f"{a.name:<{width}}  " + "  ".join(f"{'yes' if roles.allows(r, a.name) else '-':<8}" for r in roles.ROLES)
                    + f"  {a.what}")

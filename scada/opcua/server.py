@@ -38,8 +38,7 @@ from asyncua.server.internal_session import InternalSession
 from cryptography import x509
 
 from .. import quality as Q
-from ..operations import Identity, Operations, Outcome
-from ..operations import roles as R
+from ..operations import Identity, Operations, Outcome, roles
 from ..runtime import Service
 from ..tags import Changes
 from . import history
@@ -186,11 +185,11 @@ class GuardedSession(InternalSession):
                 if i is None or dv.Value is None or not isinstance(dv.Value.Value, int):
                     continue
                 path = svc.tagdb.path(i)
-                if not (R.allows(ident.role, svc.ops.write_action(path)) and ident.sees(path)):
+                if not (roles.allows(ident.role, svc.ops.write_action(path)) and ident.sees(path)):
                     results[k] = ua.DataValue(ua.Variant(dv.Value.Value & ~0x02, ua.VariantType.Byte))
             elif rv.AttributeId == uex and dv.Value is not None and isinstance(dv.Value.Value, bool):
                 action = svc.method_action(rv.NodeId)
-                if action is not None and not R.allows(ident.role, action):
+                if action is not None and not roles.allows(ident.role, action):
                     results[k] = ua.DataValue(ua.Variant(False, ua.VariantType.Boolean))
         return results
 
