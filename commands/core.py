@@ -326,4 +326,11 @@ def _print_ready(rt, simulate: bool) -> None:
         info = getattr(svc, "connect_info", None)
         if info:
             click.echo(f"  {name}: {info() if callable(info) else info}")
+    demo = rt.operations.demo_users_file
+    if demo is not None and demo.exists():
+        from scada.operations import read_demo_users
+
+        click.echo(f"  demo accounts (from {demo}; use --password-file {demo} with the CLI):")
+        for user, role, password in read_demo_users(demo):
+            click.echo(f"    {user:<9} {role:<9} password {password}")
     click.echo("Press Ctrl+C to stop.")

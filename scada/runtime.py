@@ -306,6 +306,7 @@ class Runtime:
         gc.collect()
         gc.freeze()
         memdiag.tune_malloc()  # before the worker threads exist (see scada.memdiag)
+        await asyncio.to_thread(self.operations.start)  # demo accounts (scrypt) before front ends
         for name, svc in self.services.items():
             self.supervise(f"service:{name}", svc.run, fatal_first=True)
         for proto, drv in self.drivers.items():

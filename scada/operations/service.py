@@ -44,7 +44,7 @@ class Operations:
         self.runtime = runtime
         site = runtime.site
         self.state_dir = Path(runtime.state_dir)
-        self.audit = AuditLog(str(self.state_dir / "audit.log"), runtime.clock)
+        self._audit: AuditLog | None = None  # opened on first use: `scada check` writes nothing
         ocfg = site.config.opcua
         self.anonymous_role: str | None = "viewer" if ocfg.anonymous == "viewer" else None
         self.users = UserStore(site.config.users, clock=runtime.clock, max_failures=ocfg.lockout_attempts,
@@ -52,8 +52,18 @@ class Operations:
         self._areas: dict[str, frozenset[str] | None] = {
             u.name: (frozenset(u.areas) if u.areas is not None else None) for u in site.config.users}
         self.demo_users_file: Path | None = None
-        if ocfg.demo_users:
+
+    def start(self) -> None:
+        """At server start (before the front ends listen): the demo's accounts."""
+        if self.runtime.site.config.opcua.demo_users and self.demo_users_file is None:
             self.demo_users_file = self._demo_users()
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit log, ``<state_dir>/audit.log`` (append-only JSON lines)."""
+        if self._audit is None:
+            self._audit = AuditLog(str(self.state_dir / "audit.log"), self.runtime.clock)
+        return self._audit
 
     # ------------------------------------------------------------------ typed handles
     @property
@@ -333,7 +343,9 @@ class Operations:
         return True
 
     def close(self) -> None:
-        self.audit.close()
+        if self._audit is not None:
+            self._audit.close()
+            self._audit = None
 
 
 def read_demo_users(path: Path) -> list[tuple[str, str, str]]:
