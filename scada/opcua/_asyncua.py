@@ -21,12 +21,17 @@ another session's subscriptions. :func:`owned_subscription_ids` gives each sessi
 own; ``GuardedSession`` (``server.py``) refuses the rest with ``BadSubscriptionIdInvalid``, and
 TransferSubscriptions across users with ``BadUserAccessDenied`` (Part 4 §5.13.7).
 
-**Other reached-in internals** (listed here so an upgrade reviewer finds them all):
-``InternalServer.create_session`` is replaced per server (our session class);
-``InternalServer._external_sessions`` is read to count sessions; the address space's
-``_nodes`` dict is replaced by the lazy node map; ``MonitoredItemService._monitored_items``,
-``_monitored_datachange`` and ``InternalSubscription._triggered_datachanges`` are where the
-notification fast path appends; ``InternalServer.method_service.stop()`` after a failed start.
+**Other reached-in internals**, each behind one function of this module so that an upgrade
+reviewer finds them all here: ``InternalServer.create_session`` replaced per server
+(:func:`install_session_class`); ``InternalServer._external_sessions`` read to count sessions
+and find subscription owners; the address space's ``_nodes`` dict replaced by the lazy node map
+(:func:`address_space_nodes`, :func:`replace_address_space_nodes`);
+``MonitoredItemService._monitored_items`` / ``_monitored_datachange`` / ``_monitored_events``
+and ``InternalSubscription._triggered_datachanges`` / ``enqueue_event``, where the notification
+fast path appends (:func:`monitored_items`, :func:`datachange_target`,
+:func:`datachange_queue`, :func:`event_items`, :func:`enqueue_event`);
+``InternalServer.method_service.stop()`` after a failed start or a stop
+(:func:`stop_method_service`).
 """
 
 from __future__ import annotations
@@ -133,6 +138,65 @@ def subscription_owner(session: InternalSession, subscription_id: int) -> Intern
         if s.session_id == sub.session_id:
             return s
     return None
+
+
+def monitored_items(sub: Any) -> dict[int, Any]:
+    """The monitored items of a subscription, by id (asyncua's own dict: do not replace it)."""
+    return sub.monitored_item_srv._monitored_items
+
+
+def datachange_target(callback: Any, handle: int) -> tuple[Any, int, Any] | None:
+    """(monitored item service, monitored item id, item data) behind an asyncua data-change
+    callback and handle, or None when the callback is not asyncua's monitored item service."""
+    svc = getattr(callback, "__self__", None)
+    mid = getattr(svc, "_monitored_datachange", {}).get(handle)
+    if mid is None:
+        return None
+    items = svc._monitored_items
+    md = items.get(mid)
+    return (svc, mid, md) if md is not None else None
+
+
+def item_alive(svc: Any, mid: int) -> bool:
+    return mid in svc._monitored_items
+
+
+def datachange_queue(svc: Any) -> dict[int, list[Any]]:
+    """The subscription's queue of pending data-change notifications per item. asyncua replaces
+    this dict on every publish: look it up for every notification, never keep it."""
+    return svc.isub._triggered_datachanges
+
+
+def event_items(sub: Any) -> list[tuple[int, Any]]:
+    """(item id, item data) of the subscription's event monitored items."""
+    mis = sub.monitored_item_srv
+    out = []
+    for mids in list(mis._monitored_events.values()):
+        for mid in list(mids):
+            md = mis._monitored_items.get(mid)
+            if md is not None:
+                out.append((mid, md))
+    return out
+
+
+async def enqueue_event(sub: Any, mid: int, fields: Any, queue_size: int) -> None:
+    """Queue an event notification on one item, bypassing asyncua's where-clause evaluation."""
+    await sub.monitored_item_srv.isub.enqueue_event(mid, fields, queue_size)
+
+
+def address_space_nodes(iserver: Any) -> Any:
+    return iserver.aspace._nodes
+
+
+def replace_address_space_nodes(iserver: Any, nodes: Any) -> None:
+    """Install a node map (our lazy one) as the address space's storage; asyncua's own shelf
+    support uses the same attribute."""
+    iserver.aspace._nodes = nodes
+
+
+def stop_method_service(iserver: Any) -> None:
+    """asyncua's method service keeps a thread pool that ``Server.stop`` leaves running."""
+    iserver.method_service.stop()
 
 
 def external_sessions(iserver: Any) -> list[InternalSession]:

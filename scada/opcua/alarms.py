@@ -46,7 +46,7 @@ from asyncua import ua
 from asyncua.common import event_objects as eo
 
 from ..alarms import model as M
-from ._asyncua import subscription_of, trigger_event_for
+from ._asyncua import enqueue_event, event_items, subscription_of, trigger_event_for
 from .server import current_session
 
 log = logging.getLogger("scada.alarms.opcua")
@@ -422,13 +422,8 @@ class AlarmConditions:
         sub = self.svc.server.iserver.subscription_service.subscriptions.get(sid)
         if sub is None:
             return
-        mis = sub.monitored_item_srv
-        for mids in list(mis._monitored_events.values()):
-            for mid in list(mids):
-                mdata = mis._monitored_items.get(mid)
-                if mdata is None:
-                    continue
-                fl = ua.EventFieldList()
-                fl.ClientHandle = mdata.client_handle
-                fl.EventFields = ev.to_event_fields(mdata.filter.SelectClauses)
-                await mis.isub.enqueue_event(mid, fl, mdata.queue_size)
+        for mid, mdata in event_items(sub):
+            fl = ua.EventFieldList()
+            fl.ClientHandle = mdata.client_handle
+            fl.EventFields = ev.to_event_fields(mdata.filter.SelectClauses)
+            await enqueue_event(sub, mid, fl, mdata.queue_size)

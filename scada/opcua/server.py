@@ -44,11 +44,18 @@ from ..tags import Changes
 from . import history
 from ._asyncua import (
     ScadaServer,
+    address_space_nodes,
     current_channel,
+    datachange_queue,
+    datachange_target,
     external_sessions,
     install_session_class,
+    item_alive,
+    monitored_items,
     owned_subscription_ids,
+    replace_address_space_nodes,
     set_refusal_hook,
+    stop_method_service,
     subscription_of,
     subscription_owner,
 )
@@ -327,7 +334,7 @@ class GuardedSession(InternalSession):
 
     async def create_monitored_items(self, params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
         sub = self._own(params.SubscriptionId)
-        have = len(sub.monitored_item_srv._monitored_items)
+        have = len(monitored_items(sub))
         if have + len(params.ItemsToCreate) > self.scada.cfg.max_monitored_items_per_subscription:
             raise ServiceError(ua.StatusCodes.BadTooManyMonitoredItems)
         asked_items = list(params.ItemsToCreate)
@@ -339,7 +346,7 @@ class GuardedSession(InternalSession):
                    if k in refused else next(made) for k in range(len(asked_items))]
         params.ItemsToCreate = asked_items
         # asyncua caps every queue at max_monitored_item_queue_size; event items get their own
-        items = sub.monitored_item_srv._monitored_items
+        items = monitored_items(sub)
         for req, res in zip(params.ItemsToCreate, results, strict=False):
             md = items.get(res.MonitoredItemId)
             if md is not None and req.ItemToMonitor.AttributeId == ua.AttributeIds.EventNotifier:
@@ -381,14 +388,12 @@ class GuardedSession(InternalSession):
 class _Route:
     """Where a monitored item's notifications go (resolved once per asyncua handle)."""
 
-    __slots__ = ("isub", "items", "last_q", "last_v", "mdata", "mid", "svc")
+    __slots__ = ("last_q", "last_v", "mdata", "mid", "svc")
 
     def __init__(self, svc: Any, mid: int, mdata: Any):
         self.svc = svc
         self.mid = mid
         self.mdata = mdata
-        self.isub = svc.isub
-        self.items = svc._monitored_items
         self.last_v: float | None = None
         self.last_q: int | None = None
 
@@ -545,7 +550,7 @@ class OpcUaService(Service):
         try:
             await server.start()
         except OSError as e:
-            server.iserver.method_service.stop()
+            stop_method_service(server.iserver)
             raise OSError(e.errno, f"OPC UA server cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); "
                                    f"is another process using that port? Set opcua.port in the site file "
                                    f"(or --opcua-port)") from e
@@ -572,16 +577,16 @@ class OpcUaService(Service):
                 await server.stop()
             except Exception:
                 log.exception("error stopping the OPC UA server")
-            server.iserver.method_service.stop()
+            stop_method_service(server.iserver)
 
     async def _build(self, server: ScadaServer) -> None:
         """Area folders, the Scada object with FindTags, then the lazy node map."""
         ns = self.namespace_index
         objects = server.nodes.objects
-        aspace = server.iserver.aspace
         descriptions = {f"{dc.area}/{dc.id}": dc.description for dc in self.runtime.site.config.devices
                         if dc.description}
-        lazy = LazyNodes(aspace._nodes, self.tagdb, ns, self.registry, historizing=self._historizing,
+        base = address_space_nodes(server.iserver)
+        lazy = LazyNodes(base, self.tagdb, ns, self.registry, historizing=self._historizing,
                          descriptions=descriptions)
         for area in sorted(lazy.tree.areas):
             nid = ua.NodeId(area, ns)
@@ -590,7 +595,7 @@ class OpcUaService(Service):
             await folder.write_attribute(ua.AttributeIds.EventNotifier,
                                          ua.DataValue(ua.Variant(1, ua.VariantType.Byte)))
             await server.nodes.server.add_reference(nid, ua.ObjectIds.HasNotifier)
-            aspace._nodes[nid].references.extend(lazy.area_refs(area))
+            base[nid].references.extend(lazy.area_refs(area))
             self._area_nodes[area] = nid
         lazy.area_nodes = self._area_nodes
         scada = await objects.add_object(ua.NodeId("#Scada", ns), ua.QualifiedName("Scada", ns))
@@ -606,7 +611,7 @@ class OpcUaService(Service):
         await scada.add_method(
             ua.NodeId("#Scada.CancelOverride", ns), ua.QualifiedName("CancelOverride", ns), self._cancel_override,
             [S], [S])
-        aspace._nodes = lazy
+        replace_address_space_nodes(server.iserver, lazy)
         self.lazy = lazy
 
     def _historizing(self, p: Any) -> bool:
@@ -758,15 +763,14 @@ class OpcUaService(Service):
 
     def _deliver(self, handle: int, cb: Any, dv: ua.DataValue, v: Any, q: int) -> None:
         route = self._routes.get(handle)
-        if route is None or route.mid not in route.items:
-            svc = getattr(cb, "__self__", None)
-            mid = getattr(svc, "_monitored_datachange", {}).get(handle)
-            if mid is None or mid not in svc._monitored_items:
+        if route is None or not item_alive(route.svc, route.mid):
+            target = datachange_target(cb, handle)
+            if target is None:
                 # not an asyncua monitored item we understand: use its public coroutine path
                 self.stats["fallback"] += 1
                 asyncio.get_running_loop().create_task(cb(handle, dv))
                 return
-            route = self._routes[handle] = _Route(svc, mid, svc._monitored_items[mid])
+            route = self._routes[handle] = _Route(*target)
         md = route.mdata
         if md.mode == ua.MonitoringMode.Disabled:
             return
@@ -780,8 +784,7 @@ class OpcUaService(Service):
         route.last_v = v if isinstance(v, float) else None
         route.last_q = q
         notif = ua.MonitoredItemNotification(ClientHandle=md.client_handle, Value=dv)
-        # asyncua replaces this dict on every publish: look it up each time
-        queue = route.isub._triggered_datachanges
+        queue = datachange_queue(route.svc)
         lst = queue.get(route.mid)
         if lst is None:
             queue[route.mid] = [notif]
