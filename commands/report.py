@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import click
@@ -137,39 +137,83 @@ def report() -> None:
     """Contract reports for auditors (energy savings, availability, interventions)."""
 
 
+def provenance(extra: dict | None = None) -> dict:
+    """Product version, generation time (UTC) and the command line, for every report's inputs."""
+    import shlex
+
+    from scada import __version__
+
+    return {**(extra or {}), "product": f"city-scada {__version__}",
+            "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": shlex.join(["scada", *sys.argv[1:]])}
+
+
 @report.command("energy")
 @site_option
-@click.option("--from", "d0", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First night (local date).")
-@click.option("--to", "d1", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last night (inclusive).")
+@store_option
+@click.option("--from", "d0", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First day (local date).")
+@click.option("--to", "d1", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
 @click.option("--area", default=None, help="Only this area.")
 @click.option("--inventory", type=click.Path(exists=True, dir_okay=False),
               help="Baseline inventory (YAML/CSV); default: luminaire attrs of the site.")
+@click.option("--convention", type=click.Choice(["calendar", "night"]), default="calendar", show_default=True,
+              help="calendar: local midnight to local midnight (nights cut at the period's ends); "
+                   "night: local noon to local noon, each night whole on the date it starts.")
+@click.option("--partial", type=click.Choice(["estimate", "exclude"]), default="estimate", show_default=True,
+              help="Burning time without readings: estimated at the luminaire's own rate, or excluded from "
+                   "baseline and actual.")
+@click.option("--min-measured", type=click.FloatRange(0, 100), default=None,
+              help="Share of burning hours measured (%) under which the data are insufficient "
+                   "(default: the inventory's contract.min_measured_pct, else 90).")
+@click.option("--lat", type=float, default=None, help="Latitude (default: the site's).")
+@click.option("--lon", type=float, default=None, help="Longitude (default: the site's).")
+@click.option("--tz", default=None, help="Time zone (default: the site's).")
 @fmt_option
 @out_option
-def energy(site_file, state_dir, d0, d1, area, inventory, fmt, out) -> None:
+def energy(site_file, state_dir, store, d0, d1, area, inventory, convention, partial, min_measured, lat, lon, tz,
+           fmt, out) -> None:
     """Energy savings against the legacy baseline (IPMVP options A, B, C), docs/energy-kpi.md."""
     from historian import energy as E
     from historian import report as R
 
     _check_format(fmt, out)
-    site = _site(site_file, state_dir)
-    inv = E.load_inventory(inventory) if inventory else E.inventory_from_site(site)
-    if not inv.points:
-        raise click.UsageError("no luminaire with a legacy_w attribute in the site; give --inventory")
-    s = site.config.site
-    backend = _reader(site)
-    prog = _Progress(7)
-    rollups = None
-    if site.config.historian.backend == "embedded":
-        # per-night summaries cached beside the store (recomputed when late data touches a night)
-        from historian.rollup import Rollups
-
-        rollups = Rollups(os.path.join(os.path.dirname(backend.path), "rollups"))
+    backend, ru_dir, site = open_store(site_file, state_dir, store)
     try:
-        res = E.compute(backend, inv, lat=s.latitude, lon=s.longitude, tz=s.timezone, d0=d0.date(),
-                        d1=d1.date(), area=area, progress=prog, rollups=rollups)
+        if site is None and (lat is None or lon is None or tz is None):
+            if os.path.exists(site_file):
+                site = _site(site_file, state_dir)
+            else:
+                raise click.UsageError("with --store and no site file give --lat, --lon and --tz")
+        if inventory:
+            try:
+                inv = E.load_inventory(inventory)
+            except ValueError as e:
+                raise click.UsageError(str(e)) from None
+        elif site is not None:
+            inv = E.inventory_from_site(site)
+        else:
+            raise click.UsageError("give --inventory (no site to take luminaire attributes from)")
+        if not inv.points:
+            raise click.UsageError("no luminaire with a legacy_w attribute in the site; give --inventory")
+        s = site.config.site if site is not None else None
+        lat = lat if lat is not None else s.latitude
+        lon = lon if lon is not None else s.longitude
+        tz = tz or s.timezone
+        prog = _Progress(7)
+        rollups = None
+        if ru_dir is not None:
+            # per-night summaries cached beside the store (recomputed when late data touches a night)
+            from historian.rollup import Rollups
+
+            rollups = Rollups(ru_dir)
+        res = E.compute(backend, inv, lat=lat, lon=lon, tz=tz, d0=d0.date(), d1=d1.date(), area=area,
+                        progress=prog, rollups=rollups, convention=convention, partial=partial,
+                        min_measured_pct=min_measured)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     finally:
         backend.close()
+    res.inputs.update(provenance({"site": f"lat {lat}, lon {lon}, {tz}"}))
     prog("rendering")
     _emit(R.render(R.energy_doc, res.as_dict(), fmt), out)
 
@@ -193,6 +237,7 @@ def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
         r = A.compute(backend, site, d0.date(), d1.date(), area=area, progress=_Progress(3))
     finally:
         backend.close()
+    r["inputs"].update(provenance())
     _emit(R.render(A.to_doc, r, fmt), out)
 
 
@@ -213,6 +258,7 @@ def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
     site = _site(site_file, state_dir)
     path = journal or os.path.join(site.config.site.state_dir, site.config.alarms.journal)
     r = I.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
+    r["inputs"].update(provenance())
     _emit(R.render(I.to_doc, r, fmt), out)
 
 

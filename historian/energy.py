@@ -44,8 +44,9 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import yaml
@@ -54,12 +55,16 @@ from scada import astro
 from scada import quality as Q
 
 from .base import Backend
-from .query import counter_deltas
+from .fingerprint import Fingerprint
+from .summary import MatrixView, night_edges, summarize
 
 log = logging.getLogger("historian.energy")
 
 TARGET_PCT = 65.0
-MEASURED, FILLED, ESTIMATED, INACTIVE = 0, 1, 2, 3
+#: below this share of the burning hours measured, the headline says the data are insufficient
+#: (docs/energy-kpi.md "Completeness"); the inventory's contract may set its own
+MIN_MEASURED_PCT = 90.0
+MEASURED, FILLED, ESTIMATED, INACTIVE, PARTIAL = 0, 1, 2, 3, 4
 #: relative uncertainty assumed for each kind of night (docs/energy-kpi.md "Uncertainty")
 U_METER = 0.02  # D4i / cabinet meter accuracy (class 2-like)
 U_FILLED = 0.05
@@ -93,6 +98,7 @@ class Inventory:
     measured_hours: bool = False
     contract_start: date | None = None
     target_pct: float = TARGET_PCT
+    min_measured_pct: float | None = None
 
 
 def _date(v: Any) -> date | None:
@@ -137,6 +143,8 @@ def load_inventory(path: str) -> Inventory:
         stipulated_hours=(float(hours["stipulated_per_night"]) if hours.get("stipulated_per_night") else None),
         measured_hours=str(hours.get("source", "astronomical")) == "cabinet_on_time",
         contract_start=_date(contract.get("start")), target_pct=float(contract.get("target_pct", TARGET_PCT)),
+        min_measured_pct=(float(contract["min_measured_pct"]) if contract.get("min_measured_pct") is not None
+                          else None),
     )
 
 
@@ -181,6 +189,7 @@ class EnergyResult:
     luminaire_columns: dict[str, Any] = field(repr=False, compare=False)
     uncertainty: str = ""
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    headline: str = ""
     _luminaires: list[dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
     _cabinets: list[dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -197,255 +206,365 @@ class EnergyResult:
         return self._cabinets
 
     def as_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "summary": self.summary, "monthly": self.monthly,
-                "contract_years": self.contract_years, "areas": self.areas,
+        return {"inputs": self.inputs, "headline": self.headline, "summary": self.summary,
+                "monthly": self.monthly, "contract_years": self.contract_years, "areas": self.areas,
                 "cabinets": self.cabinets, "worst_cabinets": self.worst_cabinets,
-                "luminaires": self.luminaires, "uncertainty": self.uncertainty}
+                "luminaires": self.luminaires, "partial_nights": self.tables.get("partial_nights", []),
+                "uncertainty": self.uncertainty}
 
 
 # ---------------------------------------------------------------------------- counters
-_CFIELDS = ("first_t", "first_v", "last_t", "last_v", "count", "mono")
+@dataclass
+class Timeline:
+    """The half-night buckets of the nights read for a period and the days they make up.
+
+    Nights ``n_0 .. n_{N-1}`` (the period's nights plus one before and one after, whose readings
+    carry the counters across the period's ends) are cut at local noon and local midnight into
+    ``K = 2N`` buckets (``edges``). Each bucket has its astronomical burning interval
+    ``[bs, be]`` (switch-on/off from :func:`scada.astro.night_bounds` clipped to the bucket) and
+    its baseline burning ``hours`` (astronomical, or the stipulated hours of the night shared
+    in proportion). ``day_of[k]``: the period day (0..D-1) bucket k counts in, or -1: with the
+    *calendar* convention a day is local midnight to local midnight (the morning half of the
+    previous night and the evening half of its own), with the *night* convention the night
+    starting that day (noon to noon).
+    """
+
+    edges: np.ndarray
+    bs: np.ndarray
+    be: np.ndarray
+    hours: np.ndarray
+    day_of: np.ndarray
+    D: int
+    convention: str
+    tz: str = "UTC"
+
+    @property
+    def K(self) -> int:
+        return len(self.bs)
+
+    @property
+    def Bc(self) -> np.ndarray:
+        """Cumulative astronomical burning seconds at each edge."""
+        return np.concatenate(([0.0], np.cumsum(self.be - self.bs)))
+
+    def B(self, t: np.ndarray) -> np.ndarray:
+        """Cumulative burning seconds at times ``t`` (NaN stays NaN)."""
+        t = np.asarray(t, np.float64)
+        k = np.clip(np.searchsorted(self.edges, np.nan_to_num(t, nan=self.edges[0]), side="right") - 1,
+                    0, self.K - 1)
+        out = self.Bc[k] + np.clip(t - self.bs[k], 0.0, self.be[k] - self.bs[k])
+        return np.where(np.isnan(t), np.nan, out)
+
+    def per_day(self, x: np.ndarray) -> np.ndarray:
+        """Sum bucket values (last axis, K) into the period's days (last axis, D)."""
+        x = np.asarray(x, np.float64)
+        sel = self.day_of >= 0
+        out = np.zeros((*x.shape[:-1], self.D))
+        for k in np.flatnonzero(sel).tolist():
+            out[..., self.day_of[k]] += x[..., k]
+        return out
 
 
-class _Summaries:
-    """Per-night counter summaries of ``S`` series over ``D1`` nights: a night's row of a field
-    over every series (:meth:`night`), or the [series, night] block of some series
-    (:meth:`take`). From roll-ups (:class:`historian.rollup.RollupView`, rows read from the
-    memory-mapped files) or from a :class:`historian.base.Buckets` push-down."""
-
-    def __init__(self, S: int, D1: int, view: Any = None, bk: Any = None):
-        self.S, self.D1, self.view = S, D1, view
-        self.m: dict[str, np.ndarray] = {}
-        if view is None:  # night-major matrices from the buckets
-            m = {f: np.full((D1, S), np.nan) for f in _CFIELDS[:4]}
-            m["count"] = np.zeros((D1, S))
-            m["mono"] = np.ones((D1, S))
-            ok = (bk.bucket >= 0) & (bk.bucket < D1) & (bk.count > 0)
-            k_, s_ = bk.bucket[ok], bk.sid[ok]
-            for f, src in (("first_t", bk.first_t), ("first_v", bk.first_v), ("last_t", bk.last_t),
-                           ("last_v", bk.last_v), ("count", bk.count), ("mono", bk.monotonic)):
-                m[f][k_, s_] = src[ok]
-            self.m = m
-
-    def night(self, j: int, field: str) -> np.ndarray:
-        return self.m[field][j] if self.view is None else self.view.night(j, field)
-
-    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        if self.view is not None:
-            return self.view.take(idx, _CFIELDS)
-        return {f: a[:, idx].T for f, a in self.m.items()}
+def timeline(lat: float, lon: float, tz: str, d0: date, d1: date, inv: Inventory, convention: str) -> Timeline:
+    if convention not in ("calendar", "night"):
+        raise ValueError(f"period convention {convention!r}: expected 'calendar' (local midnight to local "
+                         "midnight) or 'night' (local noon to local noon)")
+    days = nights(d0 - timedelta(days=1), d1 + timedelta(days=1))
+    N, D = len(days), len(days) - 2
+    edges = night_edges(days, tz)
+    on, off, _ = astro.night_bounds(lat, lon, days, tz, inv.on, inv.off)
+    on, off = on + inv.on_offset_s, np.maximum(off + inv.off_offset_s, on + inv.on_offset_s)
+    lo, hi = edges[:-1], edges[1:]
+    on_k, off_k = np.repeat(on, 2), np.repeat(off, 2)
+    bs = np.clip(on_k, lo, hi)
+    be = np.maximum(np.clip(off_k, lo, hi), bs)
+    hours = (be - bs) / 3600.0
+    if inv.stipulated_hours is not None:
+        night_h = hours.reshape(N, 2).sum(1)
+        share = np.where(night_h[:, None] > 0, hours.reshape(N, 2) / np.where(night_h > 0, night_h, 1.0)[:, None],
+                         0.5)
+        hours = (inv.stipulated_hours * share).reshape(-1)
+    k = np.arange(2 * N)
+    if convention == "calendar":
+        day_of = np.where((k >= 1) & (k <= 2 * D), (k - 1) // 2, -1)
+    else:
+        day_of = np.where((k >= 2) & (k < 2 * D + 2), k // 2 - 1, -1)
+    return Timeline(edges, bs, be, hours, day_of.astype(np.int64), D, convention, tz)
 
 
 @dataclass
 class CounterTotals:
-    """Energy (Wh) of counter series over the result nights, in two parts.
+    """Energy (Wh) of counter series over the period's days, in two parts.
 
-    ``fast`` series (every night measured, checked in one streaming pass over the nights; see
-    :func:`counter_totals`) are given as totals only: ``e_l`` per series and ``e_d`` per night
-    (summed over the fast series). The other series (``idx``) have their energy and status per
-    night (``energy``/``status`` [len(idx), D], the exact computation of docs/energy-kpi.md §4).
+    ``fast`` series (a good reading in every half-night, no implausible jump: one streaming
+    pass over the nights, see :func:`counter_totals`) are given as totals only: ``e_l`` per
+    series and ``e_d`` per day. The others (``idx``) per day: ``energy``, ``status`` and the
+    burning hours ``meas_h`` (covered by readings in the day), ``fill_h`` (inside a gap: the
+    increase across it is known, its share interpolated), ``est_h`` (not covered: estimated).
     """
 
-    fast: np.ndarray  # bool [S]
-    e_l: np.ndarray  # [S]: total over the nights of each fast series (0 for the others)
-    e_d: np.ndarray  # [D]: per night, summed over the fast series
-    idx: np.ndarray  # [X] the series computed night by night
-    energy: np.ndarray  # [X, D]
-    status: np.ndarray  # int8 [X, D]
-    resets: np.ndarray  # [S]
-    replacements: np.ndarray  # [S]
+    fast: np.ndarray
+    e_l: np.ndarray
+    e_d: np.ndarray
+    idx: np.ndarray
+    energy: np.ndarray
+    status: np.ndarray
+    meas_h: np.ndarray
+    fill_h: np.ndarray
+    est_h: np.ndarray
+    est_e: np.ndarray
+    resets: np.ndarray
+    replacements: np.ndarray
+    readings: np.ndarray
+    lanes: np.ndarray
+    t_first: np.ndarray
+    t_last: np.ndarray
     n_slow: int = 0
 
 
-def _exact(backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray, max_w: np.ndarray,
-           c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Energy and status per series and night (all ``D1`` nights, the carry night first) of the
-    series ``keys`` from their summaries ``c`` ([series, night] arrays of ``_CFIELDS``): gaps
-    filled, resets/rollovers/jumps from raw readings, nights without data estimated."""
-    fv_, lv_, ft_, lt_, cnt_ = c["first_v"], c["last_v"], c["first_t"], c["last_t"], c["count"]
-    mono_ = c["mono"] > 0.5
-    S_, D1 = fv_.shape
-    has = cnt_ > 0
-    # the common case in one pass: the previous reading is last night's (shifted columns);
-    # nights after a gap and series with resets/jumps are handled one by one below
-    has_prev = np.zeros_like(has)
-    has_prev[:, 1:] = has[:, :-1]
-    lv_prev = np.full_like(lv_, np.nan)
-    lv_prev[:, 1:] = lv_[:, :-1]
-    lt_prev = np.full_like(lt_, np.nan)
-    lt_prev[:, 1:] = lt_[:, :-1]
-    direct = has & has_prev
-    within = np.where(has, lv_ - fv_, 0.0)
-    cross = np.where(direct, fv_ - lv_prev, 0.0)
+_HALF = ("first_t", "first_v", "last_t", "last_v", "count", "inc")
+
+
+def _buckets(c: dict[str, np.ndarray], f: str) -> np.ndarray:
+    """[series, K] of a half-night field from its evening and morning [series, N] arrays."""
+    e, m = c["e_" + f], c["m_" + f]
+    out = np.empty((e.shape[0], 2 * e.shape[1]))
+    out[:, 0::2], out[:, 1::2] = e, m
+    return out
+
+
+def _exact(tl: Timeline, max_w: np.ndarray, c: dict[str, np.ndarray], period: np.ndarray, partial: str
+           ) -> dict[str, np.ndarray]:
+    """Energy, status and hours per series and day (docs/energy-kpi.md §4) from half-night
+    summaries ``c`` ([series, night] arrays): the counter's energy at each bucket edge is
+    interpolated between the readings around it in proportion to burning time; a bucket's
+    measured energy is the difference at its edges; burning time outside the first..last
+    reading is estimated at the series' own rate (or excluded)."""
+    ft, fv, lt, lv = (_buckets(c, f) for f in ("first_t", "first_v", "last_t", "last_v"))
+    cnt, inc = _buckets(c, "count"), _buckets(c, "inc")
+    S, K = cnt.shape
     rate = (max_w / 3600.0)[:, None]
+    has = cnt > 0
+    ar = np.arange(K)
+    last_upto = np.maximum.accumulate(np.where(has, ar, -1), axis=1)
+    next_from = np.minimum.accumulate(np.where(has, ar, K)[:, ::-1], axis=1)[:, ::-1]
+    prevd = np.concatenate([np.full((S, 1), -1), last_upto[:, :-1]], axis=1)
+    okx = has & (prevd >= 0)
+    pi = np.maximum(prevd, 0)
+    lv_p = np.take_along_axis(lv, pi, 1)
+    lt_p = np.take_along_axis(lt, pi, 1)
     with np.errstate(invalid="ignore"):
-        suspicious = (has & (~mono_ | (within > rate * np.maximum(lt_ - ft_, 1.0) + 1e-9))) | (
-            direct & ((cross < 0) | (cross > rate * np.maximum(ft_ - lt_prev, 1.0) + 1e-9)))
-    slow_mask = suspicious.any(axis=1)
-    gaps: list[tuple[int, int, int, float]] = []  # (series, night, previous data night, increase)
-    after_gap = has & ~has_prev
-    after_gap[:, 0] = False
-    for s_, k_ in np.argwhere(after_gap & ~slow_mask[:, None]).tolist():
-        earlier = np.flatnonzero(has[s_, :k_])
-        if not len(earlier):
-            continue  # first reading of the series: nothing before it to link
-        p_ = int(earlier[-1])
-        inc = float(fv_[s_, k_] - lv_[s_, p_])
-        if inc < 0 or inc > float(rate[s_, 0]) * max(float(ft_[s_, k_] - lt_[s_, p_]), 1.0) + 1e-9:
-            slow_mask[s_] = True
-        else:
-            gaps.append((s_, k_, p_, inc))
-    gaps = [g for g in gaps if not slow_mask[g[0]]]
-    resets = np.zeros(S_, np.int64)
-    repl = np.zeros(S_, np.int64)
-    slow = np.flatnonzero(slow_mask)
-    ks = np.arange(D1)
-    for s_ in slow.tolist():  # resets, rollovers, replacements: exact from raw readings
-        raw = backend.read_raw(keys[s_], float(edges[0]), float(edges[-1]))
-        cd = counter_deltas(raw, edges, max_rate=float(rate[s_, 0]))
-        has[s_] = cd.count > 0
-        within[s_] = np.where(has[s_], np.nan_to_num(cd.delta) - cd.cross, 0.0)
-        d_ = has[s_] & (cd.prev_bucket == ks - 1)
-        direct[s_] = d_
-        cross[s_] = np.where(d_, cd.cross, 0.0)
-        for k_ in np.flatnonzero(has[s_] & (cd.prev_bucket >= 0) & ~d_).tolist():
-            gaps.append((s_, k_, int(cd.prev_bucket[k_]), float(cd.cross[k_])))
-        resets[s_] = int(cd.resets.sum())
-        repl[s_] = int(cd.replacements.sum())
-    energy = within + cross
-    status = np.where(has, MEASURED, ESTIMATED).astype(np.int8)
-    # an increase across a gap is spread over the missing nights and the night of the reading
-    # that ends it, in proportion to burning hours (missing nights: FILLED)
-    for s_, k_, p_, inc in gaps:
-        w = hours[p_ + 1 : k_ + 1].astype(np.float64)
-        tot = w.sum()
-        share = w / tot if tot > 0 else np.full(len(w), 1.0 / len(w))
-        energy[s_, p_ + 1 : k_ + 1] += inc * share
-        status[s_, p_ + 1 : k_] = FILLED
-    # nights before the first / after the last reading: estimated from the series' own rate,
-    # Wh per burning hour over the fully measured nights (ratio of sums), else the rated power
-    measured_full = direct & (hours[None, :] > 0)
-    e_full = np.where(measured_full, energy, 0.0).sum(axis=1)
-    h_full = (measured_full * hours[None, :]).sum(axis=1)
-    fallback = max_w / 3.0  # rated LED power (max_w is 3 x rated)
+        x = fv - lv_p
+        rx = okx & (x < 0)  # reset between two half-nights: the new reading counts from 0
+        x = np.where(rx, fv, x)
+        jump = okx & (x > rate * np.maximum(ft - lt_p, 1.0) + 1e-9)
+    x = np.where(okx & ~jump, x, 0.0)
+    inc = np.where(has, inc, 0.0)
+    ecum = np.cumsum(x + inc, axis=1)  # energy at each data bucket's last reading
+    # energy at the edges: between the last data bucket before the edge and the first after it
+    p_e = np.concatenate([np.full((S, 1), -1), last_upto], axis=1)  # [S, K+1]
+    n_e = np.concatenate([next_from, np.full((S, 1), K)], axis=1)
+    defined = (p_e >= 0) & (n_e < K)
+    pe, ne = np.maximum(p_e, 0), np.minimum(n_e, K - 1)
+    Bc = tl.Bc
+    b_lo = tl.B(np.take_along_axis(lt, pe, 1))
+    b_hi = tl.B(np.take_along_axis(ft, ne, 1))
+    den = b_hi - b_lo
     with np.errstate(invalid="ignore", divide="ignore"):
-        rate_h = np.where(h_full > 0, e_full / h_full, fallback)
-    est = status == ESTIMATED
-    if est.any():
-        energy[est] = (rate_h[:, None] * hours[None, :])[est]
-    return energy, status, resets, repl, len(slow)
+        w = np.where(defined & (den > 0), (Bc[None, :] - b_lo) / np.where(den > 0, den, 1.0), 0.0)
+    w = np.clip(w, 0.0, 1.0)
+    e_edge = np.where(defined, np.take_along_axis(ecum, pe, 1) + np.take_along_axis(x, ne, 1) * w, np.nan)
+    # the first and last reading bound what is measured
+    f_b = next_from[:, 0]
+    l_b = last_upto[:, -1]
+    any_data = f_b < K
+    fi, li = np.minimum(f_b, K - 1), np.maximum(l_b, 0)
+    T0 = np.where(any_data, ft[np.arange(S), fi], np.nan)
+    T1 = np.where(any_data, lt[np.arange(S), li], np.nan)
+    e_T0 = np.where(any_data, ecum[np.arange(S), fi] - inc[np.arange(S), fi], np.nan)
+    e_T1 = np.where(any_data, ecum[np.arange(S), li], np.nan)
+    lo_e = np.where(defined[:, :-1], e_edge[:, :-1], np.where(ar[None, :] == f_b[:, None], e_T0[:, None], np.nan))
+    hi_e = np.where(defined[:, 1:], e_edge[:, 1:], np.where(ar[None, :] == l_b[:, None], e_T1[:, None], np.nan))
+    meas_e = np.nan_to_num(hi_e - lo_e)
+    # burning time of each bucket covered by [T0, T1]
+    edges = tl.edges
+    a_ = np.maximum(edges[None, :-1], T0[:, None])
+    b_ = np.minimum(edges[None, 1:], T1[:, None])
+    cov_s = np.where(b_ > a_, tl.B(b_) - tl.B(a_), 0.0)
+    cov_s = np.nan_to_num(cov_s)
+    burn = (tl.be - tl.bs)[None, :]
+    inside = (T0[:, None] <= edges[None, :-1]) & (edges[None, 1:] <= T1[:, None])
+    share = np.where(burn > 0, np.clip(cov_s / np.where(burn > 0, burn, 1.0), 0.0, 1.0), inside.astype(float))
+    h = tl.hours[None, :]
+    meas_h = np.where(has, h * share, 0.0)
+    fill_h = np.where(has, 0.0, h * share)
+    est_h = h * (1.0 - share)
+    # own rate over fully measured buckets (a reading in it and in both neighbours)
+    full = has & np.concatenate([np.zeros((S, 1), bool), has[:, :-1]], 1) & np.concatenate(
+        [has[:, 1:], np.zeros((S, 1), bool)], 1) & (h > 0) & (share >= 1.0)
+    e_full = np.where(full, meas_e, 0.0).sum(1)
+    h_full = np.where(full, h, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own = np.where(h_full > 0, e_full / h_full, max_w / 3.0)
+    est_e = own[:, None] * est_h
+    energy = meas_e + (est_e if partial == "estimate" else 0.0)
+    resets = (rx & period[None, :]).sum(1) + c["resets"][:, 1:-1].sum(1)
+    return {"energy": tl.per_day(energy), "meas_h": tl.per_day(meas_h), "fill_h": tl.per_day(fill_h),
+            "est_h": tl.per_day(est_h), "est_e": tl.per_day(est_e), "resets": resets,
+            "repl": (jump & period[None, :]).sum(1)}
 
 
-def _fast_pass(src: _Summaries, max_w: np.ndarray, candidates: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass over the nights, a row of all the series at a time (no [series, night] matrix):
-    which ``candidates`` have a good reading every night with nothing to correct, and for those
-    the energy per series and per night, computed exactly as :func:`_exact` would.
+def _day_status(meas_h: np.ndarray, fill_h: np.ndarray, est_h: np.ndarray) -> np.ndarray:
+    eps = 1e-9
+    st = np.full(meas_h.shape, PARTIAL, np.int8)
+    st[(est_h <= eps) & (fill_h <= eps)] = MEASURED
+    st[(est_h <= eps) & (fill_h > eps)] = FILLED
+    st[(meas_h + fill_h <= eps) & (est_h > eps)] = ESTIMATED
+    st[(meas_h + fill_h + est_h <= eps)] = MEASURED  # no burning at all that day (polar day)
+    return st
 
-    A series passes when every night has good readings and no decrease (``count`` > 0,
-    ``mono``), no increase goes down between nights, and the largest increase within a night
-    (across a night boundary) is at most the plausible rate times the *shortest* reading span
-    within a night (across a boundary) - which implies the per-night checks of :func:`_exact`,
-    so a series that passes would be sent to no correction there. The others are left to
-    :func:`_exact` (they may well be fine: the bound is only sufficient)."""
-    S, D1 = src.S, src.D1
-    inf = np.inf
-    cnt_min, mono_min = np.full(S, inf), np.full(S, inf)
-    w_max, c_max = np.full(S, -inf), np.full(S, -inf)
-    dw_min, c_min, dc_min = np.full(S, inf), np.full(S, inf), np.full(S, inf)
-    e_l = np.zeros(S)
-    w, c, dt = np.empty(S), np.empty(S), np.empty(S)
-    lv_prev = lt_prev = None
-    for j in range(D1):
-        fv, lv = src.night(j, "first_v"), src.night(j, "last_v")
-        ft, lt = src.night(j, "first_t"), src.night(j, "last_t")
-        np.minimum(cnt_min, src.night(j, "count"), out=cnt_min)
-        np.minimum(mono_min, src.night(j, "mono"), out=mono_min)
-        np.subtract(lv, fv, out=w)
-        np.maximum(w_max, w, out=w_max)  # NaN propagates: such a series fails the test
-        np.subtract(lt, ft, out=dt)
-        np.minimum(dw_min, dt, out=dw_min)
-        if j:
-            np.subtract(fv, lv_prev, out=c)
-            np.minimum(c_min, c, out=c_min)
-            np.maximum(c_max, c, out=c_max)
-            np.subtract(ft, lt_prev, out=dt)
-            np.minimum(dc_min, dt, out=dc_min)
-            np.add(w, c, out=c)  # the night's energy: within + across the boundary
-            e_l += c
-        lv_prev, lt_prev = lv, lt
+
+def _fast_pass(src: Any, tl: Timeline, max_w: np.ndarray, candidates: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Streaming over the half-nights, a row of all the series at a time (no [series, night]
+    matrix): which ``candidates`` have a good reading in every half-night and no increase faster
+    than plausible (the series whose nights :func:`_exact` would compute as all measured), and
+    for those the energy per series and per day and the resets, exactly as :func:`_exact`."""
+    S = len(max_w)
+    N = tl.K // 2
     rate = max_w / 3600.0
-    fast = (candidates & (cnt_min > 0) & (mono_min > 0.5)
-            & (w_max <= rate * np.maximum(dw_min, 1.0) + 1e-9)
-            & (c_min >= 0) & (c_max <= rate * np.maximum(dc_min, 1.0) + 1e-9))
+    ok = candidates.copy()
+    lvp = ltp = None
+    x, dt = np.empty(S), np.empty(S)
+    for j in range(N):
+        ok &= src.night(j, "rmax") <= rate + 1e-9
+        for half in ("e_", "m_"):
+            ok &= src.night(j, half + "count") > 0
+            fv, ft = src.night(j, half + "first_v"), src.night(j, half + "first_t")
+            if lvp is not None:
+                np.subtract(fv, lvp, out=x)
+                np.copyto(x, fv, where=x < 0)
+                np.subtract(ft, ltp, out=dt)
+                np.maximum(dt, 1.0, out=dt)
+                with np.errstate(invalid="ignore"):
+                    ok &= x <= rate * dt + 1e-9
+            lvp, ltp = src.night(j, half + "last_v"), src.night(j, half + "last_t")
+    fast = ok
+    e_l = np.zeros(S)
+    e_d = np.zeros(tl.D)
+    resets = np.zeros(S)
+    if not fast.any():
+        return fast, e_l, e_d, resets
+    ff = fast.astype(np.float64)
+    en_prev = np.zeros(S)
+    bef, aft, den, w = np.empty(S), np.empty(S), np.empty(S), np.empty(S)
+    k = 0
+    for j in range(N):
+        if 1 <= j < N - 1:
+            resets += src.night(j, "resets")
+        for half in ("e_", "m_"):
+            fv, ft = src.night(j, half + "first_v"), src.night(j, half + "first_t")
+            inc = src.night(j, half + "inc")
+            if k == 0:
+                en = inc.copy()
+            else:
+                np.subtract(fv, lvp, out=x)
+                neg = x < 0
+                np.copyto(x, fv, where=neg)
+                if tl.day_of[k] >= 0:
+                    resets += neg
+                # the increase across edge k: its share before the edge is the burning time
+                # from the last reading to the edge over the burning time between the readings
+                np.maximum(ltp, tl.bs[k - 1], out=bef)
+                np.subtract(tl.be[k - 1], bef, out=bef)
+                np.maximum(bef, 0.0, out=bef)
+                np.minimum(ft, tl.be[k], out=aft)
+                np.subtract(aft, tl.bs[k], out=aft)
+                np.maximum(aft, 0.0, out=aft)
+                np.add(bef, aft, out=den)
+                w.fill(0.0)
+                np.divide(bef, den, out=w, where=den > 0)
+                np.multiply(w, x, out=w)
+                en_prev += w
+                d = tl.day_of[k - 1]
+                if d >= 0:
+                    e_l += en_prev
+                    e_d[d] += float(np.dot(ff, np.nan_to_num(en_prev)))
+                en = x - w + inc
+            en_prev = en
+            lvp, ltp = src.night(j, half + "last_v"), src.night(j, half + "last_t")
+            k += 1
     e_l = np.where(fast, e_l, 0.0)
-    # per night totals over the fast series (a second, lighter pass: two rows a night)
-    e_d = np.zeros(D1 - 1)
-    if fast.any():
-        every = bool(fast.all())
-        lv_prev = src.night(0, "last_v")
-        for j in range(1, D1):
-            fv, lv = src.night(j, "first_v"), src.night(j, "last_v")
-            np.subtract(lv, fv, out=w)
-            np.subtract(fv, lv_prev, out=c)
-            np.add(w, c, out=c)
-            e_d[j - 1] = c.sum() if every else c[fast].sum()
-            lv_prev = lv
-    return fast, e_l, e_d
+    return fast, e_l, e_d, np.where(fast, resets, 0.0)
 
 
-def counter_totals(
-    backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray,
-    max_w: np.ndarray, progress: Callable[[str], None] | None = None, bk: Any = None,
-    fast_ok: np.ndarray | None = None,
-) -> CounterTotals:
-    """Energy (Wh) of counter series over the nights (see :class:`CounterTotals`).
+def counter_totals(backend: Backend, keys: Sequence[str], tl: Timeline, max_w: np.ndarray,
+                   progress: Callable[[str], None] | None = None, src: Any = None,
+                   fast_ok: np.ndarray | None = None, partial: str = "estimate") -> CounterTotals:
+    """Energy (Wh) of counter series over the period's days (see :class:`CounterTotals`).
 
-    ``edges`` has one more leading night than the result (its readings only carry the counter
-    across the first boundary). ``bk``: a :class:`historian.rollup.RollupView` or a
-    :class:`historian.base.Buckets` of the counters (pushed down to the backend if None).
-    ``fast_ok``: the series that may be given as totals only (for the KPI: those in service
-    every night); None: every series night by night.
-    """
-    S, D1 = len(keys), len(edges) - 1
-    if bk is None:
-        bk = backend.buckets(keys, edges, counter=True)
-    src = _Summaries(S, D1, view=bk if hasattr(bk, "night") else None, bk=bk)
+    ``src``: per-night summaries (:class:`historian.rollup.RollupView`, or None: computed from
+    the raw readings). ``fast_ok``: the series that may be given as totals only (for the KPI:
+    those in service every day); None: every series day by day. Series with an increase faster
+    than ``max_w`` allows are summarised again from their raw readings with that bound (the jump
+    is a meter replacement: not counted, flagged)."""
+    S, N = len(keys), tl.K // 2
+    if src is None:
+        src = MatrixView(summarize(backend, keys, tl.edges))
+    # readings, fingerprint lanes, time range: a pass over the nights
+    readings = np.zeros(S)
+    lanes = np.zeros((4, S))
+    t_first = np.full(S, np.inf)
+    t_last = np.full(S, -np.inf)
+    for j in range(N):
+        readings += src.night(j, "e_count") + src.night(j, "m_count") + src.night(j, "bad")
+        for i in range(4):
+            lanes[i] += src.night(j, f"h{i}")
+        np.fmin(t_first, src.night(j, "e_first_t"), out=t_first)
+        np.fmin(t_first, src.night(j, "m_first_t"), out=t_first)
+        np.fmax(t_last, src.night(j, "e_last_t"), out=t_last)
+        np.fmax(t_last, src.night(j, "m_last_t"), out=t_last)
+    lanes = np.mod(lanes, 4294967296.0)
     if fast_ok is not None and fast_ok.any():
-        fast, e_l, e_d = _fast_pass(src, max_w, np.asarray(fast_ok, bool))
+        fast, e_l, e_d, res_f = _fast_pass(src, tl, max_w, np.asarray(fast_ok, bool))
     else:
-        fast, e_l, e_d = np.zeros(S, bool), np.zeros(S), np.zeros(D1 - 1)
+        fast, e_l, e_d, res_f = np.zeros(S, bool), np.zeros(S), np.zeros(tl.D), np.zeros(S)
     idx = np.flatnonzero(~fast)
-    energy = np.empty((len(idx), D1 - 1))
-    status = np.empty((len(idx), D1 - 1), np.int8)
-    resets = np.zeros(S, np.int64)
-    repl = np.zeros(S, np.int64)
+    D = tl.D
+    out = {f: np.zeros((len(idx), D)) for f in ("energy", "meas_h", "fill_h", "est_h", "est_e")}
+    resets, repl = res_f.copy(), np.zeros(S)
+    period = tl.day_of >= 0
     n_slow = 0
+    fields = [*(h + f for h in ("e_", "m_") for f in _HALF), "resets", "rmax"]
     for i0 in range(0, len(idx), 2048):  # a few thousand series: temporaries stay in cache
         sel = idx[i0 : i0 + 2048]
-        e_, s_, r_, x_, n_ = _exact(backend, [keys[i] for i in sel.tolist()], edges, hours, max_w[sel],
-                                    src.take(sel))
-        energy[i0 : i0 + len(sel)], status[i0 : i0 + len(sel)] = e_[:, 1:], s_[:, 1:]
-        resets[sel], repl[sel] = r_, x_
-        n_slow += n_
+        c = src.take(sel, fields)
+        mw = max_w[sel]
+        jumpy = (c["rmax"] > (mw / 3600.0)[:, None] + 1e-9).any(axis=1)
+        if jumpy.any():  # meter replacements: those series again from raw, jumps not counted
+            js = sel[jumpy]
+            again = summarize(backend, [keys[i] for i in js.tolist()], tl.edges, max_w[js] / 3600.0)
+            for f in fields:
+                c[f][jumpy] = again[f].T
+            repl[js] += again["repl"][1:-1].sum(0)
+            n_slow += len(js)
+        r = _exact(tl, mw, c, period, partial)
+        for f in out:
+            out[f][i0 : i0 + len(sel)] = r[f]
+        resets[sel] = r["resets"]
+        repl[sel] += r["repl"]
     if n_slow and progress:
-        progress(f"{n_slow} counters with resets or jumps were read raw")
-    return CounterTotals(fast, e_l, e_d, idx, energy, status, resets, repl, n_slow)
+        progress(f"{n_slow} counters with implausible jumps were read raw")
+    status = _day_status(out["meas_h"], out["fill_h"], out["est_h"])
+    return CounterTotals(fast, e_l, e_d, idx, out["energy"], status, out["meas_h"], out["fill_h"], out["est_h"],
+                         out["est_e"], resets, repl, readings, lanes, t_first, t_last, n_slow)
 
 
-def counter_energy(
-    backend: Backend, keys: Sequence[str], edges: np.ndarray, hours: np.ndarray,
-    max_w: np.ndarray, progress: Callable[[str], None] | None = None, bk: Any = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Energy (Wh) per series and night from accumulating counters.
-
-    ``edges`` has one more leading night than the result (its readings only carry the counter
-    across the first boundary). Returns (energy[S, D], status[S, D], resets[S], replacements[S])
-    with status MEASURED / FILLED / ESTIMATED; nights with no way to know are ESTIMATED from
-    the series' own Wh per burning hour (or ``max_w / 3`` ... see the module doc).
-    """
-    ct = counter_totals(backend, keys, edges, hours, max_w, progress, bk)
-    return ct.energy, ct.status, ct.resets, ct.replacements
+def counter_energy(backend: Backend, keys: Sequence[str], tl: Timeline, max_w: np.ndarray,
+                   progress: Callable[[str], None] | None = None, src: Any = None,
+                   partial: str = "estimate") -> CounterTotals:
+    """Every series day by day (cabinet meters, tests): :func:`counter_totals` without totals."""
+    return counter_totals(backend, keys, tl, max_w, progress, src, None, partial)
 
 
 def cabinet_on_hours(backend: Backend, cabs: Sequence[str], edges: np.ndarray, fallback: np.ndarray
@@ -496,37 +615,40 @@ def compute(
     cabinet_meters: bool = True,
     progress: Callable[[str], None] | None = None,
     rollups: Any = None,
+    convention: str = "calendar",
+    partial: str = "estimate",
+    min_measured_pct: float | None = None,
 ) -> EnergyResult:
-    """Savings of the nights ``d0..d1`` (inclusive) for the inventory (see module doc).
+    """Savings of the days ``d0..d1`` (inclusive) for the inventory (see module doc).
 
-    ``rollups`` (:class:`historian.rollup.Rollups`): read per-night counter summaries from
-    there, computing missing or stale nights first, instead of scanning raw data.
+    ``convention``: ``calendar`` (the period is local midnight of ``d0`` to local midnight after
+    ``d1``; nights are cut at the boundaries, baseline hours and metered energy alike) or
+    ``night`` (the nights starting ``d0..d1``, local noon to local noon). ``partial``: burning
+    time not covered by readings is ``estimate``d at the luminaire's own rate, or ``exclude``d
+    from baseline and actual alike. ``min_measured_pct`` (default: the inventory's, else
+    :data:`MIN_MEASURED_PCT`): below that share of burning hours measured the headline says the
+    data are insufficient. ``rollups`` (:class:`historian.rollup.Rollups`): read per-night
+    summaries from there, computing missing or stale nights first, instead of the raw data.
 
-    Nothing of size luminaires x nights is built for the points in service over the whole
-    period whose counters need no correction: their energy is summed while the nights are read
-    (:func:`counter_totals`); baseline and option A are sums of burning hours over each point's
-    service interval. The other points (added/removed in the period, gaps, resets...) are
-    computed night by night.
+    Nothing of size luminaires x days is built for the points in service over the whole period
+    whose counters have a reading in every half-night: their energy is summed while the nights
+    are read (:func:`counter_totals`). The others are computed day by day.
     """
+    if partial not in ("estimate", "exclude"):
+        raise ValueError(f"partial {partial!r}: expected 'estimate' or 'exclude'")
     say = progress or (lambda m: None)
     pts = [p for p in inventory.points if area is None or p.area == area]
     if not pts:
         raise ValueError(f"no luminaire in the inventory{f' for area {area!r}' if area else ''}")
-    days = nights(d0 - timedelta(days=1), d1)  # one carry night first
-    edges = astro.local_noon_utc(np.append(days, days[-1] + 1), tz)
-    if inventory.stipulated_hours is not None:
-        hours_all = np.full(len(days), inventory.stipulated_hours)
-    else:
-        hours_all = astro.burning_hours(lat, lon, days, tz, inventory.on, inventory.off,
-                                        inventory.on_offset_s, inventory.off_offset_s)
-    hours = hours_all[1:]
-    D = len(days) - 1
+    tl = timeline(lat, lon, tz, d0, d1, inventory, convention)
+    D, K = tl.D, tl.K
+    hours = tl.per_day(tl.hours)
     L = len(pts)
-    nd = days[1:]
+    nd = nights(d0, d1)
     e_ord = astro._EPOCH_ORD
     inst = np.fromiter((p.installed.toordinal() - e_ord if p.installed else -(10**9) for p in pts), np.int64, L)
     rem = np.fromiter((p.removed.toordinal() - e_ord if p.removed else 10**9 for p in pts), np.int64, L)
-    # each point is in service over the nights [a, b) of the period (nights are consecutive)
+    # each point is in service over the days [a, b) of the period (days are consecutive)
     a_l = np.clip(inst - nd[0], 0, D)
     b_l = np.maximum(np.clip(rem - nd[0], 0, D), a_l)
     legacy = np.fromiter((p.legacy_w for p in pts), np.float64, L)
@@ -537,14 +659,12 @@ def compute(
     lum_cab = np.fromiter((cab_ix.get(c, -1) for c in cab_of), np.int64, L)
     C = len(cabs)
     measured_note = ""
-    # burning hours by group of points: one group, or per cabinet when measured (+ the points
-    # without a cabinet, on astronomical hours)
     if inventory.measured_hours and cabs:
         say("routine adjustment: measured cabinet on-time")
-        h_cab, n_meas = cabinet_on_hours(backend, cabs, edges[1:], hours)
-        hours_g = np.vstack([h_cab, hours[None, :]])
+        h_cab, n_meas = cabinet_on_hours(backend, cabs, tl.edges, tl.hours)
+        hours_g = np.vstack([tl.per_day(h_cab), hours[None, :]])
         grp = np.where(lum_cab >= 0, lum_cab, C)
-        measured_note = (f"; measured on-time for {n_meas} of {C * D} cabinet-nights, "
+        measured_note = (f"; measured on-time for {n_meas} of {C * K} cabinet half-nights, "
                          "astronomical hours for the others")
     else:
         hours_g = hours[None, :]
@@ -552,11 +672,11 @@ def compute(
     G = len(hours_g)
     cum_h = np.zeros((G, D + 1))
     np.cumsum(hours_g, axis=1, out=cum_h[:, 1:])
-    in_service_h = cum_h[grp, b_l] - cum_h[grp, a_l]  # burning hours of each point while in service
+    in_service_h = cum_h[grp, b_l] - cum_h[grp, a_l]
 
     def in_service(w: np.ndarray, g: np.ndarray, n_g: int, a: np.ndarray = a_l, b: np.ndarray = b_l
                    ) -> np.ndarray:
-        """[group, night]: sum of ``w`` over the points of each group in service that night."""
+        """[group, day]: sum of ``w`` over the points of each group in service that day."""
         flat = np.concatenate([g * (D + 1) + a, g * (D + 1) + b])
         m = np.bincount(flat, np.concatenate([w, -w]), minlength=n_g * (D + 1)).reshape(n_g, D + 1)
         return np.cumsum(m[:, :D], axis=1)
@@ -566,107 +686,146 @@ def compute(
     leg_g = in_service(legacy, grp, G)
     base_l = legacy * in_service_h  # Wh
     base_d = (hours_g * leg_g).sum(0)
-    say(f"baseline: {L} light points x {D} nights")
+    act_hd = (hours_g * in_service(np.ones(L), grp, G)).sum(0)  # luminaire burning hours per day
+    say(f"baseline: {L} light points x {D} days ({convention} periods)")
+
+    night_dates = [d0 - timedelta(days=1) + timedelta(days=k) for k in range(D + 2)]
+
+    def summaries(keys: list[str]) -> Any:
+        if rollups is None:
+            return None
+        rollups.update(backend, keys, tz, night_dates[0], night_dates[-1])
+        return rollups.view(keys, night_dates)
 
     # Option B: luminaire counters
     say("option B: luminaire energy counters")
     max_w = 3.0 * np.maximum(nominal, 1.0)
-    night_dates = [d0 - timedelta(days=1) + timedelta(days=k) for k in range(D + 1)]
-
-    def summaries(keys: list[str], counter: bool = True) -> Any:
-        if rollups is None:
-            return None
-        rollups.update(backend, keys, tz, night_dates[0], night_dates[-1], counter=counter)
-        return rollups.view(keys, night_dates)
-
     e_keys = [f"{p.path}/energy_wh" for p in pts]
-    ct = counter_totals(backend, e_keys, edges, hours_all, max_w, say, summaries(e_keys),
-                        fast_ok=(a_l == 0) & (b_l == D))
-    # the points computed night by night: their nights out of service count for nothing
+    ct = counter_totals(backend, e_keys, tl, max_w, say, summaries(e_keys), fast_ok=(a_l == 0) & (b_l == D),
+                        partial=partial)
     X = ct.idx
     n = np.arange(D)
     act_x = (n[None, :] >= a_l[X, None]) & (n[None, :] < b_l[X, None])
     eb_x = np.where(act_x, ct.energy, 0.0)
     st_x = np.where(act_x, ct.status, INACTIVE)
-    meas_x, fill_x, est_x = st_x == MEASURED, st_x == FILLED, st_x == ESTIMATED
+    h_x = hours_g[grp[X]] if G > 1 else np.broadcast_to(hours[None, :], (len(X), D))
+    # hours measured / filled / estimated, scaled to the group's baseline hours of the day
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tot_x = ct.meas_h + ct.fill_h + ct.est_h
+        scale = np.where(tot_x > 0, h_x / np.where(tot_x > 0, tot_x, 1.0), 0.0)
+    mh_x = np.where(act_x, ct.meas_h * scale, 0.0)
+    fh_x = np.where(act_x, ct.fill_h * scale, 0.0)
+    eh_x = np.where(act_x, ct.est_h * scale, 0.0)
+    ee_x = np.where(act_x, ct.est_e, 0.0)
     eb_l = ct.e_l.copy()
     eb_l[X] = eb_x.sum(1)
     eb_d = ct.e_d + eb_x.sum(0)
-    meas_l = np.where(ct.fast, act_l, 0)  # fast points: measured every night, in service every night
-    meas_l[X] = meas_x.sum(1)
-    fill_l = np.zeros(L, np.int64)
-    fill_l[X] = fill_x.sum(1)
-    est_l = np.zeros(L, np.int64)
-    est_l[X] = est_x.sum(1)
-    meas_d = int(ct.fast.sum()) + meas_x.sum(0)
-    e_by_status = (float(ct.e_l.sum()) + float(eb_x[meas_x].sum()), float(eb_x[fill_x].sum()),
-                   float(eb_x[est_x].sum()))
+    excl_l = np.zeros(L)  # burning hours excluded (partial="exclude")
+    if partial == "exclude" and len(X):
+        excl_l[X] = eh_x.sum(1)
+        base_l = base_l - legacy * excl_l
+        base_d = base_d - (legacy[X, None] * eh_x).sum(0)
+    fast_h = np.where(ct.fast, in_service_h, 0.0)
+    mh_l = fast_h.copy()
+    mh_l[X] = mh_x.sum(1)
+    mh_d = (hours_g * in_service(ct.fast.astype(float), grp, G)).sum(0) + mh_x.sum(0)
+    counts = {}
+    for name, code in (("meas", MEASURED), ("fill", FILLED), ("est", ESTIMATED), ("part", PARTIAL)):
+        c_l = np.zeros(L, np.int64)
+        c_l[X] = (st_x == code).sum(1)
+        counts[name] = c_l
+    counts["meas"] = counts["meas"] + np.where(ct.fast, act_l, 0)
+    meas_d = int(ct.fast.sum()) + (st_x == MEASURED).sum(0)
+    e_est = float(ee_x.sum()) if partial == "estimate" else 0.0
+    e_fill = float(eb_x[st_x == FILLED].sum())
+    e_by_status = (float(eb_l.sum()) - e_fill - e_est, e_fill, e_est)
+    partial_rows = _partial_rows(pts, X, st_x, mh_x, fh_x, eh_x, ee_x, nd, partial)
 
-    # Option A: measured full-output power x stipulated hours
+    # Option A: measured full-output power x burning hours
     say("option A: measured LED power x burning hours")
     p_keys = [f"{p.path}/power_w" for p in pts]
     if set(p_keys).isdisjoint(backend.series("*/power_w")):
         p_led = nominal  # no power recorded: rated power stands in
     else:
-        pv = summaries(p_keys, counter=False)
+        pv = summaries(p_keys)
         if pv is None:
-            pk = backend.buckets(p_keys, edges)
-            pm = np.full((D + 1, L), np.nan)
-            okp = (pk.bucket >= 0) & (pk.bucket <= D) & (pk.count > 0)
-            pm[pk.bucket[okp], pk.sid[okp]] = pk.vmax[okp]
-
-            def pmax_night(j: int) -> np.ndarray:
-                return pm[j]
-        else:
-            def pmax_night(j: int) -> np.ndarray:
-                return np.where(pv.night(j, "count") > 0, pv.night(j, "vmax"), np.nan)
+            pv = MatrixView(summarize(backend, p_keys, tl.edges))
         # nights it never lit say nothing about its power: the mean of the nightly maxima > 1 W
         p_sum, n_p = np.zeros(L), np.zeros(L, np.int64)
-        for j in range(D + 1):
-            pmax = pmax_night(j)
+        for j in range(1, D + 1):
+            pmax = pv.night(j, "vmax")
             with np.errstate(invalid="ignore"):
                 lit = pmax > 1.0
             p_sum += np.where(lit, pmax, 0.0)
             n_p += lit
         p_led = np.where(n_p > 0, p_sum / np.maximum(n_p, 1), nominal)
-    ea_l = p_led * in_service_h
+    ea_l = p_led * (in_service_h - excl_l)
     ea_d = (hours_g * in_service(p_led, grp, G)).sum(0)
 
     # Option C: cabinet meters against the baseline of the points behind each cabinet
-    # (without cabinet meters, or without a cabinet, no option C: nothing is read or shown)
     ec = np.zeros((C, D))
     st_c = np.zeros((C, D), np.int8)
     ec_valid = np.zeros(C, bool)
+    c_totals = None
     if cabinet_meters and cabs:
         say("option C: cabinet energy meters")
         cab_max = np.zeros(C)
         np.add.at(cab_max, lum_cab[lum_cab >= 0], 3.0 * legacy[lum_cab >= 0])
         c_keys = [f"{c}/energy_wh" for c in cabs]
-        ec, st_c, _, _ = counter_energy(backend, c_keys, edges, hours_all, np.maximum(cab_max, 1.0), say,
-                                        summaries(c_keys))
-        present = (st_c != ESTIMATED).any(axis=1)
+        c_totals = counter_energy(backend, c_keys, tl, np.maximum(cab_max, 1.0), say, summaries(c_keys))
+        ec, st_c = c_totals.energy, c_totals.status
+        present = c_totals.readings > 0
         ec = np.where(present[:, None], ec, np.nan)  # a cabinet without a meter: no option C
         ec_valid = ~np.isnan(ec).any(axis=1)
-    # baseline per night of the cabinets with a meter (the others have no option C)
     if not ec_valid.any():
         base_cab = np.zeros((0, D))
-    elif G > 1:  # measured hours: the groups are the cabinets
+    elif G > 1:
         base_cab = hours_g[:C][ec_valid] * leg_g[:C][ec_valid]
     else:
-        v_ix = np.cumsum(ec_valid) - 1  # cabinet -> row among those with a meter
+        v_ix = np.cumsum(ec_valid) - 1
         on_cab = lum_cab >= 0
         on_cab[on_cab] = ec_valid[lum_cab[on_cab]]
         base_cab = hours[None, :] * in_service(legacy[on_cab], v_ix[lum_cab[on_cab]], int(ec_valid.sum()),
                                                a_l[on_cab], b_l[on_cab])
 
     say("aggregating")
-    lum = {"base": base_l, "eb": eb_l, "ea": ea_l, "act": act_l, "meas": meas_l, "fill": fill_l, "est": est_l,
-           "resets": ct.resets, "repl": ct.replacements}
-    night = {"base": base_d, "eb": eb_d, "ea": ea_d, "act": act_d, "meas": meas_d}
-    res = _assemble(inventory, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_valid, base_cab, ec, st_c,
-                    backend, d0, d1, area)
+    fp = Fingerprint()
+    used = [(e_keys, ct)] + ([(c_keys, c_totals)] if c_totals is not None else [])
+    for keys_, tot in used:
+        for i in np.flatnonzero(tot.readings > 0).tolist():
+            fp.add_series(keys_[i], int(tot.readings[i]), tot.lanes[:, i],
+                          float(tot.t_first[i]) if np.isfinite(tot.t_first[i]) else None,
+                          float(tot.t_last[i]) if np.isfinite(tot.t_last[i]) else None)
+    lum = {"base": base_l, "eb": eb_l, "ea": ea_l, "act": act_l, "meas": counts["meas"], "fill": counts["fill"],
+           "est": counts["est"], "part": counts["part"], "resets": ct.resets, "repl": ct.replacements,
+           "mh": mh_l, "h": in_service_h, "readings": ct.readings}
+    night = {"base": base_d, "eb": eb_d, "ea": ea_d, "act": act_d, "meas": meas_d, "mh": mh_d, "h": act_hd}
+    threshold = (min_measured_pct if min_measured_pct is not None else
+                 inventory.min_measured_pct if inventory.min_measured_pct is not None else MIN_MEASURED_PCT)
+    res = _assemble(inventory, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_valid, base_cab, ec,
+                    st_c, backend, d0, d1, area, tl, partial, threshold, fp, e_keys)
     res.inputs["hours_method"] += measured_note
+    res.tables["partial_nights"] = partial_rows
     return res
+
+
+def _partial_rows(pts: list[LightPoint], X: np.ndarray, st: np.ndarray, mh: np.ndarray, fh: np.ndarray,
+                  eh: np.ndarray, ee: np.ndarray, nd: np.ndarray, partial: str) -> list[dict[str, Any]]:
+    """One row per luminaire-day not fully measured (partial, filled or estimated)."""
+    rows = []
+    names = {MEASURED: "measured", FILLED: "filled", ESTIMATED: "estimated", PARTIAL: "partial"}
+    for i, k in np.argwhere((st == PARTIAL) | (st == FILLED) | (st == ESTIMATED)).tolist():
+        tot = mh[i, k] + fh[i, k] + eh[i, k]
+        rows.append({"luminaire": pts[int(X[i])].path,
+                     "day": str(date.fromordinal(int(nd[k]) + astro._EPOCH_ORD)), "status": names[int(st[i, k])],
+                     "burning_h": round(float(tot), 4),
+                     "measured_pct": round(100.0 * float(mh[i, k]) / tot, 3) if tot > 0 else None,
+                     "filled_pct": round(100.0 * float(fh[i, k]) / tot, 3) if tot > 0 else None,
+                     "estimated_kwh": round(float(ee[i, k]) / 1000.0, 6) if partial == "estimate" else None,
+                     "treatment": ("estimated at the luminaire's own rate" if partial == "estimate"
+                                   else "excluded from baseline and actual") if eh[i, k] > 1e-9 else
+                     "increase across the gap shared by burning hours"})
+    return rows
 
 
 def _pct(saved: float, base: float) -> float | None:
@@ -682,22 +841,24 @@ def _luminaire_rows(c: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"luminaire": p.path, "cabinet": p.cabinet, "area": p.area, "legacy_w": p.legacy_w,
          "baseline_kwh": _kwh(b), "actual_kwh_b": _kwh(a), "savings_pct_b": _pct(b - a, b),
-         "nights_in_service": int(n_act),
-         "completeness_pct": round(100.0 * m_ / n_act, 3) if n_act else None,
-         "filled_nights": int(f_), "estimated_nights": int(e_), "counter_resets": int(r_), "meter_replacements": int(x_)}
-        for p, b, a, n_act, m_, f_, e_, r_, x_ in zip(
-            c["points"], c["base"].tolist(), c["eb"].tolist(), c["act"].tolist(), c["meas"].tolist(),
-            c["fill"].tolist(), c["est"].tolist(), c["resets"].tolist(), c["repl"].tolist(), strict=True)
+         "days_in_service": int(n_act),
+         "measured_pct": round(100.0 * mh / h, 3) if h > 0 else None,
+         "measured_days": int(m_), "partial_days": int(pa_), "filled_days": int(f_), "estimated_days": int(e_),
+         "counter_resets": int(r_), "meter_replacements": int(x_), "readings": int(rd_)}
+        for p, b, a, n_act, mh, h, m_, pa_, f_, e_, r_, x_, rd_ in zip(
+            c["points"], c["base"].tolist(), c["eb"].tolist(), c["act"].tolist(), c["mh"].tolist(), c["h"].tolist(),
+            c["meas"].tolist(), c["part"].tolist(), c["fill"].tolist(), c["est"].tolist(), c["resets"].tolist(),
+            c["repl"].tolist(), c["readings"].tolist(), strict=True)
     ]
 
 
 def _group_rows(cc: dict[str, Any], name: str, sel: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Rows of the groups ``sel`` (all by default) from their sums (see ``group_cols``)."""
     ks = range(len(cc["lab"])) if sel is None else sel.tolist()
-    n, gb, ga, gaa, gact, gmeas = (cc[k].tolist() for k in ("n", "base", "eb", "ea", "act", "meas"))
+    n, gb, ga, gaa, gmh, gh = (cc[k].tolist() for k in ("n", "base", "eb", "ea", "mh", "h"))
     return [{name: str(cc["lab"][k]), "luminaires": int(n[k]), "baseline_kwh": _kwh(gb[k]),
              "actual_kwh_b": _kwh(ga[k]), "actual_kwh_a": _kwh(gaa[k]), "savings_pct_b": _pct(gb[k] - ga[k], gb[k]),
-             "completeness_pct": round(100.0 * gmeas[k] / gact[k], 3) if gact[k] else None}
+             "measured_pct": round(100.0 * gmh[k] / gh[k], 3) if gh[k] > 0 else None}
             for k in ks]
 
 
@@ -716,58 +877,67 @@ def _cabinet_rows(cc: dict[str, Any], sel: np.ndarray | None = None) -> list[dic
 
 
 def _assemble(inv, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_valid, base_cab, ec, st_c, backend,
-              d0, d1, area) -> EnergyResult:
-    """Every table of the report from the totals per luminaire (``lum``) and per night
+              d0, d1, area, tl, partial, threshold, fp, e_keys) -> EnergyResult:
+    """Every table of the report from the totals per luminaire (``lum``) and per day
     (``night``): grouped sums with bincount; the luminaire table is built on demand."""
     D = len(nd)
     target = inv.target_pct
-    base_l, eb_l, ea_l, act_l, meas_l = lum["base"], lum["eb"], lum["ea"], lum["act"], lum["meas"]
-    base_d, eb_d, ea_d, act_d, meas_d = night["base"], night["eb"], night["ea"], night["act"], night["meas"]
+    base_l, eb_l, ea_l = lum["base"], lum["eb"], lum["ea"]
+    base_d, eb_d, ea_d = night["base"], night["eb"], night["ea"]
     have_c = bool(ec_valid.any())  # base_cab: rows of the cabinets with a meter only
     cb_d = base_cab.sum(0) if have_c else np.zeros(D)
     ec_d = np.nansum(ec[ec_valid], axis=0) if have_c else np.zeros(D)
-
-    act_n, meas_n = int(act_l.sum()), int(meas_l.sum())
-    filled, estim = int(lum["fill"].sum()), int(lum["est"].sum())
+    H, MH = float(lum["h"].sum()), float(lum["mh"].sum())
+    measured = round(100.0 * MH / H, 3) if H > 0 else 0.0
+    sufficient = measured >= threshold
     B = float(base_l.sum())
 
     def summary_row(option: str, actual: float, base: float, complete: float | None) -> dict[str, Any]:
+        met = bool(base > 0 and 100 * (base - actual) / base >= target)
         return {"option": option, "baseline_kwh": _kwh(base), "actual_kwh": _kwh(actual),
                 "saved_kwh": _kwh(base - actual), "savings_pct": _pct(base - actual, base),
-                "target_pct": target, "target_met": bool(base > 0 and 100 * (base - actual) / base >= target),
-                "completeness_pct": complete}
+                "target_pct": target, "target_met": met if sufficient else None,
+                "measured_pct": complete}
 
-    completeness = round(100.0 * meas_n / act_n, 3) if act_n else None
     summary = [
         summary_row("A: measured power x burning hours", float(ea_l.sum()), B, None),
-        summary_row("B: luminaire D4i counters", float(eb_l.sum()), B, completeness),
+        summary_row("B: luminaire D4i counters", float(eb_l.sum()), B, measured),
     ]
     if have_c:
-        cc = round(100.0 * float((st_c[ec_valid] == MEASURED).sum()) / st_c[ec_valid].size, 3)
-        summary.append(summary_row("C: cabinet meters", float(ec_d.sum()), float(cb_d.sum()), cc))
-    # uncertainty: meter accuracy on measured nights, more on filled/estimated ones (option B)
+        cc_ = round(100.0 * float((st_c[ec_valid] == MEASURED).sum()) / st_c[ec_valid].size, 3)
+        summary.append(summary_row("C: cabinet meters", float(ec_d.sum()), float(cb_d.sum()), cc_))
     e_meas, e_fill, e_est = e_by_status
     u_abs = math.sqrt((U_METER * e_meas) ** 2 + (U_FILLED * e_fill) ** 2 + (U_ESTIMATED * e_est) ** 2)
     u_pts = 100.0 * u_abs / B if B > 0 else float("nan")
+    n_days = int(lum["act"].sum())
+    part, fill, est = int(lum["part"].sum()), int(lum["fill"].sum()), int(lum["est"].sum())
     uncertainty = (
         f"Option B savings {summary[1]['savings_pct']} % +/- {u_pts:.2f} percentage points (1 sigma; "
-        f"docs/energy-kpi.md): {100 * meas_n / max(act_n, 1):.2f} % of luminaire-nights measured, "
-        f"{100 * filled / max(act_n, 1):.2f} % filled across gaps, {100 * estim / max(act_n, 1):.2f} % estimated; "
-        f"assumed relative uncertainty {U_METER:.0%} measured, {U_FILLED:.0%} filled, {U_ESTIMATED:.0%} estimated."
+        f"docs/energy-kpi.md): {measured:.2f} % of the burning hours measured; of {n_days:,} luminaire-days, "
+        f"{part:,} partial, {fill:,} filled across gaps, {est:,} estimated; assumed relative uncertainty "
+        f"{U_METER:.0%} measured, {U_FILLED:.0%} filled, {U_ESTIMATED:.0%} estimated."
     )
     for r in summary:
         r["uncertainty_pts"] = round(u_pts, 3) if r["option"].startswith("B") else None
+    b_pct = summary[1]["savings_pct"]
+    if not sufficient:
+        headline = (f"DATA INSUFFICIENT: {measured:.2f} % of the burning hours measured, under the {threshold:g} % "
+                    f"required (docs/energy-kpi.md, completeness): no savings figure can be signed off. The "
+                    f"{'estimated' if partial == 'estimate' else 'partial'} figure, {b_pct} %, is for information only.")
+    else:
+        headline = (f"Option B (the contract figure): {b_pct} % saved against the {target:g} % target: "
+                    f"{'met' if summary[1]['target_met'] else 'NOT met'}; {measured:.2f} % of the burning hours "
+                    f"measured (threshold {threshold:g} %).")
 
-    # months (option B is the contract figure; A and C beside it) and the cumulative trajectory
     day_dates = [date.fromordinal(int(d) + astro._EPOCH_ORD) for d in nd]
     month_lab, mi = np.unique(np.array([f"{x.year:04d}-{x.month:02d}" for x in day_dates]), return_inverse=True)
     M = len(month_lab)
 
     def by_month(x: np.ndarray) -> list[float]:
-        return np.bincount(mi, weights=x.astype(np.float64), minlength=M).tolist()
+        return np.bincount(mi, weights=np.asarray(x, np.float64), minlength=M).tolist()
 
     mb, mab, maa, mcb, mac = by_month(base_d), by_month(eb_d), by_month(ea_d), by_month(cb_d), by_month(ec_d)
-    mact, mmeas, mn, mh = by_month(act_d), by_month(meas_d), by_month(np.ones(D)), by_month(hours)
+    mmh, mhh, mn, mh = by_month(night["mh"]), by_month(night["h"]), by_month(np.ones(D)), by_month(hours)
     monthly = []
     cum_b = cum_a = 0.0
     for k, m in enumerate(month_lab.tolist()):
@@ -775,16 +945,15 @@ def _assemble(inv, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_va
         cum_b += b
         cum_a += a_b
         monthly.append({
-            "month": m, "nights": int(mn[k]), "burning_hours": round(mh[k], 3),
+            "month": m, "days": int(mn[k]), "burning_hours": round(mh[k], 3),
             "baseline_kwh": _kwh(b), "actual_kwh_a": _kwh(a_a), "actual_kwh_b": _kwh(a_b),
             "actual_kwh_c": _kwh(mac[k]) if have_c else None, "savings_pct_a": _pct(b - a_a, b),
             "savings_pct_b": _pct(b - a_b, b), "savings_pct_c": _pct(mcb[k] - mac[k], mcb[k]) if have_c else None,
             "saved_kwh_b": _kwh(b - a_b),
-            "completeness_pct": round(100.0 * mmeas[k] / mact[k], 3) if mact[k] else None,
+            "measured_pct": round(100.0 * mmh[k] / mhh[k], 3) if mhh[k] > 0 else None,
             "cumulative_savings_pct_b": _pct(cum_b - cum_a, cum_b), "target_pct": target,
         })
 
-    # contract years
     start = inv.contract_start or d0
     yi = np.array([_contract_year(start, x.toordinal()) if x >= start else 0 for x in day_dates])
     years = []
@@ -801,26 +970,23 @@ def _assemble(inv, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_va
         G = len(lab)
 
         def g(x: np.ndarray) -> np.ndarray:
-            return np.bincount(inv_, weights=x.astype(np.float64), minlength=G)
+            return np.bincount(inv_, weights=np.asarray(x, np.float64), minlength=G)
 
         return {"lab": lab, "n": g(np.ones(len(inv_))), "base": g(base_l), "eb": g(eb_l), "ea": g(ea_l),
-                "act": g(act_l), "meas": g(meas_l)}
+                "mh": g(lum["mh"]), "h": g(lum["h"])}
 
     area_of_pt = [p.area for p in pts]
     area_lab = sorted(set(area_of_pt))
     area_ix = {a: i for i, a in enumerate(area_lab)}
     areas = _group_rows(group_cols(area_lab, np.fromiter((area_ix[a] for a in area_of_pt), np.int64, len(pts))),
                         "area")
-    no_cab = bool((lum_cab < 0).any())  # points without a cabinet: the group "" (sorts first)
+    no_cab = bool((lum_cab < 0).any())
     cc = group_cols(([""] if no_cab else []) + list(cabs), lum_cab + int(no_cab))
     area_of = {p.cabinet: p.area for p in pts}
     cc["area"] = [area_of.get(c, "") for c in cc["lab"]]
-    # option C of the cabinets with a meter: group -> (actual, baseline) Wh
     cab_c = np.flatnonzero(ec_valid)
     cc["c"] = dict(zip((cab_c + int(no_cab)).tolist(), zip(np.nansum(ec[cab_c], axis=1).tolist(),
                                                             base_cab.sum(1).tolist(), strict=True), strict=True))
-    # the 10 worst by option B savings: rows built for the candidates only (those within
-    # rounding of the 10th lowest), sorted as the whole table would be
     gb, ge = cc["base"], cc["eb"]
     ok = gb > 0
     cand = ok
@@ -829,16 +995,35 @@ def _assemble(inv, pts, nd, hours, lum, night, e_by_status, cabs, lum_cab, ec_va
             raw_pct = np.where(ok, 100.0 * (gb - ge) / np.where(ok, gb, 1.0), np.inf)
         cand = ok & (raw_pct <= np.partition(raw_pct, 9)[9] + 0.002)
     worst = sorted(_cabinet_rows(cc, np.flatnonzero(cand)), key=lambda r: r["savings_pct_b"])[:10]
+    zi = ZoneInfo(tl.tz)
+    iso = (lambda t: datetime.fromtimestamp(t, zi).isoformat(timespec="seconds"))  # noqa: E731
+    p0, p1 = tl.edges[np.flatnonzero(tl.day_of >= 0)[0]], tl.edges[np.flatnonzero(tl.day_of >= 0)[-1] + 1]
+    fpd = fp.as_dict(iso)
     inputs = {
         "inventory": inv.source, "inventory_sha256": inv.sha256, "period_from": str(d0), "period_to": str(d1),
-        "area": area or "all", "nights": D, "luminaires": len(pts), "cabinets": len(cabs),
+        "period": (f"{iso(p0)} to {iso(p1)} (" + ("calendar days: local midnight to local midnight; the nights "
+                   "at its ends are cut at midnight, baseline hours and metered energy alike"
+                   if tl.convention == "calendar" else "nights: local noon to local noon, each night counted "
+                   "whole on the date it starts") + ")"),
+        "area": area or "all", "days": D, "luminaires": len(pts), "cabinets": len(cabs),
         "burning_hours": round(float(hours.sum()), 3),
         "hours_method": (f"stipulated {inv.stipulated_hours} h per night" if inv.stipulated_hours is not None
                          else f"astronomical clock {inv.on}{inv.on_offset_s:+.0f}s -> {inv.off}{inv.off_offset_s:+.0f}s"
                          + (" (reference); baseline from measured cabinet on-time" if inv.measured_hours else "")),
+        "partial_data": ("burning time not covered by readings estimated at each luminaire's own Wh per burning hour"
+                         if partial == "estimate" else "burning time not covered by readings excluded from baseline "
+                         "and actual"),
+        "measured_threshold_pct": threshold,
+        "data_readings": fpd["readings"], "data_series": fpd["series"],
+        "data_first_reading": fpd["from"], "data_last_reading": fpd["to"],
+        "data_sha256": fpd["content_sha256"],
+        "data_export": (f"scada historian export --inventory {inv.source} --from {iso(tl.edges[0])} "
+                        f"--to {iso(tl.edges[-1])} --out FILE; scada historian fingerprint FILE --status-col status "
+                        "gives data_sha256 (docs/historian.md, data fingerprint)"),
         "backend": backend.describe(), "method": "docs/energy-kpi.md (IPMVP options A, B, C)",
     }
-    return EnergyResult(inputs, summary, monthly, years, areas, cc, worst, {**lum, "points": pts}, uncertainty)
+    return EnergyResult(inputs, summary, monthly, years, areas, cc, worst, {**lum, "points": pts}, uncertainty,
+                        headline=headline)
 
 
 def _contract_year(start: date, ordinal: int) -> int:

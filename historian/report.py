@@ -236,7 +236,7 @@ def energy_doc(r: dict[str, Any]) -> Doc:
     months = [x["month"] for x in m]
     target = r["summary"][0]["target_pct"] if r["summary"] else 65.0
     sections: list[tuple[str, list[Block]]] = [
-        ("Result", [Table(r["summary"]), Note(r["uncertainty"])]),
+        ("Result", [Note(r.get("headline", "")), Table(r["summary"]), Note(r["uncertainty"])]),
         ("Monthly savings against the target", [Chart(bar_chart(
             "Savings per month (%)", months,
             [("B: D4i counters", [x["savings_pct_b"] for x in m]), ("A: power x hours", [x["savings_pct_a"] for x in m]),
@@ -246,8 +246,8 @@ def energy_doc(r: dict[str, Any]) -> Doc:
         ("Baseline and actual energy", [Chart(bar_chart(
             "Energy per month (kWh)", months,
             [("baseline", [x["baseline_kwh"] for x in m]), ("actual (B)", [x["actual_kwh_b"] for x in m])], unit=""))]),
-        ("Data completeness", [Chart(bar_chart("Measured luminaire-nights (%)", months,
-                                               [("completeness", [x["completeness_pct"] for x in m])], unit=" %",
+        ("Data completeness", [Chart(bar_chart("Burning hours measured (%)", months,
+                                               [("measured", [x["measured_pct"] for x in m])], unit=" %",
                                                ymax=100.0))]),
         ("Worst cabinets", [Chart(hbar_chart("Savings of the 10 worst cabinets (%, option B)",
                                              [x["cabinet"] for x in r["worst_cabinets"]],
@@ -259,6 +259,8 @@ def energy_doc(r: dict[str, Any]) -> Doc:
         ("Areas", [Table(r["areas"])]),
         ("Cabinets", [Table(r["cabinets"], limit=500)]),
         ("Luminaires", [Table(r["luminaires"], limit=500)]),
+        ("Days not fully measured (partial, filled across a gap, estimated)",
+         [Table(r.get("partial_nights", []), limit=500)]),
     ]
     return Doc("Public lighting energy savings (IPMVP)", r["inputs"], sections)
 
@@ -435,6 +437,7 @@ def _col_widths(pdf: Any, heads: list[str], cells: list[list[str]], pad: float) 
     least = [max(b, min(p, 25.0)) for b, p in zip(body, part, strict=True)]
     room = pdf.epw - sum(least)
     if room <= 0:  # too many columns even so: shrink everything, values wrap
-        return [w * pdf.epw / sum(least) for w in least]
+        return [w * (pdf.epw - 1e-6) / sum(least) for w in least]
     want = [f - le for f, le in zip(full, least, strict=True)]
-    return [le + room * w / sum(want) for le, w in zip(least, want, strict=True)]
+    out = [le + room * w / sum(want) for le, w in zip(least, want, strict=True)]
+    return [w * (pdf.epw - 1e-6) / sum(out) for w in out]  # rounding must not exceed the page

@@ -1,16 +1,20 @@
-"""Daily (per-night) roll-ups of counters, so a year's KPI reads 366 small files instead of a
+"""Per-night roll-ups of counters and power, so a year's KPI reads 366 small files instead of a
 billion raw values.
 
-One file per point and night (local noon to local noon, as the KPI counts):
+One file per point and night (local noon to local noon):
 ``<dir>/night-YYYY-MM-DD.<point>.npy``, one float64 matrix (no zip, read with one ``fromfile``,
-each field a contiguous row) holding per series (columns) its id, the first and last good
-reading (time, value), the maximum, good and bad counts and a monotonic flag - the
-:class:`historian.base.Buckets` summary the KPI consumes. Column 0 is a header: id -1, in
-the ``count`` row the highest block sequence number of the embedded store the night was
-computed from, and in the ``first_t`` row a 52-bit hash of the id row (0 in files written before
-it existed), so a reader checks that a night holds exactly its series without reading the ids.
-Series are numbered in ``<dir>/keys.txt`` (append-only). Files are memory-mapped and the maps
-kept (per path, file identity and modification time) for the next report in the same process.
+each field a contiguous row) holding per series (columns) its id and the fields of
+:data:`historian.summary.FIELDS`: per half-night (evening to local midnight, morning after it)
+the first and last good reading, the good readings and the reset-aware sum of the increments
+inside it; per night the bad readings, resets, fastest increase, maximum and fingerprint lanes.
+Resets are thus resolved when the night is rolled up, once: a report never re-reads a
+luminaire's year because its counter was reset (issue 17). Column 0 is a header: id -1, in
+the ``e_count`` row the highest block sequence number of the embedded store the night was
+computed from, in the ``e_first_t`` row a 52-bit hash of the id row (so a reader checks that a
+night holds exactly its series without reading the ids), in the ``vmax`` row the layout
+version (:data:`FORMAT`; a file of another layout is recomputed). Series are numbered in
+``<dir>/keys.txt`` (append-only). Files are memory-mapped and the maps kept (per path, file
+identity and modification time) for the next report in the same process.
 
 Staleness: a night whose time range is touched by a block written after the roll-up (a spool
 replay after an outage, a late import) is recomputed on the next :meth:`Rollups.update`; for
@@ -31,15 +35,13 @@ import numpy as np
 
 from scada import astro
 
-from .base import Backend, Buckets
+from .base import Backend
+from .summary import FIELDS, MISSING, night_edges, summarize
 
-FIELDS = ("first_t", "first_v", "last_t", "last_v", "vmax", "count", "bad", "mono")
 ROWS = ("id", *FIELDS)
 R = {name: i for i, name in enumerate(ROWS)}
-DTYPE = {"count": np.int64, "bad": np.int64, "mono": bool}
-#: value of a field for a series absent from a night's file (no data that night)
-MISSING = {"first_t": np.nan, "first_v": np.nan, "last_t": np.nan, "last_v": np.nan, "vmax": np.nan,
-           "count": 0.0, "bad": 0.0, "mono": 1.0}
+#: layout version, in the header of the ``vmax`` row (files of another layout are recomputed)
+FORMAT = 2.0
 _HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
 
 
@@ -131,14 +133,15 @@ class Rollups:
         for f in FIELDS:
             mat[R[f], 1:] = cols[f]
         old = self._load(night, point)
-        if old is not None:
+        if old is not None and old.shape[0] == len(ROWS) and old[R["vmax"], 0] == FORMAT:
             keep = ~np.isin(old[R["id"], 1:], ids)
             if keep.any():
                 mat = np.concatenate([mat[:, :1], old[:, 1:][:, keep], mat[:, 1:]], axis=1)
-                seq = min(seq, int(old[R["count"], 0])) if seq >= 0 else seq
+                seq = min(seq, int(old[R["e_count"], 0])) if seq >= 0 else seq
         mat[:, 0] = 0.0
-        mat[R["id"], 0], mat[R["count"], 0] = -1, seq
-        mat[R["first_t"], 0] = ids_hash(mat[R["id"], 1:])
+        mat[R["id"], 0], mat[R["e_count"], 0] = -1, seq
+        mat[R["e_first_t"], 0] = ids_hash(mat[R["id"], 1:])
+        mat[R["vmax"], 0] = FORMAT
         p = self.path(night, point)
         tmp = p + ".tmp.npy"
         np.save(tmp, mat)
@@ -163,14 +166,11 @@ class Rollups:
 
     def update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
                force: bool = False, counter: bool = True) -> int:
-        """(Re)compute the nights ``d0..d1`` that are missing or stale; returns how many.
-        ``counter``: the series are accumulating counters (cheaper summary, see
-        :meth:`historian.base.Backend.buckets`)."""
+        """(Re)compute the nights ``d0..d1`` that are missing or stale; returns how many."""
         with self.locked():
-            return self._update(backend, keys, tz, d0, d1, force, counter)
+            return self._update(backend, keys, tz, d0, d1, force)
 
-    def _update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date,
-                force: bool, counter: bool) -> int:
+    def _update(self, backend: Backend, keys: Sequence[str], tz: str, d0: date, d1: date, force: bool) -> int:
         nights = [d0 + timedelta(days=k) for k in range((d1 - d0).days + 1)]
         point = _point(keys)
         seq_now, blocks = _blocks(backend)
@@ -178,38 +178,30 @@ class Rollups:
         h = ids_hash(ids)
         todo = [n for n in nights if force or self._stale(n, point, ids, h, tz, seq_now, blocks)]
         runs: list[list[date]] = []
-        for n in todo:  # contiguous runs: one push-down each
-            if runs and (n - runs[-1][-1]).days == 1:
+        # contiguous runs, a few million readings at most each (one scan, one sort)
+        per_run = max(1, 3_000_000 // max(1, 100 * len(keys)))
+        for n in todo:
+            if runs and (n - runs[-1][-1]).days == 1 and len(runs[-1]) < per_run:
                 runs[-1].append(n)
             else:
                 runs.append([n])
         for run in runs:
-            edges = astro.local_noon_utc(astro.to_dates([*run, run[-1] + timedelta(days=1)]), tz)
-            bk = backend.buckets(keys, edges, counter=counter)
+            edges = night_edges(astro.to_dates(run), tz)
+            sm = summarize(backend, keys, edges)
             for j, night in enumerate(run):
-                m = bk.bucket == j
-                s = bk.sid[m]
-                # series without a point that night are stored as empty rows: known, no data
-                full: dict[str, np.ndarray] = {f: np.full(len(keys), np.nan) for f in FIELDS[:5]}
-                full.update(count=np.zeros(len(keys), np.int64), bad=np.zeros(len(keys), np.int64),
-                            mono=np.ones(len(keys), bool))
-                for f, src in (("first_t", bk.first_t), ("first_v", bk.first_v), ("last_t", bk.last_t),
-                               ("last_v", bk.last_v), ("vmax", bk.vmax), ("count", bk.count), ("bad", bk.bad),
-                               ("mono", bk.monotonic)):
-                    full[f][s] = src[m]
-                self.write_night(night, point, list(keys), full, seq_now)
+                self.write_night(night, point, list(keys), {f: sm[f][j] for f in FIELDS}, seq_now)
         return len(todo)
 
     def _stale(self, night: date, point: str, ids: np.ndarray, h: float, tz: str, seq_now: int,
                blocks: list[tuple[int, int, int]]) -> bool:
         arr = self._map(night, point)
-        if arr is None:
+        if arr is None or arr.shape[0] != len(ROWS) or arr[R["vmax"], 0] != FORMAT:
             return True
         if not _aligned(arr, ids, h):
             have = arr[R["id"], 1:]
             if not np.isin(ids, have).all():
                 return True
-        seq = int(arr[R["count"], 0])
+        seq = int(arr[R["e_count"], 0])
         if seq_now < 0 or seq >= seq_now:
             return False
         a, b = astro.local_noon_utc(astro.to_dates([night, night + timedelta(days=1)]), tz) * 1e6
@@ -227,24 +219,6 @@ class Rollups:
                 return None
             arrs.append(arr)
         return RollupView(ids, arrs, len(self._keys))
-
-    def matrices(self, keys: Sequence[str], nights: Sequence[date],
-                 fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray] | None:
-        """[series, night] float64 matrices of ``fields`` (count and mono as 0.0/1.0), or None
-        if a night is missing."""
-        v = self.view(keys, nights)
-        return None if v is None else v.rows(0, len(keys), fields)
-
-    def buckets(self, keys: Sequence[str], nights: Sequence[date]) -> Buckets | None:
-        """The stored summaries as a :class:`Buckets` (bucket = night position)."""
-        m = self.matrices(keys, nights)
-        if m is None:
-            return None
-        m = {f: (a.astype(DTYPE[f]) if f in DTYPE else a) for f, a in m.items()}
-        s, k = np.nonzero((m["count"] + m["bad"]) > 0)
-        return Buckets(list(keys), s.astype(np.int64), k.astype(np.int64), m["first_t"][s, k], m["first_v"][s, k],
-                       m["last_t"][s, k], m["last_v"][s, k], np.full(len(s), np.nan), m["vmax"][s, k],
-                       m["count"][s, k], m["bad"][s, k], m["mono"][s, k])
 
 
 class RollupView:
@@ -266,7 +240,7 @@ class RollupView:
         pos = self._pos.get(j)
         if pos is None:
             arr = self.arrs[j]
-            h = float(arr[R["first_t"], 0]) if arr.shape[1] else 0.0
+            h = float(arr[R["e_first_t"], 0]) if arr.shape[1] else 0.0
             pos = self._pos_by_hash.get(h) if h else None
             if pos is None:
                 fid = np.asarray(arr[R["id"], 1:]).astype(np.int64)
@@ -331,7 +305,7 @@ def _aligned(arr: np.ndarray, ids: np.ndarray, h: float) -> bool:
     :func:`ids_hash`)? Files with the hash in their header are checked without reading the ids."""
     if arr.shape[1] != len(ids) + 1:
         return False
-    stored = float(arr[R["first_t"], 0])
+    stored = float(arr[R["e_first_t"], 0])
     if stored:
         return stored == h
     return bool(np.array_equal(arr[R["id"], 1:], ids.astype(np.float64)))

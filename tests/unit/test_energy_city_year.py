@@ -93,12 +93,12 @@ async def test_city_year_through_recorder_to_kpi(tmp_path):
     reader = EmbeddedBackend(h.backend.path)
     assert reader.count() == recorded  # every recorded point stored, none twice
     res = compute(reader, inventory_from_site(site), lat=LAT, lon=LON, tz=TZ,
-                  d0=date(2025, 1, 1), d1=date(2025, 12, 31))
+                  d0=date(2025, 1, 1), d1=date(2025, 12, 31), convention="night")
     reader.close()
     b = res.summary[1]
     assert b["baseline_kwh"] == round(base_wh / 1000, 4)
     assert abs(b["actual_kwh"] - truth_wh / 1000) < 1e-3
-    assert b["completeness_pct"] == 100.0
+    assert b["measured_pct"] == 100.0
     assert abs(b["savings_pct"] - 100 * (1 - truth_wh / base_wh)) < 1e-3
     lum7 = res.luminaires[7]
     assert lum7["counter_resets"] == 1 and lum7["savings_pct_b"] == res.luminaires[8]["savings_pct_b"]

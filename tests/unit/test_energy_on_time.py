@@ -35,7 +35,7 @@ def test_baseline_from_contactor_on_time(tmp_path):
     inv = Inventory([LightPoint("a/cab-1/l1", 170.0, 40.0, "a", "a/cab-1"),
                      LightPoint("a/cab-2/l1", 170.0, 40.0, "a", "a/cab-2")], "t", "0" * 64,
                     measured_hours=True)
-    res = compute(b, inv, lat=LAT, lon=LON, tz=TZ, d0=date(2025, 1, 1), d1=date(2025, 1, 31))
+    res = compute(b, inv, lat=LAT, lon=LON, tz=TZ, d0=date(2025, 1, 1), d1=date(2025, 1, 31), convention="night")
     lum = {r["luminaire"]: r for r in res.luminaires}
     nights = slice(1, 32)
     measured_h = ((off_c - on_c)[nights]).sum() / 3600.0
@@ -43,5 +43,5 @@ def test_baseline_from_contactor_on_time(tmp_path):
     assert abs(lum["a/cab-1/l1"]["baseline_kwh"] - 170.0 * measured_h / 1000) < 1e-3
     assert abs(measured_h - (astro_h - 31.0)) < 1e-6  # one hour less per night
     assert abs(lum["a/cab-2/l1"]["baseline_kwh"] - 170.0 * astro_h / 1000) < 1e-3  # no contactor data
-    assert "measured on-time for 31 of 62 cabinet-nights" in res.inputs["hours_method"]
+    assert "measured on-time for 66 of 132 cabinet half-nights" in res.inputs["hours_method"]
     b.close()

@@ -35,18 +35,18 @@ def test_rollups_match_raw_and_follow_late_blocks(tmp_path):
     pts = Points.of(keys, np.r_[np.zeros(len(t)), np.ones(len(t)), np.full(gap.sum(), 2)],
                     np.r_[t, t, t[gap]], np.r_[e, 1.5 * e, e[gap]])
     b.write(pts, "first")
-    kw = {"lat": LAT, "lon": LON, "tz": TZ, "d0": date(2025, 1, 1), "d1": date(2025, 1, 30)}
+    kw = {"lat": LAT, "lon": LON, "tz": TZ, "d0": date(2025, 1, 1), "d1": date(2025, 1, 30), "convention": "night"}
     raw = compute(b, inv, **kw)
     ru = Rollups(str(tmp_path / "rollups"))
     rolled = compute(b, inv, rollups=ru, **kw)
     assert rolled.luminaires == raw.luminaires and rolled.monthly == raw.monthly
-    assert [r["filled_nights"] for r in rolled.luminaires] == [0, 0, 2]
-    assert ru.update(b, keys, TZ, date(2024, 12, 31), date(2025, 1, 30)) == 0  # all fresh
+    assert [r["filled_days"] for r in rolled.luminaires] == [0, 0, 2]
+    assert ru.update(b, keys, TZ, date(2024, 12, 31), date(2025, 1, 31)) == 0  # all fresh
     # the missing readings arrive late (replayed from a spool): those nights are recomputed
     late = ~gap
     b.write(Points.of(keys, np.full(late.sum(), 2), t[late], e[late]), "late")
-    assert ru.update(b, keys, TZ, date(2024, 12, 31), date(2025, 1, 30)) >= 2
+    assert ru.update(b, keys, TZ, date(2024, 12, 31), date(2025, 1, 31)) >= 2
     again = compute(b, inv, rollups=ru, **kw)
-    assert [r["filled_nights"] for r in again.luminaires] == [0, 0, 0]
+    assert [r["filled_days"] for r in again.luminaires] == [0, 0, 0]
     assert again.luminaires == compute(b, inv, **kw).luminaires
     b.close()

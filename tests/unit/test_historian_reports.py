@@ -60,7 +60,7 @@ def test_energy_report_formats_agree(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     b_row = data["summary"][1]
-    assert b_row["savings_pct"] == 76.471 and b_row["completeness_pct"] == 100.0
+    assert b_row["savings_pct"] == 76.471 and b_row["measured_pct"] == 100.0
     assert len(data["inputs"]["inventory_sha256"]) == 64
     assert [m["month"] for m in data["monthly"]] == ["2025-01"]
     out = tmp_path / "r.html"
@@ -113,7 +113,7 @@ def test_energy_report_pdf(tmp_path, monkeypatch):
     assert data["uncertainty"].startswith("Option B savings 76.471 % +/- 0.47 percentage points")
     assert _pdf_text("Option B savings 76.471 % +/- 0.47 percentage points") in pdf  # the note's 1st line
     # the four charts of the HTML, drawn as vectors: each title, the 65 % line and its dashes
-    for title in ("Savings per month (%)", "Energy per month (kWh)", "Measured luminaire-nights (%)",
+    for title in ("Savings per month (%)", "Energy per month (kWh)", "Burning hours measured (%)",
                   "Savings of the 10 worst cabinets (%, option B)"):
         assert b"(" + _pdf_text(title) + b") Tj" in pdf, title
     assert _pdf_text("target 65 %") in pdf and b"[6 4] 0 d" in pdf
