@@ -395,13 +395,14 @@ def _exact(tl: Timeline, max_w: np.ndarray, c: dict[str, np.ndarray], period: np
     burn = (tl.be - tl.bs)[None, :]
     inside = (T0[:, None] <= edges[None, :-1]) & (edges[None, 1:] <= T1[:, None])
     share = np.where(burn > 0, np.clip(cov_s / np.where(burn > 0, burn, 1.0), 0.0, 1.0), inside.astype(float))
+    share = np.where(share >= 1.0 - 1e-9, 1.0, share)  # cumulative sums round: covered is covered
     h = tl.hours[None, :]
     meas_h = np.where(has, h * share, 0.0)
     fill_h = np.where(has, 0.0, h * share)
     est_h = h * (1.0 - share)
     # own rate over fully measured buckets (a reading in it and in both neighbours)
     full = has & np.concatenate([np.zeros((S, 1), bool), has[:, :-1]], 1) & np.concatenate(
-        [has[:, 1:], np.zeros((S, 1), bool)], 1) & (h > 0) & (share >= 1.0)
+        [has[:, 1:], np.zeros((S, 1), bool)], 1) & (h > 0) & (share >= 1.0 - 1e-9)
     e_full = np.where(full, meas_e, 0.0).sum(1)
     h_full = np.where(full, h, 0.0).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
