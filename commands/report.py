@@ -143,9 +143,19 @@ def provenance(extra: dict | None = None) -> dict:
 
     from scada import __version__
 
+    ctx = click.get_current_context()
+    argv = ["scada", *ctx.command_path.split()[1:]]
+    for prm in ctx.command.params:  # the command as given, options in a canonical order
+        v = ctx.params.get(prm.name)
+        if v is None or v is False or not isinstance(prm, click.Option) or v == prm.default:
+            continue
+        opt = max(prm.opts, key=len)
+        if v is True:
+            argv.append(opt)
+        else:
+            argv += [opt, v.strftime("%Y-%m-%d") if isinstance(v, datetime) else str(v)]
     return {**(extra or {}), "product": f"city-scada {__version__}",
-            "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": shlex.join(["scada", *sys.argv[1:]])}
+            "generated": datetime.now(UTC).isoformat(timespec="seconds"), "command": shlex.join(argv)}
 
 
 @report.command("energy")

@@ -27,6 +27,7 @@ from scada import quality as Q
 
 from . import report as R
 from .base import Backend
+from .fingerprint import Fingerprint
 
 FAULT_POINTS = ("lamp_failure", "driver_failure", "supply_fault", "breaker_tripped")
 TARGET_PCT = 99.0
@@ -72,8 +73,25 @@ def _overlap(starts: np.ndarray, ends: np.ndarray, mask: np.ndarray, edges: np.n
     return np.diff(cum)
 
 
+class _Tracked:
+    """The backend as :func:`device_states` reads it, folding every raw range read into a data
+    fingerprint (historian.fingerprint): the report states exactly what it was computed from."""
+
+    def __init__(self, backend: Backend, fp: Fingerprint):
+        self.backend, self.fp = backend, fp
+
+    def read_raw(self, key: str, t0: float, t1: float) -> Any:
+        raw = self.backend.read_raw(key, t0, t1)
+        if len(raw):
+            self.fp.add_points([key], np.zeros(len(raw), np.int64), raw.t, raw.v, raw.q)
+        return raw
+
+
 def compute(backend: Backend, site: Any, d0: date, d1: date, *, area: str | None = None,
             progress: Any = None, max_hold: float | None = None) -> dict[str, Any]:
+    fp = Fingerprint()
+    describe = backend.describe()
+    backend = _Tracked(backend, fp)  # type: ignore[assignment]
     tz = site.config.site.timezone
     zi = ZoneInfo(tz)
     snap = float(site.config.historian.snapshot or 0.0)
@@ -151,7 +169,9 @@ def compute(backend: Backend, site: Any, d0: date, d1: date, *, area: str | None
     overall = pct(acc[("all", "all")]) if acc else None
     return {
         "inputs": {"site": site.name, "from": str(d0), "to": str(d1), "area": area or "all",
-                   "devices": len(dev_rows), "backend": backend.describe(), "method": "historian/availability.py docstring"},
+                   "devices": len(dev_rows), "backend": describe, "method": "historian/availability.py docstring",
+                   **{f"data_{k}" if k != "content_sha256" else "data_sha256": v for k, v in fp.as_dict(
+                       lambda t: datetime.fromtimestamp(t, zi).isoformat(timespec="seconds")).items()}},
         "summary": [{"available_pct": overall, "target_pct": TARGET_PCT,
                      "target_met": bool(overall is not None and overall >= TARGET_PCT), "outages": len(outages)}],
         "monthly": monthly,

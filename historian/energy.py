@@ -109,32 +109,83 @@ def _date(v: Any) -> date | None:
     return date.fromisoformat(str(v))
 
 
+#: inventory column aliases (a CSV from an asset register): canonical name -> accepted names
+_ALIASES = {"path": ("path", "luminaire", "light_point", "id"), "legacy_w": ("legacy_w", "baseline_w"),
+            "lamp_w": ("lamp_w", "legacy_lamp_w"), "ballast_w": ("ballast_w", "ballast_loss_w"),
+            "ballast_pct": ("ballast_pct", "ballast_loss_pct"), "nominal_w": ("nominal_w", "led_w", "led_nominal_w"),
+            "area": ("area",), "cabinet": ("cabinet",), "installed": ("installed", "commissioned", "commissioning_date"),
+            "removed": ("removed", "decommissioned")}
+
+
+def _field(r: dict[str, Any], name: str) -> Any:
+    for k in _ALIASES[name]:
+        v = r.get(k)
+        if v not in (None, ""):
+            return v
+    return None
+
+
+def _legacy_w(r: dict[str, Any]) -> float:
+    """``legacy_w`` (lamp + ballast), or ``lamp_w`` plus ``ballast_w`` or ``ballast_pct`` % of it."""
+    v = _field(r, "legacy_w")
+    if v is not None:
+        return float(v)
+    lamp = _field(r, "lamp_w")
+    if lamp is None:
+        raise KeyError("legacy_w (or lamp_w with ballast_w / ballast_pct)")
+    w = _field(r, "ballast_w")
+    if w is not None:
+        return float(lamp) + float(w)
+    pct = _field(r, "ballast_pct")
+    return float(lamp) * (1.0 + float(pct or 0.0) / 100.0)
+
+
 def load_inventory(path: str) -> Inventory:
-    """Read an inventory file (``.yaml``/``.yml`` or ``.csv``); see docs/energy-kpi.md."""
+    """Read an inventory file (``.yaml``/``.yml`` or ``.csv``); see docs/energy-kpi.md.
+
+    CSV columns (an asset register's names are accepted too, see ``_ALIASES``): ``path``, the
+    legacy power as ``legacy_w`` (lamp + ballast) or ``lamp_w`` with ``ballast_w`` or
+    ``ballast_pct``, ``nominal_w`` (LED), ``area``, ``cabinet``, ``installed`` (commissioning
+    date), ``removed``. A bad entry is refused with its file, line and field."""
     with open(path, "rb") as f:
         data = f.read()
     digest = hashlib.sha256(data).hexdigest()
     meta: dict[str, Any] = {}
     if path.endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+        where = "line"
+        first = 2
     else:
         doc = yaml.safe_load(data) or {}
         if not isinstance(doc, dict) or "luminaires" not in doc:
             raise ValueError(f"{path}: expected a mapping with a 'luminaires' list")
         rows = doc["luminaires"]
         meta = doc
+        where, first = "luminaire entry", 1
     pts = []
-    for n, r in enumerate(rows, 1):
+    for n, r in enumerate(rows, first):
+        field_ = "path"
         try:
-            pts.append(LightPoint(
-                path=str(r["path"]), legacy_w=float(r["legacy_w"]),
-                nominal_w=float(r.get("nominal_w") or 0.0), area=str(r.get("area") or ""),
-                cabinet=str(r.get("cabinet") or ""), installed=_date(r.get("installed")),
-                removed=_date(r.get("removed")),
-            ))
+            p = _field(r, "path")
+            if p is None:
+                raise KeyError("path")
+            field_ = "legacy_w"
+            legacy = _legacy_w(r)
+            field_ = "nominal_w"
+            nominal = float(_field(r, "nominal_w") or 0.0)
+            field_ = "installed"
+            installed = _date(_field(r, "installed"))
+            field_ = "removed"
+            removed = _date(_field(r, "removed"))
+            if legacy <= 0:
+                raise ValueError(f"legacy power must be > 0 W, got {legacy}")
+            pts.append(LightPoint(path=str(p), legacy_w=legacy, nominal_w=nominal,
+                                  area=str(_field(r, "area") or ""), cabinet=str(_field(r, "cabinet") or ""),
+                                  installed=installed, removed=removed))
         except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{path}: luminaire entry {n}: {e!r}; expected path, legacy_w "
-                             "[, nominal_w, area, cabinet, installed, removed]") from None
+            raise ValueError(f"{path}: {where} {n}: field {field_}: {e}; expected path, legacy_w (or lamp_w + "
+                             "ballast_w / ballast_pct) [, nominal_w, area, cabinet, installed, removed; dates "
+                             "as YYYY-MM-DD]") from None
     hours = meta.get("hours") or {}
     contract = meta.get("contract") or {}
     return Inventory(

@@ -10,6 +10,7 @@ area, name, category, priority, event, user ...).
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from datetime import date, datetime
 from typing import Any
@@ -62,6 +63,19 @@ def compute(journal: str, tz: str, d0: date | None = None, d1: date | None = Non
     since = datetime(d0.year, d0.month, d0.day, tzinfo=zi).timestamp() if d0 else None
     until = (datetime(d1.year, d1.month, d1.day, tzinfo=zi).timestamp() + 86400) if d1 else None
     entries = read_journal(journal)  # acks/clears after the period still close its raises
+    # what the report was computed from: the journal files' bytes, in order (an auditor runs
+    # `cat <files> | sha256sum` on a copy of the journal)
+    import os
+
+    from scada.alarms.journal import journal_files
+
+    files = journal_files(journal) if os.path.isdir(journal) else [journal]
+    h = hashlib.sha256()
+    for fname in files:
+        with open(fname, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    ts = [float(e["ts"]) for e in entries if "ts" in e]
     occ = [o for o in occurrences(entries)
            if (since is None or o["raised"] >= since) and (until is None or o["raised"] < until)]
     for o in occ:
@@ -86,7 +100,10 @@ def compute(journal: str, tz: str, d0: date | None = None, d1: date | None = Non
     fmt = lambda t: None if t is None else datetime.fromtimestamp(t, zi).isoformat(timespec="seconds")  # noqa: E731
     return {
         "inputs": {"journal": journal, "from": str(d0 or "start"), "to": str(d1 or "end"),
-                   "entries": len(entries), "alarms": len(occ), "time_zone": tz},
+                   "entries": len(entries), "alarms": len(occ), "time_zone": tz,
+                   "journal_first": fmt(min(ts)) if ts else None, "journal_last": fmt(max(ts)) if ts else None,
+                   "journal_files": len(files), "journal_sha256": h.hexdigest(),
+                   "journal_hash_method": "SHA-256 of the journal files' bytes in order (cat FILES | sha256sum)"},
         "monthly": table(("month",)),
         "by_priority": table(("month", "priority")),
         "by_category": table(("month", "category")),

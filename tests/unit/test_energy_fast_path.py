@@ -140,7 +140,7 @@ def _reference(inv, series, days, n_res):
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kpi_matches_reference_on_random_city(tmp_path, seed):
-    inv, series, days, edges, n_res = _city(seed)
+    inv, series, days, _edges, n_res = _city(seed)
     b = EmbeddedBackend(str(tmp_path / "store"), {"fsync": False})
     keys = [f"{p.path}/energy_wh" for p in inv.points]
     sid = np.concatenate([np.full(len(series[p.path][0]), i) for i, p in enumerate(inv.points)])

@@ -42,8 +42,15 @@ def test_csv_inventory_and_errors(tmp_path):
     assert inv.points[0].installed == date(2025, 2, 1) and inv.points[0].removed is None
     bad = tmp_path / "bad.csv"
     bad.write_text("path,legacy_w\nnorth/cab-2/lum-01,lots\n")
-    with pytest.raises(ValueError, match=r"bad\.csv: luminaire entry 1"):
+    with pytest.raises(ValueError, match=r"bad\.csv: line 2: field legacy_w"):
         load_inventory(str(bad))
+    # an asset register's columns: lamp + ballast loss, LED nominal, commissioning date
+    reg = tmp_path / "register.csv"
+    reg.write_text("luminaire,lamp_w,ballast_pct,led_w,commissioned\nc/l1,150,13.3333333333,40,2025-07-01\n"
+                   "c/l2,100,,30,\n")
+    inv = load_inventory(str(reg))
+    assert [(p.path, round(p.legacy_w, 6), p.nominal_w, p.installed) for p in inv.points] == [
+        ("c/l1", 170.0, 40.0, date(2025, 7, 1)), ("c/l2", 100.0, 30.0, None)]
 
 
 def test_inventory_from_site_attrs(tmp_path):

@@ -177,6 +177,10 @@ def test_availability_from_quality_and_faults(tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
     dev = {d["device"]: d for d in r["devices"]}
+    # traceability: what data, which product, when, which command (issue 17)
+    inp = r["inputs"]
+    assert inp["data_readings"] > 0 and len(inp["data_sha256"]) == 64 and inp["product"].startswith("city-scada")
+    assert inp["command"].startswith("scada report availability") and inp["generated"]
     month = 31 * 24.0
     assert dev["centre/cab-1"]["down_h"] == 2.0
     assert dev["centre/cab-1"]["available_pct"] == round(100 * (1 - 2 / month), 4)
@@ -231,6 +235,10 @@ def test_interventions_from_journal(tmp_path):
                                     "--format", "json"])
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
+    import hashlib
+
+    assert r["inputs"]["journal_sha256"] == hashlib.sha256(j.read_bytes()).hexdigest()
+    assert r["inputs"]["command"].startswith("scada report interventions")
     p1 = next(x for x in r["by_priority"] if x["priority"] == 1)
     assert p1["alarms"] == 3 and p1["ack_median_min"] == 10.0 and p1["clear_median_min"] == 120.0
     assert p1["ack_p90_min"] == float(np.percentile([5, 10, 30], 90))
