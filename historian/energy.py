@@ -20,15 +20,23 @@ Concepts 2022):
     counters ``energy_wh`` (IEC 62386-252 energy reporting);
   - Option C (whole facility): the cabinets' energy meters ``energy_wh``.
 
-Counters: energy per *night* (local noon to local noon, so a night is never cut in two and
-nothing burns at the boundary); an increment between two readings belongs to the night of the
-later reading; resets (reading goes down: counted from 0), rollovers, and meter replacements
-(an increase faster than 3 x the rated power: not counted, flagged) are handled by
-:func:`historian.query.counter_deltas`. Gaps: when readings resume after missing nights, the
-counter's increase across the gap is spread over the missing nights in proportion to their
-burning hours (*filled*); nights with no reading before or after (start/end of data, or a
-point with no data) are *estimated* from the point's own Wh per burning hour over its fully
-measured nights (or its rated ``nominal_w``). Completeness = measured nights / nights in service.
+Reporting period (docs/energy-kpi.md §2): calendar days, local midnight to local midnight, the
+nights at its ends cut at midnight for the baseline hours and the metered energy alike (or, with
+``convention="night"``, nights from local noon to local noon). Each night is summarised per
+half-night (evening, morning) by :mod:`historian.summary`, reset-aware, once (roll-ups).
+
+Counters (docs/energy-kpi.md §4): between two good readings the counter advances in proportion
+to burning time, so its energy at any instant - a midnight, a month's end - is known between its
+first and last reading; a reset (reading goes down) counts the new reading from 0; an increase
+faster than 3 x the rated power is a meter replacement (not counted, flagged); across a gap the
+increase is shared by burning time (*filled*); burning time before the first or after the last
+reading is *partial* data: estimated at the point's own Wh per burning hour over its fully
+measured half-nights (or its rated ``nominal_w``), or excluded from baseline and actual alike.
+The measured share is the share of burning hours covered by readings; under
+:data:`MIN_MEASURED_PCT` the headline says the data are insufficient.
+
+Every report carries the inventory's SHA-256 and the fingerprint of the readings it used
+(:mod:`historian.fingerprint`).
 
 The inventory (YAML or CSV) is a versioned input: its SHA-256 is printed in every report, so a
 figure can be traced to the exact inputs that produced it.

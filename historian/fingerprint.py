@@ -6,7 +6,7 @@ readings would tie the fingerprint to one file format and cost minutes for a cit
 the content hash is defined on the readings' *values*, order-free, and folds by addition:
 
 1. every reading (series, time, value, status) gives two 64-bit words
-   ``a = mix(mix(mix(t ^ C1) ^ bits(v)) ^ q)`` and ``b`` the same with ``C2``, where ``t`` is
+   ``a = mix(mix(mix(t ^ C1) ^ bits(v)) ^ q)`` and ``b = mix(a ^ C2)``, where ``t`` is
    the source time in integer microseconds since 1970-01-01 UTC, ``bits(v)`` the IEEE-754
    binary64 bit pattern of the value (every NaN as ``0x7FF8000000000000``), ``q`` the OPC UA
    status code and ``mix`` the splitmix64 finaliser (Steele, Lea, Flood, "Fast splittable
@@ -42,43 +42,56 @@ LANES = 4
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (uint64 in, uint64 out, wrapping arithmetic)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
+    """splitmix64 finaliser, in place on a uint64 array (wrapping arithmetic); returns ``x``."""
+    t = np.empty_like(x)
+    for shift, mult in ((30, _M1), (27, _M2)):
+        np.right_shift(x, np.uint64(shift), out=t)
+        np.bitwise_xor(x, t, out=x)
+        np.multiply(x, mult, out=x)
+    np.right_shift(x, np.uint64(31), out=t)
+    np.bitwise_xor(x, t, out=x)
+    return x
+
+
+def _words(t_us: np.ndarray, v: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two 64-bit words ``a``, ``b`` of each reading (module doc)."""
+    a = np.asarray(t_us, np.int64).astype(np.uint64) ^ C1
+    vv = np.ascontiguousarray(v, np.float64)
+    bits = vv.view(np.uint64)
+    nan = np.isnan(vv)
+    if nan.any():
+        bits = bits.copy()
+        bits[nan] = _NAN
+    with np.errstate(over="ignore"):
+        mix64(a)
+        np.bitwise_xor(a, bits, out=a)
+        mix64(a)
+        np.bitwise_xor(a, np.asarray(q, np.uint32).astype(np.uint64), out=a)
+        mix64(a)
+        b = a ^ C2
+        mix64(b)
+    return a, b
 
 
 def reading_lanes(t_us: np.ndarray, v: np.ndarray, q: np.ndarray) -> np.ndarray:
     """[4, n] uint64 array of each reading's four 32-bit words (see module doc)."""
-    t = np.asarray(t_us, np.int64).view(np.uint64)
-    vv = np.ascontiguousarray(v, np.float64)
-    bits = vv.view(np.uint64).copy()
-    bits[np.isnan(vv)] = _NAN
-    qq = np.asarray(q, np.uint32).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        a = mix64(mix64(mix64(t ^ C1) ^ bits) ^ qq)
-        b = mix64(mix64(mix64(t ^ C2) ^ bits) ^ qq)
+    a, b = _words(t_us, v, q)
     return np.stack([a & _LO, a >> np.uint64(32), b & _LO, b >> np.uint64(32)])
 
 
 def lane_sums(group: np.ndarray, n_groups: int, t_us: np.ndarray, v: np.ndarray, q: np.ndarray) -> np.ndarray:
     """[4, n_groups] sums modulo 2^32 (as float64, exact) of the readings' words per group."""
-    out = np.zeros((LANES, n_groups))
-    if len(t_us) == 0:
-        return out
-    w = reading_lanes(t_us, v, q)
-    g = np.asarray(group, np.int64)
-    for k in range(LANES):
-        # each word < 2^32; np.bincount sums in float64, exact below 2^53: chunk to stay there
-        acc = np.zeros(n_groups, np.uint64)
-        step = 1 << 20
-        for i in range(0, len(g), step):
-            s = np.bincount(g[i : i + step], weights=w[k, i : i + step].astype(np.float64), minlength=n_groups)
-            acc = (acc + s.astype(np.uint64)) & _LO
-        out[k] = acc.astype(np.float64)
-    return out
+    out = np.zeros((LANES, n_groups), np.uint64)
+    g_all = np.asarray(group, np.int64)
+    step = 1 << 20  # np.bincount sums in float64: exact below 2^53, so 2^20 words of 32 bits at most
+    for i in range(0, len(g_all), step):
+        g = g_all[i : i + step]
+        a, b = _words(t_us[i : i + step], v[i : i + step], q[i : i + step])
+        for k, (w, hi) in enumerate(((a, False), (a, True), (b, False), (b, True))):
+            word = (w >> np.uint64(32)) if hi else (w & _LO)
+            s = np.bincount(g, weights=word.astype(np.float64), minlength=n_groups)
+            out[k] = (out[k] + s.astype(np.uint64)) & _LO
+    return out.astype(np.float64)
 
 
 def fold(lanes: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -394,6 +394,27 @@ class InfluxBackend(Backend):
             res[key] = Raw(t[keep], v[keep], q[keep])
         return res
 
+    def read_many(self, keys: Sequence[str], t0: float, t1: float) -> Points:
+        """VictoriaMetrics: one ``/api/v1/export`` request per 200 series (the energy KPI reads
+        thousands of counters); InfluxDB 2.x: one Flux query per series."""
+        if self.flavor == "influxdb2":
+            return super().read_many(keys, t0, t1)
+        cache: dict[str, Raw] = {}
+        for a in range(0, len(keys), 200):
+            cache.update(self._export(list(keys[a : a + 200]), t0, t1))
+        sids, ts, vs, qs = [], [], [], []
+        for i, k in enumerate(keys):
+            raw = cache.get(k)
+            if raw is not None and len(raw):
+                sids.append(np.full(len(raw), i, np.int32))
+                ts.append(raw.t)
+                vs.append(raw.v)
+                qs.append(raw.q)
+        if not sids:
+            return Points(list(keys), np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint32))
+        return Points(list(keys), np.concatenate(sids), np.concatenate(ts), np.concatenate(vs),
+                      np.concatenate(qs).astype(np.uint32))
+
     def buckets(self, keys: Sequence[str], edges: np.ndarray, counter: bool = False) -> Buckets:
         if self.flavor == "influxdb2":
             return buckets_from_raw(self, keys, edges)

@@ -19,6 +19,7 @@ hours, which depend on the inventory's switching times.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import date, datetime, time
 from functools import lru_cache
@@ -72,7 +73,34 @@ def half_edges(noons: np.ndarray, midnights: np.ndarray) -> np.ndarray:
 
 
 def night_summaries(p: Points, n_series: int, edges: np.ndarray,
-                    max_rate: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                    max_rate: np.ndarray | None = None, chunk: int = 1 << 20) -> dict[str, np.ndarray]:
+    """See :func:`_summaries`; computed by blocks of whole series of about ``chunk`` readings,
+    so the temporaries stay a few MB and are reused (a night of a city is millions of rows)."""
+    K = len(edges) - 1
+    N = K // 2
+    out = {f: np.full((N, n_series), MISSING[f]) for f in FIELDS}
+    if max_rate is not None:
+        out["repl"] = np.zeros((N, n_series))
+    if len(p) == 0:
+        return out
+    sid = np.asarray(p.sid, np.int64)
+    rows = np.cumsum(np.bincount(sid, minlength=n_series))
+    cuts = np.unique(np.searchsorted(rows, np.arange(chunk, int(rows[-1]), chunk), side="left"))
+    s_edges = [0, *(int(c) + 1 for c in cuts.tolist() if c + 1 < n_series), n_series]
+    for s0, s1 in itertools.pairwise(s_edges):
+        r0 = int(rows[s0 - 1]) if s0 else 0
+        r1 = int(rows[s1 - 1])
+        if r1 <= r0:
+            continue
+        part = Points(p.keys, (sid[r0:r1] - s0), p.t[r0:r1], p.v[r0:r1], p.q[r0:r1])
+        sub = _summaries(part, s1 - s0, edges, None if max_rate is None else np.asarray(max_rate)[s0:s1])
+        for f, a in sub.items():
+            out[f][:, s0:s1] = a
+    return out
+
+
+def _summaries(p: Points, n_series: int, edges: np.ndarray,
+               max_rate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Summaries [night, series] of every field of :data:`FIELDS` from readings ``p`` sorted by
     (series, time) (``p.sid`` < ``n_series``; :meth:`Backend.read_many` gives that order), over
     the half-nights ``edges`` (:func:`half_edges`). ``max_rate`` (Wh/s per series): an increase
@@ -82,6 +110,74 @@ def night_summaries(p: Points, n_series: int, edges: np.ndarray,
     N = K // 2
     S = n_series
     out = {f: np.full((N, S), MISSING[f]) for f in FIELDS}
+    if max_rate is not None:
+        out["repl"] = np.zeros((N, S))
+    if len(p) == 0:
+        return out
+    sid = np.asarray(p.sid, np.int64)
+    t = np.asarray(p.t, np.float64)
+    b = np.searchsorted(edges, t, side="right") - 1
+    inside = (b >= 0) & (b < K)
+    sid, t, b = sid[inside], t[inside], b[inside]
+    v, q = p.v[inside], p.q[inside]
+    # fingerprint lanes and bad counts: every reading of the night
+    night = b // 2
+    g_all = night * S + sid
+    lanes = lane_sums(g_all, N * S, np.round(t * 1e6).astype(np.int64), v, q)
+    for k in range(4):
+        out[f"h{k}"] = lanes[k].reshape(N, S)
+    good = Q.good_mask(q) & ~np.isnan(v)
+    out["bad"] = np.bincount(g_all[~good], minlength=N * S).reshape(N, S).astype(np.float64)
+    sid, t, b, v = sid[good], t[good], b[good], v[good]
+    if len(t) == 0:
+        return out
+    # runs of one (series, half-night): contiguous, readings sorted by (series, time)
+    g = b * S + sid
+    start = np.ones(len(g), bool)
+    start[1:] = g[1:] != g[:-1]
+    first = np.flatnonzero(start)
+    last = np.append(first[1:] - 1, len(g) - 1)
+    gk = g[first]
+    hb, hs = b[first] % 2, sid[first]
+    hn = b[first] // 2
+    cnt = last - first + 1
+    # increments between consecutive readings of the same run, reset-aware
+    same = ~start[1:]
+    d = np.diff(v)
+    dt = np.diff(t)
+    inc = np.where(d < 0, v[1:], d)
+    reset = same & (d < 0)
+    rate = inc / np.maximum(dt, 1.0)
+    if max_rate is not None:
+        mr = np.asarray(max_rate, np.float64)[sid[1:]]
+        jump = same & (inc > mr * np.maximum(dt, 1.0) + 1e-9)
+        inc = np.where(jump, 0.0, inc)
+    inc = np.where(same, inc, 0.0)
+    run_of = np.cumsum(start) - 1  # run index of each reading
+    inc_run = np.bincount(run_of[1:], weights=inc, minlength=len(first))
+    flat_n = hn * S + hs
+    for half, pre in ((0, "e_"), (1, "m_")):
+        sel = hb == half
+        for f, val in (("first_t", t[first]), ("first_v", v[first]), ("last_t", t[last]), ("last_v", v[last]),
+                       ("count", cnt.astype(np.float64)), ("inc", inc_run)):
+            out[pre + f].reshape(-1)[flat_n[sel]] = val[sel]
+    night_r = np.repeat(flat_n, cnt)[1:]  # night cell of each increment's later reading
+    NS = N * S
+    out["resets"] = np.bincount(night_r[reset], minlength=NS).reshape(N, S).astype(np.float64)
+    # per run (readings are contiguous per series and half-night): fastest increase and maximum,
+    # then the two halves of a night together
+    r_rate = np.maximum.reduceat(np.append(np.where(same, rate, 0.0), 0.0), first) if len(rate) else \
+        np.zeros(len(first))
+    r_vmax = np.maximum.reduceat(v, first)
+    rmax = np.zeros(NS)
+    vmax = np.full(NS, -np.inf)
+    for half in (0, 1):
+        sel = hb == half
+        cells = flat_n[sel]
+        rmax[cells] = np.maximum(rmax[cells], r_rate[sel])
+        vmax[cells] = np.maximum(vmax[cells], r_vmax[sel])
+    out["rmax"] = rmax.reshape(N, S)
+    out["vmax"] = np.where(np.isfinite(vmax), vmax, np.nan).reshape(N, S)
     if max_rate is not None:
         out["repl"] = np.zeros((N, S))
     if len(p) == 0:
