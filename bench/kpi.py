@@ -76,7 +76,8 @@ def fill(b: EmbeddedBackend, n_lum: int, first: date, days: int, resets: bool, b
     t0 = astro.local_noon_utc(astro.to_dates([first]), TZ)[0]
     keys = _keys(n_lum)
     rng = np.random.default_rng(7)
-    reset_at = t0 + rng.integers(1, days * 96 - 1, n_lum) * 900.0 if resets else np.full(n_lum, np.inf)
+    # inside the reported days (not in the nights read only to carry the counters across the ends)
+    reset_at = t0 + rng.integers(2 * 96, (days - 2) * 96, n_lum) * 900.0 if resets else np.full(n_lum, np.inf)
     offset = np.zeros(n_lum)
     written = 0
     day_t = np.arange(96 * block_days) * 900.0

@@ -496,35 +496,47 @@ def _fast_pass(src: Any, tl: Timeline, max_w: np.ndarray, candidates: np.ndarray
     ok = candidates.copy()
     lvp = ltp = None
     x, dt = np.empty(S), np.empty(S)
+    rate_tol = rate + 1e-9
     for j in range(N):
-        ok &= src.night(j, "rmax") <= rate + 1e-9
-        for half in ("e_", "m_"):
-            ok &= src.night(j, half + "count") > 0
-            fv, ft = src.night(j, half + "first_v"), src.night(j, half + "first_t")
-            if lvp is not None:
-                np.subtract(fv, lvp, out=x)
-                np.copyto(x, fv, where=x < 0)
-                np.subtract(ft, ltp, out=dt)
-                np.maximum(dt, 1.0, out=dt)
-                with np.errstate(invalid="ignore"):
-                    ok &= x <= rate * dt + 1e-9
-            lvp, ltp = src.night(j, half + "last_v"), src.night(j, half + "last_t")
+        # the night's fastest increase covers its own pairs and the one across its midnight
+        ok &= src.night(j, "rmax") <= rate_tol
+        ok &= src.night(j, "e_count") > 0
+        ok &= src.night(j, "m_count") > 0
+        fv, ft = src.night(j, "e_first_v"), src.night(j, "e_first_t")
+        if lvp is not None:  # the increase across the noon edge from the night before
+            np.subtract(fv, lvp, out=x)
+            np.copyto(x, fv, where=x < 0)
+            np.subtract(ft, ltp, out=dt)
+            np.maximum(dt, 1.0, out=dt)
+            np.multiply(dt, rate, out=dt)
+            with np.errstate(invalid="ignore"):
+                ok &= x <= dt + 1e-9
+        lvp, ltp = src.night(j, "m_last_v"), src.night(j, "m_last_t")
     fast = ok
     e_l = np.zeros(S)
     e_d = np.zeros(tl.D)
     resets = np.zeros(S)
     if not fast.any():
         return fast, e_l, e_d, resets
-    ff = fast.astype(np.float64)
-    en_prev = np.zeros(S)
-    bef, aft, den, w = np.empty(S), np.empty(S), np.empty(S), np.empty(S)
+    # second pass over the fast series only (a gather per row unless every series is fast):
+    # nothing but finite numbers, so plain sums (np.dot would go through BLAS: slow here)
+    fi = None if fast.all() else np.flatnonzero(fast)
+    F = S if fi is None else len(fi)
+
+    def row(j: int, f: str) -> np.ndarray:
+        r = src.night(j, f)
+        return r if fi is None else r[fi]
+
+    e_f, res_f = np.zeros(F), np.zeros(F)
+    x, en_prev = np.empty(F), np.zeros(F)
+    bef, aft, den, w = np.empty(F), np.empty(F), np.empty(F), np.empty(F)
+    lvp = ltp = None
     k = 0
     for j in range(N):
         if 1 <= j < N - 1:
-            resets += src.night(j, "resets")
+            res_f += row(j, "resets")
         for half in ("e_", "m_"):
-            fv, ft = src.night(j, half + "first_v"), src.night(j, half + "first_t")
-            inc = src.night(j, half + "inc")
+            fv, ft, inc = row(j, half + "first_v"), row(j, half + "first_t"), row(j, half + "inc")
             if k == 0:
                 en = inc.copy()
             else:
@@ -532,30 +544,44 @@ def _fast_pass(src: Any, tl: Timeline, max_w: np.ndarray, candidates: np.ndarray
                 neg = x < 0
                 np.copyto(x, fv, where=neg)
                 if tl.day_of[k] >= 0:
-                    resets += neg
+                    res_f += neg
                 # the increase across edge k: its share before the edge is the burning time
                 # from the last reading to the edge over the burning time between the readings
-                np.maximum(ltp, tl.bs[k - 1], out=bef)
-                np.subtract(tl.be[k - 1], bef, out=bef)
-                np.maximum(bef, 0.0, out=bef)
-                np.minimum(ft, tl.be[k], out=aft)
-                np.subtract(aft, tl.bs[k], out=aft)
-                np.maximum(aft, 0.0, out=aft)
-                np.add(bef, aft, out=den)
-                w.fill(0.0)
-                np.divide(bef, den, out=w, where=den > 0)
-                np.multiply(w, x, out=w)
+                # (both 0 when nothing burns: then all of it after the edge)
+                if float(ltp.min()) >= tl.be[k - 1]:  # nothing burns before the edge (noon)
+                    w.fill(0.0)
+                elif float(ft.max()) <= max(tl.bs[k], tl.edges[k]):
+                    # nothing burns between the edge and the next reading (a reading on the
+                    # midnight edge, or lamps not yet on): all of it before the edge, where
+                    # something burnt after the last reading
+                    if tl.be[k - 1] <= tl.bs[k - 1]:
+                        w.fill(0.0)
+                    else:
+                        np.multiply(x, ltp < tl.be[k - 1], out=w)
+                else:
+                    np.maximum(ltp, tl.bs[k - 1], out=bef)
+                    np.subtract(tl.be[k - 1], bef, out=bef)
+                    np.maximum(bef, 0.0, out=bef)
+                    np.minimum(ft, tl.be[k], out=aft)
+                    np.subtract(aft, tl.bs[k], out=aft)
+                    np.maximum(aft, 0.0, out=aft)
+                    np.add(bef, aft, out=den)
+                    np.maximum(den, 1e-30, out=den)
+                    np.divide(bef, den, out=w)
+                    np.multiply(w, x, out=w)
                 en_prev += w
                 d = tl.day_of[k - 1]
                 if d >= 0:
-                    e_l += en_prev
-                    e_d[d] += float(np.dot(ff, np.nan_to_num(en_prev)))
+                    e_f += en_prev
+                    e_d[d] += float(en_prev.sum())
                 en = x - w + inc
             en_prev = en
-            lvp, ltp = src.night(j, half + "last_v"), src.night(j, half + "last_t")
+            lvp, ltp = row(j, half + "last_v"), row(j, half + "last_t")
             k += 1
-    e_l = np.where(fast, e_l, 0.0)
-    return fast, e_l, e_d, np.where(fast, resets, 0.0)
+    if fi is None:
+        return fast, e_f, e_d, res_f
+    e_l[fi], resets[fi] = e_f, res_f
+    return fast, e_l, e_d, resets
 
 
 def counter_totals(backend: Backend, keys: Sequence[str], tl: Timeline, max_w: np.ndarray,
@@ -852,10 +878,7 @@ def compute(
     fp = Fingerprint()
     used = [(e_keys, ct)] + ([(c_keys, c_totals)] if c_totals is not None else [])
     for keys_, tot in used:
-        for i in np.flatnonzero(tot.readings > 0).tolist():
-            fp.add_series(keys_[i], int(tot.readings[i]), tot.lanes[:, i],
-                          float(tot.t_first[i]) if np.isfinite(tot.t_first[i]) else None,
-                          float(tot.t_last[i]) if np.isfinite(tot.t_last[i]) else None)
+        fp.add_arrays(keys_, tot.readings, tot.lanes, tot.t_first, tot.t_last)
     lum = {"base": base_l, "eb": eb_l, "ea": ea_l, "act": act_l, "meas": counts["meas"], "fill": counts["fill"],
            "est": counts["est"], "part": counts["part"], "resets": ct.resets, "repl": ct.replacements,
            "mh": mh_l, "h": in_service_h, "readings": ct.readings}

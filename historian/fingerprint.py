@@ -118,11 +118,9 @@ class Fingerprint:
         return sum(self.counts.values())
 
     def content_hash(self) -> str:
-        h = hashlib.sha256()
-        for k in sorted(self.counts):
-            if self.counts[k]:
-                h.update(f"{k}\t{self.counts[k]}\t{self.digests[k]}\n".encode())
-        return h.hexdigest()
+        c, d = self.counts, self.digests
+        text = "".join([f"{k}\t{c[k]}\t{d[k]}\n" for k in sorted(c) if c[k]])
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def add_series(self, key: str, count: int, lanes4: np.ndarray, t_min: float | None, t_max: float | None) -> None:
         """Fold one series' partial (count, 4 lane sums, time range) into the fingerprint."""
@@ -138,6 +136,24 @@ class Fingerprint:
             self.t_min = t_min if self.t_min is None else min(self.t_min, t_min)
         if t_max is not None:
             self.t_max = t_max if self.t_max is None else max(self.t_max, t_max)
+
+    def add_arrays(self, keys: list[str], counts: np.ndarray, lanes: np.ndarray, t_min: np.ndarray,
+                   t_max: np.ndarray) -> None:
+        """Fold many series' partials at once (``lanes`` [4, n]; series with count 0 skipped)."""
+        have = np.flatnonzero(np.asarray(counts) > 0)
+        if not len(have):
+            return
+        if any(keys[i] in self.counts for i in have.tolist()):
+            for i in have.tolist():
+                self.add_series(keys[i], int(counts[i]), lanes[:, i], float(t_min[i]), float(t_max[i]))
+            return
+        ln = np.mod(np.asarray(lanes)[:, have], 4294967296.0).astype(np.int64)
+        for i, a, b, c, d, n in zip(have.tolist(), *ln.tolist(), np.asarray(counts)[have].tolist(), strict=True):
+            self.digests[keys[i]] = f"{a:08x}{b:08x}{c:08x}{d:08x}"
+            self.counts[keys[i]] = int(n)
+        lo, hi = float(np.min(np.asarray(t_min)[have])), float(np.max(np.asarray(t_max)[have]))
+        self.t_min = lo if self.t_min is None else min(self.t_min, lo)
+        self.t_max = hi if self.t_max is None else max(self.t_max, hi)
 
     def add_points(self, keys: list[str], sid: np.ndarray, t: np.ndarray, v: np.ndarray, q: np.ndarray) -> None:
         """Fold raw readings (``sid`` indexing ``keys``, ``t`` POSIX seconds) in."""

@@ -41,7 +41,7 @@ from .summary import FIELDS, MISSING, night_edges, summarize
 ROWS = ("id", *FIELDS)
 R = {name: i for i, name in enumerate(ROWS)}
 #: layout version, in the header of the ``vmax`` row (files of another layout are recomputed)
-FORMAT = 2.0
+FORMAT = 3.0
 _HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
 
 

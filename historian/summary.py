@@ -166,8 +166,11 @@ def _summaries(p: Points, n_series: int, edges: np.ndarray,
     out["resets"] = np.bincount(night_r[reset], minlength=NS).reshape(N, S).astype(np.float64)
     # per run (readings are contiguous per series and half-night): fastest increase and maximum,
     # then the two halves of a night together
-    r_rate = np.maximum.reduceat(np.append(np.where(same, rate, 0.0), 0.0), first) if len(rate) else \
-        np.zeros(len(first))
+    # the pair across local midnight inside a night (last evening reading -> first morning one)
+    # counts in the night's fastest increase too: the KPI then checks only the noon edges
+    mid = ~same & (sid[1:] == sid[:-1]) & (b[1:] == b[:-1] + 1) & (b[1:] % 2 == 1)
+    rate_in = np.where(same | mid, rate, 0.0)
+    r_rate = np.maximum.reduceat(np.append(rate_in, 0.0), first) if len(rate) else np.zeros(len(first))
     r_vmax = np.maximum.reduceat(v, first)
     rmax = np.zeros(NS)
     vmax = np.full(NS, -np.inf)
