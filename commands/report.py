@@ -190,10 +190,12 @@ def energy(site_file, state_dir, store, d0, d1, area, inventory, convention, par
     backend, ru_dir, site = open_store(site_file, state_dir, store)
     try:
         if site is None and (lat is None or lon is None or tz is None):
-            if os.path.exists(site_file):
-                site = _site(site_file, state_dir)
-            else:
-                raise click.UsageError("with --store and no site file give --lat, --lon and --tz")
+            # an auditor's store: the location must be said, never taken from the demo site
+            src = click.get_current_context().get_parameter_source("site_file")
+            if src == click.core.ParameterSource.DEFAULT:
+                raise click.UsageError("with --store give --lat, --lon and --tz (the site's position and time "
+                                       "zone: burning hours and local midnights depend on them), or --site FILE")
+            site = _site(site_file, state_dir)
         if inventory:
             try:
                 inv = E.load_inventory(inventory)

@@ -244,3 +244,9 @@ def test_fingerprint_recomputed_from_an_export(audit):
     r2 = CliRunner().invoke(main, ["historian", "fingerprint", str(out), "--status-col", "status"])
     assert f"content sha256: {inp['data_sha256']}" in r2.output
     assert f"{inp['data_readings']:,} readings" in r2.output
+
+
+def test_store_without_a_location_is_refused(audit):
+    base = [a for a in audit["base"] if a not in ("--lat", str(LAT), "--lon", str(LON))]
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 2 and "with --store give --lat, --lon and --tz" in r.output
