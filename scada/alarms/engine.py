@@ -177,12 +177,14 @@ class AlarmEngine:
         self.raised_at = np.full(cap, np.nan)
         self.value = np.full(cap, np.nan)
         self.unsupp_t = np.full(cap, np.nan)
+        #: when the suppression cause of a retained alarm cleared (see :meth:`_set_suppressed`)
+        self.unsupp_from = np.full(cap, np.nan)
         self.ext_on = np.zeros(cap, dtype=np.bool_)
         self._any_ext = False
         self.listeners: list[Listener] = []
         self.seq = journal.last_seq
-        self.stats = {"evaluations": 0, "batches": 0, "transitions": 0, "journal_errors": 0,
-                      "listener_errors": 0}
+        self.stats = {"evaluations": 0, "batches": 0, "transitions": 0, "hidden_transitions": 0,
+                      "journal_errors": 0, "listener_errors": 0}
         self._stale_rows = np.zeros(0, dtype=np.int64)
         self._started = False
         self._t0 = 0.0
@@ -190,7 +192,7 @@ class AlarmEngine:
         self._wake = asyncio.Event()
 
     _STATE = ("level", "acked", "shelved", "shelve_until", "suppressed", "oos", "chattering",
-              "pend_t", "pend_level", "raised_at", "value", "unsupp_t", "ext_on", "_rt",
+              "pend_t", "pend_level", "raised_at", "value", "unsupp_t", "unsupp_from", "ext_on", "_rt",
               "_rt_pos")
 
     def _grow(self, need: int) -> None:
@@ -201,7 +203,8 @@ class AlarmEngine:
         for name in self._STATE:
             old = getattr(self, name)
             fill = {"acked": True, "shelve_until": np.nan, "pend_t": np.nan, "raised_at": np.nan,
-                    "value": np.nan, "unsupp_t": np.nan, "_rt": np.nan}.get(name, 0)
+                    "value": np.nan, "unsupp_t": np.nan, "unsupp_from": np.nan,
+                    "_rt": np.nan}.get(name, 0)
             arr = np.full((new, *old.shape[1:]), fill, dtype=old.dtype)
             arr[:cap] = old
             setattr(self, name, arr)
@@ -598,6 +601,13 @@ class AlarmEngine:
                       events: list[Any]) -> None:
         tags = self.cond.tag[rows]
         vals = np.where(tags >= 0, self.tagdb.value[tags], self.value[rows])
+        quiet = (self.suppressed[rows] | self.oos[rows]) & (self.shelved[rows] == M.UNSHELVED)
+        if quiet.any():
+            self._hidden_levels(rows[quiet], levels[quiet], vals[quiet], now)
+            keep = ~quiet
+            rows, levels, vals = rows[keep], levels[keep], vals[keep]
+            if not len(rows):
+                return
         old = self.level[rows]
         up = old == 0
         if up.any():
@@ -627,6 +637,39 @@ class AlarmEngine:
                 self.msg[c] = self._message(c, v, lv)
                 events.append(self._event(c, M.LEVEL, now))
         self.stats["transitions"] += len(rows)
+
+    def _hidden_levels(self, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray,
+                       now: float) -> None:
+        """Level changes of alarms suppressed by design or out of service: the state moves,
+        nothing is journaled or announced.
+
+        ISA-18.2 / IEC 62682 designed suppression and out-of-service: the operator is not to be
+        told about these alarms, and an OPC UA client would receive each as an event with
+        Retain false that it must discard (OPC UA Part 9, 5.5.2 Retain). At dawn, with the
+        cabinets' contactors open by schedule, every luminaire's "dimming not followed" goes
+        active behind its suppression: journaling and announcing each one was one event per
+        luminaire per day (200,000 at Paris size) for nothing an operator may see. What the
+        operator must see is covered by :meth:`_set_suppressed`: an alarm active or unacknowledged
+        when its suppression starts gets one ``suppress`` event, and one still active when the
+        suppression ends is annunciated then (``unsuppress``), with the level, value and message
+        kept here. A hidden raise leaves the alarm unacknowledged (it is a new alarm the
+        operator has not seen); a hidden return to normal needs no acknowledgement (nobody was
+        shown it)."""
+        old = self.level[rows]
+        self.level[rows] = levels
+        self.value[rows] = vals
+        up = (old == 0) & (levels != 0)
+        self.raised_at[rows[up]] = now
+        worse = np.abs(levels.astype(np.int16)) > np.abs(old.astype(np.int16))
+        self.acked[rows[worse]] = False
+        self.acked[rows[levels == 0]] = True
+        if self._dyn:
+            dyn = self._dyn
+            for c, lv, v in zip(rows.tolist(), levels.tolist(), vals.tolist(), strict=True):
+                if lv != 0 and c in dyn:
+                    self.msg[c] = self._message(c, v, lv)
+        self.stats["transitions"] += len(rows)
+        self.stats["hidden_transitions"] += len(rows)
 
     _LINE_FMT = ('{"seq":%d,"ts":%s,"event":"%s","state":"%s","active":%d,"acked":%s,'
                  '"shelved":%d,"shelve_until":%s,"suppressed":%s,"oos":%s,"user":null,'
@@ -710,19 +753,25 @@ class AlarmEngine:
 
     def _set_suppressed(self, rows: np.ndarray, states: np.ndarray, now: float,
                         events: list[Any], *, immediate: bool = False) -> None:
-        """Suppression starts at once; it ends ``unsuppress_delay`` after its cause cleared if
-        the alarm is still active or unacknowledged, so the children of a cabinet that just
-        came back get one poll to clear silently instead of flashing 64 red dots.
+        """Suppression starts at once. For an alarm still active or unacknowledged it ends
+        only once the alarm's own point has been sampled after the cause cleared, and no
+        sooner than ``unsuppress_delay`` (at the latest ``unsuppress_max_wait`` after, if the
+        device stays silent): the children of a cabinet that just came back, or of a
+        contactor closed at dusk, report their new values first and clear silently instead of
+        flashing as red dots. A fixed delay alone is not enough: luminaires behind a cabinet
+        are read once a minute, so ten seconds after dusk most of them still showed the dark
+        level of the day and 30,000 "dimming not followed" alarms were annunciated at once.
 
         Only alarms an operator could see (active or unacknowledged) get a journaled
-        suppress/unsuppress event; for an alarm in Normal the flag changes silently (its next
-        raise line says Suppressed). A gateway going offline thus journals a handful of lines,
-        not one per alarm of its 256 luminaires."""
+        suppress/unsuppress event; for an alarm in Normal the flag changes silently, and so do
+        its level changes while it stays suppressed (:meth:`_hidden_levels`). A gateway going
+        offline thus journals a handful of lines, not one per alarm of its 256 luminaires."""
         if not len(rows):
             return
         retained = (self.level[rows] != 0) | ~self.acked[rows]
         on = states.astype(bool)
         self.unsupp_t[rows[on]] = np.nan
+        self.unsupp_from[rows[on]] = np.nan
         delay = self.config.unsuppress_delay
         if not immediate and delay > 0:
             wait = ~on & retained
@@ -731,6 +780,7 @@ class AlarmEngine:
                 fresh = w[np.isnan(self.unsupp_t[w])]
                 if len(fresh):
                     self.unsupp_t[fresh] = now + delay
+                    self.unsupp_from[fresh] = now
                     self._wake.set()
                 rows, on, retained = rows[~wait], on[~wait], retained[~wait]
         self.suppressed[rows] = on
@@ -877,14 +927,25 @@ class AlarmEngine:
             self.pend_t[due] = np.nan
             keep = lv != self.level[due]
             self._apply_levels(due[keep], lv[keep], now, events)
-        # delayed end of suppression
+        # delayed end of suppression, once the alarm's point reported after the cause cleared
         ut = self.unsupp_t[:n]
         with np.errstate(invalid="ignore"):
             ud = np.nonzero(ut <= now)[0]
         if len(ud):
-            self.unsupp_t[ud] = np.nan
             still = self.supp.suppressed(ud)
-            ud = ud[~still & self.suppressed[ud]]
+            since = self.unsupp_from[ud]
+            tags = self.cond.tag[ud]
+            seen = np.where(tags >= 0, self.tagdb.last_seen[np.maximum(tags, 0)], np.inf)
+            limit = since + self.config.unsuppress_max_wait
+            with np.errstate(invalid="ignore"):
+                go = still | np.isnan(since) | (seen > since) | (limit <= now)
+            if not go.all():  # not reported yet: look again in a second, up to the limit
+                w = ud[~go]
+                self.unsupp_t[w] = np.minimum(now + 1.0, limit[~go])
+                ud = ud[go]
+            self.unsupp_t[ud] = np.nan
+            self.unsupp_from[ud] = np.nan
+            ud = ud[~still[go] & self.suppressed[ud]]
             self._set_suppressed(ud, np.zeros(len(ud), dtype=np.bool_), now, events,
                                  immediate=True)
         # timed shelving expiry

@@ -16,9 +16,11 @@ Suppressed              any        any     hidden by design (parent fault, mode)
 Out-of-service          any        any     device under works
 =====================  =========  ======  =========================================
 
-Shelved / Suppressed / Out-of-service alarms keep being evaluated and journaled; they are not
-annunciated. When the hiding ends while the alarm is still active and unacknowledged, it is
-annunciated then.
+Shelved / Suppressed / Out-of-service alarms keep being evaluated; they are not annunciated.
+Transitions of shelved alarms are journaled; those of alarms suppressed by design or out of
+service only move the state (no journal line, no event: a city's luminaires are suppressed every
+day while their contactors are open). When the hiding ends while the alarm is still active and
+unacknowledged, it is annunciated then.
 """
 
 from __future__ import annotations

@@ -313,6 +313,9 @@ class AlarmsConfig(Strict):
     #: an alarm whose suppression cause cleared stays suppressed this long if it is still
     #: active (its own device gets a poll to report normal values before it is annunciated)
     unsuppress_delay: Duration = 10.0
+    #: ... and not before its own point has reported after the cause cleared, waiting at most
+    #: this long for that report (a device that stays silent is annunciated then)
+    unsuppress_max_wait: Duration = 300.0
     #: site-wide designed suppression (ISA-18.2) along the site model, in addition to
     #: the templates' own ``suppressed_by``; ``[]`` turns the defaults off
     suppressed_by: list[DesignedSuppression] = Field(

@@ -230,25 +230,85 @@ async def test_lamp_failure_suppressed_while_contactor_off(alarm_env: AlarmEnv) 
         env.set({f"{LUM}/lamp_failure": 1})
         assert env.state(aid) == M.SUPPRESSED
         assert env.engine.active() == []
-        # switched on and the lamp still fails 10 s later (unsuppress delay): red dot now
+        # switched on; the lamp's next poll (5 s later) still reports the failure: red dot
+        # once the unsuppress delay (10 s) is over, not before
         env.set({f"{CAB}/contactor": 1})
-        await env.clock.advance(9)
+        await env.clock.advance(5)
+        env.set({f"{LUM}/lamp_failure": 1})
+        await env.clock.advance(4)
         assert env.state(aid) == M.SUPPRESSED
         await env.clock.advance(1)
         assert env.state(aid) == M.UNACK_ACTIVE
-        # suppressed silently while Normal; raised as Suppressed; annunciated when it ends
+        # suppressed silently while Normal, raised silently while suppressed (no journal line,
+        # no event); annunciated when the suppression ends
         assert [(e.event, e.state) for e in env.events if e.alarm_id == aid] == [
-            ("raise", M.SUPPRESSED), ("unsuppress", M.UNACK_ACTIVE)]
+            ("unsuppress", M.UNACK_ACTIVE)]
+        assert [e["event"] for e in env.journal() if e["alarm_id"] == aid] == ["unsuppress"]
         # a lamp that recovers within the delay never shows
         lum2 = "centre/cab-1/lum-02/lamp_failure"
         env.set({f"{CAB}/contactor": 0})
         env.set({lum2: 1})
         env.set({f"{CAB}/contactor": 1})
         await env.clock.advance(3)
-        env.set({lum2: 0})
+        env.set({lum2: 0, aid: 1})  # the next poll: lamp 2 recovered, lamp 1 still failed
         await env.clock.advance(20)
         assert env.state(lum2) == M.NORMAL
         assert [a.alarm_id for a in env.engine.active()] == [aid]
+        assert not [e for e in env.events if e.alarm_id == lum2]
+
+
+async def test_a_lamp_off_by_day_makes_no_event(alarm_env: AlarmEnv) -> None:
+    """Issue 23: the contactor opens at dawn; the dark luminaire's "dimming not followed"
+    (level 0, command 100) goes active behind its suppression after its on-delay, stays so all
+    day, and clears when the luminaire reports its light at dusk: not one journal line nor
+    event, whatever the number of polls in between."""
+    env = alarm_env
+    aid = f"{LUM}/dimming_not_followed"
+    async with running(env):
+        healthy(env)
+        env.set({f"{CAB}/contactor": 0})                   # dawn
+        for _ in range(60):                                # a poll a minute for an hour
+            env.set({f"{LUM}/level": 0, f"{LUM}/level_cmd": 100, f"{LUM}/lamp_failure": 0})
+            await env.clock.advance(60)
+        v = env.engine.view(env.engine.find(aid))
+        assert v.active and v.suppressed and v.state == M.SUPPRESSED
+        assert env.engine.counts()["suppressed"] == 1
+        assert not [a for a in env.engine.active() if a.device == LUM]
+        env.set({f"{CAB}/contactor": 1})                   # dusk
+        await env.clock.advance(30)                        # the luminaire's next poll: lit
+        env.set({f"{LUM}/level": 100, f"{LUM}/level_cmd": 100})
+        await env.clock.advance(60)
+        assert env.state(aid) == M.NORMAL
+        assert env.engine.counts()["suppressed"] == 0
+        assert not [a for a in env.engine.active() if a.device == LUM]
+        assert not [e for e in env.events if e.device == LUM]
+        assert not [e for e in env.journal() if e["device"] == LUM]
+        assert env.engine.stats["hidden_transitions"] == 2
+
+
+async def test_unsuppress_waits_for_the_devices_report(alarm_env: AlarmEnv) -> None:
+    """A still-active alarm whose suppression cause cleared is annunciated once its own point
+    has reported again (and the unsuppress delay is over), or after unsuppress_max_wait
+    (5 min) if the device stays silent; never while the old value is all there is."""
+    env = alarm_env
+    lamps = [f"{CAB}/lum-{n:02d}" for n in (1, 2, 3)]
+    async with running(env):
+        healthy(env)
+        env.set({f"{CAB}/contactor": 0})
+        env.set({f"{p}/lamp_failure": 1 for p in lamps})   # all three report a failure by day
+        env.set({f"{CAB}/contactor": 1})                   # dusk
+        await env.clock.advance(30)
+        env.set({f"{lamps[0]}/lamp_failure": 1, f"{lamps[1]}/lamp_failure": 0})  # polled
+        await env.clock.advance(1)
+        assert env.state(f"{lamps[0]}/lamp_failure") == M.UNACK_ACTIVE  # confirmed: red dot
+        assert env.state(f"{lamps[1]}/lamp_failure") == M.NORMAL        # cleared silently
+        assert env.state(f"{lamps[2]}/lamp_failure") == M.SUPPRESSED    # not heard from yet
+        await env.clock.advance(300 - 31 - 1)
+        assert env.state(f"{lamps[2]}/lamp_failure") == M.SUPPRESSED
+        await env.clock.advance(1)
+        assert env.state(f"{lamps[2]}/lamp_failure") == M.UNACK_ACTIVE  # silent 5 min: shown
+        assert [(e.alarm_id, e.event) for e in env.events] == [
+            (f"{lamps[0]}/lamp_failure", "unsuppress"), (f"{lamps[2]}/lamp_failure", "unsuppress")]
 
 
 def test_commanded_flashing_is_not_an_alarm(alarm_env: AlarmEnv) -> None:
@@ -516,4 +576,6 @@ def test_journal_lines_match_announced_events_in_mixed_floods(alarm_env: AlarmEn
         assert journal[ev.seq] == tuple(d[k] for k in keys), ev
     assert len(journal) == len(env.events)
     assert {e.event for e in env.events} >= {"raise", "clear", "unshelve", "ack"}
-    assert any(e.event == "raise" and e.state == M.SUPPRESSED for e in env.events)
+    # a raise behind designed suppression is not journaled nor announced; shelved ones are
+    assert not any(e.event == "raise" and e.state == M.SUPPRESSED for e in env.events)
+    assert any(e.event == "raise" and e.state == M.SHELVED for e in env.events)
