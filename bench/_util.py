@@ -55,3 +55,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def verdict(value: Any, limit: float, kind: str = "max") -> str:
+    """PASS/FAIL of one figure against its target: ``kind`` "max" (value <= limit), "min"
+    (value >= limit) or "eq" (value == limit). A missing figure (None) fails: a benchmark that
+    could not measure something has not shown it meets the target."""
+    if value is None or isinstance(value, str):
+        return "FAIL"
+    ok = {"max": value <= limit, "min": value >= limit, "eq": value == limit}[kind]
+    return "PASS" if ok else "FAIL"

@@ -165,20 +165,49 @@ def schema(out: str | None) -> None:
         click.echo(text)
 
 
+def clock_options(fn):
+    """``--start`` / ``--start-ref``: the site's clock starts at a chosen local time (the
+    benchmarks' ``--at``); every process of a city given the same pair reads the same time."""
+    fn = click.option("--start-ref", type=float, default=None, metavar="EPOCH",
+                      help="Real POSIX time at which the clock reads --start (default: when "
+                           "this process starts); give the server and the simulators the same.")(fn)
+    return click.option("--start", "start", default=None, metavar="WHEN",
+                        help="Start the site's clock at WHEN: HH:MM (today) or "
+                             "YYYY-MM-DDTHH:MM, in the site's time zone unless an offset is "
+                             "given (default: the real time).")(fn)
+
+
+def start_time(site, start: str | None, start_ref: float | None) -> tuple[float | None, float | None]:
+    """(start, start_ref) for :func:`scada.clock.make_clock` from the command line."""
+    if start is None:
+        if start_ref is not None:
+            raise click.BadParameter("needs --start", param_hint="--start-ref")
+        return None, None
+    from scada.clock import parse_start
+
+    try:
+        return parse_start(start, site.config.site.timezone), start_ref
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--start") from None
+
+
 @click.command()
 @click.argument("site_file", type=click.Path(dir_okay=False))
 @click.option("--rate", default=1.0, show_default=True, help="Clock rate (simulated s per real s).")
 @click.option("--opcua-port", type=int, default=None, help="Override the site's OPC UA port.")
-def run(site_file: str, rate: float, opcua_port: int | None) -> None:
+@clock_options
+def run(site_file: str, rate: float, opcua_port: int | None, start: str | None,
+        start_ref: float | None) -> None:
     """Run the server for SITE_FILE until SIGINT/SIGTERM."""
     site = load_or_exit(site_file)
     if opcua_port is not None:
         site.config.opcua.port = opcua_port
     resolve_state_dir(site)
+    t0, ref = start_time(site, start, start_ref)
     lock = lock_or_exit(site, "run")
     listen_or_exit(site, "run", simulate=False,
                    opcua_option="--opcua-port" if opcua_port is not None else None)
-    serve_or_exit(site, "run", rate, simulate=False)
+    serve_or_exit(site, "run", rate, simulate=False, start=t0, start_ref=ref)
     lock.release()
     exit_without_teardown()
 
@@ -197,9 +226,11 @@ def run(site_file: str, rate: float, opcua_port: int | None) -> None:
                    "(repeatable; see `scada sim --help`).")
 @click.option("--control", default="127.0.0.1:0", show_default=True,
               help="HOST:PORT of the simulators' JSON-lines fault channel ('' disables it).")
+@clock_options
 @click.pass_context
 def demo(ctx: click.Context, site_file: str, opcua_port: int, rate: float, state_dir: str | None,
-         duration: float | None, faults: tuple[str, ...], control: str) -> None:
+         duration: float | None, faults: tuple[str, ...], control: str, start: str | None,
+         start_ref: float | None) -> None:
     """Run the demo city: simulators plus server in one process, nothing else to install.
 
     Faults can be injected at start (--fault) or while it runs through the control channel,
@@ -222,11 +253,13 @@ def demo(ctx: click.Context, site_file: str, opcua_port: int, rate: float, state
     from commands.sim import hostport
 
     ctl = hostport(control)
+    t0, ref = start_time(site, start, start_ref)
     explicit = ctx.get_parameter_source("opcua_port") == click.core.ParameterSource.COMMANDLINE
     lock = lock_or_exit(site, "demo")
     listen_or_exit(site, "demo", simulate=True, opcua_option="--opcua-port" if explicit else None,
                    control=ctl)
-    serve_or_exit(site, "demo", rate, simulate=True, duration=duration, faults=parsed, control=ctl)
+    serve_or_exit(site, "demo", rate, simulate=True, duration=duration, faults=parsed, control=ctl,
+                  start=t0, start_ref=ref)
     lock.release()
     exit_without_teardown()
 
@@ -242,11 +275,12 @@ def serve_or_exit(site, command: str, rate: float, **kw) -> None:
 
 
 async def _serve(site, rate: float, simulate: bool, duration: float | None = None,
-                 faults: list | None = None, control: tuple[str, int] | None = None) -> None:
+                 faults: list | None = None, control: tuple[str, int] | None = None,
+                 start: float | None = None, start_ref: float | None = None) -> None:
     from scada.clock import make_clock
     from scada.runtime import Runtime
 
-    clock = make_clock(rate)
+    clock = make_clock(rate, start, start_ref)
     sims = None
     if simulate:
         # the demo wires simulators in from the CLI side; the server never imports them

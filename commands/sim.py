@@ -19,6 +19,7 @@ import sys
 
 import click
 
+from commands.core import clock_options, start_time
 from scada.files import replace_text
 
 
@@ -53,8 +54,10 @@ def hostport(value: str) -> tuple[str, int] | None:
 @click.option("--shard", default=None, metavar="I/N",
               help="Simulate only top-level devices number I, I+N, I+2N... (0-based; their "
                    "children follow): split a big city over N processes.")
+@clock_options
 def sim(site_file: str, rate: float, faults: tuple[str, ...], protocols: tuple[str, ...],
-        control: str, ready_file: str | None, duration: float | None, shard: str | None) -> None:
+        control: str, ready_file: str | None, duration: float | None, shard: str | None,
+        start: str | None, start_ref: float | None) -> None:
     """Run the simulated devices of SITE_FILE until Ctrl+C (no SCADA server)."""
     from scada.errors import ConfigError
     from scada.loader import load_site
@@ -75,8 +78,10 @@ def sim(site_file: str, rate: float, faults: tuple[str, ...], protocols: tuple[s
         raise click.BadParameter("must be > 0", param_hint="--rate")
     ctl = hostport(control)
     _check_ports(site, ctl, protocols)
+    t0, ref = start_time(site, start, start_ref)
     try:
-        asyncio.run(_run(site, rate, parsed, list(protocols) or None, ctl, ready_file, duration))
+        asyncio.run(_run(site, rate, parsed, list(protocols) or None, ctl, ready_file, duration,
+                         t0, ref))
     except (FaultError, OSError, ValueError) as e:
         click.echo(f"scada sim: {e}", err=True)
         sys.exit(1)
@@ -133,12 +138,13 @@ def _write_ready(path: str, info: dict) -> None:
     replace_text(path, json.dumps(info), fsync=False)
 
 
-async def _run(site, rate: float, faults, protocols, ctl, ready_file, duration) -> None:
+async def _run(site, rate: float, faults, protocols, ctl, ready_file, duration,
+               start: float | None = None, start_ref: float | None = None) -> None:
     from scada.clock import make_clock
     from simulators.city import start_simulators
     from simulators.faults import ControlServer, open_fault_channel
 
-    clock = make_clock(rate)
+    clock = make_clock(rate, start, start_ref)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -141,8 +141,40 @@ class SteppedClock(Clock):
         await self.advance(max(0.0, t - self._now))
 
 
-def make_clock(rate: float = 1.0, start: float | None = None) -> Clock:
-    """Real clock for rate 1 with no start, else a :class:`ScaledClock`."""
+def make_clock(rate: float = 1.0, start: float | None = None,
+               start_ref: float | None = None) -> Clock:
+    """Real clock for rate 1 with no start, else a :class:`ScaledClock`.
+
+    ``start_ref`` (POSIX seconds of the real clock) is the real instant at which the clock
+    reads ``start``: processes started one after the other (simulators, then the server) with
+    the same pair read the same time, instead of each starting at ``start`` when it starts."""
     if rate == 1.0 and start is None:
         return RealClock()
+    if start is not None and start_ref is not None:
+        start += (_time.time() - start_ref) * rate
     return ScaledClock(rate=rate, start=start)
+
+
+def parse_start(text: str, timezone: str, *, now: float | None = None) -> float:
+    """POSIX time of a clock start given as the site's local time: ``HH:MM`` (today in
+    ``timezone``), ``YYYY-MM-DDTHH:MM[:SS]`` (in ``timezone``) or the same with a UTC offset or
+    ``Z``. Raises ValueError naming the accepted forms."""
+    from datetime import time as dtime
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(timezone)
+    t = text.strip()
+    try:
+        if len(t) <= 5 and ":" in t:
+            hhmm = dtime.fromisoformat(t if len(t) == 5 else "0" + t)
+            today = datetime.fromtimestamp(_time.time() if now is None else now, tz).date()
+            dt = datetime.combine(today, hhmm, tz)
+        else:
+            dt = datetime.fromisoformat(t)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=tz)
+    except ValueError:
+        raise ValueError(f"clock start {text!r}: expected HH:MM (today, {timezone} time) or an "
+                         f"ISO 8601 date-time such as 2026-12-03T12:00 ({timezone} unless it "
+                         f"carries an offset)") from None
+    return dt.timestamp()

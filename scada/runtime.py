@@ -65,6 +65,8 @@ SERVER_HEALTH = (
     PointDef("task_restarts", "int", "", "supervised tasks restarted after a crash"),
     PointDef("subscriber_errors", "int", "", "exceptions raised by change subscribers"),
     PointDef("rss_mb", "float", "MB", "resident memory of the server process"),
+    PointDef("trim_ms", "float", "ms", "duration of the last malloc_trim (every minute, in a "
+             "worker thread; the event loop's own allocations wait for it)"),
 )
 
 
@@ -336,7 +338,9 @@ class Runtime:
             srv.set("rss_mb", memdiag.rss_bytes() / 2**20)
             if now - last_trim >= TRIM_INTERVAL:
                 last_trim = now
+                t_trim = _time.perf_counter()
                 await asyncio.to_thread(memdiag.trim)
+                srv.set("trim_ms", (_time.perf_counter() - t_trim) * 1000.0)
             last_stats, last_t = dict(st), now
             self.publish_health()
 

@@ -76,3 +76,29 @@ def test_make_clock_and_validation():
     with pytest.raises(ValueError):
         ScaledClock(rate=0)
     assert SteppedClock(start=5.0).datetime().year == 1970
+
+
+def test_clock_start_in_the_sites_local_time():
+    """`scada run/sim --start` (bench/city.py --at): local time of the site, not of the machine."""
+    from datetime import UTC, datetime
+
+    from scada.clock import parse_start
+
+    summer_day = datetime(2026, 6, 21, 15, 0, tzinfo=UTC).timestamp()
+    noon = parse_start("12:00", "Europe/Paris", now=summer_day)
+    assert datetime.fromtimestamp(noon, UTC) == datetime(2026, 6, 21, 10, 0, tzinfo=UTC)  # CEST
+    assert parse_start("2026-12-03T22:00", "Europe/Paris") == datetime(
+        2026, 12, 3, 21, 0, tzinfo=UTC).timestamp()  # CET
+    assert parse_start("2026-12-03T22:00+00:00", "Europe/Paris") == datetime(
+        2026, 12, 3, 22, 0, tzinfo=UTC).timestamp()
+    with pytest.raises(ValueError, match="expected HH:MM"):
+        parse_start("noon", "Europe/Paris")
+
+
+def test_processes_started_apart_read_the_same_clock():
+    """The same (start, start_ref) gives the same time whenever the process made its clock."""
+    import time
+
+    ref = time.time() - 120.0  # the other process made its clock two minutes ago
+    clock = make_clock(1.0, start=1_000_000.0, start_ref=ref)
+    assert clock.time() == pytest.approx(1_000_120.0, abs=5.0)
