@@ -824,8 +824,8 @@ def main() -> None:
                                                  if injected else None),
             "events_for_faults_hidden_by_design": len(dark_events),
             "alarm_events_in_window_by_name": dict(collections.Counter(
-                (ev["name"], "red dot" if ev.get("retain") else "hidden" if ev.get("active")
-                 else "cleared") for ev in in_window).most_common(8)),
+                f'{ev["name"]} ({"red dot" if ev.get("retain") else "hidden" if ev.get("active") else "cleared"})'
+                for ev in in_window).most_common(8)),
             "client_datachanges": (health[-1].get("datachanges") if health else None),
             "devices_disconnected_at_end": disconnected,
             "modbus_cycles_on_time_pct": mb_on_time if isinstance(mb_on_time, float) else None,
