@@ -728,6 +728,11 @@ def main() -> None:
                 time.sleep(min(1.0, at - time.monotonic()))
             parent = path.rsplit("/", 1)[0]
             ctl = controls[shard_of.get(parent, 0)]
+            if a.soak:  # a soak crosses dusk and dawn: each fault's contactor at its injection
+                try:
+                    dark0 |= dark_by_design(site, [path], ccfg["endpoint"])[0]
+                except Exception as e:  # counted as annunciable; reported
+                    figures["contactor_read_error"] = repr(e)
             t_flip = time.time()
             ans = send_control(ctl, {"op": "inject", "path": path, "fault": "lamp_failure"})
             if ans.get("ok"):
@@ -745,7 +750,7 @@ def main() -> None:
         alive = server.alive()
         # dark by design = contactor open at both ends of the window (a schedule step inside
         # the window makes a fault neither: it is left out of both counts)
-        dark1: set[str] = set()
+        dark1: set[str] = set(dark0) if a.soak else set()
         if victims and not a.soak and alive:
             try:
                 dark1, _ = dark_by_design(site, victims, ccfg["endpoint"])
