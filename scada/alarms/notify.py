@@ -173,7 +173,8 @@ class Renderer:
         late = sum(1 for m in msgs if m.data["late"])
         subject = f"[{self.site}] {n} alarm notifications" + (f" ({late} late)" if late else "")
         text = f"{n} alarm notifications {why}:\n\n" + "\n".join(
-            f"- {m.subject.removeprefix(f'[{self.site}] ')}" for m in msgs) + "\n"
+            f"- {m.subject.removeprefix(f'[{self.site}] ')}" for m in msgs) + "\n" + "".join(
+            f"\n{'-' * 72}\n{m.text}" for m in msgs)
         return Message(subject, text, {"site": self.site, "count": n, "reason": why,
                                        "alarms": [m.data for m in msgs]},
                        [a for m in msgs for a in m.alarm_ids],

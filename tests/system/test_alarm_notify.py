@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,131 @@ async def test_rate_limit_sends_a_digest_not_a_flood(tmp_path, stepped_clock, ht
         assert body["count"] == 3
         assert sorted(a["alarm_id"] for a in body["alarms"]) == [
             f"{CAB}/lum-0{k}/lamp_failure" for k in range(2, 5)]
+
+
+def ack(env: AlarmEnv, alarm_id: str, user: str = "olga") -> None:
+    """Acknowledge as an operator (the role argument goes away when the operator API owns the
+    role checks)."""
+    kw = {"role": "operator"} if "role" in inspect.signature(
+        env.engine.acknowledge).parameters else {}
+    env.engine.acknowledge(alarm_id, user=user, comment="crew sent", **kw)
+
+
+def lum(k: int, point: str = "lamp_failure") -> str:
+    return f"{CAB}/lum-0{k}/{point}"
+
+
+async def test_mail_headers_zone_location_and_state_at_send_time(
+        tmp_path, stepped_clock, smtp_server) -> None:
+    conf = f"""
+  channels:
+    mail: {{type: smtp, host: 127.0.0.1, port: {smtp_server.port}, to: [oncall@city.example],
+            sender: scada@city.example, rate_per_min: 1}}
+  rules:
+    - {{categories: [lighting], channels: [mail]}}
+"""
+    async with notifier(tmp_path, stepped_clock, conf) as (env, n):
+        env.set({f"{CAB}/comm_ok": 1, f"{CAB}/contactor": 1})
+        env.set({lum(k): 0 for k in range(1, 5)})
+        raised = stepped_clock.time()
+        env.set({lum(1): 1})
+        await until(lambda: len(smtp_server.messages) == 1, "first mail")
+        _, _, msg = smtp_server.messages[0]
+        # RFC 5322 3.6.1 / 3.6.4: Date (the site's zone, Europe/Paris: +01:00 in January)
+        date = msg["Date"].datetime
+        assert date.timestamp() == raised and date.utcoffset().total_seconds() == 3600
+        assert msg["Message-ID"].startswith("<") and msg["Message-ID"].endswith("@city.example>")
+        body = msg.get_content()
+        assert "since:    2026-01-01T01:00:00+01:00" in body  # site zone with its offset
+        assert "location: 47.30000, 5.00000" in body  # the luminaire's cabinet's coordinates
+        assert "cabinet:  centre/cab-1 (by the town hall)" in body
+        assert "state:    UnackActive" in body and "LATE" not in msg["Subject"]
+        # the next alarms wait for the rate limit (1 a minute); one is acknowledged meanwhile:
+        # it is not sent, the two others go out as a digest that says why they waited
+        env.set({lum(2): 1})
+        await run_for(stepped_clock, n, 5)
+        ack(env, lum(2))
+        env.set({lum(3): 1})
+        await run_for(stepped_clock, n, 5)
+        env.set({lum(4): 1})
+        await run_for(stepped_clock, n, 55)
+        await until(lambda: len(smtp_server.messages) == 2, "digest")
+        assert n.channels["mail"].stats["dropped"] == 1 and n.health()["mail"]["queued"] == 0
+        digest = smtp_server.messages[1][2]
+        assert "2 alarm notifications" in digest["Subject"] and "late" not in digest["Subject"]
+        text = digest.get_content()
+        assert "while the channel was rate limited" in text and lum(2) not in text
+        assert lum(3) in text and lum(4) in text and text.count("state:    UnackActive") == 2
+        assert digest["Date"] and digest["Message-ID"] != msg["Message-ID"]
+
+
+async def test_two_alarms_at_once_are_not_called_rate_limited(tmp_path, stepped_clock,
+                                                               http_server) -> None:
+    conf = f"""
+  channels:
+    hook: {{type: webhook, url: "{http_server.url}"}}
+  rules:
+    - {{categories: [lighting], channels: [hook]}}
+"""
+    async with notifier(tmp_path, stepped_clock, conf) as (env, _n):
+        env.set({f"{CAB}/comm_ok": 1, f"{CAB}/contactor": 1})
+        env.set({lum(k): 0 for k in range(1, 3)})
+        env.set({lum(1): 1, lum(2): 1})  # one batch: both queued before the sender runs
+        await until(lambda: http_server.requests, "digest")
+        body = http_server.requests[0]["body"]
+        assert body["count"] == 2 and body["reason"] == "at once"
+        assert [a["alarm_id"] for a in body["alarms"]] == [lum(1), lum(2)]
+        assert body["alarms"][0]["location"]["cabinet"]["path"] == CAB
+
+
+async def test_return_to_normal_when_the_rule_asks(tmp_path, stepped_clock, smtp_server,
+                                                   http_server) -> None:
+    conf = f"""
+  channels:
+    mail: {{type: smtp, host: 127.0.0.1, port: {smtp_server.port}, to: [duty@city.example]}}
+    hook: {{type: webhook, url: "{http_server.url}"}}
+  rules:
+    - {{name: duty manager, categories: [lighting], channels: [mail], return_to_normal: true}}
+    - {{name: log, categories: [lighting], channels: [hook]}}
+"""
+    async with notifier(tmp_path, stepped_clock, conf) as (env, n):
+        env.set({f"{CAB}/comm_ok": 1, f"{CAB}/contactor": 1, lum(1): 0})
+        env.set({lum(1): 1})
+        await until(lambda: smtp_server.messages and http_server.requests, "raise")
+        await run_for(stepped_clock, n, 600)
+        env.set({lum(1): 0})  # the lamp is back
+        await until(lambda: len(smtp_server.messages) == 2, "return to normal")
+        rtn = smtp_server.messages[1][2]
+        assert "BACK TO NORMAL" in rtn["Subject"] and lum(1) in rtn["Subject"]
+        assert "cleared:  2026-01-01T01:10:00+01:00" in rtn.get_content()
+        await run_for(stepped_clock, n, 10)
+        assert len(http_server.requests) == 1  # the other rule did not ask for it
+
+
+async def test_sms_through_an_http_gateway_and_smtp_to_sms(tmp_path, stepped_clock,
+                                                           http_server, smtp_server) -> None:
+    conf = f"""
+  channels:
+    gw: {{type: sms, url: "{http_server.url}", token: s3cret, form: true,
+          to: ["+33600000001", "+33600000002"],
+          fields: {{number: "{{to}}", message: "{{text}}", sender: SCADA}}}}
+    mail2sms: {{type: sms, host: 127.0.0.1, port: {smtp_server.port}, max_chars: 60,
+                to: ["0600000003@sms.example"]}}
+  rules:
+    - {{priorities: [1], channels: [gw, mail2sms]}}
+"""
+    async with notifier(tmp_path, stepped_clock, conf) as (env, _n):
+        env.set({f"{CAB}/comm_ok": 1})
+        env.mark(CAB, 0x80050000)
+        await until(lambda: len(http_server.requests) == 2 and smtp_server.messages, "SMS")
+        reqs = http_server.requests
+        assert [r["body"]["number"] for r in reqs] == ["+33600000001", "+33600000002"]
+        assert all(r["headers"]["authorization"] == "Bearer s3cret" for r in reqs)
+        assert all(r["headers"]["content-type"] == "application/x-www-form-urlencoded"
+                   for r in reqs)
+        text = reqs[0]["body"]["message"]
+        assert text.startswith("P1 ") and f"{CAB}/comm_lost" in text and len(text) <= 160
+        assert reqs[0]["body"]["sender"] == "SCADA"
+        _, rcpt, sms = smtp_server.messages[0]
+        assert rcpt == ["0600000003@sms.example"]
+        assert sms.get_content().strip() == text[:60].strip() and sms["Date"]
