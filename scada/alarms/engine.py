@@ -562,7 +562,7 @@ class AlarmEngine:
         self._after_raw(rc, lc, now, events, tag_rules=tags)
 
     def _after_raw(self, rc: np.ndarray, lc: np.ndarray, now: float, events: list[Any],
-                   tag_rules: np.ndarray | None = None) -> None:
+                   tag_rules: np.ndarray | None = None, immediate: bool = False) -> None:
         if self.supp.n:
             rules = self.supp.rules_for(None, rc) if len(rc) else np.zeros(0, dtype=np.int64)
             if tag_rules is not None and len(tag_rules):
@@ -573,13 +573,15 @@ class AlarmEngine:
                 diff = st != self.suppressed[tg]
                 self._set_suppressed(tg[diff], st[diff], now, events)
         if len(rc):
-            r, lv = self._schedule(rc, lc, now)
+            r, lv = self._schedule(rc, lc, now, immediate)
             if len(r):
                 self._apply_levels(r, lv, now, events)
 
-    def _schedule(self, rows: np.ndarray, levels: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+    def _schedule(self, rows: np.ndarray, levels: np.ndarray, now: float,
+                  immediate: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """On-/off-delay filter: returns the rows that transition now; the others get a
-        deadline (or lose theirs when the raw level went back to the announced one)."""
+        deadline (or lose theirs when the raw level went back to the announced one).
+        ``immediate``: no delay (a condition whose own service already timed it)."""
         same = levels == self.level[rows]
         self.pend_t[rows[same]] = np.nan
         r = rows[~same]
@@ -587,7 +589,7 @@ class AlarmEngine:
         if not len(r):
             return r, lv
         delay = np.where(lv != 0, self.cond.on_delay[r], self.cond.off_delay[r])
-        later = delay > 0
+        later = (delay > 0) & (not immediate)
         if later.any():
             rl = r[later]
             self.pend_t[rl] = now + delay[later]
@@ -1155,7 +1157,10 @@ class AlarmEngine:
         If the device already has a tag-based alarm of that name (a profile's
         ``dimming_not_followed`` deviation), the external condition is OR-ed into it: the alarm
         is active while either the tags or the other service say so (one alarm, one red dot);
-        the profile's priority, category and message template are kept."""
+        the profile's priority, category and message template are kept. The other service's
+        own timing decides for its condition (the schedule engine's ``fade + verify_after``):
+        the template's ``on_delay`` applies to the tag condition only, so the external one
+        raises the alarm at once, even while the tag condition's delay is running."""
         if not 1 <= priority <= 4:
             raise ValueError(f"alarm {device_path}/{name}: priority must be 1..4, got {priority}")
         aid = f"{device_path}/{name}"
@@ -1168,15 +1173,17 @@ class AlarmEngine:
             c = self._external_row(device_path, name, category, priority,
                                    severity or PRIORITY_SEVERITY[priority])
         rows = np.asarray([c], dtype=np.int64)
+        immediate = False
         if int(self.cond.kind[c]) != M.K_EXTERNAL:
             self.ext_on[c] = bool(active)
             lv = int(self._combine(rows, self.cond.evaluate(
                 rows, self.tagdb.value, self.tagdb.quality, self.clock.time()))[0])
+            immediate = bool(active) and int(self.level[c]) == 0
         else:
             if message:
                 self._set_template(c, message.replace("{", "{{").replace("}", "}}"))
             lv = 1 if active else 0
-        if int(self.cond.raw[c]) == lv:
+        if int(self.cond.raw[c]) == lv and not immediate:
             return
         self.cond.raw[c] = lv
         now = self.clock.time()
@@ -1184,7 +1191,7 @@ class AlarmEngine:
             self.value[c] = value
         events: list[Any] = []
         levels = np.asarray([lv], dtype=np.int8)
-        self._after_raw(rows, levels, now, events)
+        self._after_raw(rows, levels, now, events, immediate=immediate)
         self._commit(events)
 
     def _combine(self, rows: np.ndarray, new: np.ndarray) -> np.ndarray:

@@ -318,28 +318,48 @@ class Verifier:
         self.expected[covers] = level
         self.deadline[covers] = deadline
 
+    def _judge(self, tagdb: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(luminaires that can be judged, whether each follows its expected level): a level
+        that is not Good, or a luminaire reporting a lamp/driver failure, is not judged."""
+        li = self.fleet.level_idx[rows]
+        known = li >= 0
+        rows, li = rows[known], li[known]
+        val = tagdb.value[li]
+        good = Q.good_mask(tagdb.quality[li])
+        broken = np.zeros(rows.size, dtype=bool)
+        for fi in self.fleet.failure_idx:
+            t = fi[rows]
+            ok = t >= 0
+            broken[ok] |= np.nan_to_num(tagdb.value[t[ok]]) > 0.5
+        judged = good & ~broken
+        follows = np.abs(val - self.expected[rows]) <= self.tolerance
+        return rows[judged], follows[judged]
+
     def check(self, tagdb: Any, now: float) -> tuple[np.ndarray, np.ndarray]:
         """(newly failing, newly recovered) luminaire indices at ``now``."""
         due = np.flatnonzero(self.deadline <= now)
         if due.size == 0:
             return due, due
         self.deadline[due] = np.nan
-        li = self.fleet.level_idx[due]
-        known = li >= 0
-        due, li = due[known], li[known]
-        val = tagdb.value[li]
-        good = Q.good_mask(tagdb.quality[li])
-        broken = np.zeros(due.size, dtype=bool)
-        for fi in self.fleet.failure_idx:
-            t = fi[due]
-            ok = t >= 0
-            broken[ok] |= np.nan_to_num(tagdb.value[t[ok]]) > 0.5
-        judged = good & ~broken
-        follows = np.abs(val - self.expected[due]) <= self.tolerance
-        bad = due[judged & ~follows]
-        okk = due[judged & follows]
+        due, follows = self._judge(tagdb, due)
+        bad = due[~follows]
+        okk = due[follows]
         new_bad = bad[~self.failing[bad]]
         recovered = okk[self.failing[okk]]
         self.failing[bad] = True
         self.failing[okk] = False
         return new_bad, recovered
+
+    def recheck(self, tagdb: Any, rows: np.ndarray | None = None) -> np.ndarray:
+        """Failing luminaires (of ``rows``, default all) that follow their last command now,
+        marked recovered: a luminaire that obeys again is cleared when it reports so, not only
+        at the next command (which may be hours away). Those with a command in flight wait
+        for its deadline."""
+        cand = np.flatnonzero(self.failing) if rows is None else rows[self.failing[rows]]
+        cand = cand[np.isnan(self.deadline[cand])]
+        if cand.size == 0:
+            return cand
+        cand, follows = self._judge(tagdb, cand)
+        recovered = cand[follows]
+        self.failing[recovered] = False
+        return recovered

@@ -104,6 +104,17 @@ class ScheduleService(Service):
         self._photocell_dark: bool | None = None
         self._alarmed_log = 0
         self._refused: set[tuple[str, int]] = set()
+        # a luminaire that did not follow is re-verified each time it reports its level, so
+        # its alarm clears when it obeys again, not at the next command (hours later)
+        li = self.fleet.level_idx
+        self._lum_rows = np.flatnonzero(li >= 0)
+        order = np.argsort(li[self._lum_rows], kind="stable")
+        self._lum_rows = self._lum_rows[order]
+        self._lum_tags = li[self._lum_rows]
+        self._recheck_rows: set[int] = set()
+        self._recheck_task: asyncio.Task[None] | None = None
+        self._sub = runtime.tagdb.subscribe(self._on_levels, "schedules:verify",
+                                            only=self._lum_tags)
 
     # ----------------------------------------------------------------- planning
     def plan_for(self, t: float) -> tuple[Plan, int]:
@@ -236,8 +247,35 @@ class ScheduleService(Service):
         fade_of = np.array([self.cfg.profiles[n].fade for n in plan.profile_names] + [0.0])
         return fade_of[plan.profile[:, row]][plan.klass]
 
+    def _on_levels(self, changes: Any) -> None:
+        """Tag database subscriber (luminaire levels): queue a re-verification of the failing
+        luminaires that just reported (cheap: nothing to do while none is failing)."""
+        if not self.verifier.failing.any():
+            return
+        pos = np.minimum(np.searchsorted(self._lum_tags, changes.indices),
+                         self._lum_tags.size - 1)
+        rows = self._lum_rows[pos[self._lum_tags[pos] == changes.indices]]
+        rows = rows[self.verifier.failing[rows]]
+        if rows.size == 0:
+            return
+        self._recheck_rows.update(rows.tolist())
+        if self._recheck_task is None or self._recheck_task.done():
+            self._recheck_task = asyncio.get_running_loop().create_task(
+                self._recheck(), name="schedules:recheck")
+
+    async def _recheck(self) -> None:
+        while self._recheck_rows:
+            rows = np.fromiter(self._recheck_rows, dtype=np.int64)
+            self._recheck_rows.clear()
+            ok = self.verifier.recheck(self.runtime.tagdb, rows)
+            await self._report(np.zeros(0, dtype=np.int64), ok)
+
     async def _verify(self, now: float) -> None:
         bad, ok = self.verifier.check(self.runtime.tagdb, now)
+        await self._report(bad, ok)
+
+    async def _report(self, bad: np.ndarray, ok: np.ndarray) -> None:
+        """Raise "dimming not followed" for ``bad``, clear it for ``ok``."""
         if bad.size == 0 and ok.size == 0:
             return
         alarms = self.runtime.services.get("alarms")
@@ -322,7 +360,10 @@ class ScheduleService(Service):
         self._wake.set()
 
     async def aclose(self) -> None:
-        pass
+        self.runtime.tagdb.unsubscribe(self._sub)
+        if self._recheck_task is not None:
+            self._recheck_task.cancel()
+            await asyncio.gather(self._recheck_task, return_exceptions=True)
 
     # ----------------------------------------------------------------- overrides from OPC UA
     def _writer(self, area: str):

@@ -452,7 +452,8 @@ async def test_external_condition_merges_into_a_tag_based_alarm(alarm_env: Alarm
     async with running(env):
         healthy(env)  # level == level_cmd: the tags say normal
         env.engine.set_condition(LUM, "dimming_not_followed", True, message="group step missed")
-        await env.clock.advance(60)  # the profile's on-delay still applies
+        # at once: the schedule engine's fade + verify_after timed it; the profile's on_delay
+        # (60 s) is the tag condition's only
         assert env.state(aid) == M.UNACK_ACTIVE
         env.set({f"{LUM}/level": 99})  # a tag change does not clear what the schedule reports
         assert env.state(aid) == M.UNACK_ACTIVE
@@ -460,6 +461,12 @@ async def test_external_condition_merges_into_a_tag_based_alarm(alarm_env: Alarm
         assert env.state(aid) == M.UNACK_RTN
         assert f"{LUM}/dimming_not_followed" in env.engine.by_id
         assert [e.event for e in env.events if e.alarm_id == aid] == ["raise", "clear"]
+        # the tag condition pending its on_delay does not hold back the external one
+        env.set({f"{LUM}/level": 40})  # deviates from level_cmd: 60 s on_delay starts
+        await env.clock.advance(20)
+        assert env.state(aid) == M.UNACK_RTN  # not active yet: the tags' on_delay runs
+        env.engine.set_condition(LUM, "dimming_not_followed", True)
+        assert env.state(aid) == M.UNACK_ACTIVE
 
 
 def test_restart_restores_states_exactly_without_duplicates(tmp_path, stepped_clock) -> None:
