@@ -483,6 +483,7 @@ class Notifier:
                          for n, c in cfg.channels.items()}
         self._esc: dict[str, list[tuple[float, int, RuleConfig, M.AlarmEvent]]] = {}
         self._notified: dict[str, set[int]] = {}  # alarm id -> rules that sent its raise
+        self._out: dict[str, list[dict[str, Any]]] = {}  # collected by _send, queued by _flush
         self._wake = asyncio.Event()
         self.dead_count = len(read_dead_letters(directory))
 
@@ -499,9 +500,22 @@ class Notifier:
 
     def _send(self, channels: list[str], e: M.AlarmEvent, kind: str, escalation: int = 0) -> None:
         for ch in dict.fromkeys(channels):
-            self.channels[ch].put([self._entry(e, kind, escalation)])
+            self._out.setdefault(ch, []).append(self._entry(e, kind, escalation))
+
+    def _flush(self) -> None:
+        """Queue what :meth:`_send` collected: one write per channel for a whole batch of
+        events (a flood of 10,000 raises is one append, not 10,000)."""
+        out, self._out = self._out, {}
+        for ch, entries in out.items():
+            self.channels[ch].put(entries)
 
     def on_events(self, events: list[M.AlarmEvent]) -> None:
+        try:
+            self._on_events(events)
+        finally:
+            self._flush()
+
+    def _on_events(self, events: list[M.AlarmEvent]) -> None:
         for e in events:
             annunciated = (e.event == M.RAISE and not e.hidden) or (
                 e.event in (M.UNSUPPRESS, M.UNSHELVE, M.IN_SERVICE) and e.state == M.UNACK_ACTIVE)
@@ -538,6 +552,7 @@ class Notifier:
                 self._esc[aid] = keep
             else:
                 del self._esc[aid]
+        self._flush()
 
     # ------------------------------------------------------------------ replay and health
     def _replay_waiting(self) -> bool:

@@ -9,19 +9,25 @@ import asyncio
 import contextlib
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cli import main
+from scada import quality as Q
 from scada.alarms import model as M
 from scada.alarms.notify import Notifier
 from scada.alarms.notify_queue import read_dead_letters, read_queues
 from scada.alarms.service import make_notifier
+from scada.loader import load_site
+from scada.runtime import Runtime
+from scada.tags import Batch
 from tests.conftest import free_port
-from tests.fixtures.alarms import AlarmEnv, make_env
+from tests.fixtures.alarms import AlarmEnv, make_env, write_site
 
 pytestmark = pytest.mark.system
 
@@ -386,3 +392,45 @@ async def test_sms_through_an_http_gateway_and_smtp_to_sms(tmp_path, stepped_clo
         _, rcpt, sms = smtp_server.messages[0]
         assert rcpt == ["0600000003@sms.example"]
         assert sms.get_content().strip() == text[:60].strip() and sms["Date"]
+
+
+async def test_health_tags_and_max_age_in_a_runtime(tmp_path, stepped_clock) -> None:
+    """The alarm service of a runtime publishes ``_system/notify/<channel>/*``; a notification
+    still undelivered after ``max_age`` becomes a dead letter."""
+    closed = free_port()
+    conf = f"""
+  channels:
+    hook: {{type: webhook, url: "http://127.0.0.1:{closed}/x", retries: 0, backoff: 10s,
+            max_backoff: 30s, max_age: 2min}}
+  rules:
+    - {{categories: [cabinet], channels: [hook]}}
+"""
+    site = load_site(write_site(tmp_path, nlum=2, alarms_extra=f"notifications:\n{conf}"),
+                     validate_drivers=False)
+    rt = Runtime(site, stepped_clock)
+    rt.load_services(only=["alarms"])
+    svc = rt.services["alarms"]
+    n = svc.notifier
+    task = asyncio.create_task(n.run())
+    db = rt.tagdb
+    try:
+        db.apply(Batch.of([db.index(f"{CAB}/comm_ok")], [1.0], Q.Good, stepped_clock.time()))
+        db.mark(np.asarray([db.index(f"{CAB}/comm_ok")]), 0x80050000)
+        await run_for(stepped_clock, n, 10)
+        svc.publish_health()
+        h = {p: db.read(f"_system/notify/hook/{p}").value
+             for p in ("queued", "failed", "dead_letters", "last_success", "down")}
+        assert h["queued"] == 1 and h["failed"] >= 1 and h["dead_letters"] == 0
+        assert h["down"] == 1
+        assert h["last_success"] is None or math.isnan(h["last_success"])  # never delivered
+        assert svc.engine.view(svc.engine.find("_system/notify/hook/down")).active == 1
+        await run_for(stepped_clock, n, 150)
+        (d,) = dead_letters(n)
+        assert "max_age" in d["reason"] and d["alarm_ids"] == [f"{CAB}/comm_lost"]
+        svc.publish_health()
+        assert db.read("_system/notify/hook/queued").value == 0
+        assert db.read("_system/notify/hook/dead_letters").value == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await svc.aclose()
