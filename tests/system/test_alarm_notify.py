@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import math
 from pathlib import Path
@@ -267,11 +266,7 @@ async def test_rate_limit_sends_a_digest_not_a_flood(tmp_path, stepped_clock, ht
 
 
 def ack(env: AlarmEnv, alarm_id: str, user: str = "olga") -> None:
-    """Acknowledge as an operator (the role argument goes away when the operator API owns the
-    role checks)."""
-    kw = {"role": "operator"} if "role" in inspect.signature(
-        env.engine.acknowledge).parameters else {}
-    env.engine.acknowledge(alarm_id, user=user, comment="crew sent", **kw)
+    env.engine.acknowledge(alarm_id, user=user, comment="crew sent")
 
 
 def lum(k: int, point: str = "lamp_failure") -> str:
