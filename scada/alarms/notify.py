@@ -33,6 +33,7 @@ import base64
 import json
 import logging
 import os
+import pwd
 import smtplib
 import ssl
 import uuid
@@ -462,15 +463,17 @@ class Notifier:
     ``state_of(alarm_id)`` gives an alarm's current state at send time, ``describe(device)``
     its location (``location`` (lat, lon), ``address``, ``description``, ``cabinet``,
     ``municipality``), ``on_down(channel, down, reason)`` raises/clears the channel-down
-    alarm."""
+    alarm, ``on_replay(request, ids queued, request file)`` audits a replay."""
 
     def __init__(self, cfg: NotificationsConfig, clock: Clock, directory: str, *,
                  site: str = "scada", timezone: str = "UTC",
                  municipality_of: dict[str, str] | None = None,
                  state_of: Callable[[str], M.AlarmEvent | None] | None = None,
                  describe: Callable[[str], dict[str, Any]] | None = None,
-                 on_down: Callable[[str, bool, str], None] | None = None):
+                 on_down: Callable[[str, bool, str], None] | None = None,
+                 on_replay: Callable[[dict[str, Any], list[str], str], None] | None = None):
         self.cfg = cfg
+        self.on_replay = on_replay
         self.municipality_of = municipality_of or {}
         self.clock = clock
         self.site = site
@@ -586,6 +589,15 @@ class Notifier:
                 log.error("notify replay request %s unreadable (%s): renamed to .bad", p, e)
                 os.replace(p, p + ".bad")
                 continue
+            # who asked: the account that owns the request file (the kernel says so; the
+            # user written inside it is only what the command was told)
+            try:
+                uid = os.stat(p).st_uid
+                req["owner"] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                req["owner"] = str(uid)
+            except OSError:
+                continue
             out.append((p, req, dead))
         return out
 
@@ -611,15 +623,17 @@ class Notifier:
             if done:
                 self._dead_replayed(done, req)
                 queued += len(done)
-            log.info("notify replay requested by %s: %d notification(s) queued again",
-                     req.get("user"), len(done))
+            if self.on_replay is not None:
+                self.on_replay(req, done, os.path.basename(p))
+            log.info("notify replay requested by %s (account %s): %d notification(s) queued "
+                     "again", req.get("user"), req.get("owner"), len(done))
             os.unlink(p)
         return queued
 
     def _dead_replayed(self, ids: list[str], req: dict[str, Any]) -> None:
         with open(self.dead_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"replayed": ids, "ts": self.clock.time(), "by": req.get("user"),
-                                "channel": req.get("channel")}) + "\n")
+            f.write(json.dumps({"replayed": ids, "ts": self.clock.time(), "by": req.get("owner"),
+                                "user": req.get("user"), "channel": req.get("channel")}) + "\n")
         self.dead_count = max(0, self.dead_count - len(ids))
 
     def health(self) -> dict[str, dict[str, float]]:

@@ -145,12 +145,15 @@ class QueueLog:
             self._compact()
 
     def _compact(self) -> None:
+        """Rewrite the log with the live entries only. No fsync here (this runs in the event
+        loop): the next :meth:`sync_fd` before a delivery attempt covers the new file, and a
+        crash before it leaves either the old log (same live set) or the new one."""
         self._f.close()
         replace_text(self.path, "".join(
             json.dumps({"op": "put", "entry": e}, default=str, ensure_ascii=False) + "\n"
-            for e in self.pending))
+            for e in self.pending), fsync=False)
         self._f = open(self.path, "a", encoding="utf-8")
-        self._dirty = False
+        self._dirty = bool(self.pending)
 
     def sync_fd(self) -> int | None:
         """A duplicate of the log's descriptor to fsync in a worker thread (and close there), or

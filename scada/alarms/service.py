@@ -77,7 +77,9 @@ class AlarmService(Service):
         self.notifier: Notifier | None = None
         self._notify_first: dict[str, int] = {}
         if cfg.notifications.channels:
-            self.notifier = make_notifier(site, self.engine, runtime.clock, self.directory)
+            ops = getattr(runtime, "operations", None)
+            self.notifier = make_notifier(site, self.engine, runtime.clock, self.directory,
+                                          audit=(lambda: ops.audit) if ops is not None else None)
             for ch in cfg.notifications.channels:
                 self._notify_first[ch] = runtime.tagdb.add_tags(f"_system/notify/{ch}",
                                                                 NOTIFY_HEALTH)
@@ -150,10 +152,12 @@ class AlarmService(Service):
         self.engine.close()
 
 
-def make_notifier(site: Any, engine: AlarmEngine, clock: Any, directory: str) -> Notifier:
+def make_notifier(site: Any, engine: AlarmEngine, clock: Any, directory: str,
+                  audit: Any = None) -> Notifier:
     """The notifier of ``site.config.alarms.notifications`` wired to ``engine``: it reads the
-    alarms' state at send time, raises the channel-down alarms through ``set_condition`` and
-    describes devices from the site model. Registered as an engine listener."""
+    alarms' state at send time, raises the channel-down alarms through ``set_condition``,
+    describes devices from the site model and records replays in the audit log ``audit()``
+    returns (the server's, opened on first use). Registered as an engine listener."""
     municipality_of = {a.id: a.municipality or a.name or a.id for a in site.config.areas}
 
     def state_of(alarm_id: str) -> Any:
@@ -168,10 +172,19 @@ def make_notifier(site: Any, engine: AlarmEngine, clock: Any, directory: str) ->
             message=f"notification channel {channel} is down ({reason}): notifications are "
                     f"queued and sent when it answers; check its server and settings")
 
+    def replayed(req: dict[str, Any], ids: list[str], name: str) -> None:
+        # authorised by the file system (write access to the state directory); the account
+        # is the request file's owner
+        if audit is not None:
+            audit().record(user=req.get("owner"), action="notify.replay",
+                         target=req.get("channel") or "dead letters",
+                         outcome="Good" if ids else "BadNothingToDo",
+                         via=f"request file {name}", ids=ids, asked_as=req.get("user"))
+
     n = Notifier(site.config.alarms.notifications, clock, directory, site=site.name,
                  timezone=site.config.site.timezone, municipality_of=municipality_of,
                  state_of=state_of, describe=describer(site, municipality_of),
-                 on_down=channel_down)
+                 on_down=channel_down, on_replay=replayed)
     engine.listeners.append(n.on_events)
     return n
 

@@ -281,7 +281,9 @@ class RuleConfig(Strict):
 
 
 class NotificationsConfig(Strict):
-    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    #: names are identifiers: each is a file name (its queue) and a device path
+    #: (``_system/notify/<channel>``)
+    channels: dict[Ident, ChannelConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from scada.alarms import model as M
 from scada.alarms.notify import Notifier
 from scada.alarms.notify_queue import read_dead_letters, read_queues
 from scada.alarms.service import make_notifier
+from scada.audit import AuditLog
 from scada.loader import load_site
 from scada.runtime import Runtime
 from scada.tags import Batch
@@ -51,7 +54,9 @@ async def notifier(tmp_path: Path, stepped_clock: Any, notifications: str, *,
     if env is None:
         env = make_env(tmp_path, stepped_clock, nlum=4, extra=extra,
                        alarms_extra=f"notifications:\n{notifications}")
-    n = make_notifier(env.site, env.engine, stepped_clock, env.engine.journal.directory)
+    audit = AuditLog(str(tmp_path / "audit.log"), stepped_clock)
+    n = make_notifier(env.site, env.engine, stepped_clock, env.engine.journal.directory,
+                      audit=lambda: audit)
     n.municipality_of.update({"centre": "Dijon", "north": "Talant"})
     task = asyncio.create_task(n.run())
     await stepped_clock.advance(0)
@@ -61,6 +66,7 @@ async def notifier(tmp_path: Path, stepped_clock: Any, notifications: str, *,
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         env.engine.listeners.remove(n.on_events)
+        audit.close()
         if own:
             env.engine.close()
 
@@ -171,6 +177,9 @@ async def test_refusals_are_dead_letters_and_replayed_outages_are_queued(
         assert http_server.requests[1]["body"]["alarm_id"] == f"{CAB}/comm_lost"
         assert read_dead_letters(directory) == []  # replayed: not listed any more
         assert len(read_dead_letters(directory, include_replayed=True)) == 1
+        (rec,) = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+        assert (rec["action"], rec["user"], rec["ids"], rec["outcome"]) == (
+            "notify.replay", pwd.getpwuid(os.getuid()).pw_name, [d["id"]], "Good")  # the request file's owner
         res = CliRunner().invoke(main, ["notify", "replay", "--dir", directory, d["id"]])
         assert res.exit_code == 2 and "no dead letter" in res.output  # not twice
 
