@@ -429,35 +429,62 @@ class EmbeddedBackend(Backend):
             return bool(batch) and batch in self._batches
 
     def read_many(self, keys: Sequence[str], t0: float, t1: float) -> Points:
-        """One scan for many series: sorted by (series, time, block) in DuckDB, and of the same
-        (series, time) written by several blocks the later block's reading kept (numpy)."""
+        """One scan for many series, sorted by (series in the order of ``keys``, time); of a same
+        (series, time) written by several blocks the later block's reading is kept.
+
+        DuckDB only filters and fetches (an ORDER BY of a night of a city, millions of rows, cost
+        3-6x more here); numpy sorts one int64 key (series, time) with a stable sort, which is
+        fast on the runs the segments already hold (each block is sorted by series and time)."""
         self._load_series()
+        empty = Points(list(keys), np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint32))
         known = [(i, self._sid[k]) for i, k in enumerate(keys) if k in self._sid]
         if not known:
-            return Points(list(keys), np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint32))
+            return empty
         sid_arr = np.array([s for _, s in known], dtype=np.uint32)
         local = np.full(int(sid_arr.max()) + 1, -1, np.int64)
         local[sid_arr] = [i for i, _ in known]
         everything = len(known) == len(self._sid)
         sel = "TRUE" if everything else "sid IN (SELECT unnest(?::UINTEGER[]))"
         params = [] if everything else [sid_arr.tolist()]
+        a_us, b_us = round(t0 * US), round(t1 * US)
         res = self._query(
-            lambda files: f"SELECT sid, t, v, q FROM read_parquet({files!r}) WHERE t >= {round(t0 * US)} "
-            f"AND t < {round(t1 * US)} AND {sel} ORDER BY sid, t, b",
-            t0, t1, params)
+            lambda files: f"SELECT sid, t, v, q, b FROM read_parquet({files!r}) WHERE t >= {a_us} "
+            f"AND t < {b_us} AND {sel}", t0, t1, params)
         if res is None or len(res["t"]) == 0:
-            return Points(list(keys), np.zeros(0, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.uint32))
-        s = np.asarray(res["sid"], np.int64)
+            return empty
+        sid = np.asarray(res["sid"], np.int64)
+        ls = local[np.minimum(sid, len(local) - 1)]
+        ls[sid >= len(local)] = -1
         t = np.asarray(res["t"], np.int64)
-        last = np.ones(len(t), bool)
-        last[:-1] = (s[1:] != s[:-1]) | (t[1:] != t[:-1])
-        ls = local[s[last]]
-        order = np.argsort(ls, kind="stable") if not np.all(ls[1:] >= ls[:-1]) else None
-        pts = Points(list(keys), ls.astype(np.int32), t[last] / US, _floats(res["v"])[last],
-                     np.asarray(res["q"], np.uint32)[last])
-        if order is not None:
-            pts = Points(pts.keys, pts.sid[order], pts.t[order], pts.v[order], pts.q[order])
-        return pts
+        keep = ls >= 0
+        if not keep.all():
+            ls, t = ls[keep], t[keep]
+        lo = int(t.min())
+        span = int(t.max()) - lo + 1
+        if len(keys) * span < 2**62:
+            key = ls * span + (t - lo)
+            order = np.argsort(key, kind="stable")
+            k = key[order]
+        else:  # a very long range of many series: two keys
+            order = np.lexsort((t, ls))
+            k = None
+        blk = np.asarray(res["b"], np.int64)
+        blk = blk if keep.all() else blk[keep]
+        if k is None:
+            dup = (ls[order][1:] == ls[order][:-1]) & (t[order][1:] == t[order][:-1])
+        else:
+            dup = k[1:] == k[:-1]
+        if dup.any():  # same series and time from several blocks: sort those by block too
+            order = np.lexsort((blk, t, ls))
+            s2, t2 = ls[order], t[order]
+            last = np.ones(len(order), bool)
+            last[:-1] = (s2[1:] != s2[:-1]) | (t2[1:] != t2[:-1])
+            order = order[last]
+        v = _floats(res["v"])
+        q = np.asarray(res["q"], np.uint32)
+        if not keep.all():
+            v, q = v[keep], q[keep]
+        return Points(list(keys), ls[order].astype(np.int32), t[order] / US, v[order], q[order])
 
     def buckets(self, keys: Sequence[str], edges: np.ndarray, counter: bool = False) -> Buckets:
         """Summaries pushed down to DuckDB: one pass over the segments, grouped by series and

@@ -713,8 +713,8 @@ def compute(
     time not covered by readings is ``estimate``d at the luminaire's own rate, or ``exclude``d
     from baseline and actual alike. ``min_measured_pct`` (default: the inventory's, else
     :data:`MIN_MEASURED_PCT`): below that share of burning hours measured the headline says the
-    data are insufficient. ``rollups`` (:class:`historian.rollup.Rollups`): read per-night
-    summaries from there, computing missing or stale nights first, instead of the raw data.
+    data are insufficient. ``rollups`` (:class:`historian.rollup.Rollups`; None: a temporary
+    one): the per-night summaries, missing or stale nights computed first.
 
     Nothing of size luminaires x days is built for the points in service over the whole period
     whose counters have a reading in every half-night: their energy is summed while the nights
@@ -722,6 +722,21 @@ def compute(
     """
     if partial not in ("estimate", "exclude"):
         raise ValueError(f"partial {partial!r}: expected 'estimate' or 'exclude'")
+    if rollups is None:
+        # without a roll-up store, the nights are summarised into a temporary one: the same
+        # computation, memory bounded by a run of nights whatever the period
+        import shutil
+        import tempfile
+
+        from .rollup import Rollups
+
+        tmp = tempfile.mkdtemp(prefix="kpi-rollups-")
+        try:
+            return compute(backend, inventory, lat=lat, lon=lon, tz=tz, d0=d0, d1=d1, area=area,
+                           cabinet_meters=cabinet_meters, progress=progress, rollups=Rollups(tmp),
+                           convention=convention, partial=partial, min_measured_pct=min_measured_pct)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     say = progress or (lambda m: None)
     pts = [p for p in inventory.points if area is None or p.area == area]
     if not pts:

@@ -155,3 +155,17 @@ def test_cli_import_export_fingerprint(tmp_path):
     assert r2.exit_code == 0 and line in r2.output
     r = CliRunner().invoke(main, ["historian", "import", str(f), "--store", store, "--unit", "furlongs"])
     assert r.exit_code == 2 and "unit 'furlongs' is not known" in r.output
+
+
+def test_read_many_sorted_and_the_later_block_wins(tmp_path):
+    b = _store(tmp_path)
+    keys = ["s/b/energy_wh", "s/a/energy_wh"]
+    b.write(Points.of(keys, [0, 0, 1, 1], [3.0, 1.0, 2.0, 1.0], [30.0, 10.0, 2.0, 1.0]), "one")
+    b.write(Points.of(keys, [1, 0], [2.0, 3.0], [20.0, 33.0], [Q.BadCommunicationError, 0]), "two")
+    p = b.read_many(["s/a/energy_wh", "s/b/energy_wh", "s/none"], 0.0, 10.0)
+    assert p.sid.tolist() == [0, 0, 1, 1] and p.t.tolist() == [1.0, 2.0, 1.0, 3.0]
+    assert p.v.tolist() == [1.0, 20.0, 10.0, 33.0] and p.q.tolist() == [0, Q.BadCommunicationError, 0, 0]
+    for i, k in enumerate(["s/a/energy_wh", "s/b/energy_wh"]):
+        r = b.read_raw(k, 0.0, 10.0)
+        assert r.t.tolist() == p.t[p.sid == i].tolist() and r.v.tolist() == p.v[p.sid == i].tolist()
+    b.close()
