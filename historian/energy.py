@@ -600,16 +600,22 @@ def counter_totals(backend: Backend, keys: Sequence[str], tl: Timeline, max_w: n
     # readings, fingerprint lanes, time range: a pass over the nights
     readings = np.zeros(S)
     lanes = np.zeros((4, S))
-    t_first = np.full(S, np.inf)
-    t_last = np.full(S, -np.inf)
     for j in range(N):
-        readings += src.night(j, "e_count") + src.night(j, "m_count") + src.night(j, "bad")
-        for i in range(4):
-            lanes[i] += src.night(j, f"h{i}")
-        np.fmin(t_first, src.night(j, "e_first_t"), out=t_first)
-        np.fmin(t_first, src.night(j, "m_first_t"), out=t_first)
-        np.fmax(t_last, src.night(j, "e_last_t"), out=t_last)
-        np.fmax(t_last, src.night(j, "m_last_t"), out=t_last)
+        readings += src.block(j, "e_count", 3).sum(axis=0)  # good readings of both halves, bad ones
+        lanes += src.block(j, "h0", 4)
+    # the time range of the good readings: the first night with any from the start, the last
+    # one from the end (only the range over all series is reported)
+    t_lo = t_hi = np.nan
+    for j in range(N):
+        t_lo = np.fmin.reduce(np.fmin(src.night(j, "e_first_t"), src.night(j, "m_first_t")))
+        if not np.isnan(t_lo):
+            break
+    for j in reversed(range(N)):
+        t_hi = np.fmax.reduce(np.fmax(src.night(j, "e_last_t"), src.night(j, "m_last_t")))
+        if not np.isnan(t_hi):
+            break
+    t_first = np.full(S, t_lo if np.isfinite(t_lo) else np.inf)
+    t_last = np.full(S, t_hi if np.isfinite(t_hi) else -np.inf)
     lanes = np.mod(lanes, 4294967296.0)
     if fast_ok is not None and fast_ok.any():
         fast, e_l, e_d, res_f = _fast_pass(src, tl, max_w, np.asarray(fast_ok, bool))
@@ -746,14 +752,10 @@ def compute(
     hours = tl.per_day(tl.hours)
     L = len(pts)
     nd = nights(d0, d1)
-    e_ord = astro._EPOCH_ORD
-    inst = np.fromiter((p.installed.toordinal() - e_ord if p.installed else -(10**9) for p in pts), np.int64, L)
-    rem = np.fromiter((p.removed.toordinal() - e_ord if p.removed else 10**9 for p in pts), np.int64, L)
+    inst, rem, legacy, nominal = _point_arrays(inventory, area, pts)
     # each point is in service over the days [a, b) of the period (days are consecutive)
     a_l = np.clip(inst - nd[0], 0, D)
     b_l = np.maximum(np.clip(rem - nd[0], 0, D), a_l)
-    legacy = np.fromiter((p.legacy_w for p in pts), np.float64, L)
-    nominal = np.fromiter((p.nominal_w or p.legacy_w / 2.0 for p in pts), np.float64, L)
     cab_of = [p.cabinet for p in pts]
     cabs = sorted(set(cab_of) - {""})
     cab_ix = {c: i for i, c in enumerate(cabs)}
@@ -905,6 +907,27 @@ def compute(
     res.inputs["hours_method"] += measured_note
     res.tables["partial_nights"] = partial_rows
     return res
+
+
+_ARRAYS: dict[tuple[int, str | None], tuple[Any, tuple[np.ndarray, ...]]] = {}
+
+
+def _point_arrays(inv: Inventory, area: str | None, pts: list[LightPoint]) -> tuple[np.ndarray, ...]:
+    """(installed, removed as days since the epoch; legacy W, nominal W) of the points, kept for
+    the next report on the same inventory in this process (an inventory is not changed once
+    loaded: a new file is a new Inventory)."""
+    hit = _ARRAYS.get((id(inv.points), area))
+    if hit is not None and hit[0] is inv.points:
+        return hit[1]
+    L, e_ord = len(pts), astro._EPOCH_ORD
+    arrays = (np.fromiter((p.installed.toordinal() - e_ord if p.installed else -(10**9) for p in pts), np.int64, L),
+              np.fromiter((p.removed.toordinal() - e_ord if p.removed else 10**9 for p in pts), np.int64, L),
+              np.fromiter((p.legacy_w for p in pts), np.float64, L),
+              np.fromiter((p.nominal_w or p.legacy_w / 2.0 for p in pts), np.float64, L))
+    if len(_ARRAYS) > 8:
+        _ARRAYS.clear()
+    _ARRAYS[(id(inv.points), area)] = (inv.points, arrays)
+    return arrays
 
 
 def _partial_rows(pts: list[LightPoint], X: np.ndarray, st: np.ndarray, mh: np.ndarray, fh: np.ndarray,

@@ -147,10 +147,11 @@ class Fingerprint:
             for i in have.tolist():
                 self.add_series(keys[i], int(counts[i]), lanes[:, i], float(t_min[i]), float(t_max[i]))
             return
-        ln = np.mod(np.asarray(lanes)[:, have], 4294967296.0).astype(np.int64)
-        for i, a, b, c, d, n in zip(have.tolist(), *ln.tolist(), np.asarray(counts)[have].tolist(), strict=True):
-            self.digests[keys[i]] = f"{a:08x}{b:08x}{c:08x}{d:08x}"
-            self.counts[keys[i]] = int(n)
+        ln = np.mod(np.asarray(lanes)[:, have], 4294967296.0).astype(">u4")
+        hexes = np.ascontiguousarray(ln.T).tobytes().hex()  # 32 hex digits per series, lanes in order
+        ks = [keys[i] for i in have.tolist()]
+        self.digests.update(zip(ks, [hexes[32 * i : 32 * i + 32] for i in range(len(ks))], strict=True))
+        self.counts.update(zip(ks, np.asarray(counts)[have].astype(np.int64).tolist(), strict=True))
         lo, hi = float(np.min(np.asarray(t_min)[have])), float(np.max(np.asarray(t_max)[have]))
         self.t_min = lo if self.t_min is None else min(self.t_min, lo)
         self.t_max = hi if self.t_max is None else max(self.t_max, hi)

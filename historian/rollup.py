@@ -41,7 +41,7 @@ from .summary import FIELDS, MISSING, night_edges, summarize
 ROWS = ("id", *FIELDS)
 R = {name: i for i, name in enumerate(ROWS)}
 #: layout version, in the header of the ``vmax`` row (files of another layout are recomputed)
-FORMAT = 3.0
+FORMAT = 4.0
 _HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
 
 
@@ -78,6 +78,7 @@ class Rollups:
         self._keys: list[str] = []
         self._index: dict[str, int] = {}
         self._maps: dict[str, tuple[tuple[int, int, int], np.ndarray]] = {}
+        self._ids_cache: dict[tuple[str, ...], np.ndarray] = {}
         p = os.path.join(self.dir, "keys.txt")
         if os.path.exists(p):
             with open(p, encoding="utf-8") as f:
@@ -85,6 +86,10 @@ class Rollups:
             self._index = {k: i for i, k in enumerate(self._keys)}
 
     def _ids(self, keys: Sequence[str]) -> np.ndarray:
+        tk = tuple(keys)
+        hit = self._ids_cache.get(tk)
+        if hit is not None:
+            return hit
         new = [k for k in dict.fromkeys(keys) if k not in self._index]
         if new:
             with open(os.path.join(self.dir, "keys.txt"), "a", encoding="utf-8") as f:
@@ -92,7 +97,11 @@ class Rollups:
             for k in new:
                 self._index[k] = len(self._keys)
                 self._keys.append(k)
-        return np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+        ids = np.fromiter((self._index[k] for k in keys), np.int64, len(keys))
+        if len(self._ids_cache) > 8:
+            self._ids_cache.clear()
+        self._ids_cache[tk] = ids
+        return ids
 
     def path(self, night: date, point: str) -> str:
         return os.path.join(self.dir, f"night-{night.isoformat()}.{point}.npy")
@@ -211,7 +220,7 @@ class Rollups:
         """The stored nights of ``keys`` (memory-mapped, nothing copied yet), or None if a night
         is missing. Read row blocks with :meth:`RollupView.rows`."""
         point = _point(keys)
-        ids = np.fromiter((self._index.get(k, -1) for k in keys), np.int64, len(keys))
+        ids = self._ids(keys)
         arrs = []
         for night in nights:
             arr = self._map(night, point)
@@ -265,6 +274,14 @@ class RollupView:
         out[ok] = arr[R[field], 1 + pos[ok]]
         return out
 
+    def block(self, j: int, field: str, n: int) -> np.ndarray:
+        """[n, series]: the ``n`` consecutive fields from ``field`` of night ``j``."""
+        arr = self.arrs[j]
+        r = R[field]
+        if self._aligned[j]:
+            return arr[r : r + n, 1:]
+        return np.vstack([self.night(j, f) for f in ROWS[r : r + n]])
+
     def take(self, idx: np.ndarray, fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
         """[len(idx), night] float64 arrays of ``fields`` for the series ``idx``."""
         idx = np.asarray(idx, np.int64)
@@ -313,6 +330,11 @@ def _aligned(arr: np.ndarray, ids: np.ndarray, h: float) -> bool:
 
 def _point(keys: Sequence[str]) -> str:
     """The point name shared by ``keys`` (``energy_wh``): roll-ups are kept per point."""
+    if keys and (keys[0].endswith("/energy_wh") or keys[0].endswith("/power_w")) and len(keys) > 1000:
+        # a city's key list: check a sample fast, then all with one string operation
+        name = keys[0].rsplit("/", 1)[1]
+        if "".join(k[-len(name) - 1 :] for k in keys) == ("/" + name) * len(keys):
+            return name
     if keys:
         name = keys[0].rsplit("/", 1)[-1]
         suffix = "/" + name

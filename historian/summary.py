@@ -33,8 +33,10 @@ from scada import quality as Q
 from .base import Points
 from .fingerprint import lane_sums
 
-HALF = ("first_t", "first_v", "last_t", "last_v", "count", "inc")
-NIGHT = ("bad", "resets", "rmax", "vmax", "h0", "h1", "h2", "h3")
+HALF = ("first_t", "first_v", "last_t", "last_v", "inc")
+NIGHT = ("resets", "rmax", "vmax", "e_count", "m_count", "bad", "h0", "h1", "h2", "h3")
+#: the rows of a night, in file order: what is read together is adjacent (counts and bad
+#: readings, the four fingerprint lanes)
 FIELDS = (*(f"e_{f}" for f in HALF), *(f"m_{f}" for f in HALF), *NIGHT)
 #: value of a field for a series without data that night
 MISSING = {f: (0.0 if f.endswith(("count", "inc")) or f in ("bad", "resets", "h0", "h1", "h2", "h3") else
@@ -266,3 +268,7 @@ class MatrixView:
 
     def take(self, idx: np.ndarray, fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
         return {f: self.m[f][:, idx].T for f in fields}
+
+    def block(self, j: int, field: str, n: int) -> np.ndarray:
+        i = FIELDS.index(field)
+        return np.vstack([self.m[f][j] for f in FIELDS[i : i + n]])
