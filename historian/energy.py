@@ -864,6 +864,8 @@ def compute(
         p_led = np.where(n_p > 0, p_sum / np.maximum(n_p, 1), nominal)
     ea_l = p_led * (in_service_h - excl_l)
     ea_d = (hours_g * in_service(p_led, grp, G)).sum(0)
+    if partial == "exclude" and len(X):
+        ea_d = ea_d - (p_led[X, None] * eh_x).sum(0)
 
     # Option C: cabinet meters against the baseline of the points behind each cabinet
     ec = np.zeros((C, D))

@@ -206,6 +206,10 @@ def test_exclude_partial_and_insufficient_data(audit, tmp_path):
     assert lum["baseline_kwh"] == pytest.approx(275 * (full - excluded) / 1000, abs=1e-3)
     assert lum["savings_pct_b"] == pytest.approx(100 * (1 - 85 / 275), abs=0.005)
     assert "excluded" in rep["inputs"]["partial_data"]
+    # the months add up to the year, baseline and both options, with the hours excluded
+    for col, opt in (("baseline_kwh", 1), ("actual_kwh_b", 1), ("actual_kwh_a", 0)):
+        total = rep["summary"][opt]["baseline_kwh" if col == "baseline_kwh" else "actual_kwh"]
+        assert sum(m[col] for m in rep["monthly"]) == pytest.approx(total, abs=2e-3), col
     # a period with no reading at all: the headline says so, no target verdict
     inv = tmp_path / "other.csv"
     inv.write_text("path,legacy_w,nominal_w\nsouth/cab-9/lum-01,170,40\n")
