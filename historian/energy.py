@@ -872,7 +872,7 @@ def compute(
     st_c = np.zeros((C, D), np.int8)
     ec_valid = np.zeros(C, bool)
     c_totals = None
-    if cabinet_meters and cabs:
+    if cabinet_meters and cabs and not {f"{c}/energy_wh" for c in cabs}.isdisjoint(backend.series("*/energy_wh")):
         say("option C: cabinet energy meters")
         cab_max = np.zeros(C)
         np.add.at(cab_max, lum_cab[lum_cab >= 0], 3.0 * legacy[lum_cab >= 0])
