@@ -36,6 +36,15 @@ STANDARD_HEALTH = (
     PointDef("late_cycles", "int", "", "poll cycles that did not complete within their period"),
     PointDef("errors", "int", "", "communication errors since start"),
     PointDef("rejected", "int", "", "malformed frames or payloads counted and skipped"),
+    # field-data screening by the tag database (scada.tags.TagDatabase._screen)
+    PointDef("implausible", "int", "", "readings outside their plausible range, kept with "
+             "BadOutOfRange or UncertainEngineeringUnitsExceeded"),
+    PointDef("late_samples", "int", "", "samples older than the tag's current value, not made current"),
+    PointDef("future_samples", "int", "", "samples stamped beyond the future tolerance, "
+             "clamped with BadInvalidTimestamp"),
+    PointDef("counter_glitches", "int", "", "counter readings that went backwards or jumped, "
+             "classified as glitches"),
+    PointDef("counter_resets", "int", "", "counter restarts (or replaced meters) confirmed by the next reading"),
 )
 
 
@@ -84,8 +93,12 @@ class DriverContext:
         self.log = logging.getLogger(f"drivers.{protocol}")
 
     def publish(self, batch: Batch) -> Changes | None:
-        """Deliver one batch of samples to the tag database."""
-        return self.tagdb.apply(batch)
+        """Deliver one batch of samples to the tag database.
+
+        The database screens it (plausible range, timestamps, counters, out of service) and
+        counts what it found in this driver's health tags (``implausible``, ``late_samples``,
+        ``future_samples``, ``counter_glitches``, ``counter_resets``)."""
+        return self.tagdb.apply(batch, self.health.values)
 
     def mark(self, indices: np.ndarray | list[int], status: int) -> Changes | None:
         """Set quality on tags keeping their last value (device lost, stale, out of service)."""

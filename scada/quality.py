@@ -19,6 +19,18 @@ How the tag database uses them (Part 8 meanings):
   (e.g. Modbus exception 0x02 illegal data address).
 * ``BadNotConnected`` means "never configured/connected" in Part 8 and is *not* used for a
   lost device.
+
+Field data screening (the tag database, issue 16; docs/devices/field-data.md):
+
+* ``BadOutOfRange`` - a reading outside the point's plausible range (its ``valid_range``, Part 8
+  §5.6.2 InstrumentRange, else its EU range), or a cumulative counter that went backwards or
+  jumped faster than its ``max_rate``; the reading is kept beside the code.
+* ``UncertainEngineeringUnitsExceeded`` - a reading outside the EU range (Part 8 §5.6.2
+  EURange: normal operation) but inside a wider ``valid_range`` the profile declares (the
+  instrument may legitimately read beyond its normal range).
+* ``BadInvalidTimestamp`` - the source timestamp lies further in the future than the site's
+  ``future_tolerance_s`` (Part 4 §7.39: "outside the range allowed by the server"); the value
+  is kept and its source time clamped to the server's time.
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ BadTooManyOperations: Final = 0x80100000
 BadInvalidArgument: Final = 0x80AB0000
 BadInvalidState: Final = 0x80AF0000
 BadNoData: Final = 0x809B0000
+BadInvalidTimestamp: Final = 0x80230000
 BadIdentityTokenRejected: Final = 0x80210000
 BadCertificateUntrusted: Final = 0x801A0000
 BadSecurityPolicyRejected: Final = 0x80550000

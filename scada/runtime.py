@@ -30,8 +30,6 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-import numpy as np
-
 from . import memdiag
 from . import quality as Q
 from .clock import Clock, RealClock
@@ -46,7 +44,7 @@ from .errors import (
 )
 from .operations import Operations
 from .site import Site
-from .tags import Batch, PointDef, TagDatabase
+from .tags import UA_TYPE_RANGE, Batch, PointDef, TagDatabase
 
 log = logging.getLogger("scada.runtime")
 
@@ -101,12 +99,12 @@ class Runtime:
         self.site = site
         self.clock = clock or RealClock()
         self.shutdown_timeout = shutdown_timeout
-        self.tagdb = TagDatabase(self.clock, capacity=site.tag_count + 1024)
+        self.tagdb = TagDatabase(self.clock, capacity=site.tag_count + 1024,
+                                 future_tolerance=site.config.site.future_tolerance_s)
         self.drivers: dict[str, Driver] = {}
         self.services: dict[str, Service] = {}
         self._device_driver: dict[int, Driver] = {}
         self._writers: dict[int, Writer] = {}  # device index -> handler for server-owned tags
-        self._out_of_service: set[int] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         #: a service that could not start at all (see :meth:`supervise`)
@@ -190,16 +188,25 @@ class Runtime:
         self._writers[self.tagdb.device_index(device_path)] = handler
 
     # ----------------------------------------------------------------- commands
-    def set_out_of_service(self, device_path: str, oos: bool) -> None:
-        """Mark a device under works: its tags read ``BadOutOfService`` and writes are refused."""
-        d = self.tagdb.device_index(device_path)
-        tags = self.tagdb.device_tags(device_path)
-        if oos:
-            self._out_of_service.add(d)
-            self.tagdb.mark(np.arange(tags.start, tags.stop), Q.BadOutOfService)
-        else:
-            self._out_of_service.discard(d)
-            self.tagdb.mark(np.arange(tags.start, tags.stop), Q.UncertainLastUsableValue)
+    def set_out_of_service(self, device_path: str, oos: bool, *, user: str | None = None,
+                           comment: str = "") -> int:
+        """Put a device under works (``oos=True``) or back in service: THE entry point.
+
+        The state lives in the tag database (:meth:`TagDatabase.set_out_of_service`): while out
+        of service every tag of the device reads ``BadOutOfService`` whatever its driver
+        publishes, and writes to it are refused. The alarm engine follows the change (its
+        alarms of the device are hidden and journaled as out of service, with ``user`` and
+        ``comment``). Role checks and audit belong to the caller (the operations layer).
+
+        Returns ``Good`` (also when the device already was in that state) or
+        ``BadNodeIdUnknown`` for an unknown device.
+        """
+        try:
+            self.tagdb.set_out_of_service(device_path, oos, user=user, comment=comment)
+        except UnknownTagError as e:
+            log.info("out of service refused: %s", e)
+            return Q.BadNodeIdUnknown
+        return Q.Good
 
     def check_write(self, tag: int | str, value: Any) -> tuple[int, Any]:
         """Validate a write without sending it: returns (tag index, coerced value) or raises
@@ -212,16 +219,22 @@ class Runtime:
         p = info.point
         if not p.writable:
             raise WriteRefused(f"{info.path} is read-only", Q.BadNotWritable)
-        if info.device_index in self._out_of_service:
+        if self.tagdb.is_out_of_service(info.device_index):
             raise WriteRefused(f"{info.device} is out of service", Q.BadOutOfService)
         v = coerce(p, value)
         if v is None:
-            raise WriteRefused(f"{info.path} expects a {p.dtype}, got {value!r}", Q.BadTypeMismatch)
+            raise WriteRefused(f"{info.path} expects a {p.dtype}"
+                               f"{' (a whole number)' if p.dtype == 'int' else ''}, got {value!r}",
+                               Q.BadTypeMismatch)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if (p.eu_low is not None and v < p.eu_low) or (p.eu_high is not None and v > p.eu_high):
                 raise WriteRefused(
                     f"{info.path}: {v} outside [{p.eu_low}, {p.eu_high}] {p.unit}", Q.BadOutOfRange
                 )
+            lo, hi = UA_TYPE_RANGE.get(p.data_type, (-math.inf, math.inf))
+            if not lo <= v <= hi:
+                raise WriteRefused(f"{info.path}: {v} does not fit its OPC UA data type {p.data_type} "
+                                   f"[{lo:g}, {hi:g}]", Q.BadOutOfRange)
         return i, v
 
     async def write(self, tag: int | str, value: Any, *, user: str | None = None) -> int:

@@ -27,7 +27,7 @@ from .sections.historian import HistorianConfig
 from .sections.opcua import OpcUaServerConfig
 from .sections.schedules import SchedulesConfig
 from .sections.users import UserConfig
-from .tags import PointDef, PointSchema
+from .tags import DEFAULT_UA_TYPE, FUTURE_TOLERANCE, UA_TYPES, PointDef, PointSchema
 
 DeviceKind = Literal[
     "cabinet", "luminaire", "junction", "gateway", "meter", "sensor", "controller", "other"
@@ -40,6 +40,9 @@ class SiteInfo(Strict):
     longitude: float = Field(ge=-180, le=180)
     timezone: str = "Europe/Paris"
     state_dir: str = "state"
+    #: seconds a device's source timestamp may lie ahead of the server's clock; later ones are
+    #: clamped to the server's time with BadInvalidTimestamp (docs/devices/field-data.md)
+    future_tolerance_s: float = Field(FUTURE_TOLERANCE, ge=0, le=86400)
 
     @field_validator("timezone")
     @classmethod
@@ -64,6 +67,18 @@ class Location(Strict):
     lon: float = Field(ge=-180, le=180)
 
 
+UaTypeName = Literal["Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64",
+                     "UInt64", "Float", "Double", "String"]
+
+
+class CounterConfig(Strict):
+    """A cumulative counter (energy, operating hours, starts): see ``PointConfig.counter``."""
+
+    #: largest plausible increase per second in the point's unit (e.g. Wh/s: rated W / 3600
+    #: with a margin); a faster rise is held BadOutOfRange like a backwards step
+    max_rate: float | None = Field(None, gt=0)
+
+
 class PointConfig(Strict):
     """One point of a profile: becomes one tag per device."""
 
@@ -74,21 +89,61 @@ class PointConfig(Strict):
     access: Literal["r", "rw"] = "r"
     deadband: float = Field(0.0, ge=0)
     history: bool = True
+    #: normal operating range (OPC UA Part 8 §5.6.2 EURange): writes outside it are refused,
+    #: readings outside it are not Good (BadOutOfRange, or Uncertain within ``valid_range``)
     eu_range: tuple[float, float] | None = None
+    #: range the instrument can legitimately report (Part 8 InstrumentRange), wider than
+    #: ``eu_range``: readings between the two are UncertainEngineeringUnitsExceeded, readings
+    #: outside it BadOutOfRange. Default: the EU range
+    valid_range: tuple[float, float] | None = None
+    #: OPC UA data type the point is served as (Part 6 §5.1.2); implies ``type`` when that is
+    #: not given. Default: Double, Int64, Boolean, String by ``type``
+    data_type: UaTypeName | None = None
+    #: a cumulative counter: ``true`` or ``{max_rate: ...}``; readings that go backwards (or
+    #: rise faster than ``max_rate``) are held BadOutOfRange until the next reading tells a
+    #: glitch from a restart
+    counter: bool | CounterConfig = False
     #: Protocol addressing, validated by the driver's ``PointSource`` model.
     source: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _range(self) -> PointConfig:
-        if self.eu_range is not None and self.eu_range[0] >= self.eu_range[1]:
-            raise ValueError("eu_range: expected [low, high] with low < high")
+        for key in ("eu_range", "valid_range"):
+            r = getattr(self, key)
+            if r is not None and r[0] >= r[1]:
+                raise ValueError(f"{key}: expected [low, high] with low < high")
+        if self.data_type is not None:
+            implied = UA_TYPES[self.data_type]
+            if "type" not in self.model_fields_set:
+                self.type = implied
+            elif implied != self.type:
+                raise ValueError(f"data_type {self.data_type} holds a {implied} value but the point's type "
+                                 f"is {self.type!r}; drop 'type' or use a {self.type} data type "
+                                 f"({', '.join(k for k, v in UA_TYPES.items() if v == self.type)})")
+        if self.valid_range is not None and self.eu_range is not None and not (
+                self.valid_range[0] <= self.eu_range[0] and self.eu_range[1] <= self.valid_range[1]):
+            raise ValueError(f"valid_range {list(self.valid_range)} must contain eu_range "
+                             f"{list(self.eu_range)} (it is the wider range the instrument may report)")
+        if self.counter and self.type not in ("float", "int"):
+            raise ValueError(f"counter: a {self.type} point cannot be a cumulative counter")
         return self
+
+    @property
+    def counter_spec(self) -> CounterConfig | None:
+        if isinstance(self.counter, CounterConfig):
+            return self.counter
+        return CounterConfig() if self.counter else None
 
     def to_pointdef(self) -> PointDef:
         lo, hi = self.eu_range if self.eu_range else (None, None)
+        vlo, vhi = self.valid_range if self.valid_range else (None, None)
+        c = self.counter_spec
+        ua = self.data_type if self.data_type and self.data_type != DEFAULT_UA_TYPE[self.type] else None
         return PointDef(
             name=self.name, dtype=self.type, unit=self.unit, description=self.description,
             access=self.access, deadband=self.deadband, history=self.history, eu_low=lo, eu_high=hi,
+            ua_type=ua, valid_low=vlo, valid_high=vhi, counter=c is not None,
+            max_rate=c.max_rate if c is not None else None,
         )
 
 

@@ -170,6 +170,8 @@ class MqttDriver(Driver):
         self.bad_after = np.full(n, np.inf)
         self.gw_of = np.zeros(n, dtype=np.int64)
         self.last_msg = np.full(n, ctx.clock.time())
+        #: latest source time a device stamped itself (0: none yet); see :meth:`_stamp`
+        self.dev_ts = np.zeros(n)
         self.stale = np.zeros(n, dtype=np.int8)  # 0 fresh, 1 uncertain, 2 bad
         self.online: dict[int, bool | None] = {}
         self.line_of = np.full(n, -1, dtype=np.int64)  # DALI line of a child (0-based), -1: none
@@ -492,12 +494,12 @@ class MqttDriver(Driver):
                             g = groups[id(shape)] = (shape, [], [], [], [], [])
                         g[1].append(row)
                         g[2].append(r.first)
-                        g[3].append(ts if ts is not None else now)
+                        g[3].append(self._stamp(r.slot, shape, ts, now))
                         g[4].append(r.slot)
                         g[5].append(gen)
                     else:
                         vals, ts = shape.decode_slow(obj)
-                        t = ts if ts is not None else now
+                        t = self._stamp(r.slot, shape, ts, now)
                         for k, v in vals:
                             if v.__class__ is str:
                                 si.append(r.first + shape.fields[k].offset_in_device)
@@ -586,6 +588,23 @@ class MqttDriver(Driver):
             elif was is not True:
                 self.last_msg[self.gw_of == g] = np.maximum(self.last_msg[self.gw_of == g], now)
                 self._rl.available(f"gw:{g}", "gateway %s is online again", self._slot_path[g])
+
+    def _stamp(self, slot: int, shape: Shape, ts: float | None, now: float) -> float:
+        """Source time of one message (docs/devices/field-data.md, "SourceTimestamp").
+
+        The device's own time when the payload carries it. A message without it on a topic
+        whose messages normally carry one (a Last Will the broker publishes for the gateway,
+        a partial update) is stamped with the device's last own time: stamping it with our
+        reception time would put it ahead of the device's next, correctly stamped message
+        (clocks differ by milliseconds to seconds), which would then be refused as older than
+        the current value. Topics without a timestamp field are stamped at reception."""
+        if ts is not None:
+            if ts > self.dev_ts[slot]:
+                self.dev_ts[slot] = ts
+            return ts
+        if shape.ts_keys and self.dev_ts[slot] > 0.0:
+            return float(self.dev_ts[slot])
+        return now
 
     def _apply_line_faults(self, g: int) -> None:
         """The gateway says DALI line(s) are down (no bus power, short: IEC 62386-101 §4.3):

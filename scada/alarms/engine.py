@@ -131,6 +131,8 @@ class AlarmEngine:
         if journal.snapshot is None:
             journal.snapshot = self.snapshot
         self.config = config or AlarmsConfig()
+        #: optional hook called with (device, oos) after each out-of-service change the engine
+        #: follows (the state itself lives in the tag database)
         self.on_out_of_service = on_out_of_service
         self.cond = ConditionTable()
         self.supp = SuppressionTable()
@@ -155,7 +157,12 @@ class AlarmEngine:
         self.by_id = _ById(self)
         self.by_device: dict[str, list[int]] = {}
         self.shelve_info: dict[int, tuple[str, str]] = {}
-        self.oos_devices: set[str] = set()
+        #: devices out of service according to the journal, applied to the tag database (the
+        #: one owner of that state) when the engine starts
+        self._restored_oos: set[str] = set()
+        self._restoring = False
+        #: events of the last out-of-service change (returned by :meth:`set_out_of_service`)
+        self._oos_events: list[M.AlarmEvent] = []
         self._pending_rules: list[_Pending] = []
         self._parent_of: dict[str, str] = {}
         self._specs: dict[int, tuple[AlarmDef, dict[str, float]]] = {}
@@ -190,6 +197,12 @@ class AlarmEngine:
         self._t0 = 0.0
         self._sub: object | None = None
         self._wake = asyncio.Event()
+        tagdb.on_out_of_service(self._on_out_of_service)
+
+    @property
+    def oos_devices(self) -> set[str]:
+        """Devices out of service: read from the tag database, which owns that state."""
+        return set(self.tagdb.out_of_service_devices())
 
     _STATE = ("level", "acked", "shelved", "shelve_until", "suppressed", "oos", "chattering",
               "pend_t", "pend_level", "raised_at", "value", "unsupp_t", "unsupp_from", "ext_on", "_rt",
@@ -452,15 +465,24 @@ class AlarmEngine:
         tagged = tagged[self.cond.kind[tagged] != M.K_EXTERNAL]
         self._process(tagged, now, events, tags=None)
         self._commit(events)
-        for d in sorted(self.oos_devices):
-            if self.on_out_of_service is not None:
-                self.on_out_of_service(d, True)
+        # devices the journal says are under works: back out of service in the tag database
+        # (no new journal lines: these are the journal's own state)
+        self._restoring = True
+        try:
+            for d in sorted(self._restored_oos):
+                try:
+                    self.tagdb.set_out_of_service(d, True)
+                except KeyError:
+                    log.warning("alarms: %s was out of service in the journal but is no longer "
+                                "configured; ignored", d)
+        finally:
+            self._restoring = False
 
     def _restore(self) -> None:
         alarms, devices, raised = current_states(self.journal.directory)
         if not alarms and not devices:
             return
-        self.oos_devices = {d for d, e in devices.items() if e.get("event") == M.OUT_OF_SERVICE}
+        self._restored_oos = {d for d, e in devices.items() if e.get("event") == M.OUT_OF_SERVICE}
         for aid, e in alarms.items():
             c = self.by_id.get(aid)
             if c is None:
@@ -480,7 +502,7 @@ class AlarmEngine:
             if self.shelved[c]:
                 self.shelve_info[c] = (e.get("user") or "", e.get("comment") or "")
             self.suppressed[c] = bool(e.get("suppressed"))
-            self.oos[c] = bool(e.get("oos")) or self.device[c] in self.oos_devices
+            self.oos[c] = bool(e.get("oos")) or self.device[c] in self._restored_oos
             if c in self._dyn:
                 self.msg[c] = e.get("message") or None
             v = e.get("value")
@@ -490,7 +512,7 @@ class AlarmEngine:
         log.info("alarms: restored %d alarm states (%d active, %d unacknowledged, %d shelved, "
                  "%d devices out of service) from %s", len(alarms),
                  int((self.level[: self.n] != 0).sum()), int((~self.acked[: self.n]).sum()),
-                 int((self.shelved[: self.n] != 0).sum()), len(self.oos_devices),
+                 int((self.shelved[: self.n] != 0).sum()), len(self._restored_oos),
                  self.journal.directory)
 
     def snapshot(self) -> dict[str, Any]:
@@ -1107,17 +1129,34 @@ class AlarmEngine:
 
     def set_out_of_service(self, device: str, oos: bool, *, user: str | None,
                            comment: str = "") -> list[M.AlarmEvent]:
-        """Put a device under works (ISA-18.2 out-of-service): its alarms are hidden and
-        its tags read BadOutOfService (through the runtime hook)."""
+        """Put a device under works (ISA-18.2 out-of-service), for the existing callers; role
+        checks and audit are the operations layer's.
+
+        The state itself is not kept here: this delegates to the tag database, the one owner
+        (:meth:`scada.runtime.Runtime.set_out_of_service` is the entry point), and the engine
+        follows the change in :meth:`_on_out_of_service`. Returns the alarm events journaled
+        (none when the device already was in that state)."""
         try:
             self.tagdb.device_index(device)
         except KeyError:
             raise M.UnknownAlarm(f"unknown device {device!r}") from None
+        self._oos_events = []
+        self.tagdb.set_out_of_service(device, oos, user=user, comment=comment)
+        events, self._oos_events = self._oos_events, []
+        return events
+
+    def _on_out_of_service(self, device: str, oos: bool, user: str | None, comment: str) -> None:
+        """The tag database put ``device`` out of service (or back): hide (show) its alarms
+        (OPC UA Part 9 OutOfServiceState) and journal the change, one device line plus one
+        event per alarm of the device, in one write."""
+        rows = self.by_device.get(device, [])
+        for c in rows:
+            self.oos[c] = oos
+        if self.on_out_of_service is not None:
+            self.on_out_of_service(device, oos)
+        if self._restoring:
+            return
         now = self.clock.time()
-        if oos:
-            self.oos_devices.add(device)
-        else:
-            self.oos_devices.discard(device)
         self.seq += 1
         ev = M.OUT_OF_SERVICE if oos else M.IN_SERVICE
         area = device.split("/", 1)[0]
@@ -1129,14 +1168,9 @@ class AlarmEngine:
             f'"oos":{"true" if oos else "false"},"user":{jstr(user)},"comment":{jstr(comment)},'
             f'"value":null,"message":{jstr(("out of service: " if oos else "back in service: ") + device)}}}\n'
         )
-        events = []
-        for c in self.by_device.get(device, []):
-            self.oos[c] = oos
-            events.append(self._event(c, ev, now, user=user, comment=comment))
+        events = [self._event(c, ev, now, user=user, comment=comment) for c in rows]
         self._commit(events, extra_lines=[dev_line])
-        if self.on_out_of_service is not None:
-            self.on_out_of_service(device, oos)
-        return events
+        self._oos_events = events
 
     # ------------------------------------------------------------------ external conditions
     def _external_row(self, device: str, name: str, category: str, priority: int,

@@ -71,9 +71,10 @@ class AlarmService(Service):
         self.journal = Journal(self.directory, fsync=cfg.fsync, fsync_interval=cfg.fsync_interval,
                                rotate_bytes=int(cfg.rotate_mb * 1024 * 1024))
         self._health_first = runtime.tagdb.add_tags("_system/alarms", HEALTH)
+        # out of service: the tag database owns the state (Runtime.set_out_of_service is the
+        # entry point); the engine follows its changes, no callback needed
         self.engine: AlarmEngine = build_from_site(
-            site, runtime.tagdb, runtime.clock, self.journal,
-            on_out_of_service=self._oos)
+            site, runtime.tagdb, runtime.clock, self.journal)
         self.notifier: Notifier | None = None
         self._notify_first: dict[str, int] = {}
         if cfg.notifications.channels:
@@ -85,12 +86,6 @@ class AlarmService(Service):
                                                                 NOTIFY_HEALTH)
         self.conditions: Any = None
         self.engine.start()
-
-    def _oos(self, device: str, oos: bool) -> None:
-        try:
-            self.runtime.set_out_of_service(device, oos)
-        except KeyError as e:
-            log.error("alarms: cannot set %s out of service in the runtime: %s", device, e)
 
     def set_condition(self, device_path: str, name: str, active: bool, **kw: Any) -> None:
         """See :meth:`AlarmEngine.set_condition`."""

@@ -86,8 +86,14 @@ async def test_plan_cycle_and_fault_changes_arrive(one_endpoint, stepped_clock):
         assert rig.read("north/j-12/mode").value == MODE_NORMAL
         rig.sim.inject("centre/j-8", "clock_drift", seconds=12.5)
         await wait_until(lambda: rig.read("centre/j-8/clock_drift_s").value == 12.5, what="drift")
-        # a drifting controller stamps its values with its own (wrong) clock
-        assert rig.read("centre/j-8/clock_drift_s").source_ts == stepped_clock.time() + 12.5
+        # a drifting controller stamps its values with its own (wrong) clock: 12.5 s ahead is
+        # beyond the site's 10 s future tolerance, so the time is clamped and the value not Good
+        s = rig.read("centre/j-8/clock_drift_s")
+        assert (s.source_ts, s.quality) == (stepped_clock.time(), Q.BadInvalidTimestamp)
+        rig.sim.inject("centre/j-8", "clock_drift", seconds=4.0)  # within the tolerance: its time
+        await wait_until(lambda: rig.read("centre/j-8/clock_drift_s").value == 4.0, what="drift 4 s")
+        s = rig.read("centre/j-8/clock_drift_s")
+        assert (s.source_ts, s.quality) == (stepped_clock.time() + 4.0, Q.Good)
         # a controller lost by its (shared) server: the server's Bad code, last value kept
         plan = rig.read("north/j-12/plan")
         rig.sim.inject("north/j-12", "offline")

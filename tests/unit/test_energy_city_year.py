@@ -70,6 +70,7 @@ async def test_city_year_through_recorder_to_kpi(tmp_path):
             bank.reset_energy(7)
         else:
             bank.step(t)
+            await clock.advance_to(t)  # a reading is never stamped ahead of the server's clock
             cab_e = np.bincount(cab_of, weights=bank.energy_wh, minlength=len(cabs)) + lost_at_reset * (
                 np.arange(len(cabs)) == cab_of[7])  # the cabinet meter does not reset
             rt.tagdb.apply(Batch.of(np.concatenate([e_idx, p_idx, c_idx]),

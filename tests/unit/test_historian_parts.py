@@ -354,7 +354,7 @@ def test_counter_rollover_and_replacement():
 async def test_swinging_door_keeps_every_value_within_deviation(tmp_path):
     site = make_site(tmp_path, cabinets=1, lamps=3,
                      historian="  swinging_door: {power_w: 0.5}\n  options: {fsync: false}")
-    rt = Runtime(site, SteppedClock(T0))
+    rt = Runtime(site, SteppedClock(T0 + 4000))  # readings of the last 4,000 s (none ahead of now)
     h = HistorianService(rt)
     tags = rt.tagdb.indices_of_point("power_w")
     rng = np.random.default_rng(3)
@@ -430,6 +430,7 @@ async def test_history_read_raw_and_processed_for_opcua(svc):
     i = rt.tagdb.index("centre/cab-1/power_w")
     for k in range(6):
         q = Q.BadCommunicationError if k == 4 else Q.Good
+        await rt.clock.advance_to(T0 + 600 * k)  # a reading is never stamped ahead of now
         rt.tagdb.apply(Batch.of([i], [100.0 + 10 * k], q, T0 + 600 * k))
     await h.flush()
     t, v, q = await h.read_raw(i, T0, T0 + 3600, 3)

@@ -59,8 +59,8 @@ def test_repeated_device_in_a_burst_is_applied_in_order(rt, stepped_clock):
     db.subscribe(lambda ch: seen.extend(ch.values.tolist()), only=[tag])
     t = stepped_clock.time()
     for k, lvl in enumerate((10.0, 20.0, 30.0)):
-        feed(drv, "dali/gw-u/0/1/state", state(t + k, lvl))
-        feed(drv, "dali/gw-u/0/2/state", state(t + k, lvl))
+        feed(drv, "dali/gw-u/0/1/state", state(t - 3 + k, lvl))  # stamped before now
+        feed(drv, "dali/gw-u/0/2/state", state(t - 3 + k, lvl))
     feed(drv, "dali/gw-u/0/1/state", json.dumps({"level": 40}).encode())  # partial (slow path)
     drv.flush()
     assert seen == [10.0, 20.0, 30.0, 40.0]

@@ -56,7 +56,7 @@ async def test_one_publish_response_is_one_batch(runtime):
     sess = next(s for s in drv.sessions if len(s.devices) == 2)
     mode1, plan1 = db.index("centre/j-1/mode"), db.index("centre/j-1/plan")
     mode2, drift2 = db.index("centre/j-2/mode"), db.index("centre/j-2/clock_drift_s")
-    ts = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    ts = datetime(2025, 12, 31, 23, 59, tzinfo=UTC)  # the device's time, before the server's now
     before = db.stats["batches"]
     sess._on_publish(_publish([
         _item(mode1, 1, ua.VariantType.Int32, ts=ts),

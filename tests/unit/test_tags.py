@@ -167,7 +167,7 @@ def test_snapshot(db):
 
 
 def test_batch_of_scalars_broadcast(db):
-    b = Batch.of([0, 1, 5], [1, 2, 3], Q.UncertainLastUsableValue, 1234.0)
+    b = Batch.of([0, 1, 5], [1, 2, 3], Q.UncertainLastUsableValue, 934.0)
     ch = db.apply(b)
     assert list(ch.quality) == [Q.UncertainLastUsableValue] * 3
-    assert list(ch.source_ts) == [1234.0] * 3
+    assert list(ch.source_ts) == [934.0] * 3
