@@ -660,7 +660,8 @@ class TagDatabase:
         1. integer points: rounded half up, so the OPC UA server, the historian and the alarms
            see the same number (254.6 -> 255, never 254 on one side and 254.6 on the other);
         2. plausibility: outside ``valid_range`` (else the EU range, else the data type's
-           limits) -> ``BadOutOfRange``; outside the EU range but inside a wider
+           limits), or not a number (a Good NaN: a float register holding NaN, a transform's
+           raw value outside its domain) -> ``BadOutOfRange``; outside the EU range but inside a wider
            ``valid_range`` -> ``UncertainEngineeringUnitsExceeded`` (OPC UA Part 8 §5.6.2 EURange
            and InstrumentRange). The value is kept beside the code. Samples already Bad keep
            their own code;
@@ -683,7 +684,8 @@ class TagDatabase:
             if m.any():
                 r = np.floor(vals + 0.5)
                 vals = np.where(m, r, vals)
-        out = np.less(vals, np.take(self._p_elo, pid))
+        out = np.greater_equal(vals, np.take(self._p_elo, pid))  # False for NaN: not plausible
+        np.logical_not(out, out=out)
         out |= np.greater(vals, np.take(self._p_ehi, pid))
         n_out = int(np.count_nonzero(out))
         horizon = now + self.future_tolerance
@@ -715,7 +717,8 @@ class TagDatabase:
             if len(rows):
                 v = vals[rows]
                 p = pid[rows]
-                hard = (v < self._p_vlo[p]) | (v > self._p_vhi[p]) | ((self._p_flags[p] & _F_WIDE) == 0)
+                hard = ((v < self._p_vlo[p]) | (v > self._p_vhi[p]) | np.isnan(v)
+                        | ((self._p_flags[p] & _F_WIDE) == 0))
                 qa[rows] = np.where(hard, np.uint32(Q.BadOutOfRange),
                                     np.uint32(Q.UncertainEngineeringUnitsExceeded))
                 self._count(counts, "implausible", len(rows))

@@ -21,8 +21,9 @@ pymodbus 3.16 is used for framing and the listener; the request handler is subcl
   (Modbus Application Protocol V1.1b3 §7: 0x02 illegal data address, 0x04 server device
   failure, 0x06 server device busy, 0x0B gateway target device failed to respond).
 
-Requests pipelined in one TCP segment are not supported (pymodbus' framer answers the first
-one only); the project driver never pipelines.
+Every complete request in a TCP segment is answered, each from its own PDU (pymodbus' own
+handler answers the first one only): the driver may have requests to several unit ids of one
+connection outstanding at once.
 """
 
 from __future__ import annotations
@@ -594,20 +595,27 @@ class _Handler(ServerRequestHandler):
     """Per-connection handler: one task per request, answered from its own PDU."""
 
     def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
-        try:
-            used = TransactionManager.callback_data(self, data, addr)
-        except ModbusIOException as exc:
-            fc = 0x00 if exc.fcode is None else exc.fcode
-            self.server_send(ExceptionResponse(fc, ExcCodes.ILLEGAL_FUNCTION,
-                                               device_id=exc.dev_id,
-                                               transaction=exc.transaction_id), addr)
-            return len(data)
-        pdu = self.last_pdu
-        if pdu is not None:
-            ep: Endpoint = self.server.endpoint
-            task = self.loop.create_task(self._serve(pdu, addr))
-            ep.tasks.add(task)
-            task.add_done_callback(ep.tasks.discard)
+        # every complete request in the bytes received (a client may have several requests
+        # outstanding to different unit ids: MBAP transaction ids pair the answers)
+        used = 0
+        while used < len(data):
+            try:
+                n = TransactionManager.callback_data(self, data[used:], addr)
+            except ModbusIOException as exc:
+                fc = 0x00 if exc.fcode is None else exc.fcode
+                self.server_send(ExceptionResponse(fc, ExcCodes.ILLEGAL_FUNCTION,
+                                                   device_id=exc.dev_id,
+                                                   transaction=exc.transaction_id), addr)
+                return len(data)
+            pdu = self.last_pdu
+            if not n:
+                break
+            used += n
+            if pdu is not None:
+                ep: Endpoint = self.server.endpoint
+                task = self.loop.create_task(self._serve(pdu, addr))
+                ep.tasks.add(task)
+                task.add_done_callback(ep.tasks.discard)
         return used
 
     async def _serve(self, pdu: Any, addr: tuple | None) -> None:

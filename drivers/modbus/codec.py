@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drivers.transforms import Pipeline, TransformSpec, pipeline
 from scada import quality as Q
 
 Table = Literal["holding", "input", "coil", "discrete"]
@@ -111,14 +112,28 @@ class PointSource(BaseModel):
     type: ValueType | None = None
     bit: int | None = Field(None, ge=0, le=15)
     count: int | None = Field(None, ge=1, le=MAX_READ_REGISTERS)
-    word_order: Literal["big", "little"] = "big"
+    #: which register holds the most significant word: ``big`` (first) or ``little`` (last);
+    #: or a vendor's byte-order name for the whole value, which sets byte_order too:
+    #: ``ABCD`` (big/big), ``CDAB`` (little/big, "word swapped"), ``BADC`` (big/little,
+    #: "byte swapped"), ``DCBA`` (little/little)
+    word_order: Literal["big", "little", "ABCD", "CDAB", "BADC", "DCBA"] = "big"
     byte_order: Literal["big", "little"] = "big"
     scale: float = 1.0
     offset: float = 0.0
+    #: named transforms after scale/offset (drivers/transforms.py): ``dali_arc``,
+    #: ``{lookup: {...}}``, ``{bits: [first, last]}``
+    transform: TransformSpec = None
     poll: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PointSource:
+        if self.word_order in VENDOR_ORDER:
+            words, bytes_ = VENDOR_ORDER[self.word_order]
+            if "byte_order" in self.model_fields_set and self.byte_order != bytes_:
+                raise ValueError(f"word_order {self.word_order} means byte_order {bytes_!r}; drop "
+                                 f"byte_order or use word_order {words!r}")
+            object.__setattr__(self, "word_order", words)
+            object.__setattr__(self, "byte_order", bytes_)
         t = self.type
         if self.table in BIT_TABLES:
             if t not in (None, "bool"):
@@ -140,6 +155,8 @@ class PointSource(BaseModel):
             raise ValueError("scale must be finite and non-zero, offset finite")
         if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
             raise ValueError(f"scale and offset apply to numbers, not to a {self.type}")
+        if self.type in ("bool", "string") and self.transform:
+            raise ValueError(f"transforms apply to numbers, not to a {self.type}")
         if self.address + self.size > 65536:
             raise ValueError(f"address {self.address} + {self.size} runs past 65535")
         return self
@@ -156,6 +173,18 @@ class PointSource(BaseModel):
     @property
     def writable(self) -> bool:
         return self.table in WRITABLE_TABLES
+
+    @property
+    def pipe(self) -> Pipeline | None:
+        return pipeline(self.transform)
+
+
+#: Vendors' names for the order of a 32-bit value's bytes A (most significant) .. D on the wire
+#: -> (word_order, byte_order). Used the same way for 64-bit values (register order, then the
+#: bytes inside each register).
+VENDOR_ORDER: dict[str, tuple[str, str]] = {
+    "ABCD": ("big", "big"), "CDAB": ("little", "big"), "BADC": ("big", "little"), "DCBA": ("little", "little"),
+}
 
 
 # --------------------------------------------------------------------------- byte orders

@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.base import Backoff, CycleLog, Driver, DriverContext, PointDef, RateLimitedLog
+from drivers.transforms import TransformTable
 from scada import quality as Q
 from scada.errors import ConfigError
 from scada.site import DeviceInstance
@@ -68,6 +69,9 @@ class Connection(BaseModel):
     timeout: float | None = Field(None, gt=0, le=60)
     #: extra attempts after a timeout or a malformed answer (default: site's ``retries``)
     retries: int | None = Field(None, ge=0, le=5)
+    #: requests outstanding at once on this host:port, to different unit ids (default: the
+    #: site's ``max_in_flight``); 1 for a gateway that cannot queue requests
+    max_in_flight: int | None = Field(None, ge=1, le=64)
 
 
 class ProfileOptions(BaseModel):
@@ -82,8 +86,13 @@ class ProfileOptions(BaseModel):
     #: child devices: register of child 1's block, and registers per child
     block_base: int = Field(0, ge=0, le=65535)
     block_size: int = Field(0, ge=0, le=65535)
-    #: largest hole (registers or bits) read through to merge two points into one request
+    #: largest hole (registers or bits) read through to merge two points into one request;
+    #: 0 merges only points that touch (no unmapped register is ever read)
     max_gap: int = Field(8, ge=0, le=124)
+    #: a point holding the device's own clock (POSIX seconds once scaled: ``type: uint32`` for
+    #: seconds, ``uint64`` with ``scale: 0.001`` for milliseconds): the source timestamp of
+    #: every point read in the same poll (default: the poll time)
+    timestamp_point: str | None = None
 
     @field_validator("poll_groups", mode="before")
     @classmethod
@@ -113,6 +122,9 @@ class Options(BaseModel):
     timeout: float = Field(1.0, gt=0, le=60)
     retries: int = Field(1, ge=0, le=5)
     connect_timeout: float = Field(1.0, gt=0, le=60)
+    #: requests outstanding at once on one connection, each to a different unit id (Modbus
+    #: Messaging on TCP/IP §4.2): N silent units behind a gateway cost one timeout, not N
+    max_in_flight: int = Field(8, ge=1, le=64)
     #: stations polled at the same time (bounds sockets and buffers, not throughput)
     concurrency: int = Field(256, ge=1, le=10000)
     #: reconnect backoff after a failed connect: base and cap in seconds
@@ -181,6 +193,13 @@ def _make_reads(tags: np.ndarray, addr: np.ndarray, src: np.ndarray, dev: np.nda
     return out
 
 
+def _covers(rd: _Read, key: str) -> bool:
+    """Does read ``rd`` cover the (split) read logged under ``key`` ("table start+count")?"""
+    table, _, span = key.partition(" ")
+    start, _, count = span.partition("+")
+    return table == rd.table and rd.start <= int(start) and int(start) + int(count) <= rd.start + rd.count
+
+
 def _shift_read(rd: _Read, offset: int) -> _Read:
     return _Read(rd.table, rd.start, rd.count, rd.pdu, rd.decoder.shifted(offset), rd.tags + offset,
                  rd.ptags + offset, rd.src, rd.addr, rd.dev, rd.sources, rd.multi, rd.max_gap)
@@ -220,6 +239,10 @@ class _Layout:
     period: np.ndarray
     by_period: dict[float, np.ndarray]
     options: ProfileOptions
+    #: offset of the point holding the device's clock (None: sources are stamped at the poll)
+    ts_offset: int | None = None
+    #: point offset -> its named transforms (one Pipeline object per profile point)
+    pipes: dict[int, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -246,6 +269,12 @@ class Station:
     #: the write went out may have read the old value, so only a later poll verifies it
     verify: dict[int, tuple[float, int]] = field(default_factory=dict)
     started: int = 0
+    #: devices stamping their own values: (first tag, end tag, tag of the clock point)
+    clocks: list[tuple[int, int, int]] = field(default_factory=list)
+    #: named transforms (DALI curve, tables, bit fields) of the station's points
+    xf: TransformTable | None = None
+    #: reads answered with a Modbus exception at their last attempt (keys of the log lines)
+    failing: set[str] = field(default_factory=set)
 
     def wake_up(self) -> None:
         """Cut the station's sleep short (it then polls whatever group is due)."""
@@ -320,10 +349,14 @@ class ModbusDriver(Driver):
             conn = conns[key]
             link = self.links.get(key[:2])
             if link is None:
+                # the most careful device on a connection sets its concurrency
+                lim = min((c.max_in_flight or self.options.max_in_flight) for k, c in conns.items()
+                          if k[:2] == key[:2])
                 link = ModbusLink(
                     conn.host, conn.port, connect_timeout=self.options.connect_timeout,
                     now=self.ctx.clock.time,
                     backoff=Backoff(self.options.reconnect_base, self.options.reconnect_cap),
+                    max_in_flight=lim,
                 )
                 self.links[key[:2]] = link
             devs = by_key[key]
@@ -342,9 +375,17 @@ class ModbusDriver(Driver):
                 g.phase = t0 + frac * g.period
                 g.first = t0 + frac * min(g.period, self.options.startup_spread)
             self.stations.append(st)
+            xf = {}
             for dev in devs:
                 lay = layouts[dev.profile_name]
+                if lay.ts_offset is not None:
+                    st.clocks.append((dev.first_tag, dev.first_tag + len(lay.sources.sources),
+                                      dev.first_tag + lay.ts_offset))
+                for off, pipe in lay.pipes.items():
+                    xf[dev.first_tag + off] = pipe
                 self._by_device[dev.first_tag] = (st, dev, self._block_base(dev, lay.options, []), lay)
+            if xf:
+                st.xf = TransformTable(xf)
         if errors:
             raise ConfigError(errors)
 
@@ -410,7 +451,16 @@ class ModbusDriver(Driver):
                 periods.append(po.period(src.poll))
         period = np.asarray(periods, dtype=np.float64)
         by_period = {float(p): np.flatnonzero(period == p) for p in np.unique(period)}
-        return _Layout(SourceTable(sources), period, by_period, po)
+        ts_offset = None
+        if po.timestamp_point is not None:
+            names = [pc.name for pc in dev.profile.points]
+            if po.timestamp_point not in names:
+                errors.append(f"profile {dev.profile_name!r}: options.timestamp_point "
+                              f"{po.timestamp_point!r} is not one of its points ({', '.join(names)})")
+            else:
+                ts_offset = names.index(po.timestamp_point)
+        pipes = {k: src.pipe for k, src in enumerate(sources) if src.transform}
+        return _Layout(SourceTable(sources), period, by_period, po, ts_offset, pipes)
 
     @staticmethod
     def _block_base(dev: DeviceInstance, po: ProfileOptions, errors: list[str]) -> int:
@@ -561,7 +611,7 @@ class ModbusDriver(Driver):
         last: Exception | None = None
         for _ in range(1 + st.retries):
             try:
-                async with link.lock:
+                async with link.lock_for(st.unit):
                     rpdu = await link.exchange(st.unit, pdu, st.timeout)
             except (TimeoutError, LinkDown, MalformedFrame) as e:
                 self.ctx.health.inc("errors")
@@ -597,7 +647,9 @@ class ModbusDriver(Driver):
         if tags:
             idx = np.concatenate(tags) if len(tags) > 1 else tags[0]
             v = np.concatenate(vals) if len(vals) > 1 else vals[0]
-            self.ctx.publish(Batch(idx, v, Q.Good, float(now)))
+            if st.xf is not None:
+                v = st.xf.apply(idx, v)
+            self.ctx.publish(Batch(idx, v, Q.Good, self._stamps(st, idx, v, now)))
             if st.verify:
                 self._check_writes(st, idx, v, seq)
         if texts:
@@ -620,6 +672,21 @@ class ModbusDriver(Driver):
                     if g not in due:
                         g.next = now
                 st.wake_up()
+
+    @staticmethod
+    def _stamps(st: Station, idx: np.ndarray, v: np.ndarray, now: float) -> float | np.ndarray:
+        """Source timestamps of one poll (docs/devices/field-data.md, "SourceTimestamp"): the
+        poll time, except for the points of a device whose profile names a ``timestamp_point``
+        read in the same poll, which carry the device's own clock (the tag database then
+        refuses a time beyond the future tolerance and a time older than the current value)."""
+        if not st.clocks:
+            return float(now)
+        ts = np.full(len(idx), float(now))
+        for lo, hi, clock_tag in st.clocks:
+            pos = np.flatnonzero(idx == clock_tag)
+            if len(pos) and np.isfinite(v[pos[0]]):
+                ts[(idx >= lo) & (idx < hi)] = float(v[pos[0]])
+        return ts
 
     async def _poll_group(self, st: Station, g: _Group, vals: list[np.ndarray], tags: list[np.ndarray],
                           texts: list[tuple[int, str]], marks: list[tuple[np.ndarray, int]]) -> None:
@@ -644,6 +711,9 @@ class ModbusDriver(Driver):
             vals.append(v)
             tags.append(g.decoder.tags)
             texts.extend(tx)
+            if st.failing:
+                for rd in g.reads:
+                    self._answered(st, rd)
             return
         for rd, res in zip(g.reads, results, strict=True):
             if res is None:
@@ -656,6 +726,28 @@ class ModbusDriver(Driver):
                 vals.append(v)
                 tags.append(rd.decoder.tags)
                 texts.extend(tx)
+                self._answered(st, rd)
+
+    @staticmethod
+    def _exc_key(rd: _Read) -> str:
+        return f"{rd.table} {rd.start}+{rd.count}"
+
+    def _answered(self, st: Station, rd: _Read) -> None:
+        """A read answered with data: if its last answer was an exception, say it once
+        (Home Assistant's habit: unavailable once, back once)."""
+        if not st.failing:
+            return
+        key = self._exc_key(rd)
+        if key in st.failing:
+            st.failing.discard(key)
+            self._rlog.available(f"exc:{st.name}:{key}", "modbus: %s answers again (%s %d+%d: no more "
+                                 "exception)", st.name, rd.table, rd.start, rd.count)
+        elif rd.split is None and any(k.startswith(rd.table + " ") for k in st.failing):
+            # a coalesced read answering again covers the split reads that had failed
+            for k in [k for k in st.failing if _covers(rd, k)]:
+                st.failing.discard(k)
+                self._rlog.available(f"exc:{st.name}:{k}", "modbus: %s answers again (%s: no more "
+                                     "exception)", st.name, k)
 
     async def _read_one(self, st: Station, rd: _Read, vals: list[np.ndarray], tags: list[np.ndarray],
                         texts: list[tuple[int, str]], marks: list[tuple[np.ndarray, int]],
@@ -669,6 +761,7 @@ class ModbusDriver(Driver):
         vals.append(v)
         tags.append(rd.decoder.tags)
         texts.extend(tx)
+        self._answered(st, rd)
 
     async def _on_exception(self, st: Station, rd: _Read, e: ExceptionResponse, vals: list[np.ndarray],
                             tags: list[np.ndarray], texts: list[tuple[int, str]],
@@ -682,9 +775,11 @@ class ModbusDriver(Driver):
                 await self._read_one(st, sub, vals, tags, texts, marks, split_ok=False)
             return
         status = codec.read_status(e.code)
-        self._rlog.every(f"{st.name}:{rd.table}:{rd.start}", self.ctx.clock.time(),
-                         "modbus: %s %s %d+%d: %s -> %s", st.name, rd.table, rd.start,
-                         rd.count, e, Q.name(status))
+        key = self._exc_key(rd)
+        st.failing.add(key)
+        self._rlog.unavailable(f"exc:{st.name}:{key}", "modbus: %s %s %d+%d: %s -> %s (logged "
+                               "once, and once more when data comes back)", st.name, rd.table,
+                               rd.start, rd.count, e, Q.name(status))
         marks.append((rd.tags, status))
 
     def _station_failed(self, st: Station, e: Exception) -> None:
@@ -741,6 +836,14 @@ class ModbusDriver(Driver):
             log.warning("modbus write to %s: not a Modbus point of this driver", path)
             return Q.BadNodeIdUnknown
         st, src, address, period = loc
+        pipe = st.xf.get(tag) if st.xf is not None else None
+        want_value = value
+        if pipe is not None and not isinstance(value, (bool, str)):
+            try:
+                value = pipe.inverse(float(value))  # e.g. % -> DALI arc level
+            except ValueError as e:
+                log.warning("modbus write to %s refused: %s", path, e)
+                return Q.BadOutOfRange
         if not src.writable:
             log.warning("modbus write to %s refused: the point is in the %s table, read-only on "
                         "the device (make it a holding register or coil in the profile)", path, src.table)
@@ -758,7 +861,7 @@ class ModbusDriver(Driver):
             log.warning("modbus write to %s refused: %s", path, e)
             return Q.BadOutOfRange
         try:
-            async with st.link.lock:
+            async with st.link.lock_for(st.unit):
                 if not pdus:
                     rq = codec.read_pdu(codec.FC_READ_HOLDING, address, 1)
                     data = codec.parse_response(rq, await st.link.exchange(st.unit, rq, st.timeout))
@@ -781,7 +884,9 @@ class ModbusDriver(Driver):
             self.ctx.health.inc("errors")
             log.warning("modbus write %s = %r failed: %s", path, value, e)
             return Q.BadCommunicationError
-        want = float(value) if not isinstance(value, str) else math.nan
+        want = float(want_value) if not isinstance(want_value, str) else math.nan
+        if pipe is not None and math.isfinite(want):
+            want = pipe.settle(want)  # the read-back shows the curve's / table's nearest value
         if math.isfinite(want):
             st.verify[tag] = (want, st.started)
         # read back at once: the group of the written point is due now

@@ -177,6 +177,10 @@ class MqttDriver(Driver):
         self.line_of = np.full(n, -1, dtype=np.int64)  # DALI line of a child (0-based), -1: none
         self._lf_tag: dict[int, int] = {}  # gateway slot -> tag of its line-faults bit-field
         self._keep_good: dict[int, set[int]] = {}  # gateway slot -> tags left Good when offline
+        #: gateway slot -> its bool points reading its availability (source: {availability: true})
+        self._avail_tags: dict[int, list[int]] = {}
+        #: gateway slot -> seconds of silence after which a data-driven gateway is offline
+        self._from_data: dict[int, float] = {}
         self._brokers: dict[tuple[str, int, str | None], _Broker] = {}
         self._broker_of = [None] * n  # type: list[_Broker | None]
         conn_cache: dict[int, BrokerConnection] = {}
@@ -244,8 +248,16 @@ class MqttDriver(Driver):
                 qc = opts.commands[opts.query_on_connect]
                 b.queries.append((format_topic(qc.topic, segs),
                                   json.dumps(render_payload(qc.payload, None, segs), separators=(",", ":"))))
+            for off, (_name, _dt, src) in enumerate(pts):
+                if src is not None and src.availability:
+                    self._avail_tags.setdefault(gw_slot, []).append(dev.first_tag + off)
             av = opts.availability
-            if av is not None:
+            if av is not None and av.from_data:
+                self.online[s] = None
+                self._from_data[s] = (av.silence_s if av.silence_s is not None
+                                      else float(opts.report_period_s or 0) * opts.bad_after_periods)
+                self._keep_good[s] = set()
+            elif av is not None and av.topic is not None:
                 self.online[s] = None
                 t = opts.topic(av.topic)
                 topic = format_topic(t.pattern, segs)
@@ -268,6 +280,8 @@ class MqttDriver(Driver):
                     name, dev.path, b, gw_slot, cmd, format_topic(cmd.topic, cseg), cseg, src,
                     opts.verify_timeout_s)
         self._slot_gw_tags: dict[int, np.ndarray] = {}
+        for g, tags_ in self._avail_tags.items():
+            self._keep_good.setdefault(g, set()).update(tags_)
         for g in self.online:
             members = np.nonzero(self.gw_of == g)[0]
             tags = np.concatenate([np.arange(self.first[m], self.first[m] + self.ntags[m]) for m in members])
@@ -376,6 +390,10 @@ class MqttDriver(Driver):
         offline = np.zeros(len(age), dtype=bool)
         for g, st in self.online.items():
             if st is False:
+                offline |= self.gw_of == g
+        for g, silence in self._from_data.items():
+            if self.online.get(g) is not False and age[g] > silence:
+                self._set_online(g, False, now, f"no message from it or its devices for {age[g]:.0f} s")
                 offline |= self.gw_of == g
         to_bad = (age > self.bad_after) & (self.stale < 2) & ~offline
         to_unc = (age > self.unc_after) & (self.stale < 1) & ~to_bad & ~offline
@@ -573,21 +591,32 @@ class MqttDriver(Driver):
                 gws = self.gw_of[sl]
                 self.last_msg[gws] = now
                 self.stale[gws] = 0
+                if self._from_data:
+                    for g in np.unique(gws).tolist():
+                        if g in self._from_data and self.online.get(g) is not True:
+                            avail_events[g] = True
             if self._waiters:
                 self._resolve_waiters(idx, vals)
         for g in lf_touched:
             self._apply_line_faults(g)
         for g, up in avail_events.items():
-            was = self.online.get(g)
-            self.online[g] = up
-            if not up:
-                self.ctx.mark(self._slot_gw_tags[g], Q.BadCommunicationError)
-                if was is not False:
-                    self._rl.unavailable(f"gw:{g}", "gateway %s is offline (availability topic / Last "
-                                         "Will); its tags are BadCommunicationError", self._slot_path[g])
-            elif was is not True:
-                self.last_msg[self.gw_of == g] = np.maximum(self.last_msg[self.gw_of == g], now)
-                self._rl.available(f"gw:{g}", "gateway %s is online again", self._slot_path[g])
+            self._set_online(g, up, now, "availability topic / Last Will")
+
+    def _set_online(self, g: int, up: bool, now: float, why: str) -> None:
+        """Gateway ``g`` is online (or offline): its tags, its availability points, the log."""
+        was = self.online.get(g)
+        self.online[g] = up
+        if not up:
+            self.ctx.mark(self._slot_gw_tags[g], Q.BadCommunicationError)
+            if was is not False:
+                self._rl.unavailable(f"gw:{g}", "gateway %s is offline (%s); its tags are "
+                                     "BadCommunicationError", self._slot_path[g], why)
+        elif was is not True:
+            self.last_msg[self.gw_of == g] = np.maximum(self.last_msg[self.gw_of == g], now)
+            self._rl.available(f"gw:{g}", "gateway %s is online again", self._slot_path[g])
+        tags = self._avail_tags.get(g)
+        if tags and was is not up:
+            self.ctx.publish(Batch.of(tags, [1.0 if up else 0.0] * len(tags), Q.Good, now))
 
     def _stamp(self, slot: int, shape: Shape, ts: float | None, now: float) -> float:
         """Source time of one message (docs/devices/field-data.md, "SourceTimestamp").
@@ -681,10 +710,16 @@ class MqttDriver(Driver):
             self.ctx.log.info("write %s/%s refused: gateway %s is offline", spec.device, spec.point,
                               self._slot_path[spec.gw_slot])
             return Q.BadCommunicationError
-        raw = raw_for_write(spec.src, value, spec.command.value_type)
+        try:
+            raw = raw_for_write(spec.src, value, spec.command.value_type)
+        except ValueError as e:
+            self.ctx.log.info("write %s/%s = %r refused: %s", spec.device, spec.point, value, e)
+            return Q.BadOutOfRange
         payload = json.dumps(render_payload(spec.command.payload, raw, spec.segments), separators=(",", ":"))
         fut: asyncio.Future[int] | None = None
-        expected = float(value)
+        pipe = spec.src.pipe
+        # the echo shows the value the device can hold (the DALI curve's nearest level)
+        expected = pipe.settle(float(value)) if pipe else float(value)
         if spec.src.verify:
             fut = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(tag, []).append((expected, spec.src.tolerance, fut))

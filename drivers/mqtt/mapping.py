@@ -37,6 +37,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.transforms import Pipeline, TransformSpec, pipeline
+
 # ----------------------------------------------------------------------------- reject reasons
 TOO_LARGE = "too_large"
 NOT_UTF8 = "not_utf8"
@@ -129,11 +131,27 @@ class CommandDef(_Model):
 
 
 class Availability(_Model):
-    """Where a gateway says it is online: retained state and Last Will on the same topic."""
+    """Whether a gateway is online: from its retained state and Last Will on one topic
+    (``topic``), or, for a gateway whose vendor publishes no status, from its data
+    (``from_data``: online while it or its devices publish)."""
 
-    topic: str
+    topic: str | None = None
     field: str | None = None
     online: list[Any] = Field(default_factory=lambda: [True, "online", "Online", "ONLINE", 1])
+    #: no status topic: online while any topic of the gateway (or of its devices) publishes,
+    #: offline after ``silence_s`` without a message
+    from_data: bool = False
+    #: seconds of silence before a data-driven gateway is offline (default: its profile's
+    #: report_period_s x bad_after_periods)
+    silence_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> Availability:
+        if self.from_data == (self.topic is not None):
+            raise ValueError("give either topic (a status / Last Will topic) or from_data: true")
+        if not self.from_data and self.silence_s is not None:
+            raise ValueError("silence_s applies to from_data availability only")
+        return self
 
 
 class MqttProfileOptions(_Model):
@@ -166,8 +184,11 @@ class MqttProfileOptions(_Model):
     @model_validator(mode="after")
     def _refs(self) -> MqttProfileOptions:
         self.topics = {k: TopicDef(pattern=v) if isinstance(v, str) else v for k, v in self.topics.items()}
-        if self.availability is not None and self.availability.topic not in self.topics:
-            raise ValueError(f"availability.topic {self.availability.topic!r} is not one of topics: {sorted(self.topics)}")
+        av = self.availability
+        if av is not None and av.topic is not None and av.topic not in self.topics:
+            raise ValueError(f"availability.topic {av.topic!r} is not one of topics: {sorted(self.topics)}")
+        if av is not None and av.from_data and av.silence_s is None and self.report_period_s is None:
+            raise ValueError("availability.from_data needs silence_s (or a report_period_s)")
         if self.query_on_connect is not None and self.query_on_connect not in self.commands:
             raise ValueError(f"query_on_connect {self.query_on_connect!r} is not one of commands: {sorted(self.commands)}")
         if self.bad_after_periods <= self.uncertain_after_periods:
@@ -182,11 +203,18 @@ class MqttProfileOptions(_Model):
 class MqttPointSource(_Model):
     """A point's ``source``: where its value is in the gateway's messages."""
 
-    topic: str
+    #: named topic (in options.topics) carrying the value; not needed with ``availability``
+    topic: str | None = None
     #: dotted path in the JSON payload; None = the whole payload (text topics, bare numbers)
     field: str | None = None
     scale: float = 1.0
     offset: float = 0.0
+    #: named transforms after scale/offset: ``dali_arc``, ``{lookup: {...}}``, ``{bits: [a, b]}``
+    #: (drivers/transforms.py); writes apply their inverses
+    transform: TransformSpec = None
+    #: a bool point reading whether the gateway is online (its availability: the Last Will
+    #: topic, or data, see options.availability), Good either way
+    availability: bool = False
     #: take one bit of an integer field (bit-field of diagnostic flags)
     bit: int | None = Field(None, ge=0, le=63)
     #: true when any bit of this mask is set in an integer field (e.g. 0x60: under/over-voltage)
@@ -207,6 +235,20 @@ class MqttPointSource(_Model):
         if v == 0 or not math.isfinite(v):
             raise ValueError("scale must be a finite non-zero number")
         return v
+
+    @model_validator(mode="after")
+    def _where(self) -> MqttPointSource:
+        if self.availability:
+            if self.topic is not None or self.field is not None:
+                raise ValueError("availability: true reads the gateway's availability; give no topic/field")
+        elif self.topic is None:
+            raise ValueError("topic: required (the named topic carrying this point), unless "
+                             "availability: true")
+        return self
+
+    @property
+    def pipe(self) -> Pipeline | None:
+        return pipeline(self.transform)
 
 
 class BrokerConnection(_Model):
@@ -379,6 +421,7 @@ class FieldSpec:
     bit: int | None = None
     true_values: tuple[Any, ...] | None = None
     mask: int | None = None
+    pipe: Pipeline | None = None
 
     def __post_init__(self) -> None:
         if self.bit is not None:
@@ -421,6 +464,7 @@ class Shape:
         self._any_bool = bool(self.bools.any())
         self._bit_cols = np.asarray([k for k, _ in self.bits], dtype=np.int64)
         self._bit_masks = np.asarray([m for _, m in self.bits], dtype=np.int64)
+        self._pipes = [(k, f.pipe) for k, f in enumerate(self.fields) if f.pipe]
         self._ts_key = (self.ts_keys[0] if len(self.ts_keys) == 1 and isinstance(self.ts_keys[0], str)
                         and self.topic.timestamp_unit == "s" else None)
         self.fast = (
@@ -500,6 +544,8 @@ class Shape:
             vals[:, cols] = (ints & self._bit_masks) != 0
         if self._any_bool:
             vals[:, self.bools] = vals[:, self.bools] != 0
+        for k, p in self._pipes:  # named transforms (DALI curve, tables, bit fields)
+            vals[:, k] = p.forward(vals[:, k])
         return vals, ok
 
 
@@ -536,6 +582,8 @@ def convert(f: FieldSpec, v: Any) -> Any:
     if f.mask is not None:
         return 1.0 if int(x) & f.mask else 0.0
     x = x * f.scale + f.offset
+    if f.pipe:
+        x = float(f.pipe.forward(np.asarray([x]))[0])
     if f.dtype == "bool":
         return 1.0 if x != 0 else 0.0
     return x
@@ -550,10 +598,15 @@ def is_online(av: Availability, payload_value: Any) -> bool:
 
 
 def raw_for_write(src: MqttPointSource, value: Any, value_type: str = "auto") -> Any:
-    """Engineering value -> the raw value published (inverse of scale/offset), JSON-typed."""
+    """Engineering value -> the raw value published (inverse transforms, then inverse
+    scale/offset), JSON-typed. Raises ValueError when a transform cannot represent it."""
     if isinstance(value, bool):
         return value
-    raw = round((float(value) - src.offset) / src.scale, 9)  # 127.00000000000001 -> 127.0
+    v = float(value)
+    pipe = src.pipe
+    if pipe:
+        v = pipe.inverse(v)
+    raw = round((v - src.offset) / src.scale, 9)  # 127.00000000000001 -> 127.0
     if value_type == "int":
         return round(raw)
     if value_type == "float":
@@ -604,7 +657,7 @@ def build_shapes(
     schema order (the index in the list is the point's offset in the device's tags)."""
     by_topic: dict[str, list[FieldSpec]] = {}
     for off, (name, dtype, src) in enumerate(points):
-        if src is None:
+        if src is None or src.topic is None:
             continue
         if src.topic not in opts.topics:
             raise KeyError(
@@ -616,6 +669,7 @@ def build_shapes(
                 point=name, offset_in_device=off, keys=split_path(src.field), dtype=dtype,
                 scale=src.scale, offset=src.offset, bit=src.bit, mask=src.mask,
                 true_values=tuple(src.true_values) if src.true_values is not None else None,
+                pipe=src.pipe,
             )
         )
     out = {}

@@ -485,3 +485,66 @@ async def test_write_during_a_poll_is_verified_by_the_next_poll_only(tmp_path, m
         await h.step(0)
         assert h.read("a/m1/setpoint").value == 30.0
         assert h.health("write_mismatch") == 0
+
+
+@pytest.mark.parametrize("max_in_flight", [8, 1])
+async def test_silent_units_behind_one_gateway_are_detected_in_one_timeout(
+        tmp_path, modbus_server, stepped_clock, max_in_flight):
+    """Four silent unit ids and a healthy one behind one connection (issue 16: integrators saw
+    4.4 to 8.5 s for four silent units). Requests to different units go out together, so the
+    four are found dead within one timeout of each other; ``max_in_flight: 1`` (a gateway that
+    cannot queue) is the old one-after-another behaviour."""
+    srv = await modbus_server(units=(1, 2, 3, 4, 5))
+    for u in range(1, 6):
+        fill_vendor(srv, unit=u)
+    opts = f"{{timeout: 0.5, retries: 0, connect_timeout: 0.5, stagger: false, max_in_flight: {max_in_flight}}}"
+    path = write_site(tmp_path, VENDOR_PROFILE + "\ndevices:\n" + "".join(
+        f"  - {{id: m{u}, profile: acme-meter, area: a, connection: {{host: 127.0.0.1, port: {srv.port}, unit: {u}}}}}\n"
+        for u in range(1, 6)), opts=opts)
+    async with Harness(path, stepped_clock) as h:
+        assert all(h.read(f"a/m{u}/voltage").good for u in range(1, 6))
+        srv.silent = {1, 2, 3, 4}
+        lost: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+
+        def seen(ch):
+            for i in ch.indices[ch.quality == Q.BadCommunicationError].tolist():
+                lost.setdefault(h.rt.tagdb.info(i).device, loop.time())
+
+        h.rt.tagdb.subscribe(seen)
+        await h.step()
+        link = h.drv.links[(srv.host, srv.port)]
+        assert sorted(lost) == [f"a/m{u}" for u in range(1, 5)]
+        assert h.read("a/m5/voltage").quality == Q.Good
+        spread = max(lost.values()) - min(lost.values())
+        if max_in_flight > 1:
+            assert link.stats["in_flight_peak"] == 5
+            assert spread < 0.25, spread  # all four within half a timeout of each other
+            assert link.stats["connects"] == 1  # a timeout with others in flight keeps the connection
+        else:
+            assert link.stats["in_flight_peak"] == 1
+            assert spread >= 3 * 0.5 * 0.9, spread  # one after another: three more timeouts
+
+
+async def test_answers_again_is_logged_after_an_exception_outage(tmp_path, modbus_server, stepped_clock, caplog):
+    srv = await modbus_server()
+    fill_vendor(srv)
+    async with Harness(vendor_site(tmp_path, (srv.port, 1)), stepped_clock) as h:
+        await h.step()
+        caplog.set_level(logging.INFO, logger="drivers.modbus")
+        srv.exception[1] = 0x04
+        await h.step()
+
+        def down() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "server device failure" in r.getMessage()]
+
+        first = len(down())
+        assert first >= 1
+        await h.step(n=3)
+        assert len(down()) == first  # once per failing request, not once per poll
+        assert not any("answers again" in r.getMessage() for r in caplog.records)
+        srv.exception[1] = None
+        await h.step()
+        back = [r.getMessage() for r in caplog.records if "answers again" in r.getMessage()]
+        assert len(back) == first and all("a/m1" in m for m in back), back
+        assert h.read("a/m1/temp_c").quality == Q.Good

@@ -292,31 +292,56 @@ def test_exception_status_table():
 
 
 # ----------------------------------------------------------------------------- stream framing
-def test_stream_framing_any_chunking_and_garbage():
-    from drivers.modbus.client import _Protocol
+def _proto():
+    """A framer bound to a link that is never connected, with two requests in flight."""
+    import asyncio
 
+    from drivers.modbus.client import ModbusLink, _Protocol
+
+    link = ModbusLink("127.0.0.1", 1, now=lambda: 0.0, max_in_flight=4)
+    p = _Protocol(link)
+    loop = asyncio.get_running_loop()
+    futs = {1: loop.create_future(), 2: loop.create_future()}
+    p.pending = {1: (1, futs[1]), 2: (7, futs[2])}
+    return link, p, futs
+
+
+async def test_stream_framing_any_chunking_and_garbage():
     frames = [codec.frame(1, 1, bytes.fromhex("030400010002")), codec.frame(2, 7, bytes.fromhex("8302"))]
     stream = b"".join(frames)
     for cut in range(1, len(stream)):
-        p = _Protocol()
+        link, p, futs = _proto()
         p.data_received(stream[:cut])
         p.data_received(stream[cut:])
-        assert list(p.frames) == [(1, 1, bytes.fromhex("030400010002")), (2, 7, bytes.fromhex("8302"))]
-        assert p.error is None and not p.buf
-    p = _Protocol()
+        # each answer goes to the request of its transaction id, whatever the segmentation
+        assert futs[1].result() == bytes.fromhex("030400010002") and futs[2].result() == bytes.fromhex("8302")
+        assert not p.buf and link.stats["malformed"] == link.stats["stale"] == 0
+    link, p, futs = _proto()
     p.data_received(stream[:10])  # half a frame: nothing yet, no error
-    assert not p.frames and p.error is None
-    p = _Protocol()
+    assert not futs[1].done() and link.stats["malformed"] == 0
+    link, p, futs = _proto()
     p.data_received(frames[0] + b"\xde\xad\xbe\xef\x00\x00\x00")
-    assert len(p.frames) == 1 and isinstance(p.error, MalformedFrame)
+    assert futs[1].result() == bytes.fromhex("030400010002")
+    assert isinstance(futs[2].exception(), MalformedFrame) and link.stats["malformed"] == 1
+    link, p, futs = _proto()
+    p.data_received(codec.frame(9, 1, b"\x03\x00"))  # an answer nobody asked for: stale
+    assert isinstance(futs[1].exception(), MalformedFrame) and link.stats["stale"] == 1
+    link, p, futs = _proto()
+    p.data_received(codec.frame(1, 5, b"\x03\x00"))  # the right transaction, the wrong unit
+    assert isinstance(futs[1].exception(), MalformedFrame) and link.stats["stale"] == 1
+    link, p, futs = _proto()
+    p.abandoned.add(9)  # a late answer to a request given up after its timeout: discarded
+    p.data_received(codec.frame(9, 1, b"\x03\x00") + frames[0])
+    assert futs[1].result() == bytes.fromhex("030400010002") and link.stats["stale"] == 1
+    for f in futs.values():
+        if not f.done():
+            f.cancel()
 
 
-def test_random_streams_never_raise_from_the_framer():
-    from drivers.modbus.client import _Protocol
-
+async def test_random_streams_never_raise_from_the_framer():
     rng = np.random.default_rng(11)
     for _ in range(500):
-        p = _Protocol()
+        _link, p, futs = _proto()
         data = rng.integers(0, 256, size=int(rng.integers(1, 64))).astype(np.uint8).tobytes()
         if rng.random() < 0.5:  # sometimes a plausible header first
             data = codec.frame(int(rng.integers(0, 65536)), 1, data[:20]) + data
@@ -325,5 +350,8 @@ def test_random_streams_never_raise_from_the_framer():
             n = int(rng.integers(1, 9))
             p.data_received(data[i:i + n])
             i += n
-        for _tid, _unit, pdu in p.frames:
-            assert 1 <= len(pdu) <= codec.MAX_PDU
+        for f in futs.values():
+            if f.done() and f.exception() is None:
+                assert 1 <= len(f.result()) <= codec.MAX_PDU
+            elif not f.done():
+                f.cancel()
