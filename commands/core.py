@@ -155,9 +155,9 @@ def check(site_file: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 def schema(out: str | None) -> None:
     """Print the JSON Schema of site files (for editor autocompletion)."""
-    from scada.site import SiteConfig
+    from scada.schema import site_json_schema
 
-    text = json.dumps(SiteConfig.model_json_schema(), indent=2)
+    text = json.dumps(site_json_schema(), indent=2)
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
         click.echo(f"wrote {out}")

@@ -27,7 +27,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 #: IEC 62386-102 §9.3: 253/3 arc power levels per decade of light.
 _DALI_STEPS_PER_DECADE = 253.0 / 3.0
@@ -153,6 +153,19 @@ def _by_name(v: Any) -> Any:
     return v
 
 
+#: JSON Schema of one transform as written in a site file (``scada schema``)
+_ONE_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"const": "dali_arc", "description": "IEC 62386-102 logarithmic dimming curve: arc 0..254 <-> % of full light"},
+    {"type": "object", "description": "table from raw values to values",
+     "properties": {"lookup": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
+                    "default": {"type": ["number", "null"]}},
+     "required": ["lookup"], "additionalProperties": False},
+    {"type": "object", "description": "unsigned bit field [first, last] of an integer (bit 0 = LSB)",
+     "properties": {"bits": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 63},
+                             "minItems": 2, "maxItems": 2}},
+     "required": ["bits"], "additionalProperties": False},
+]}
+
 OneTransform = Annotated[DaliArc | Lookup | BitField, BeforeValidator(_by_name)]
 
 
@@ -163,7 +176,11 @@ def _as_list(v: Any) -> Any:
 
 
 #: The ``transform`` key of a point source: one transform or a list applied in order.
-TransformSpec = Annotated[list[OneTransform] | None, BeforeValidator(_as_list)]
+TransformSpec = Annotated[
+    list[OneTransform] | None, BeforeValidator(_as_list),
+    WithJsonSchema({"anyOf": [_ONE_SCHEMA, {"type": "array", "items": _ONE_SCHEMA}, {"type": "null"}],
+                    "description": "named transforms after scale/offset, applied in order"}),
+]
 
 
 class Pipeline:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -136,3 +137,10 @@ class Driver(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once on shutdown after ``run`` is cancelled."""
+
+    @classmethod
+    def child_segments(cls, options: dict[str, Any]) -> Callable[[int], dict[str, int]] | None:
+        """How child ``n`` of a profile with these ``options`` is addressed, as fields its id
+        template may use (an MQTT DALI gateway: ``{line}``, ``{address}``). None: ``{n}``
+        only. Called by the loader (no I/O); options are the profile's, not yet validated."""
+        return None

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
 from .sections.common import check_format
-from .site import Site, SiteConfig, expand
+from .site import SegmentsOf, Site, SiteConfig, child_id, expand
 
 _Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -743,7 +743,7 @@ def load_site(path: str | os.PathLike[str], validate_drivers: bool = True,
     errors.extend(_semantic_checks(cfg, raw, validate_drivers))
     if errors:
         raise ConfigError(errors)
-    site = expand(cfg, path)
+    site = expand(cfg, path, _segments_of(cfg, validate_drivers))
     devs = raw.get("devices")
     for i, d in enumerate(cfg.devices):
         f, line = devs.ipos[i] if isinstance(devs, LList) and i < len(devs.ipos) else (path, 0)
@@ -772,6 +772,21 @@ def _size_checks(cfg: SiteConfig, raw: Any, limits: Limits) -> list[str]:
                 return [f"{_at(raw, ('devices', i))}: with this device the site has {total:,} "
                         f"{what}; the limit is {limit:,}{_MORE}"]
     return []
+
+
+def _segments_of(cfg: SiteConfig, validate_drivers: bool) -> SegmentsOf:
+    """Profile name -> its driver's child id fields (``Driver.child_segments``), cached."""
+    cache: dict[str, Any] = {}
+
+    def of(profile: str) -> Any:
+        if profile not in cache:
+            prof = cfg.profiles.get(profile)
+            cls = driver_class(prof.protocol) if (prof and prof.protocol and validate_drivers) else None
+            hook = getattr(cls, "child_segments", None)
+            cache[profile] = hook(prof.options) if hook is not None and prof is not None else None
+        return cache[profile]
+
+    return of
 
 
 def _raw_reference_checks(raw: Any) -> list[str]:
@@ -860,6 +875,7 @@ def _semantic_checks(cfg: SiteConfig, raw: Any, validate_drivers: bool) -> list[
 
     errs.extend(_alarm_checks(cfg, raw))
     errs.extend(_service_checks(cfg, raw, validate_drivers))
+    segs = _segments_of(cfg, validate_drivers)
 
     for i, d in enumerate(cfg.devices):
         if d.area not in areas:
@@ -881,10 +897,11 @@ def _semantic_checks(cfg: SiteConfig, raw: Any, validate_drivers: bool) -> list[
         for j, c in enumerate(d.children):
             if c.profile not in cfg.profiles:
                 unknown_profile(c.profile, ("devices", i, "children", j, "profile"))
+            seg = segs(c.profile)
             try:
-                ids = [c.id.format(n=n) for n in range(c.start, c.start + c.count)]
+                ids = [child_id(c.id, n, seg(n) if seg else None) for n in range(c.start, c.start + c.count)]
             except (KeyError, IndexError, ValueError) as e:
-                errs.append(f"{_at(raw, ('devices', i, 'children', j, 'id'))}: bad id template {c.id!r}: {e}; use {{n}} or {{n:02d}}")
+                errs.append(f"{_at(raw, ('devices', i, 'children', j, 'id'))}: bad id template {c.id!r}: {e}")
                 continue
             dup = child_ids.intersection(ids)
             if dup:

@@ -105,6 +105,7 @@ class Runtime:
         self.services: dict[str, Service] = {}
         self._device_driver: dict[int, Driver] = {}
         self._writers: dict[int, Writer] = {}  # device index -> handler for server-owned tags
+        self._claimed: set[int] = set()  # devices without driver whose values a caller writes
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         #: a service that could not start at all (see :meth:`supervise`)
@@ -130,7 +131,11 @@ class Runtime:
         self._health["server"] = (h, self.tagdb.add_tags("_system/server", SERVER_HEALTH))
 
     def load_drivers(self, only: list[str] | None = None) -> None:
-        """Instantiate one driver per protocol used by the site (validation only, no I/O)."""
+        """Instantiate one driver per protocol used by the site (validation only, no I/O).
+
+        Loading every driver (``only`` None: ``scada check``, ``run``, ``demo``) also refuses,
+        with :class:`ConfigError`, a configured device that nothing would write
+        (:meth:`unowned_devices`): every configured tag gets a writer."""
         by_proto = self.site.by_protocol()
         eps = {ep.name: ep for ep in entry_points(group="scada.drivers")}
         missing = [p for p in by_proto if p not in eps]
@@ -158,6 +163,10 @@ class Runtime:
             self.drivers[proto] = drv
             for dev in devices:
                 self._device_driver[self.tagdb.device_index(dev.path)] = drv
+        if only is None:
+            unowned = self.unowned_devices()
+            if unowned:
+                raise ConfigError(unowned)
 
     def load_services(self, only: list[str] | None = None) -> None:
         """Create the services registered under ``scada.services`` (factories may return None)."""
@@ -184,8 +193,39 @@ class Runtime:
         self.services[svc.name] = svc
 
     def register_writer(self, device_path: str, handler: Writer) -> None:
-        """Route writes to a server-owned device's tags (computed tags, overrides) to ``handler``."""
+        """Route writes to a server-owned device's tags (computed tags, overrides) to ``handler``.
+        The caller owns the device: it writes its live values (see :meth:`claim`)."""
         self._writers[self.tagdb.device_index(device_path)] = handler
+
+    def claim(self, device_path: str) -> None:
+        """Declare that the caller (a service, a test) writes the live values of a configured
+        device that has no protocol driver; :meth:`start` refuses a site where such a device
+        has no owner (its tags would stay BadWaitingForInitialData forever)."""
+        self._claimed.add(self.tagdb.device_index(device_path))
+
+    def unowned_devices(self) -> list[str]:
+        """Configured devices whose tags nothing writes (no protocol driver, no writer, no
+        claim), one message per device entry of the site (its children counted in it)."""
+        groups: dict[str, list[str]] = {}
+        for dev in self.site.all_devices():
+            if dev.protocol or not dev.enabled:
+                continue
+            d = self.tagdb.device_index(dev.path)
+            if d not in self._writers and d not in self._claimed:
+                groups.setdefault(dev.parent or dev.path, []).append(dev.path)
+        out = []
+        for top, paths in groups.items():
+            profiles = sorted({self.site.device(p).profile_name for p in paths})
+            kids = [p for p in paths if p != top]
+            what = f"device {top}" if top in paths else f"children of {top}"
+            if kids:
+                what += f" ({len(kids)} child device{'s' if len(kids) != 1 else ''}: {', '.join(kids[:3])}"
+                what += ", ...)" if len(kids) > 3 else ")"
+            out.append(f"{self.site.origins.get(top, self.site.path)}: {what}: profile "
+                       f"{', '.join(repr(p) for p in profiles)} has no protocol, so nothing writes "
+                       "its tags (they would stay BadWaitingForInitialData); give the profile a "
+                       "protocol (astro for the astronomical clock) or remove the device")
+        return out
 
     # ----------------------------------------------------------------- commands
     def set_out_of_service(self, device_path: str, oos: bool, *, user: str | None = None,

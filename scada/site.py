@@ -14,8 +14,10 @@ the driver's own models (``Driver.Connection``, ``Driver.PointSource``, ``Driver
 from __future__ import annotations
 
 import os
+import re
+import string
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -168,6 +170,9 @@ class ChildGroup(Strict):
     """Devices reached through their parent (luminaires behind a cabinet or a DALI gateway)."""
 
     profile: str
+    #: id template: ``{n}`` (the child number, from ``start``) and the fields the child's
+    #: protocol gives (MQTT gateways: ``{line}``, ``{address}``), each with an optional offset
+    #: and format: ``lum-{n:03d}``, ``lamp-{line}-{address+1:02d}``, ``node-{n-1}``
     id: str = "lum-{n:02d}"
     count: int = Field(ge=1, le=4096)
     start: int = Field(1, ge=0)
@@ -287,8 +292,39 @@ class Site:
         return sum(len(self.schemas[d.profile_name]) for d in self.all_devices())
 
 
-def expand(config: SiteConfig, path: str = "<site>") -> Site:
-    """Turn a validated config into device instances and point schemas (one per profile)."""
+_CHILD_FIELD = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:([+-])\s*(\d{1,9}))?\s*$")
+_FMT = string.Formatter()
+
+#: For a child profile: child number -> its protocol's id fields ({line}, {address}); from
+#: ``Driver.child_segments`` (the loader looks it up, the core imports no driver).
+SegmentsOf = Callable[[str], "Callable[[int], Mapping[str, int]] | None"]
+
+
+def child_id(template: str, n: int, segments: Mapping[str, int] | None = None) -> str:
+    """The id of child ``n``: ``{n}`` and the protocol's ``segments`` (``{line}``,
+    ``{address}``), each with an optional integer offset and format spec (``{address+1:02d}``,
+    ``{n-1}``). Raises ``ValueError`` naming the fields a template may use."""
+    values = {"n": n, **(segments or {})}
+    out: list[str] = []
+    for text, name, spec, conv in _FMT.parse(template):
+        out.append(text)
+        if name is None:
+            continue
+        m = _CHILD_FIELD.match(name)
+        if m is None or m.group(1) not in values:
+            known = ", ".join("{" + k + "}" for k in values)
+            raise ValueError(f"unknown field {{{name}}}; this child group can use {known}, each "
+                             "with an offset ({n-1}, {address+1}) and a format ({n:03d})")
+        v = values[m.group(1)] + (int(m.group(2) + m.group(3)) if m.group(2) else 0)
+        out.append(format(str(v) if conv else v, spec or ""))
+    return "".join(out)
+
+
+def expand(config: SiteConfig, path: str = "<site>", segments: SegmentsOf | None = None) -> Site:
+    """Turn a validated config into device instances and point schemas (one per profile).
+
+    ``segments(profile)`` gives the id fields of a child of that profile (None: ``{n}`` only).
+    """
     schemas = {
         name: PointSchema(name, tuple(p.to_pointdef() for p in prof.points))
         for name, prof in config.profiles.items()
@@ -305,8 +341,9 @@ def expand(config: SiteConfig, path: str = "<site>") -> Site:
         for cg in dc.children:
             cprof = config.profiles[cg.profile]
             cconn = {**cprof.connection, **conn}
+            seg = segments(cg.profile) if segments is not None else None
             for n in range(cg.start, cg.start + cg.count):
-                cid = cg.id.format(n=n)
+                cid = child_id(cg.id, n, seg(n) if seg is not None else None)
                 dev.children.append(
                     DeviceInstance(
                         path=f"{dev.path}/{cid}", id=cid, area=dc.area, profile_name=cg.profile,

@@ -155,6 +155,21 @@ class MqttDriver(Driver):
         self.stats = {"messages": 0, "batches": 0}
         self._build()
 
+    @classmethod
+    def child_segments(cls, options: dict[str, Any]) -> Any:
+        """Child n's DALI line and short address, as its topics use them (``line_base``,
+        ``address_base``, ``addresses_per_line``): child ids may say ``lamp-{line}-{address}``."""
+        try:
+            opts = MqttProfileOptions.model_validate(options or {})
+        except ValueError:
+            return None  # reported with file and line by the options' own validation
+
+        def seg(n: int) -> dict[str, int]:
+            d = device_segments("", n, opts)
+            return {"line": d["line"], "address": d["address"]}
+
+        return seg
+
     # ------------------------------------------------------------------ configuration
     def _build(self) -> None:
         ctx = self.ctx

@@ -41,6 +41,7 @@ from asyncua import ua
 from asyncua.server.address_space import AttributeValue, NodeData
 
 from .. import quality as Q
+from ..tags import UA_TYPES
 
 if TYPE_CHECKING:
     from ..tags import PointDef, TagDatabase
@@ -64,6 +65,9 @@ DATATYPE = {
     "bool": ua.NodeId(ua.ObjectIds.Boolean),
     "string": ua.NodeId(ua.ObjectIds.String),
 }
+# a point's declared OPC UA data type (PointDef.data_type: Byte, UInt16, Float ... Part 6 §5.1.2)
+VARIANT.update({name: getattr(ua.VariantType, name) for name in UA_TYPES})
+DATATYPE.update({name: ua.NodeId(getattr(ua.ObjectIds, name)) for name in UA_TYPES})
 
 #: UNECE Recommendation 20 common codes for the units our profiles use (Part 8 §5.6.3).
 UNECE = {
@@ -110,7 +114,7 @@ def make_datavalue(tagdb: TagDatabase, i: int, p: PointDef) -> ua.DataValue:
     server timestamp the database's apply time.
     """
     q = int(tagdb.quality[i])
-    vt = VARIANT[p.dtype]
+    vt = VARIANT[p.data_type]
     if q & 0x80000000:
         var = ua.Variant(None, ua.VariantType.Null)
     else:
@@ -131,7 +135,7 @@ def _variant(dtype: str, v: Any, vt: ua.VariantType) -> ua.Variant:
         return ua.Variant(fv, vt)
     if dtype == "bool":
         return ua.Variant(bool(fv), vt)
-    return ua.Variant(int(fv), vt)
+    return ua.Variant(round(fv), vt)  # integer points: already whole (the tag database rounds)
 
 
 # ----------------------------------------------------------------------------- monitoring
@@ -494,7 +498,7 @@ class LazyNodes(MutableMapping):
         val.value_callback = lambda _nid, _attr, i=i, p=p: make_datavalue(db, i, p)
         val.datachange_callbacks = _TagCallbacks(self.reg, i)  # type: ignore[assignment]
         a[ua.AttributeIds.Value] = val
-        a[ua.AttributeIds.DataType] = _attr(DATATYPE[p.dtype], ua.VariantType.NodeId)
+        a[ua.AttributeIds.DataType] = _attr(DATATYPE[p.data_type], ua.VariantType.NodeId)
         a[ua.AttributeIds.ValueRank] = _attr(-1, ua.VariantType.Int32)
         a[ua.AttributeIds.ArrayDimensions] = _attr([], ua.VariantType.UInt32)
         a[ua.AttributeIds.AccessLevel] = _attr(access, ua.VariantType.Byte)

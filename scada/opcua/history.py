@@ -108,7 +108,7 @@ async def _raw(historian: Any, i: int, p: Any, details: ua.ReadRawModifiedDetail
     res.HistoryData = ua.HistoryData()
     n = len(times)
     more = n > limit
-    vt = VARIANT[p.dtype]
+    vt = VARIANT[p.data_type]
     dvs = []
     for k in range(min(n, limit)):
         q = int(quals[k])

@@ -745,12 +745,12 @@ class OpcUaService(Service):
             if not cbs:
                 continue
             dtype = dtypes.get(i)
-            if dtype is None:
-                dtype = dtypes[i] = self.tagdb.point(i).dtype
+            if dtype is None:  # the OPC UA data type the node declares
+                dtype = dtypes[i] = self.tagdb.point(i).data_type
             if q & 0x80000000:
                 var = _NULL
                 v = None
-            elif dtype == "string":
+            elif dtype == "String":
                 v = strings.get(i)
                 var = ua.Variant(v, ua.VariantType.String) if v is not None else _NULL
             else:
@@ -831,6 +831,8 @@ _OWN_METHOD_ACTIONS: dict[str, str] = {
     "CancelOverride": "schedule.override",
 }
 _VT_D, _VT_B, _VT_I = ua.VariantType.Double, ua.VariantType.Boolean, ua.VariantType.Int64
+_VT_OTHER = {name: getattr(ua.VariantType, name) for name in
+             ("SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "UInt64", "Float")}
 _STATUS: dict[int, ua.StatusCode] = {}
 _NULL = ua.Variant(None, ua.VariantType.Null)
 
@@ -849,11 +851,14 @@ def _variant_of(value: Any, vt: ua.VariantType) -> ua.Variant:
 def _fast_variant(dtype: str, v: float) -> ua.Variant:
     if v != v:
         return _NULL
-    if dtype == "float":
+    if dtype == "Double":
         return _variant_of(v, _VT_D)
-    if dtype == "bool":
+    if dtype == "Boolean":
         return _variant_of(bool(v), _VT_B)
-    return _variant_of(int(v), _VT_I)
+    if dtype == "Int64":
+        return _variant_of(round(v), _VT_I)
+    vt = _VT_OTHER[dtype]
+    return _variant_of(v if dtype == "Float" else round(v), vt)
 
 
 def _status(q: int) -> ua.StatusCode:

@@ -240,7 +240,17 @@ def test_cli_check_exits_2_with_errors(tmp_path):
     res = CliRunner().invoke(main, ["check", str(p)])
     assert res.exit_code == 2
     assert f"{p}:3: site.latitude" in res.output
-    ok = write(tmp_path, BASE, "ok.yaml")
+    # every configured tag needs a writer: profiles without a protocol are refused (issue 16)
+    passive = write(tmp_path, BASE, "passive.yaml")
+    res = CliRunner().invoke(main, ["check", str(passive)])
+    assert res.exit_code == 2
+    assert f"{passive}:20: device centre/cab-001 (4 child devices: centre/cab-001/lum-01" in res.output
+    assert "profile 'cabinet', 'lamp' has no protocol, so nothing writes its tags" in res.output
+    ok = write(tmp_path, BASE.replace("    kind: luminaire\n", "    kind: luminaire\n    protocol: astro\n")
+               .replace("    kind: cabinet\n", "    kind: cabinet\n    protocol: astro\n")
+               .replace('unit: "%", access: rw, eu_range: [0, 100]}', 'unit: deg, source: {output: sun_elevation}}')
+               .replace("deadband: 0.5}", "deadband: 0.5, source: {output: sun_elevation}}")
+               .replace("type: bool}", "type: bool, source: {output: night}}"), "ok.yaml")
     res = CliRunner().invoke(main, ["check", str(ok)])
     assert res.exit_code == 0, res.output
     assert "5 devices" in res.output and "9 tags" in res.output
