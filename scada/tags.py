@@ -709,6 +709,9 @@ class TagDatabase:
                 counters = cm
         if not (n_out or n_fut or n_late or counters is not None or self._oos_n):
             return vals, qa, tsa, None
+        if n_late and n_out and late is not None:
+            out &= ~late  # a late sample is not made current: not counted as implausible either
+            n_out = int(np.count_nonzero(out))
         if not own_q:
             qa = qa.copy()
         usable = (qa & np.uint32(0x80000000)) == 0  # not already Bad

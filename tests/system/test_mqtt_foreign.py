@@ -43,9 +43,9 @@ profiles:
       address_base: 1
       report_period_s: 300
     points:
-      - {name: level, unit: "%", source: {topic: telemetry, field: data.dim, scale: 0.39370078740157477}}
+      - {name: level, unit: "%", eu_range: [0, 100], source: {topic: telemetry, field: data.dim, transform: dali_arc}}
       - {name: level_cmd, unit: "%", access: rw, eu_range: [0, 100],
-         source: {topic: telemetry, field: data.target_arc, scale: 0.39370078740157477, command: dim, tolerance: 0.5}}
+         source: {topic: telemetry, field: data.target_arc, transform: dali_arc, command: dim, tolerance: 0.5}}
       - {name: power_w, unit: W, source: {topic: telemetry, field: data.pwr_mW, scale: 0.001}}
       - {name: energy_wh, unit: Wh, source: {topic: telemetry, field: data.kWh, scale: 1000}}
       - {name: operating_h, unit: h, source: {topic: telemetry, field: data.burn_s, scale: 0.0002777777777777778}}
@@ -110,7 +110,8 @@ devices:
         db = rt.tagdb
         await eventually(lambda: db.read("centre/acme-7/lamp-65/level").good, what="telemetry")
         lamp = "centre/acme-7/lamp-1"
-        assert db.read(f"{lamp}/level").value == pytest.approx(200 * 100 / 254)
+        # DALI arc power levels on the IEC 62386-102 logarithmic curve, not a linear scale
+        assert db.read(f"{lamp}/level").value == pytest.approx(10 ** (199 / (253 / 3) - 1))  # 22.9 %
         assert db.read(f"{lamp}/power_w").value == pytest.approx(42.0)
         assert db.read(f"{lamp}/energy_wh").value == pytest.approx(1234.0)
         assert db.read(f"{lamp}/operating_h").value == pytest.approx(1.0)
@@ -127,10 +128,10 @@ devices:
         assert sum(drv.rejects.values()) == 0
 
         assert await rt.write(f"{lamp}/level_cmd", 50) == Q.Good
-        assert await rt.write(f"{lamp}/level_cmd", 33) == Q.Good  # arc 83.8 -> 84, echo 33.07 %
-        assert commands == [("acme/v2/acme-7/bus1/node01/cmd", {"op": "dim", "arc": 127}),
-                            ("acme/v2/acme-7/bus1/node01/cmd", {"op": "dim", "arc": 84})]
-        assert db.read(f"{lamp}/level_cmd").value == pytest.approx(84 * 100 / 254)
+        assert await rt.write(f"{lamp}/level_cmd", 33) == Q.Good  # arc 213.4 -> 213, echo 32.7 %
+        assert commands == [("acme/v2/acme-7/bus1/node01/cmd", {"op": "dim", "arc": 229}),
+                            ("acme/v2/acme-7/bus1/node01/cmd", {"op": "dim", "arc": 213})]
+        assert db.read(f"{lamp}/level_cmd").value == pytest.approx(10 ** (212 / (253 / 3) - 1))
 
         gw.publish("acme/v2/acme-7/lwt", b"Offline", 1, retain=True)
         await eventually(lambda: db.read(f"{lamp}/power_w").quality == Q.BadCommunicationError,
