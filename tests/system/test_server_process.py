@@ -15,7 +15,7 @@ SITE = """\
 site: {name: Process test, latitude: 47.3, longitude: 5.0, timezone: Europe/Paris, state_dir: state}
 areas: [{id: centre}]
 profiles:
-  sensor: {kind: sensor, points: [{name: lux, unit: lx}]}
+  sensor: {protocol: astro, kind: sensor, points: [{name: sun, unit: deg, source: {output: sun_elevation}}]}
 devices:
   - {id: s1, profile: sensor, area: centre}
 opcua: {enabled: false}
