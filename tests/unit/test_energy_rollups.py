@@ -50,3 +50,37 @@ def test_rollups_match_raw_and_follow_late_blocks(tmp_path):
     assert [r["filled_days"] for r in again.luminaires] == [0, 0, 0]
     assert again.luminaires == compute(b, inv, **kw).luminaires
     b.close()
+
+
+def test_night_summaries_are_reset_aware():
+    """One night, one counter: readings in the evening, a reset at 22:00, a jump, a bad reading;
+    the summary's halves, resets, fastest increase and fingerprint lanes, by hand."""
+    from historian.fingerprint import Fingerprint
+    from historian.summary import night_edges, night_summaries
+    from scada import quality as Q
+
+    day = astro.to_dates([date(2025, 3, 1)])[0]
+    e = night_edges(np.array([day]), TZ)  # noon, midnight, next noon
+    noon, mid = e[0], e[1]
+    t = np.array([noon + 3600, mid - 7200, mid - 3600, mid - 1800, mid, mid + 1800, mid + 3600])
+    v = np.array([100.0, 150.0, 10.0, 20.0, 30.0, 40.0, 5000.0])  # reset at 23:00, jump at 01:00
+    q = np.zeros(len(t), np.uint32)
+    t = np.append(t, mid + 5400)
+    v = np.append(v, np.nan)
+    q = np.append(q, Q.BadCommunicationError)
+    p = Points.of(["a/l/energy_wh"], np.zeros(len(t)), t, v, q)
+    s = night_summaries(p, 1, e)
+    assert (s["e_first_v"][0, 0], s["e_last_v"][0, 0], s["e_count"][0, 0]) == (100.0, 20.0, 4)
+    assert s["e_inc"][0, 0] == 50.0 + 10.0 + 10.0  # 100->150, reset: 10 counted, 10->20
+    assert (s["m_first_v"][0, 0], s["m_last_v"][0, 0], s["m_count"][0, 0]) == (30.0, 5000.0, 3)
+    assert s["m_inc"][0, 0] == 10.0 + 4960.0
+    assert s["resets"][0, 0] == 1 and s["bad"][0, 0] == 1
+    assert s["rmax"][0, 0] == 4960.0 / 1800.0
+    # with a plausible bound the jump is not counted, and flagged
+    s2 = night_summaries(p, 1, e, max_rate=np.array([1.0]))
+    assert s2["m_inc"][0, 0] == 10.0 and s2["repl"][0, 0] == 1
+    fp = Fingerprint()
+    fp.add_points(p.keys, p.sid, p.t, p.v, p.q)
+    mine = Fingerprint()
+    mine.add_series("a/l/energy_wh", 8, np.array([s[f"h{i}"][0, 0] for i in range(4)]), None, None)
+    assert mine.content_hash() == fp.content_hash()
