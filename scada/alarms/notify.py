@@ -318,6 +318,7 @@ class Channel:
             self._ready.set()
         self._last_attempt = -1e18
         self.failures = 0  # consecutive failed attempts
+        self.failing_since: float | None = None  # time of the first of them
         self.down_since: float | None = None
         self.last_success: float | None = None
         self.busy = False  # a delivery attempt is running (tests wait for it to end)
@@ -396,7 +397,7 @@ class Channel:
         else:
             if self.failures:
                 why = (f"delayed while the channel was unreachable (since "
-                       f"{self.renderer.local(self.down_since or now)})")
+                       f"{self.renderer.local(self.failing_since or now)})")
             elif rate_waited:
                 why = f"while the channel was rate limited ({self.cfg.rate_per_min:g} per minute)"
             else:
@@ -415,6 +416,7 @@ class Channel:
         if len(keep) > 1:
             self.stats["digests"] += 1
         self.failures = 0
+        self.failing_since = None
         self.last_success = self.clock.time()
         self.queue.remove([x["id"] for x in keep])
         self._set_down(False, "")
@@ -424,9 +426,14 @@ class Channel:
         self.failures += 1
         self.stats["failed"] += 1
         if isinstance(e, DeliveryError) and e.permanent:
+            # the peer answered (and refused this message): the channel itself is up
             self._dead(batch, reason, self.failures)
             self.failures = 0
+            self.failing_since = None
+            self._set_down(False, "")
             return
+        if self.failing_since is None:
+            self.failing_since = self._last_attempt  # when the failed attempt started
         self.stats["retries"] += 1
         if self.failures > self.cfg.retries:
             self._set_down(True, reason)

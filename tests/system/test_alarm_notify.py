@@ -214,7 +214,8 @@ async def test_smtp_outage_of_ten_minutes_loses_nothing(tmp_path, stepped_clock,
         (_, rcpt, msg), = smtp_server.messages  # one digest, not a flood
         body = msg.get_content()
         assert rcpt == ["oncall@city.example"] and "3 late" in msg["Subject"]
-        assert "unreachable" in body and "rate limited" not in body
+        assert "unreachable (since 2026-01-01T01:00:00+01:00)" in body  # t0, site zone
+        assert "rate limited" not in body
         lines = [ln for ln in body.splitlines() if ln.startswith("- ")]
         assert [next(a for a in order if a in ln) for ln in lines] == order  # in order
         assert all("LATE" in ln for ln in lines)  # each marked with its delay
