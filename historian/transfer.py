@@ -15,8 +15,8 @@ Import rules (docs/historian.md, "Import and export"):
 * **Quality is data.** Each reading keeps its source time and its OPC UA status code: the
   file's status column (a code such as ``0``, ``0x80050000`` or a name such as
   ``BadCommunicationError``), Good when the file has none.
-* **Idempotent.** Rows go to the backend in blocks of ``chunk_rows`` whose batch id is derived
-  from the file's SHA-256, the mapping and the block number: re-importing the same file skips
+* **Idempotent.** Rows go to the backend in blocks of ``chunk_rows`` whose batch id is the
+  SHA-256 of the mapping and of the block's readings as parsed: re-importing the same file skips
   the blocks the store already holds, and on any backend the same (series, time) overwrites.
 * CSV and Parquet are parsed by DuckDB (its multi-threaded reader; rejected lines and their
   line numbers from its ``store_rejects`` tables), converted to series ids, times in
@@ -178,11 +178,6 @@ def detect_format(path: str, fmt: str | None) -> str:
         if low.endswith(ext):
             return f
     raise ImportError_(f"{path}: cannot tell the format from the name; give --format csv, parquet or lp")
-
-
-def file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------------------- reading
@@ -544,15 +539,26 @@ def _read_lp(path: str, m: Mapping, chunk_rows: int) -> Iterator[_Block]:
 
 
 # ---------------------------------------------------------------------------- import
+def _batch_id(m: Mapping, chunk_rows: int, k: int, p: Points) -> str:
+    """The id of block ``k``: SHA-256 of the mapping and of the block's readings as parsed
+    (series names, source times, values, status codes). The same file imported again gives the
+    same ids (the store skips the blocks it holds); the file itself need not be read twice."""
+    h = hashlib.sha256(f"{m.canonical()}|{chunk_rows}|{k}|".encode())
+    h.update("\n".join(p.keys).encode())
+    for a in (p.sid, p.t, p.v, p.q):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return "imp" + h.hexdigest()[:32]
+
+
 def import_file(backend: Backend, path: str, m: Mapping, *, chunk_rows: int = 1_000_000,
                 progress: Progress | None = None, result: ImportResult | None = None,
                 dry_run: bool = False) -> ImportResult:
     """Import one file into ``backend`` (module doc); returns the running ``result``.
 
-    The file's SHA-256 (for the batch ids) is computed while DuckDB parses it, and block *k* is
-    written by a worker thread while block *k+1* is fetched and converted (both DuckDB and the
-    backend's numpy/DuckDB work release the GIL); blocks are written one at a time, in order,
-    and a write error stops the import at that block (the blocks before it are stored)."""
+    Block *k* is written by a worker thread while block *k+1* is fetched and converted (both
+    DuckDB and the backend's numpy/DuckDB work release the GIL); blocks are written one at a
+    time, in order, and a write error stops the import at that block (the blocks before it are
+    stored)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     res = result or ImportResult()
@@ -560,13 +566,9 @@ def import_file(backend: Backend, path: str, m: Mapping, *, chunk_rows: int = 1_
         raise ImportError_(f"{path}: no such file")
     res.files.append(path)
     has_batch = getattr(backend, "has_batch", None)
-    with ThreadPoolExecutor(2, thread_name_prefix="import") as pool:
-        digest = pool.submit(file_digest, path)
+    with ThreadPoolExecutor(1, thread_name_prefix="import") as pool:
         pending: Future | None = None
-        tag = ""
         for k, blk in enumerate(read_file(path, m, chunk_rows, progress)):
-            if not tag:
-                tag = hashlib.sha256((digest.result() + m.canonical() + str(chunk_rows)).encode()).hexdigest()[:24]
             res.rows += blk.rows
             for r in blk.rejects:
                 res.reject(r)
@@ -577,7 +579,7 @@ def import_file(backend: Backend, path: str, m: Mapping, *, chunk_rows: int = 1_
                 lo, hi = float(p.t.min()), float(p.t.max())
                 res.t_min = lo if res.t_min is None else min(res.t_min, lo)
                 res.t_max = hi if res.t_max is None else max(res.t_max, hi)
-                batch = f"imp{tag}n{k}"
+                batch = _batch_id(m, chunk_rows, k, p)
                 if pending is not None:
                     pending.result()
                     pending = None
