@@ -66,7 +66,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --------------------------------------------------------------------------- process helpers
 
-def free_range(n: int, start: int = 21000, avoid: tuple[int, ...] = ()) -> int:
+def free_range(n: int, start: int = 10000, avoid: tuple[int, ...] = ()) -> int:
     """First port p >= start such that p..p+n-1 are all bindable on loopback now (and none of
     ``avoid``, ports already promised to another server of the bench)."""
     p = start
