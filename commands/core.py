@@ -193,7 +193,8 @@ def start_time(site, start: str | None, start_ref: float | None) -> tuple[float 
 
 @click.command()
 @click.argument("site_file", type=click.Path(dir_okay=False))
-@click.option("--rate", default=1.0, show_default=True, help="Clock rate (simulated s per real s).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Clock rate (simulated s per real s).")
 @click.option("--opcua-port", type=int, default=None, help="Override the site's OPC UA port.")
 @clock_options
 def run(site_file: str, rate: float, opcua_port: int | None, start: str | None,
@@ -218,11 +219,12 @@ def run(site_file: str, rate: float, opcua_port: int | None, start: str | None,
 @click.option("--opcua-port", type=click.IntRange(0, 65535), default=4840, show_default=True,
               help="OPC UA server port (when 4840 is taken and this option is not given, the "
                    "demo chooses a free port and prints it).")
-@click.option("--rate", default=1.0, show_default=True, help="Clock rate (simulated s per real s).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Clock rate (simulated s per real s).")
 @click.option("--state-dir", default=None, help="Where the demo keeps its state (default: site's).")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME:PATH[:k=v,...]",
-              help="Simulator fault applied at start, e.g. lamp_failure:centre/cab-001/lum-03 "
+              help="Simulator fault applied at start, e.g. door_open:centre/cab-001 "
                    "(repeatable; see `scada sim --help`).")
 @click.option("--control", default="127.0.0.1:0", show_default=True,
               help="HOST:PORT of the simulators' JSON-lines fault channel ('' disables it).")
@@ -238,7 +240,11 @@ def demo(ctx: click.Context, site_file: str, opcua_port: int, rate: float, state
     nc -q1 127.0.0.1 PORT``; the red dots appear on `scada alarms` and to OPC UA clients.
 
     Ports: the demo's defaults (OPC UA 4840, the simulated devices' ports, the embedded MQTT
-    broker's 11883) that another program holds are replaced by free ones, printed at start."""
+    broker's 11883) that another program holds are replaced by free ones, printed at start.
+
+    Time: simulators, drivers, schedules, alarms and the historian all run on the demo's clock
+    (--start, --rate). By day the schedules switch the lights off: a lamp failure is then
+    Suppressed (a dark lamp cannot be tested), and a red dot once they are on again at dusk."""
     from simulators.faults import FaultError, parse_fault_spec
 
     site = load_or_exit(site_file)
@@ -356,6 +362,14 @@ def _print_ready(rt, simulate: bool) -> None:
                f"{rt.tagdb.device_count} devices, {len(rt.tagdb)} tags, "
                f"drivers: {', '.join(rt.drivers) or 'none'}, "
                f"services: {', '.join(rt.services) or 'none'}")
+    from scada.clock import RealClock
+
+    if not isinstance(rt.clock, RealClock):
+        from zoneinfo import ZoneInfo
+
+        tz = site.config.site.timezone
+        now = rt.clock.datetime().astimezone(ZoneInfo(tz))
+        click.echo(f"  clock: {now:%Y-%m-%d %H:%M:%S} {tz}, {rt.clock.rate:g} simulated s per s")
     for name, svc in rt.services.items():
         info = getattr(svc, "connect_info", None)
         if info:

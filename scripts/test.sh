@@ -9,8 +9,9 @@ if command -v apt-get >/dev/null 2>&1; then
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
   command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need="$need victoria-metrics"
   if [ -n "$need" ]; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
+    # waits for another apt/dpkg (their lock) instead of aborting with rc 100
+    $SUDO env DEBIAN_FRONTEND=noninteractive scripts/apt-get-wait.sh update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive scripts/apt-get-wait.sh install -y -qq --no-install-recommends $need
   fi
   # the packages' own services are not wanted: fixtures start private instances
   ($SUDO systemctl disable --now mosquitto victoria-metrics >/dev/null 2>&1 || true)

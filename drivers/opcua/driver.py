@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
+from asyncua.crypto.uacrypto import CertProperties
 from pydantic import ValidationError
 
 from drivers.base import Backoff, Driver, DriverContext, PointDef, RateLimitedLog
@@ -212,9 +213,14 @@ class _Session:
         self.client = client
         conn = self.conn
         if conn.security_policy != "None":
+            # the files are read here, whole, in a worker thread that closes them: asyncua reads
+            # them with anyio, and a connect cancelled meanwhile (connect timeout, shutdown)
+            # leaked the open file (an unclosed-file warning seen under CPU load, issue 15)
+            cert, key, server = await asyncio.to_thread(
+                _read_files, conn.certificate, conn.private_key, conn.server_certificate)
             await client.set_security(
-                _POLICIES[conn.security_policy], str(conn.certificate), str(conn.private_key),
-                server_certificate=conn.server_certificate, mode=_MODES[conn.mode],
+                _POLICIES[conn.security_policy], cert, key,
+                server_certificate=server, mode=_MODES[conn.mode],
             )
         self._lost = asyncio.Event()
         self._lost_reason = ""
@@ -442,6 +448,13 @@ class _Session:
 def _describe(e: BaseException) -> str:
     text = str(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _read_files(*paths: str | None) -> list[CertProperties | None]:
+    """Certificate and key files as asyncua content (bytes and their format), read whole."""
+    return [None if p is None else
+            CertProperties(Path(p).read_bytes(), extension=Path(p).suffix.lstrip(".").lower() or None)
+            for p in paths]
 
 
 def _load_file(path: str | None) -> str | None:

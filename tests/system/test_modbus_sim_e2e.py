@@ -18,8 +18,11 @@ from tests.system.test_modbus_sim import write_site
 
 pytestmark = pytest.mark.system
 
+# Timeouts are real seconds: 2 s, not 0.25 s, so a busy machine's slow answer is not taken
+# for a silent device (it made the historian e2e test fail under CPU load, issue 15); a silent
+# device costs 2 s of real time per poll.
 DRIVER_OPTS = """drivers:
-  modbus: {timeout: 0.25, retries: 0, connect_timeout: 0.5, demote_after: 2, demote_base: 4, demote_cap: 8, startup_spread: 0}
+  modbus: {timeout: 2.0, retries: 0, connect_timeout: 2.0, demote_after: 2, demote_base: 4, demote_cap: 8, startup_spread: 0}
 """
 
 

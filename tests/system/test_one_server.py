@@ -220,3 +220,27 @@ def test_sim_with_a_device_port_taken_names_the_device_and_its_line(tmp_path):
         f"scada sim: cannot listen on 127.0.0.1:{modbus} for the modbus simulator of centre/cab-001: "
         f"address already in use; another program holds it: stop it or choose another port with "
         f"connection.port of device centre/cab-001 at {site}:5"), res.stderr
+
+
+def test_run_with_the_embedded_broker_port_held_by_another_program(tmp_path):
+    """`scada run` shares an MQTT broker already answering on drivers.mqtt.embedded_port (the
+    one `scada sim` starts); a port held by something that is not an MQTT broker is refused."""
+    mqtt = free_port()
+    site = tmp_path / "site.yaml"
+    site.write_text(textwrap.dedent(f"""\
+        site: {{name: Broker, latitude: 47.3, longitude: 5.0, state_dir: state}}
+        areas: [{{id: centre}}]
+        include: ["{REPO / 'config' / 'profiles'}/*.yaml"]
+        devices:
+          - {{id: gw-1, profile: dali-gateway, area: centre, connection: {{broker: embedded, gateway: gw-1}}}}
+        drivers: {{mqtt: {{embedded_port: {mqtt}}}}}
+        historian: {{enabled: false}}
+        opcua: {{enabled: false}}
+        """))
+    with hold(mqtt):
+        res = run_scada("run", str(site))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.strip() == (
+        f"scada run: cannot listen on 127.0.0.1:{mqtt} for the embedded MQTT broker: address already "
+        f"in use; another program holds it: stop it or choose another port with "
+        f"drivers.mqtt.embedded_port in {site}"), res.stderr
