@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "commands.report",    # report energy / availability / interventions, history
     "commands.historian",  # historian import / export / fingerprint
     "commands.notify",    # notify list / replay (alarm notification queues, dead letters)
+    "commands.gis",       # gis import (device positions from GeoJSON, CSV, shapefiles)
 )
 
 

@@ -14,6 +14,13 @@ Every cabinet gets its own loopback port so the simulators can serve the whole c
 machine; junctions share OPC UA endpoints (``junctions_per_server`` objects per server: a server
 per junction would cost ~40 MB and seconds each, see docs/devices/traffic-controller.md).
 ``--host`` and ``--base-port`` choose the addresses. Output is deterministic for a given seed.
+
+Positions, so that demo and bench cities have a map: cabinets and gateways are spread over
+their municipality, junctions sit on a street grid (about 110 m), and each luminaire stands
+along one to three streets leaving its cabinet (25-35 m apart, alternating sides). A child group
+has one ``location`` in a site file, so the luminaires' own positions are written where a GIS
+import puts them, ``<state_dir>/gis/positions.json`` (:mod:`scada.gis`), laid over the site
+file when the server loads.
 """
 
 from __future__ import annotations
@@ -113,11 +120,16 @@ def generate(
     broker: str = "embedded",
     name: str | None = None,
     junctions_per_server: int = 100,
+    positions: bool = True,
 ) -> CityStats:
     """Write a site file for a city of ``luminaires`` light points and ``junctions`` junctions."""
     if luminaires < 0 or junctions < 0:
         raise ValueError("luminaires and junctions must be >= 0")
     rng = random.Random(seed)
+    # a second generator for positions: the site file stays what it was for a given seed
+    prng = random.Random(seed * 7919 + 17)
+    lum_pos: dict[str, tuple[float, float]] = {}
+    grid_used: set[tuple[int, int]] = set()
     stats = CityStats()
     # a small city covers fewer municipalities (about 150 light points each at least), the
     # largest first, so cabinets and gateways keep realistic sizes
@@ -183,6 +195,8 @@ def generate(
             w(f"    connection: {_flow({'host': host, 'port': port, 'unit': 1})}")
             w(f"    location: {_flow({'lat': lat, 'lon': lon})}")
             w("    children:")
+            if positions:
+                _streets(prng, lum_pos, f"{aid}/cab-{cab_no:04d}", "lum-{n:02d}", lat, lon, size)
             start = 1
             for lamp, count in groups:
                 lw, led = _lamp(lamp)
@@ -205,6 +219,8 @@ def generate(
             w(f"    connection: {_flow(conn)}")
             w(f"    location: {_flow({'lat': lat, 'lon': lon})}")
             w("    children:")
+            if positions:
+                _streets(prng, lum_pos, f"{aid}/gw-{gw_no:04d}", "lum-{n:03d}", lat, lon, size)
             start = 1
             for lamp, count in _lamp_groups(rng, size):
                 lw, led = _lamp(lamp)
@@ -218,6 +234,7 @@ def generate(
             j_no += 1
             lat = round(lat0 + rng.uniform(-radius, radius), 5)
             lon = round(lon0 + rng.uniform(-radius, radius) * 1.4, 5)
+            lat, lon = _on_grid(grid_used, lat, lon)
             sg = rng.choice((4, 8, 8, 8, 12))
             w(f"  - id: jct-{j_no:04d}")
             w(f"    profile: {JUNCTION_PROFILES[sg]}")
@@ -237,7 +254,54 @@ def generate(
         w("devices: []")
     with open(out_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+    if positions and lum_pos:
+        from .gis import PositionStore
+
+        PositionStore(os.path.join(out_dir, "state")).save(
+            lum_pos, {"file": "gen-city", "features": len(lum_pos), "seed": seed})
     return stats
+
+
+#: junction grid step in degrees of latitude (~110 m; longitude steps are 1.4 times wider)
+GRID = 0.001
+#: metres per degree of latitude
+M_PER_DEG = 111_320.0
+
+
+def _on_grid(used: set[tuple[int, int]], lat: float, lon: float) -> tuple[float, float]:
+    """The nearest free crossing of the street grid (junctions sit on crossings)."""
+    i0, j0 = round(lat / GRID), round(lon / (GRID * 1.4))
+    for r in range(0, 50):
+        for di in range(-r, r + 1):
+            for dj in (-r, r) if abs(di) != r else range(-r, r + 1):
+                k = (i0 + di, j0 + dj)
+                if k not in used:
+                    used.add(k)
+                    return round(k[0] * GRID, 6), round(k[1] * GRID * 1.4, 6)
+    return lat, lon
+
+
+def _streets(rng: random.Random, out: dict[str, tuple[float, float]], parent: str, template: str,
+             lat: float, lon: float, n: int) -> None:
+    """Place ``n`` luminaires along 1-3 streets leaving the cabinet at (lat, lon): 25-35 m apart,
+    alternating sides 8 m off the street's axis, streets on the city's (slightly rotated) grid."""
+    k = 1 if n <= 24 else rng.choice((2, 2, 3))
+    base = math.radians(rng.uniform(-15, 15))
+    m_lon = M_PER_DEG * math.cos(math.radians(lat))
+    per = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    num = 1
+    for d, count in zip(rng.sample(range(4), k), per, strict=True):  # k different directions
+        ang = base + d * math.pi / 2
+        ux, uy = math.cos(ang), math.sin(ang)  # along the street (east, north)
+        spacing = rng.uniform(25.0, 35.0)
+        for i in range(count):
+            along = 15.0 + i * spacing
+            side = 8.0 if i % 2 == 0 else -8.0
+            east = along * ux - side * uy
+            north = along * uy + side * ux
+            out[f"{parent}/{template.format(n=num)}"] = (round(lat + north / M_PER_DEG, 7),
+                                                         round(lon + east / m_lon, 7))
+            num += 1
 
 
 #: The dimming policy every generated city starts with (see docs/schedules.md).

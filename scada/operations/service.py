@@ -52,6 +52,8 @@ class Operations:
         self._areas: dict[str, frozenset[str] | None] = {
             u.name: (frozenset(u.areas) if u.areas is not None else None) for u in site.config.users}
         self.demo_users_file: Path | None = None
+        #: called with {device path: (lat, lon)} after a GIS import moved devices (the map)
+        self.position_listeners: list[Any] = []
 
     def start(self) -> None:
         """At server start (before the front ends listen): the demo's accounts."""
@@ -334,6 +336,33 @@ class Operations:
         sched.overrides_changed()
         return self._done(who, action, o.id, Outcome(Q.Good, f"override {o.id} cancelled", {"id": o.id}),
                           cancel=True)
+
+    # ------------------------------------------------------------------ GIS positions
+    async def import_positions(self, who: Identity, name: str, data: bytes, options: dict[str, Any] | None = None,
+                               *, dry_run: bool = False) -> Outcome:
+        """Import device positions from a GIS file (:mod:`scada.gis`): match its features to
+        devices, store the new positions in ``<state_dir>/gis/positions.json`` and apply them.
+        The outcome's data is the import report (created/updated/unchanged/unmatched/rejected
+        with a reason per rejected feature). A file spans the whole site, so a user restricted
+        to some areas is refused (as for a site-wide schedule override)."""
+        from .. import gis
+
+        action = "gis.import"
+        details: dict[str, Any] = {"file": name, "bytes": len(data), "dry_run": dry_run}
+        denied = self.authorize(who, action, name, areas=["*"] if who.areas is not None else (), **details)
+        if denied is not None:
+            return denied
+        try:
+            opts = gis.Options.from_dict(options or {})
+            rep = await asyncio.to_thread(gis.import_file, self.runtime.site, name, data, opts, dry_run=dry_run)
+        except gis.GisError as e:
+            return self._done(who, action, name, Outcome(Q.BadInvalidArgument, str(e)), **details)
+        d = rep.as_dict()
+        if rep.positions and not dry_run:
+            for fn in tuple(self.position_listeners):
+                fn(dict(rep.positions))
+        out = Outcome(Q.Good, gis.Report.text(d, limit=0), d)
+        return self._done(who, action, name, out, **details, **rep.counts())
 
     def _device_exists(self, path: str) -> bool:
         try:

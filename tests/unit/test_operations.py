@@ -21,9 +21,9 @@ EXPECTED = {
     "viewer": {"read"},
     "operator": {"read", "tag.write", "alarm.acknowledge", "alarm.comment"},
     "engineer": {"read", "tag.write", "alarm.acknowledge", "alarm.comment", "alarm.shelve",
-                 "device.out_of_service", "schedule.override"},
+                 "device.out_of_service", "schedule.override", "gis.import"},
     "admin": {"read", "tag.write", "alarm.acknowledge", "alarm.comment", "alarm.shelve",
-              "device.out_of_service", "schedule.override", "address_space.edit"},
+              "device.out_of_service", "schedule.override", "gis.import", "address_space.edit"},
 }
 
 
