@@ -176,7 +176,7 @@ def main() -> None:
                         cpu.append(1000 * (written[0][1] - tc))
                         db.apply(Batch.of(lamp, np.zeros(len(lamp)), Q.Good))
                         for c in d.retained().tolist():  # acknowledged: the next flood raises
-                            d.acked[c] = True
+                            d.st.acked[c] = True
                         await asyncio.sleep(0.15)  # operators between floods; flusher runs
                 finally:
                     bg.cancel()

@@ -35,9 +35,11 @@ from scada.errors import ConfigError
 from scada.sections.alarms import PRIORITY_SEVERITY, AlarmDef, AlarmsConfig
 from scada.tags import Changes, TagDatabase
 
+from . import codec, transitions
 from . import model as M
 from .conditions import ConditionTable
-from .journal import Journal, current_states, jnum, jstr
+from .journal import Journal, current_states
+from .store import AlarmStore
 from .suppression import SRC_ALARM, SRC_POINT, SuppressionTable
 
 log = logging.getLogger("scada.alarms")
@@ -166,27 +168,8 @@ class AlarmEngine:
         self._pending_rules: list[_Pending] = []
         self._parent_of: dict[str, str] = {}
         self._specs: dict[int, tuple[AlarmDef, dict[str, float]]] = {}
-        cap = 1024
-        #: the last ``chatter.count`` raise times of every alarm (ring buffers, one row each:
-        #: fixed memory, vectorised check over a flood)
-        k = self.config.chatter.count
-        self._rt = np.full((cap, k), np.nan)
-        self._rt_pos = np.zeros(cap, dtype=np.int16)
-        self.level = np.zeros(cap, dtype=np.int8)
-        self.acked = np.ones(cap, dtype=np.bool_)
-        self.shelved = np.zeros(cap, dtype=np.int8)
-        self.shelve_until = np.full(cap, np.nan)
-        self.suppressed = np.zeros(cap, dtype=np.bool_)
-        self.oos = np.zeros(cap, dtype=np.bool_)
-        self.chattering = np.zeros(cap, dtype=np.bool_)
-        self.pend_t = np.full(cap, np.nan)
-        self.pend_level = np.zeros(cap, dtype=np.int8)
-        self.raised_at = np.full(cap, np.nan)
-        self.value = np.full(cap, np.nan)
-        self.unsupp_t = np.full(cap, np.nan)
-        #: when the suppression cause of a retained alarm cleared (see :meth:`_set_suppressed`)
-        self.unsupp_from = np.full(cap, np.nan)
-        self.ext_on = np.zeros(cap, dtype=np.bool_)
+        #: the alarms' state columns (scada.alarms.store): level, acked, shelved ...
+        self.st = AlarmStore(1024, self.config.chatter.count)
         self._any_ext = False
         self.listeners: list[Listener] = []
         self.seq = journal.last_seq
@@ -204,32 +187,17 @@ class AlarmEngine:
         """Devices out of service: read from the tag database, which owns that state."""
         return set(self.tagdb.out_of_service_devices())
 
-    _STATE = ("level", "acked", "shelved", "shelve_until", "suppressed", "oos", "chattering",
-              "pend_t", "pend_level", "raised_at", "value", "unsupp_t", "unsupp_from", "ext_on", "_rt",
-              "_rt_pos")
-
     def _grow(self, need: int) -> None:
-        cap = len(self.level)
-        if need <= cap:
-            return
-        new = max(need, 2 * cap)
-        for name in self._STATE:
-            old = getattr(self, name)
-            fill = {"acked": True, "shelve_until": np.nan, "pend_t": np.nan, "raised_at": np.nan,
-                    "value": np.nan, "unsupp_t": np.nan, "unsupp_from": np.nan,
-                    "_rt": np.nan}.get(name, 0)
-            arr = np.full((new, *old.shape[1:]), fill, dtype=old.dtype)
-            arr[:cap] = old
-            setattr(self, name, arr)
-        self.supp.grow_conds(new)
+        if self.st.grow(need):
+            self.supp.grow_conds(self.st.cap)
 
     def _trim(self, cap: int) -> None:
         """Give back the spare capacity of the doubling growth once the site is declared."""
-        for obj, names in ((self, self._STATE), (self.cond, self.cond._ARRAYS)):
-            for name in names:
-                a = getattr(obj, name)
-                if len(a) > cap:
-                    setattr(obj, name, a[:cap].copy())
+        self.st.trim(cap)
+        for name in self.cond._ARRAYS:
+            a = getattr(self.cond, name)
+            if len(a) > cap:
+                setattr(self.cond, name, a[:cap].copy())
 
     # ------------------------------------------------------------------ definition
     def add_alarm(self, device: str, area: str, adef: AlarmDef, *, parent: str | None = None,
@@ -356,18 +324,16 @@ class AlarmEngine:
         return self._message(c, float("nan"), 0) if m is None else m
 
     def _prefix(self, c: int) -> str:
-        """The identity fields of a journal line (JSON members, no braces)."""
-        return (f'"alarm_id":{jstr(self.ids[c])},"device":{jstr(self.device[c])},'
-                f'"area":{jstr(self.area[c])},"name":{jstr(self.name[c])},'
-                f'"category":{jstr(self.category[c])},"priority":{self.priority[c]},'
-                f'"severity":{self.severity[c]}'
-                + (',"kind":"external"' if self.cond.kind[c] == M.K_EXTERNAL else ""))
+        """The identity members of a journal line (:func:`scada.alarms.codec.identity`)."""
+        return codec.identity(self.ids[c], self.device[c], self.area[c], self.name[c],
+                              self.category[c], self.priority[c], self.severity[c],
+                              bool(self.cond.kind[c] == M.K_EXTERNAL))
 
     def _tail_of(self, c: int) -> bytes:
         """Identity + message of a raise line; cached for static templates."""
         t = self._tail[c]
         if t is None:
-            t = f'{self._prefix(c)},"message":{jstr(self.message_of(c))}}}\n'.encode()
+            t = codec.message_tail(self._prefix(c), self.message_of(c))
             if c not in self._dyn:
                 self._tail[c] = t
         return t
@@ -446,7 +412,7 @@ class AlarmEngine:
         self._resolve_rules()
         self._trim(self.n + max(64, self.n // 16))
         self.cond.build_index(len(self.tagdb))
-        self.supp.build(len(self.tagdb), len(self.level))
+        self.supp.build(len(self.tagdb), len(self.st.level))
         self._stale_rows = np.nonzero(self.cond.kind[: self.n] == M.K_STALE)[0]
         self._restore()
         self._started = True
@@ -459,7 +425,7 @@ class AlarmEngine:
                          self.tagdb.quality)
         rows = np.arange(self.n, dtype=np.int64)
         want = self.supp.suppressed(rows)
-        diff = rows[want != self.suppressed[: self.n]]
+        diff = rows[want != self.st.suppressed[: self.n]]
         self._set_suppressed(diff, want[diff], now, events)
         tagged = rows[self.cond.tag[: self.n] >= 0]
         tagged = tagged[self.cond.kind[tagged] != M.K_EXTERNAL]
@@ -493,26 +459,26 @@ class AlarmEngine:
                 else:
                     continue
             lvl = int(e.get("active") or 0)
-            self.level[c] = lvl
+            self.st.level[c] = lvl
             self.cond.raw[c] = lvl
-            self.acked[c] = bool(e.get("acked", True))
-            self.shelved[c] = int(e.get("shelved") or 0)
+            self.st.acked[c] = bool(e.get("acked", True))
+            self.st.shelved[c] = int(e.get("shelved") or 0)
             su = e.get("shelve_until")
-            self.shelve_until[c] = float(su) if isinstance(su, (int, float)) else np.nan
-            if self.shelved[c]:
+            self.st.shelve_until[c] = float(su) if isinstance(su, (int, float)) else np.nan
+            if self.st.shelved[c]:
                 self.shelve_info[c] = (e.get("user") or "", e.get("comment") or "")
-            self.suppressed[c] = bool(e.get("suppressed"))
-            self.oos[c] = bool(e.get("oos")) or self.device[c] in self._restored_oos
+            self.st.suppressed[c] = bool(e.get("suppressed"))
+            self.st.oos[c] = bool(e.get("oos")) or self.device[c] in self._restored_oos
             if c in self._dyn:
                 self.msg[c] = e.get("message") or None
             v = e.get("value")
-            self.value[c] = float(v) if isinstance(v, (int, float)) else np.nan
+            self.st.value[c] = float(v) if isinstance(v, (int, float)) else np.nan
             if lvl and aid in raised:
-                self.raised_at[c] = raised[aid]
+                self.st.raised_at[c] = raised[aid]
         log.info("alarms: restored %d alarm states (%d active, %d unacknowledged, %d shelved, "
                  "%d devices out of service) from %s", len(alarms),
-                 int((self.level[: self.n] != 0).sum()), int((~self.acked[: self.n]).sum()),
-                 int((self.shelved[: self.n] != 0).sum()), len(self._restored_oos),
+                 int((self.st.level[: self.n] != 0).sum()), int((~self.st.acked[: self.n]).sum()),
+                 int((self.st.shelved[: self.n] != 0).sum()), len(self._restored_oos),
                  self.journal.directory)
 
     def snapshot(self) -> dict[str, Any]:
@@ -520,18 +486,18 @@ class AlarmEngine:
         and the devices out of service, as of ``seq`` (see :class:`Journal`); columnar, built
         from the arrays (a few ms for 10,000 active alarms)."""
         n = self.n
-        rows = np.nonzero((self.level[:n] != 0) | ~self.acked[:n] | (self.shelved[:n] != 0)
-                          | self.suppressed[:n] | self.oos[:n])[0]
+        rows = np.nonzero((self.st.level[:n] != 0) | ~self.st.acked[:n] | (self.st.shelved[:n] != 0)
+                          | self.st.suppressed[:n] | self.st.oos[:n])[0]
         rl = rows.tolist()
 
         def floats(a: np.ndarray) -> list[float | None]:
             return [None if math.isnan(v) else v for v in a[rows].tolist()]
 
-        lv = self.level[rows].tolist()
-        ack = self.acked[rows].tolist()
-        sh = self.shelved[rows].tolist()
-        sup = self.suppressed[rows].tolist()
-        oos = self.oos[rows].tolist()
+        lv = self.st.level[rows].tolist()
+        ack = self.st.acked[rows].tolist()
+        sh = self.st.shelved[rows].tolist()
+        sup = self.st.suppressed[rows].tolist()
+        oos = self.st.oos[rows].tolist()
         cols: dict[str, list[Any]] = {
             "alarm_id": [self.ids[c] for c in rl],
             "device": [self.device[c] for c in rl],
@@ -545,9 +511,9 @@ class AlarmEngine:
             "active": lv, "acked": ack, "shelved": sh, "suppressed": sup, "oos": oos,
             "state": [M.state_name(a != 0, b, c, d, e)
                       for a, b, c, d, e in zip(lv, ack, sh, sup, oos, strict=True)],
-            "shelve_until": floats(self.shelve_until),
-            "raised_ts": floats(self.raised_at),
-            "value": floats(self.value),
+            "shelve_until": floats(self.st.shelve_until),
+            "raised_ts": floats(self.st.raised_at),
+            "value": floats(self.st.value),
             "message": [self.message_of(c) for c in rl],
             "user": [self.shelve_info.get(c, ("", ""))[0] or None for c in rl],
             "comment": [self.shelve_info.get(c, ("", ""))[1] or None for c in rl],
@@ -592,7 +558,7 @@ class AlarmEngine:
             if len(rules):
                 tg, st = self.supp.update(rules, self.cond.raw, self.tagdb.value,
                                           self.tagdb.quality)
-                diff = st != self.suppressed[tg]
+                diff = st != self.st.suppressed[tg]
                 self._set_suppressed(tg[diff], st[diff], now, events)
         if len(rc):
             r, lv = self._schedule(rc, lc, now, immediate)
@@ -604,8 +570,8 @@ class AlarmEngine:
         """On-/off-delay filter: returns the rows that transition now; the others get a
         deadline (or lose theirs when the raw level went back to the announced one).
         ``immediate``: no delay (a condition whose own service already timed it)."""
-        same = levels == self.level[rows]
-        self.pend_t[rows[same]] = np.nan
+        same = levels == self.st.level[rows]
+        self.st.pend_t[rows[same]] = np.nan
         r = rows[~same]
         lv = levels[~same]
         if not len(r):
@@ -614,56 +580,61 @@ class AlarmEngine:
         later = (delay > 0) & (not immediate)
         if later.any():
             rl = r[later]
-            self.pend_t[rl] = now + delay[later]
-            self.pend_level[rl] = lv[later]
+            self.st.pend_t[rl] = now + delay[later]
+            self.st.pend_level[rl] = lv[later]
             self._wake.set()
         now_r = r[~later]
-        self.pend_t[now_r] = np.nan
+        self.st.pend_t[now_r] = np.nan
         return now_r, lv[~later]
 
     def _apply_levels(self, rows: np.ndarray, levels: np.ndarray, now: float,
                       events: list[Any]) -> None:
+        """Level changes that passed the delays: the new state of each row is a look-up in the
+        transition table (:mod:`scada.alarms.transitions`); raises and clears go out in bulk."""
+        st = self.st
         tags = self.cond.tag[rows]
-        vals = np.where(tags >= 0, self.tagdb.value[tags], self.value[rows])
-        quiet = (self.suppressed[rows] | self.oos[rows]) & (self.shelved[rows] == M.UNSHELVED)
+        vals = np.where(tags >= 0, self.tagdb.value[tags], st.value[rows])
+        old = st.level[rows]
+        ev = transitions.level_events(old, levels)
+        state = transitions.state_of(old, st.acked[rows])
+        by_design = st.suppressed[rows] | st.oos[rows]
+        new = transitions.NEXT[by_design.astype(np.int8), state, ev]
+        fx = transitions.EFFECTS[state, ev]
+        quiet = ~transitions.journaled(st.shelved[rows], st.suppressed[rows], st.oos[rows])
         if quiet.any():
-            self._hidden_levels(rows[quiet], levels[quiet], vals[quiet], now)
+            self._hidden_levels(rows[quiet], levels[quiet], vals[quiet], new[quiet], fx[quiet],
+                                now)
             keep = ~quiet
-            rows, levels, vals = rows[keep], levels[keep], vals[keep]
+            rows, levels, vals, ev, new, fx = (rows[keep], levels[keep], vals[keep], ev[keep],
+                                               new[keep], fx[keep])
             if not len(rows):
                 return
-        old = self.level[rows]
-        up = old == 0
+        up = ev == transitions.RAISE
         if up.any():
-            self._bulk(M.RAISE, rows[up], levels[up], vals[up], now, events)
+            self._bulk(M.RAISE, rows[up], levels[up], vals[up], new[up], now, events)
         # clears in bulk too (a flood ends as one batch), except one-shot shelved alarms
-        down = ~up & (levels == 0) & (self.shelved[rows] != M.ONESHOT)
+        down = (ev == transitions.CLEAR) & (st.shelved[rows] != M.ONESHOT)
         if down.any():
-            self._bulk(M.CLEAR, rows[down], levels[down], vals[down], now, events)
+            self._bulk(M.CLEAR, rows[down], levels[down], vals[down], new[down], now, events)
         rest = ~up & ~down
-        for c, lv, v in zip(rows[rest].tolist(), levels[rest].tolist(), vals[rest].tolist(),
-                            strict=True):
-            old_c = int(self.level[c])
-            self.level[c] = lv
-            self.value[c] = v
-            if lv == 0:  # a one-shot shelved alarm returning to normal
-                if self.suppressed[c] or self.oos[c]:
-                    self.acked[c] = True
-                events.append(self._event(c, M.CLEAR, now))
-                # Part 9 ShelvedStateMachine: a one-shot shelve ends when the alarm returns to normal
-                self.shelved[c] = M.UNSHELVED
+        for c, lv, v, e, s, f in zip(rows[rest].tolist(), levels[rest].tolist(),
+                                     vals[rest].tolist(), ev[rest].tolist(), new[rest].tolist(),
+                                     fx[rest].tolist(), strict=True):
+            st.level[c] = lv
+            st.value[c] = v
+            st.acked[c] = (s & 1) == 0
+            if f & transitions.MESSAGE:
+                self.msg[c] = self._message(c, v, lv)
+            events.append(self._event(c, transitions.EVENT_NAMES[e], now))
+            if e == transitions.CLEAR:  # a one-shot shelved alarm returning to normal
+                st.shelved[c] = transitions.SHELVING[(M.ONESHOT, "normal")]
                 self.shelve_info.pop(c, None)
                 events.append(self._event(c, M.UNSHELVE, now, user="system",
                                           comment="one-shot shelve ended: returned to normal"))
-            else:
-                if abs(lv) > abs(old_c):
-                    self.acked[c] = False
-                self.msg[c] = self._message(c, v, lv)
-                events.append(self._event(c, M.LEVEL, now))
         self.stats["transitions"] += len(rows)
 
     def _hidden_levels(self, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray,
-                       now: float) -> None:
+                       new: np.ndarray, fx: np.ndarray, now: float) -> None:
         """Level changes of alarms suppressed by design or out of service: the state moves,
         nothing is journaled or announced.
 
@@ -679,101 +650,56 @@ class AlarmEngine:
         kept here. A hidden raise leaves the alarm unacknowledged (it is a new alarm the
         operator has not seen); a hidden return to normal needs no acknowledgement (nobody was
         shown it)."""
-        old = self.level[rows]
-        self.level[rows] = levels
-        self.value[rows] = vals
-        up = (old == 0) & (levels != 0)
-        self.raised_at[rows[up]] = now
-        worse = np.abs(levels.astype(np.int16)) > np.abs(old.astype(np.int16))
-        self.acked[rows[worse]] = False
-        self.acked[rows[levels == 0]] = True
+        st = self.st
+        st.level[rows] = levels
+        st.value[rows] = vals
+        st.raised_at[rows[(fx & transitions.RAISED_AT) != 0]] = now
+        st.acked[rows] = (new & 1) == 0  # the table's "hidden by design" column
         if self._dyn:
             dyn = self._dyn
-            for c, lv, v in zip(rows.tolist(), levels.tolist(), vals.tolist(), strict=True):
-                if lv != 0 and c in dyn:
+            for c, lv, v, f in zip(rows.tolist(), levels.tolist(), vals.tolist(), fx.tolist(),
+                                   strict=True):
+                if f & transitions.MESSAGE and c in dyn:
                     self.msg[c] = self._message(c, v, lv)
         self.stats["transitions"] += len(rows)
         self.stats["hidden_transitions"] += len(rows)
 
-    _LINE_FMT = ('{"seq":%d,"ts":%s,"event":"%s","state":"%s","active":%d,"acked":%s,'
-                 '"shelved":%d,"shelve_until":%s,"suppressed":%s,"oos":%s,"user":null,'
-                 '"comment":null,"value":%s,%s,"message":%s}\n')
-
     def _bulk(self, event: str, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray,
-              now: float, events: list[Any]) -> None:
+              new: np.ndarray, now: float, events: list[Any]) -> None:
         """Raise (or clear) many alarms at once: a flood is one batch. State is updated with
         array operations; each journal line is one bytes formatting of (seq, level, value) and
         a precomputed per-alarm tail (identity and message). The AlarmEvent objects for the
         listeners are made after the journal write (in :meth:`_commit`), so a 10,000-alarm
         flood reaches the journal in milliseconds."""
         n = len(rows)
-        self.level[rows] = levels
-        self.value[rows] = vals
+        self.st.level[rows] = levels
+        self.st.value[rows] = vals
+        # the transition table's new states (an alarm suppressed by design that returns to
+        # normal needs no acknowledgement: nobody was shown it)
+        self.st.acked[rows] = (new & 1) == 0
         if event == M.RAISE:
-            self.acked[rows] = False
-            self.raised_at[rows] = now
-        sh = self.shelved[rows]
-        sup = self.suppressed[rows]
-        oos = self.oos[rows]
-        if event == M.CLEAR:
-            # ISA-18.2 designed suppression: an alarm suppressed by design (or out of service) that returns
-            # to normal needs no acknowledgement (nobody was shown it)
-            self.acked[rows[sup | oos]] = True
-        acked = self.acked[rows]
-        hidden = (sh != 0) | sup | oos
+            self.st.raised_at[rows] = now
+        sh = self.st.shelved[rows]
+        sup = self.st.suppressed[rows]
+        oos = self.st.oos[rows]
+        acked = self.st.acked[rows]
         seq0 = self.seq + 1
         self.seq += n
         rl, ll, vl = rows.tolist(), levels.tolist(), vals.tolist()
-        uniq = {v: (repr(v).encode() if math.isfinite(v) else b"null") for v in set(vl)}
-        vs = [uniq[v] for v in vl]
-        tails = self._tail
         if self._dyn and event == M.RAISE:
             dyn = self._dyn
             for k, c in enumerate(rl):  # templates that show the value / limit
                 if c in dyn:
                     self.msg[c] = self._message(c, vl[k], ll[k])
-        ts = repr(now).encode()
-        if not hidden.any() and (event == M.RAISE or not acked.any() or acked.all()):
-            if event == M.RAISE:
-                state, ack = b"UnackActive", b"false"
-            else:
-                state, ack = (b"Normal", b"true") if acked.all() else (b"UnackRTN", b"false")
-            head = (b'{"seq":%d,"ts":' + ts + b',"event":"' + event.encode() + b'","state":"'
-                    + state + b'","acked":' + ack + b',"active":%d,"value":%s,%s')
-            # shelved, shelve_until, suppressed, oos, user and comment hold their defaults
-            # (journal.DEFAULTS): left out, the reader puts them back
-            tail_of = self._tail_of
-            tl = [tails[c] or tail_of(c) for c in rl]
-            lines = list(map(head.__mod__, zip(range(seq0, seq0 + n), ll, vs, tl, strict=True)))
-        else:
-            shl, supl, oosl, al = sh.tolist(), sup.tolist(), oos.tolist(), acked.tolist()
-            su = self.shelve_until[rows].tolist()
-            pre = self._prefix
-            msg = self.message_of
-            fmt = self._LINE_FMT
-            act = event == M.RAISE
-            tsd = ts.decode()
-            lines = [(fmt % (seq0 + k, tsd, event,
-                             M.state_name(act, al[k], shl[k], supl[k], oosl[k]), ll[k],
-                             "true" if al[k] else "false", shl[k], jnum(su[k]),
-                             "true" if supl[k] else "false", "true" if oosl[k] else "false",
-                             vs[k].decode(), pre(c), jstr(msg(c)))).encode()
-                     for k, c in enumerate(rl)]
+        lines = codec.bulk_lines(seq0, now, event, rl, ll, vl, acked, sh,
+                                 self.st.shelve_until[rows], sup, oos, self._tail, self._tail_of,
+                                 self._prefix, self.message_of)
         events.append(_Bulk(seq0, rows, now, lines, event))
 
     def _chatter(self, rows: np.ndarray, now: float) -> np.ndarray:
         """Record a raise of ``rows`` at ``now``; return the rows that just became chattering
         (``chatter.count`` raises within ``chatter.window``)."""
-        pos = self._rt_pos[rows].astype(np.int64)
-        self._rt[rows, pos] = now
-        nxt = (pos + 1) % self._rt.shape[1]
-        self._rt_pos[rows] = nxt
-        oldest = self._rt[rows, nxt]  # the slot to be overwritten next holds the oldest time
-        with np.errstate(invalid="ignore"):
-            chat = (now - oldest) <= self.config.chatter.window
-        was = self.chattering[rows]
-        self.chattering[rows] = chat
-        return rows[chat & ~was]
+        return self.st.record_raise(rows, now, self.config.chatter.window)
 
     def _set_suppressed(self, rows: np.ndarray, states: np.ndarray, now: float,
                         events: list[Any], *, immediate: bool = False) -> None:
@@ -792,22 +718,22 @@ class AlarmEngine:
         offline thus journals a handful of lines, not one per alarm of its 256 luminaires."""
         if not len(rows):
             return
-        retained = (self.level[rows] != 0) | ~self.acked[rows]
+        retained = (self.st.level[rows] != 0) | ~self.st.acked[rows]
         on = states.astype(bool)
-        self.unsupp_t[rows[on]] = np.nan
-        self.unsupp_from[rows[on]] = np.nan
+        self.st.unsupp_t[rows[on]] = np.nan
+        self.st.unsupp_from[rows[on]] = np.nan
         delay = self.config.unsuppress_delay
         if not immediate and delay > 0:
             wait = ~on & retained
             if wait.any():
                 w = rows[wait]
-                fresh = w[np.isnan(self.unsupp_t[w])]
+                fresh = w[np.isnan(self.st.unsupp_t[w])]
                 if len(fresh):
-                    self.unsupp_t[fresh] = now + delay
-                    self.unsupp_from[fresh] = now
+                    self.st.unsupp_t[fresh] = now + delay
+                    self.st.unsupp_from[fresh] = now
                     self._wake.set()
                 rows, on, retained = rows[~wait], on[~wait], retained[~wait]
-        self.suppressed[rows] = on
+        self.st.suppressed[rows] = on
         for c, s in zip(rows[retained].tolist(), on[retained].tolist(), strict=True):
             events.append(self._event(c, M.SUPPRESS if s else M.UNSUPPRESS, now, user="system"))
 
@@ -828,13 +754,13 @@ class AlarmEngine:
         if seq is None:
             self.seq += 1
             seq = self.seq
-        lv = int(self.level[c])
-        acked = bool(self.acked[c])
-        sh = int(self.shelved[c])
-        sup = bool(self.suppressed[c])
-        oos = bool(self.oos[c])
-        v = float(self.value[c])
-        su = float(self.shelve_until[c])
+        lv = int(self.st.level[c])
+        acked = bool(self.st.acked[c])
+        sh = int(self.st.shelved[c])
+        sup = bool(self.st.suppressed[c])
+        oos = bool(self.st.oos[c])
+        v = float(self.st.value[c])
+        su = float(self.st.shelve_until[c])
         return M.AlarmEvent(
             seq, now, c, self.ids[c], self.device[c], self.area[c], self.name[c],
             self.category[c], self.priority[c], self.severity[c], event,
@@ -843,25 +769,17 @@ class AlarmEngine:
             None if math.isnan(su) else su,
         )
 
-    def _line(self, e: M.AlarmEvent) -> str:
-        p = self._prefix(e.cond)
-        return (
-            f'{{"seq":{e.seq},"ts":{e.ts!r},{p},"event":"{e.event}","state":"{e.state}",'
-            f'"active":{e.active},"acked":{"true" if e.acked else "false"},'
-            f'"shelved":{e.shelved},"shelve_until":{jnum(e.shelve_until)},'
-            f'"suppressed":{"true" if e.suppressed else "false"},'
-            f'"oos":{"true" if e.oos else "false"},"user":{jstr(e.user)},'
-            f'"comment":{jstr(e.comment)},"value":{jnum(e.value)},"message":{jstr(e.message)}}}\n'
-        )
+    def _line(self, e: M.AlarmEvent) -> bytes:
+        return codec.event_line(e, self._prefix(e.cond))
 
-    def _commit(self, events: list[Any], extra_lines: Iterable[str] = ()) -> None:
+    def _commit(self, events: list[Any], extra_lines: Iterable[bytes] = ()) -> None:
         """Journal (one write), then announce. A journal failure is logged and counted but the
         alarms are still announced: the operator must see the fault even if the disk is full.
 
         ``events`` holds :class:`AlarmEvent` objects and :class:`_Bulk` raises; the bulk raises
         become events after the write, then their chattering check runs (its events are
         journaled in a second write, still before anything is announced)."""
-        lines = [x.encode() for x in extra_lines]
+        lines = list(extra_lines)
         if not events:
             if lines:
                 self._write(lines)
@@ -872,7 +790,7 @@ class AlarmEngine:
                 lines.extend(item.lines)
                 bulk = True
             else:
-                lines.append(self._line(item).encode())
+                lines.append(self._line(item))
         self._write(lines)
         if bulk:
             out: list[M.AlarmEvent] = []
@@ -887,7 +805,7 @@ class AlarmEngine:
                     for c in self._chatter(item.rows, item.ts).tolist():
                         self._on_chatter(c, item.ts, late)
             if late:
-                self._write([self._line(e).encode() for e in late])
+                self._write([self._line(e) for e in late])
                 out.extend(late)
             events = out
         for fn in tuple(self.listeners):
@@ -904,9 +822,9 @@ class AlarmEngine:
         cfg = self.config.chatter
         events.append(self._event(c, M.CHATTER, now, user="system",
                                   comment=f"chattering: {cfg.count} raises within {cfg.window:g} s"))
-        if cfg.auto_shelve and not self.shelved[c]:
-            self.shelved[c] = M.TIMED
-            self.shelve_until[c] = now + cfg.auto_shelve
+        if cfg.auto_shelve and not self.st.shelved[c]:
+            self.st.shelved[c] = M.TIMED
+            self.st.shelve_until[c] = now + cfg.auto_shelve
             self.shelve_info[c] = ("system", "auto-shelved: chattering")
             events.append(self._event(c, M.SHELVE, now, user="system",
                                       comment="auto-shelved: chattering"))
@@ -941,23 +859,23 @@ class AlarmEngine:
                 self.cond.raw[rc] = lc
                 self._after_raw(rc, lc, now, events)
         # delays
-        pt = self.pend_t[:n]
+        pt = self.st.pend_t[:n]
         with np.errstate(invalid="ignore"):
             due = np.nonzero(pt <= now)[0]
         if len(due):
             # fire in deadline order
             due = due[np.argsort(pt[due], kind="stable")]
-            lv = self.pend_level[due].copy()
-            self.pend_t[due] = np.nan
-            keep = lv != self.level[due]
+            lv = self.st.pend_level[due].copy()
+            self.st.pend_t[due] = np.nan
+            keep = lv != self.st.level[due]
             self._apply_levels(due[keep], lv[keep], now, events)
         # delayed end of suppression, once the alarm's point reported after the cause cleared
-        ut = self.unsupp_t[:n]
+        ut = self.st.unsupp_t[:n]
         with np.errstate(invalid="ignore"):
             ud = np.nonzero(ut <= now)[0]
         if len(ud):
             still = self.supp.suppressed(ud)
-            since = self.unsupp_from[ud]
+            since = self.st.unsupp_from[ud]
             tags = self.cond.tag[ud]
             seen = np.where(tags >= 0, self.tagdb.last_seen[np.maximum(tags, 0)], np.inf)
             limit = since + self.config.unsuppress_max_wait
@@ -965,20 +883,20 @@ class AlarmEngine:
                 go = still | np.isnan(since) | (seen > since) | (limit <= now)
             if not go.all():  # not reported yet: look again in a second, up to the limit
                 w = ud[~go]
-                self.unsupp_t[w] = np.minimum(now + 1.0, limit[~go])
+                self.st.unsupp_t[w] = np.minimum(now + 1.0, limit[~go])
                 ud = ud[go]
-            self.unsupp_t[ud] = np.nan
-            self.unsupp_from[ud] = np.nan
-            ud = ud[~still[go] & self.suppressed[ud]]
+            self.st.unsupp_t[ud] = np.nan
+            self.st.unsupp_from[ud] = np.nan
+            ud = ud[~still[go] & self.st.suppressed[ud]]
             self._set_suppressed(ud, np.zeros(len(ud), dtype=np.bool_), now, events,
                                  immediate=True)
         # timed shelving expiry
-        su = self.shelve_until[:n]
+        su = self.st.shelve_until[:n]
         with np.errstate(invalid="ignore"):
-            exp = np.nonzero((su <= now) & (self.shelved[:n] == M.TIMED))[0]
+            exp = np.nonzero((su <= now) & (self.st.shelved[:n] == M.TIMED))[0]
         for c in exp.tolist():
-            self.shelved[c] = M.UNSHELVED
-            self.shelve_until[c] = np.nan
+            self.st.shelved[c] = M.UNSHELVED
+            self.st.shelve_until[c] = np.nan
             self.shelve_info.pop(c, None)
             events.append(self._event(c, M.UNSHELVE, now, user="system",
                                       comment="timed shelve expired"))
@@ -989,13 +907,13 @@ class AlarmEngine:
         cands = [now + self.config.max_tick]
         with np.errstate(invalid="ignore"):
             if n:
-                pt = self.pend_t[:n]
+                pt = self.st.pend_t[:n]
                 if not np.isnan(pt).all():
                     cands.append(float(np.nanmin(pt)))
-                ut = self.unsupp_t[:n]
+                ut = self.st.unsupp_t[:n]
                 if not np.isnan(ut).all():
                     cands.append(float(np.nanmin(ut)))
-                su = np.where(self.shelved[:n] == M.TIMED, self.shelve_until[:n], np.nan)
+                su = np.where(self.st.shelved[:n] == M.TIMED, self.st.shelve_until[:n], np.nan)
                 if not np.isnan(su).all():
                     cands.append(float(np.nanmin(su)))
             if len(self._stale_rows):
@@ -1035,46 +953,33 @@ class AlarmEngine:
 
     def view(self, c: int) -> M.AlarmEvent:
         """Current state of one alarm shaped as an event (``event='state'``, ``seq`` 0)."""
-        lv = int(self.level[c])
-        v = float(self.value[c])
-        su = float(self.shelve_until[c])
+        lv = int(self.st.level[c])
+        v = float(self.st.value[c])
+        su = float(self.st.shelve_until[c])
         return M.AlarmEvent(
-            0, float(self.raised_at[c]) if not math.isnan(self.raised_at[c]) else 0.0, c,
+            0, float(self.st.raised_at[c]) if not math.isnan(self.st.raised_at[c]) else 0.0, c,
             self.ids[c], self.device[c], self.area[c], self.name[c], self.category[c],
             self.priority[c], self.severity[c], "state",
-            M.state_name(lv != 0, bool(self.acked[c]), int(self.shelved[c]),
-                         bool(self.suppressed[c]), bool(self.oos[c])),
-            lv, bool(self.acked[c]), int(self.shelved[c]), bool(self.suppressed[c]),
-            bool(self.oos[c]), None if math.isnan(v) else v, self.message_of(c),
+            M.state_name(lv != 0, bool(self.st.acked[c]), int(self.st.shelved[c]),
+                         bool(self.st.suppressed[c]), bool(self.st.oos[c])),
+            lv, bool(self.st.acked[c]), int(self.st.shelved[c]), bool(self.st.suppressed[c]),
+            bool(self.st.oos[c]), None if math.isnan(v) else v, self.message_of(c),
             shelve_until=None if math.isnan(su) else su,
         )
 
     def retained(self) -> np.ndarray:
         """Rows an operator must see (OPC UA Part 9 Retain): active or unacknowledged."""
-        n = self.n
-        return np.nonzero((self.level[:n] != 0) | ~self.acked[:n])[0]
+        return self.st.retained(self.n)
 
     def active(self, include_hidden: bool = False) -> list[M.AlarmEvent]:
         """The red dots: retained alarms not shelved/suppressed/out of service (unless asked)."""
         r = self.retained()
         if not include_hidden:
-            hid = (self.shelved[r] != 0) | self.suppressed[r] | self.oos[r]
-            r = r[~hid]
+            r = r[~self.st.hidden(r)]
         return [self.view(c) for c in r.tolist()]
 
     def counts(self) -> dict[str, int]:
-        n = self.n
-        hidden = (self.shelved[:n] != 0) | self.suppressed[:n] | self.oos[:n]
-        ret = (self.level[:n] != 0) | ~self.acked[:n]
-        return {
-            "alarms": n,
-            "active": int((ret & ~hidden).sum()),
-            "unacknowledged": int((~self.acked[:n] & ~hidden).sum()),
-            "suppressed": int((ret & self.suppressed[:n] & ~self.oos[:n]).sum()),
-            "shelved": int((self.shelved[:n] != 0).sum()),
-            "out_of_service": int(self.oos[:n].sum()),
-            "chattering": int(self.chattering[:n].sum()),
-        }
+        return self.st.counts(self.n)
 
     # ------------------------------------------------------------------ operator actions
     # Role checks, area checks and the audit log are the operator API's (scada/operations);
@@ -1082,9 +987,11 @@ class AlarmEngine:
     def acknowledge(self, alarm_id: str, *, user: str | None, comment: str = "") -> M.AlarmEvent:
         """ISA-18.2 acknowledge (OPC UA Part 9 AcknowledgeableConditionType.Acknowledge)."""
         c = self.find(alarm_id)
-        if self.acked[c]:
+        new, fx = transitions.next_state(transitions.state_code(int(self.st.level[c]), bool(self.st.acked[c])),
+                               transitions.ACK)
+        if fx & transitions.REFUSE:
             raise M.InvalidAlarmState(f"{alarm_id} is already acknowledged")
-        self.acked[c] = True
+        self.st.acked[c] = (new & 1) == 0
         e = self._event(c, M.ACK, self.clock.time(), user=user, comment=comment)
         self._commit([e])
         return e
@@ -1108,8 +1015,8 @@ class AlarmEngine:
             raise ValueError(f"shelving {alarm_id}: duration must be > 0 s, got {duration}")
         c = self.find(alarm_id)
         now = self.clock.time()
-        self.shelved[c] = M.ONESHOT if duration is None else M.TIMED
-        self.shelve_until[c] = np.nan if duration is None else now + duration
+        self.st.shelved[c] = M.ONESHOT if duration is None else M.TIMED
+        self.st.shelve_until[c] = np.nan if duration is None else now + duration
         self.shelve_info[c] = (user or "", comment)
         e = self._event(c, M.SHELVE, now, user=user, comment=comment)
         self._commit([e])
@@ -1118,10 +1025,10 @@ class AlarmEngine:
 
     def unshelve(self, alarm_id: str, *, user: str | None, comment: str = "") -> M.AlarmEvent:
         c = self.find(alarm_id)
-        if not self.shelved[c]:
+        if not self.st.shelved[c]:
             raise M.InvalidAlarmState(f"{alarm_id} is not shelved")
-        self.shelved[c] = M.UNSHELVED
-        self.shelve_until[c] = np.nan
+        self.st.shelved[c] = M.UNSHELVED
+        self.st.shelve_until[c] = np.nan
         self.shelve_info.pop(c, None)
         e = self._event(c, M.UNSHELVE, self.clock.time(), user=user, comment=comment)
         self._commit([e])
@@ -1151,7 +1058,7 @@ class AlarmEngine:
         event per alarm of the device, in one write."""
         rows = self.by_device.get(device, [])
         for c in rows:
-            self.oos[c] = oos
+            self.st.oos[c] = oos
         if self.on_out_of_service is not None:
             self.on_out_of_service(device, oos)
         if self._restoring:
@@ -1159,15 +1066,7 @@ class AlarmEngine:
         now = self.clock.time()
         self.seq += 1
         ev = M.OUT_OF_SERVICE if oos else M.IN_SERVICE
-        area = device.split("/", 1)[0]
-        dev_line = (
-            f'{{"seq":{self.seq},"ts":{now!r},"alarm_id":{jstr(device)},"device":{jstr(device)},'
-            f'"area":{jstr(area)},"name":"","category":"system","priority":4,"severity":1,'
-            f'"event":"{ev}","state":"{M.OUT_OF_SERVICE_STATE if oos else M.NORMAL}",'
-            f'"active":0,"acked":true,"shelved":0,"shelve_until":null,"suppressed":false,'
-            f'"oos":{"true" if oos else "false"},"user":{jstr(user)},"comment":{jstr(comment)},'
-            f'"value":null,"message":{jstr(("out of service: " if oos else "back in service: ") + device)}}}\n'
-        )
+        dev_line = codec.device_line(self.seq, now, device, oos, user, comment)
         events = [self._event(c, ev, now, user=user, comment=comment) for c in rows]
         self._commit(events, extra_lines=[dev_line])
         self._oos_events = events
@@ -1178,7 +1077,7 @@ class AlarmEngine:
         c = self._new_row(M.K_EXTERNAL, -1, device, area or device.split("/", 1)[0], name,
                           category, priority, severity, "{device} {name}", "", "", {})
         if self._started:
-            self.supp.grow_conds(len(self.level))
+            self.supp.grow_conds(len(self.st.level))
         return c
 
     def set_condition(self, device_path: str, name: str, active: bool, *,
@@ -1209,10 +1108,10 @@ class AlarmEngine:
         rows = np.asarray([c], dtype=np.int64)
         immediate = False
         if int(self.cond.kind[c]) != M.K_EXTERNAL:
-            self.ext_on[c] = bool(active)
+            self.st.ext_on[c] = bool(active)
             lv = int(self._combine(rows, self.cond.evaluate(
                 rows, self.tagdb.value, self.tagdb.quality, self.clock.time()))[0])
-            immediate = bool(active) and int(self.level[c]) == 0
+            immediate = bool(active) and int(self.st.level[c]) == 0
         else:
             if message:
                 self._set_template(c, message.replace("{", "{{").replace("}", "}}"))
@@ -1222,7 +1121,7 @@ class AlarmEngine:
         self.cond.raw[c] = lv
         now = self.clock.time()
         if value is not None:
-            self.value[c] = value
+            self.st.value[c] = value
         events: list[Any] = []
         levels = np.asarray([lv], dtype=np.int8)
         self._after_raw(rows, levels, now, events, immediate=immediate)
@@ -1231,7 +1130,7 @@ class AlarmEngine:
     def _combine(self, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
         """Tag evaluation OR external condition (see :meth:`set_condition`)."""
         if self._any_ext:
-            ext = self.ext_on[rows] & (new == 0)
+            ext = self.st.ext_on[rows] & (new == 0)
             if ext.any():
                 new = np.where(ext, np.int8(1), new)
         return new

@@ -5,12 +5,9 @@ operator queries (``scada alarms --history``), the source of the performance met
 historian's intervention delays, and the state the engine restores after a crash.
 
 Format: JSON lines in ``<state_dir>/alarms/journal-NNNNNN.jsonl`` (rotated by size), one object
-per transition with at least ``seq, ts, alarm_id, device, area, name, category, priority,
-severity, event, state, user, comment, value``, plus the full OPC UA Part 9 flag set after the
-transition (``active`` level, ``acked``, ``shelved``, ``shelve_until``, ``suppressed``, ``oos``)
-so the last line of an alarm *is* its state. Members at their default value (:data:`DEFAULTS`:
-not shelved, not suppressed, in service, no user, no comment) may be left out by the writer (the
-engine does so for flood lines); the reader restores them, so every entry it yields is complete.
+per transition; the members, their order and defaults are described, written and read by
+:mod:`scada.alarms.codec` (the only place that knows the line format). The last line of an alarm
+*is* its state.
 
 Durability (fsync policy, ``alarms.fsync``):
 
@@ -31,13 +28,13 @@ import asyncio
 import glob
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..files import replace_text
+from .codec import decode
 
 log = logging.getLogger("scada.alarms.journal")
 
@@ -56,24 +53,6 @@ def journal_files(directory: str) -> list[str]:
         return (int(m.group(1)) if m else -1, f)
 
     return sorted(files, key=key)
-
-
-def jnum(v: float | None) -> str:
-    """A float as JSON (NaN/inf and None -> null)."""
-    if v is None:
-        return "null"
-    f = float(v)
-    return repr(f) if math.isfinite(f) else "null"
-
-
-def jstr(s: str | None) -> str:
-    """A string as JSON; plain printable ASCII without quotes or backslashes (device paths,
-    alarm names, most messages) skips the encoder."""
-    if s is None:
-        return "null"
-    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
-        return f'"{s}"'
-    return json.dumps(s, ensure_ascii=False)
 
 
 class Journal:
@@ -270,29 +249,22 @@ def _last_line(path: str) -> str | None:
         return s.decode("utf-8", "replace") if s else None
 
 
-#: members a writer may leave out of a line when they hold these values (a 10,000-alarm flood
-#: writes ~90 bytes less per line); the reader puts them back, so every consumer sees full entries
-DEFAULTS: dict[str, Any] = {"shelved": 0, "shelve_until": None, "suppressed": False, "oos": False,
-                            "user": None, "comment": None}
-
-
 def _read_file(path: str) -> Iterator[dict[str, Any]]:
     bad = 0
-    defaults = DEFAULTS
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                e = json.loads(line)
+                e = decode(line)
             except json.JSONDecodeError:
                 bad += 1
                 if bad <= 3:
                     log.warning("alarm journal %s:%d: skipped an unreadable line (partial write?)",
                                 path, lineno)
                 continue
-            if isinstance(e, dict):
-                yield e if "oos" in e else {**defaults, **e}
+            if e is not None:
+                yield e
 
 
 def read_journal(path_or_dir: str | os.PathLike[str], since: float | None = None,
