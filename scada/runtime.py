@@ -48,7 +48,7 @@ from .tags import UA_TYPE_RANGE, Batch, PointDef, TagDatabase
 
 log = logging.getLogger("scada.runtime")
 
-SERVICE_ORDER = ("historian", "alarms", "schedules", "opcua")
+SERVICE_ORDER = ("historian", "alarms", "schedules", "opcua", "web")
 
 #: seconds between two malloc_trim calls (see scada.memdiag.trim: without it a city server's RSS
 #: creeps up by megabytes a minute through heap fragmentation)

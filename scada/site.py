@@ -29,6 +29,7 @@ from .sections.historian import HistorianConfig
 from .sections.opcua import OpcUaServerConfig
 from .sections.schedules import SchedulesConfig
 from .sections.users import UserConfig
+from .sections.web import WebConfig
 from .tags import DEFAULT_UA_TYPE, FUTURE_TOLERANCE, UA_TYPES, PointDef, PointSchema
 
 DeviceKind = Literal[
@@ -208,6 +209,7 @@ class SiteConfig(Strict):
     historian: HistorianConfig = Field(default_factory=HistorianConfig)
     opcua: OpcUaServerConfig = Field(default_factory=OpcUaServerConfig)
     users: list[UserConfig] = Field(default_factory=list)
+    web: WebConfig = Field(default_factory=WebConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
 
 

@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.fixtures.historian",
     "tests.fixtures.alarms",
     "tests.fixtures.hmi",
+    "tests.fixtures.web",
 ]
 
 

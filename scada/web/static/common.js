@@ -1,0 +1,90 @@
+// Shared helpers of the console pages: API calls with the CSRF token, the live-update stream,
+// formatting of values, status codes and times, the confirmation dialog, role-aware buttons.
+"use strict";
+const Console = (() => {
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  let me = null;
+
+  async function api(path) {
+    const r = await fetch(path, {credentials: "same-origin", headers: {"Accept": "application/json"}});
+    if (r.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("logged out"); }
+    const j = await r.json().catch(() => ({error: "bad_answer", detail: "not JSON"}));
+    if (!r.ok) throw Object.assign(new Error(j.detail || r.statusText), {status: r.status, body: j});
+    return j;
+  }
+
+  async function post(path, body) {
+    const r = await fetch(path, {method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf}, body: JSON.stringify(body || {})});
+    if (r.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("logged out"); }
+    const j = await r.json().catch(() => ({}));
+    if (!r.ok) { toast(j.detail || j.message || ("refused: " + r.status), true); throw Object.assign(new Error(j.detail || ""), {status: r.status, body: j}); }
+    toast(j.message || "done");
+    return j;
+  }
+
+  async function whoami() { if (!me) me = await api("/api/me"); return me; }
+  function allowed(action) { return !!(me && me.allowed && me.allowed[action]); }
+
+  // buttons carrying data-action are disabled when the role matrix refuses the action
+  function applyRoles(root) {
+    (root || document).querySelectorAll("[data-action]").forEach((b) => {
+      const ok = allowed(b.dataset.action);
+      b.disabled = !ok || b.dataset.off === "1";
+      if (!ok) b.title = "your role (" + (me ? me.role : "?") + ") may not do this";
+    });
+  }
+
+  function toast(text, err) {
+    const t = document.getElementById("toast");
+    if (!t) return;
+    t.textContent = text; t.className = "toast" + (err ? " err" : ""); t.hidden = false;
+    clearTimeout(t._h); t._h = setTimeout(() => { t.hidden = true; }, 4000);
+  }
+
+  function confirmBox(text, extraName) {
+    const d = document.getElementById("confirm");
+    document.getElementById("confirm-text").textContent = text;
+    const lab = document.getElementById("confirm-extra-label"), inp = document.getElementById("confirm-extra");
+    lab.hidden = !extraName; inp.value = "";
+    document.getElementById("confirm-extra-name").textContent = extraName || "";
+    return new Promise((resolve) => {
+      d.addEventListener("close", () => resolve(d.returnValue === "ok" ? {ok: true, extra: inp.value} : {ok: false}), {once: true});
+      d.showModal();
+    });
+  }
+
+  function esc(s) { return String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
+  function time(t) { if (t == null || !isFinite(t) || t <= 0) return "—"; const d = new Date(t * 1000); return d.toLocaleString(); }
+  function value(v, unit) {
+    if (v === null || v === undefined) return "—";
+    if (typeof v === "number") return (Number.isInteger(v) ? String(v) : v.toFixed(2)) + (unit ? " " + unit : "");
+    return String(v) + (unit ? " " + unit : "");
+  }
+  function qualityClass(code) { const sev = (code >>> 30) & 3; return sev === 0 ? "good" : sev === 1 ? "uncertain" : "bad"; }
+
+  // live updates: one EventSource; reconnects by itself; "overflow"/"bye" -> page reload of data
+  function stream(handlers, watch) {
+    const live = document.getElementById("live");
+    let es = null;
+    function open() {
+      es = new EventSource("/api/stream" + (watch ? "?watch=" + encodeURIComponent(watch) : ""));
+      es.addEventListener("hello", () => { live && live.classList.add("on"); handlers.hello && handlers.hello(); });
+      for (const k of Object.keys(handlers)) {
+        if (k === "hello") continue;
+        es.addEventListener(k, (ev) => handlers[k](JSON.parse(ev.data)));
+      }
+      es.addEventListener("bye", async (ev) => {
+        live && live.classList.remove("on");
+        es.close();
+        try { await api("/api/me"); } catch (e) { return; }  // logged out: api() redirects
+        setTimeout(open, 1000);
+      });
+      es.onerror = () => { live && live.classList.remove("on"); };
+    }
+    open();
+    return () => es && es.close();
+  }
+
+  return {api, post, whoami, allowed, applyRoles, toast, confirmBox, esc, time, value, qualityClass, stream, csrf};
+})();
