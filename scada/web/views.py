@@ -46,11 +46,12 @@ def alarm_rows(runtime: Any, who: Identity, view: str = "active") -> list[dict[s
         evs = engine.active()
     else:
         evs = engine.active(include_hidden=True)
-        if view == "shelved" and hasattr(engine, "shelved"):
+        shelved = getattr(getattr(engine, "st", engine), "shelved", None)
+        if view == "shelved" and shelved is not None:
             # shelved alarms that returned to normal and were acknowledged are not retained,
             # but the operator still needs to find them to unshelve them
             seen = {e.cond for e in evs}
-            extra = np.nonzero(np.asarray(engine.shelved[: engine.n]) != 0)[0].tolist()
+            extra = np.nonzero(np.asarray(shelved[: engine.n]) != 0)[0].tolist()
             evs = evs + [engine.view(c) for c in extra if c not in seen]
         want = {"shelved": "Shelved", "suppressed": "Suppressed", "out-of-service": "OutOfService"}.get(view)
         if want is not None:
