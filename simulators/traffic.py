@@ -47,6 +47,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from scada import quality as Q
 from scada.clock import Clock
+from scada.opcua import _asyncua
 from scada.site import DeviceInstance, Site
 
 from .faults import FaultError
@@ -657,7 +658,7 @@ class _EndpointServer:
             await self.server.stop()
             # A rebooted controller forgets its sessions; asyncua keeps sessions with live
             # subscriptions past a transport loss (Part 4 §6.7), so close them explicitly.
-            for sess in list(self.server.iserver._external_sessions.values()):
+            for sess in _asyncua.external_sessions(self.server.iserver):
                 await sess.close_session(True)
 
     async def revive(self) -> None:

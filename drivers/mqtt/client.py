@@ -39,6 +39,9 @@ from paho.mqtt.properties import Properties
 
 from drivers.base import Backoff, RateLimitedLog
 
+from . import _paho
+from ._paho import BufferedSocket
+
 log = logging.getLogger("drivers.mqtt.client")
 
 #: Seconds to wait for CONNACK and SUBACK after the TCP connection is up.
@@ -61,87 +64,6 @@ class TlsSettings:
     cert_file: str | None = None
     key_file: str | None = None
     insecure: bool = False
-
-
-class _BufferedSocket:
-    """A plain TCP socket with a read-ahead buffer and coalesced writes, under paho.
-
-    * paho reads a packet as 1 byte + remaining length byte by byte + body: four ``recv``
-      system calls per message. With a burst waiting in the kernel, one 64 KiB ``recv`` now
-      serves hundreds of messages.
-    * paho writes each packet with its own ``send`` (one PUBACK per QoS 1 message received).
-      ``send`` here only queues (up to 256 KiB, then it reports "would block" like a full
-      socket); :meth:`flush_out` sends everything queued in one call after paho's write pass.
-      ``close`` flushes first so a final DISCONNECT still goes out.
-
-    Everything else is delegated to the real socket. Not used for TLS (ssl sockets buffer
-    themselves and paho checks ``pending()`` on them).
-    """
-
-    __slots__ = ("_buf", "_notify", "_out", "_out_len", "_pos", "_sock")
-
-    MAX_OUT = 256 * 1024
-
-    def __init__(self, sock: Any, notify: Callable[[], None]):
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-        self._out: list[bytes] = []
-        self._out_len = 0
-        #: called when data is queued into an empty buffer: paho also writes from inside its
-        #: CONNACK handling (loop_write), outside our writer callback, so a flush is scheduled
-        self._notify = notify
-
-    def recv(self, n: int) -> bytes:
-        if self._pos >= len(self._buf):
-            data = self._sock.recv(65536)  # BlockingIOError propagates: paho treats it as "again"
-            if len(data) <= n:
-                return data
-            self._buf, self._pos = data, 0
-        out = self._buf[self._pos:self._pos + n]
-        self._pos += len(out)
-        return out
-
-    def send(self, data: bytes | bytearray | memoryview) -> int:
-        if self._out_len >= self.MAX_OUT and not self.flush_out():
-            raise BlockingIOError
-        if not self._out:
-            self._notify()
-        self._out.append(bytes(data))
-        self._out_len += len(data)
-        return len(data)
-
-    def flush_out(self) -> bool:
-        """Send what is queued; True when nothing is left. OSError (reset) propagates."""
-        if not self._out:
-            return True
-        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-        try:
-            n = self._sock.send(data)
-        except BlockingIOError:
-            n = 0
-        rest = data[n:]
-        self._out = [rest] if rest else []
-        self._out_len = len(rest)
-        return not rest
-
-    @property
-    def pending_out(self) -> int:
-        return self._out_len
-
-    def close(self) -> None:
-        try:
-            self.flush_out()
-        except OSError:
-            pass
-        self._sock.close()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 class _Client(mqtt.Client):
@@ -473,7 +395,7 @@ class MqttConnection:
         if sock is not None:
             self._unregister(sock)
         try:
-            c._sock_close()  # paho has no public "drop the socket" call in external-loop mode
+            _paho.drop_socket(c)
         except (OSError, AttributeError):
             pass
         self._sock = None
@@ -492,7 +414,7 @@ class MqttConnection:
         if self._loop is None or sock.fileno() < 0:
             return
         c = self._client
-        if self._closing or c is None or c._sock is not sock:
+        if self._closing or c is None or _paho.client_socket(c) is not sock:
             # a connect that finished in its worker thread after we were closed or replaced
             try:
                 sock.close()
@@ -500,7 +422,8 @@ class MqttConnection:
                 pass
             return
         if not isinstance(sock, ssl.SSLSocket):
-            sock = c._sock = _BufferedSocket(sock, self._schedule_flush)
+            sock = BufferedSocket(sock, self._schedule_flush)
+            _paho.swap_socket(c, sock)
         self._sock = sock
         self._loop.add_reader(sock, self._on_readable)
 
@@ -543,11 +466,11 @@ class MqttConnection:
             for _ in range(MAX_PACKETS_PER_WAKEUP):
                 if c.socket() is None:
                     return
-                rc = c._packet_read()
+                rc = _paho.read_packet(c)
                 if rc == mqtt.MQTT_ERR_AGAIN:
                     return
                 if rc > 0:
-                    c._loop_rc_handle(rc)
+                    _paho.handle_rc(c, rc)
                     return
             # budget used up: continue on the next loop iteration (the read-ahead buffer may
             # hold data the selector will not signal again)
@@ -582,13 +505,13 @@ class MqttConnection:
 
     def _flush_out(self, c: mqtt.Client) -> None:
         """Send what paho's write pass queued in the socket wrapper, in one system call."""
-        sock = c._sock
-        if not isinstance(sock, _BufferedSocket):
+        sock = _paho.client_socket(c)
+        if not isinstance(sock, BufferedSocket):
             return
         try:
             done = sock.flush_out()
         except OSError:
-            c._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
+            _paho.handle_rc(c, mqtt.MQTT_ERR_CONN_LOST)
             return
         if not done and self._loop is not None:
             self._loop.add_writer(sock, self._on_writable)  # paho thinks it is all written

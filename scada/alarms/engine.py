@@ -1,18 +1,20 @@
 """The alarm engine: conditions in, ISA-18.2 alarm states out, every transition journaled first.
 
-Data flow (DESIGN.md "the tag database is the hub"):
+Data flow (DESIGN.md "the tag database is the hub"): tag changes -> conditions -> transitions
+-> journal -> listeners. The engine is split by concern:
 
-1. The engine subscribes once to the :class:`~scada.tags.TagDatabase`. Each change batch is
-   turned into the condition rows it concerns and evaluated in one vectorised pass
-   (:mod:`scada.alarms.conditions`); suppression rules whose source changed are re-evaluated
-   (:mod:`scada.alarms.suppression`).
-2. Rows whose raw level changed go through the on-/off-delay filter (ISA-18.2 basic alarm
-   design: alarm on-delay / off-delay): with no delay they transition at once, otherwise a deadline
-   is set and the timer task (on the injected :class:`~scada.clock.Clock`) fires it if the level
-   held for the whole delay.
-3. Transitions update the OPC UA Part 9 flags (ActiveState, AckedState, ShelvingState,
-   SuppressedState, OutOfServiceState), are written to the journal in **one** write per batch,
-   and only then handed to the listeners (OPC UA Alarms & Conditions, notifications).
+* :mod:`scada.alarms.pipeline`: tag changes -> conditions (vectorised) -> on-/off-delays ->
+  suppression -> transitions, and the timer (delays, stale timeouts, shelve expiry);
+* :mod:`scada.alarms.transitions`: the ISA-18.2 / OPC UA Part 9 transitions as one table;
+* :mod:`scada.alarms.store`: the state columns (level, acked, shelved, suppressed, oos ...);
+* :mod:`scada.alarms.codec`: the journal line format (one writer, one reader);
+* :mod:`scada.alarms.declare`: alarm instances and suppression rules from the site;
+* this module: the engine itself (identity of alarms, start and restore from the journal,
+  journal-then-announce in :meth:`AlarmEngine._commit`, queries and the operator actions).
+
+Transitions update the OPC UA Part 9 flags (ActiveState, AckedState, ShelvingState,
+SuppressedState, OutOfServiceState), are written to the journal in **one** write per batch, and
+only then handed to the listeners (OPC UA Alarms & Conditions, notifications).
 
 Operator actions (acknowledge, comment, shelve, unshelve, out-of-service) take a comment and
 are journaled with the user. Who may perform them, in which areas, and the audit log are the
@@ -25,22 +27,22 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from scada.clock import Clock
-from scada.errors import ConfigError
 from scada.sections.alarms import PRIORITY_SEVERITY, AlarmDef, AlarmsConfig
-from scada.tags import Changes, TagDatabase
+from scada.tags import TagDatabase
 
 from . import codec, transitions
 from . import model as M
 from .conditions import ConditionTable
+from .declare import Declarations, _Pending, build_from_site  # noqa: F401  (build_from_site: public here)
 from .journal import Journal, current_states
+from .pipeline import EvaluationPipeline, _Bulk
 from .store import AlarmStore
-from .suppression import SRC_ALARM, SRC_POINT, SuppressionTable
+from .suppression import SuppressionTable
 
 log = logging.getLogger("scada.alarms")
 
@@ -100,28 +102,7 @@ class _ById:
         return ((ids[c], c) for c in range(self._e.n))
 
 
-@dataclass(slots=True)
-class _Bulk:
-    """Raises of one batch: journal lines now, AlarmEvent objects after the write."""
-
-    seq0: int
-    rows: np.ndarray
-    ts: float
-    lines: list[bytes]
-    event: str = M.RAISE
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A suppression rule waiting for the whole site to be declared."""
-
-    target: int
-    device: str
-    parent: str | None
-    rule: Any
-
-
-class AlarmEngine:
+class AlarmEngine(Declarations, EvaluationPipeline):
     """Alarm instances of one server; see the module docstring."""
 
     def __init__(self, tagdb: TagDatabase, clock: Clock, journal: Journal, *,
@@ -200,125 +181,6 @@ class AlarmEngine:
                 setattr(self.cond, name, a[:cap].copy())
 
     # ------------------------------------------------------------------ definition
-    def add_alarm(self, device: str, area: str, adef: AlarmDef, *, parent: str | None = None,
-                  location: str = "", first_tag: int = -1) -> int:
-        """Instantiate one alarm template for one device; returns the condition row.
-        ``first_tag`` (the device's first tag index, if known) spares the path lookups."""
-        spec = self._spec(adef)
-        if first_tag >= 0:
-            schema = self.tagdb.device_schema(int(self.tagdb.device_of[first_tag]))
-            off = schema.offsets.get(adef.point or "")
-            tag = first_tag + off if off is not None else None
-            roff = schema.offsets.get(adef.reference) if adef.reference else None
-            ref = first_tag + roff if roff is not None else None
-        else:
-            tag = self.tagdb.find(f"{device}/{adef.point}")
-            ref = self.tagdb.find(f"{device}/{adef.reference}") if adef.reference else None
-        if tag is None:
-            raise ConfigError(
-                f"alarm {adef.name!r} of {device}: the device has no point {adef.point!r}; "
-                f"fix the alarm template's 'point' (or the profile's points)"
-            )
-        fields = spec
-        if adef.reference is not None:
-            if ref is None:
-                raise ConfigError(
-                    f"alarm {adef.name!r} of {device}: the device has no reference point "
-                    f"{adef.reference!r}; fix the alarm template's 'reference'"
-                )
-            fields = {**spec, "ref": ref}
-        c = self._new_row(M.KIND_CODES[adef.kind], tag, device, area, adef.name, adef.category,
-                          adef.priority, adef.effective_severity, adef.message, location,
-                          self.tagdb.point(tag).unit, fields)
-        for rule in adef.suppressed_by:
-            self._pending_rules.append(_Pending(c, device, parent, rule))
-        if parent is not None:
-            self._parent_of[device] = parent
-        return c
-
-    def _spec(self, adef: AlarmDef) -> dict[str, float]:
-        """The condition-table fields of a template (computed once per template)."""
-        key = id(adef)
-        hit = self._specs.get(key)
-        if hit is not None and hit[0] is adef:
-            return hit[1]
-        fields: dict[str, float] = {
-            "eq": adef.equals, "db": adef.deadband, "tol": adef.tolerance, "scale": adef.scale,
-            "timeout": adef.timeout, "on_delay": adef.on_delay, "off_delay": adef.off_delay,
-        }
-        for k in ("hihi", "hi", "lo", "lolo", "max_rate"):
-            v = getattr(adef, k)
-            if v is not None:
-                fields[k] = v
-        self._specs[key] = (adef, fields)
-        return fields
-
-    def _new_row(self, kind: int, tag: int, device: str, area: str, name: str, category: str,
-                 priority: int, severity: int, template: str, location: str, unit: str,
-                 fields: dict[str, float]) -> int:
-        if self.by_id.get(f"{device}/{name}") is not None:
-            raise ConfigError(f"alarm {device}/{name!r} declared twice; alarm names must be "
-                              f"unique per device")
-        c = self.cond.add(kind, tag, **fields)
-        self._grow(c + 1)
-        self.device.append(device)
-        self.area.append(area)
-        self.name.append(name)
-        self.category.append(category)
-        self.priority.append(priority)
-        self.severity.append(severity)
-        self.template.append("")
-        self.location.append(location)
-        self.unit.append(unit)
-        self.msg.append(None)
-        self._tail.append(None)
-        self._set_template(c, template or "{device} {name}")
-        self.by_device.setdefault(device, []).append(c)
-        return c
-
-    def add_rows(self, adef: AlarmDef, tags: np.ndarray, refs: np.ndarray | None,
-                 devices: list[str], areas: list[str], locations: list[str], unit: str,
-                 parents: list[str | None] | None = None) -> np.ndarray:
-        """Instantiate one template for many devices at once (site loading: a profile's
-        template over all its devices); returns the rows. The caller guarantees the names are
-        unique per device (one profile per device, unique names per profile)."""
-        m = len(tags)
-        fields = self._spec(adef)
-        rows = self.cond.add_many(M.KIND_CODES[adef.kind], tags, refs, fields)
-        c0 = int(rows[0]) if m else self.cond.n
-        self._grow(c0 + m)
-        template = adef.message or "{device} {name}"
-        self.device.extend(devices)
-        self.area.extend(areas)
-        self.name.extend([adef.name] * m)
-        self.category.extend([adef.category] * m)
-        self.priority.extend([adef.priority] * m)
-        self.severity.extend([adef.effective_severity] * m)
-        self.template.extend([template] * m)
-        self.location.extend(locations)
-        self.unit.extend([unit] * m)
-        self.msg.extend([None] * m)
-        self._tail.extend([None] * m)
-        if "{value" in template or "{limit" in template:
-            self._dyn.update(range(c0, c0 + m))
-        bd = self.by_device
-        for k, d in enumerate(devices):
-            bd.setdefault(d, []).append(c0 + k)
-        if parents is not None:
-            for d, par in zip(devices, parents, strict=True):
-                if par is not None:
-                    self._parent_of[d] = par
-        return rows
-
-    def _set_template(self, c: int, template: str) -> None:
-        self.template[c] = template
-        self._tail[c] = None
-        if "{value" in template or "{limit" in template:
-            self._dyn.add(c)
-        else:
-            self._dyn.discard(c)
-            self.msg[c] = None
-
     def message_of(self, c: int) -> str:
         m = self.msg[c]
         return self._message(c, float("nan"), 0) if m is None else m
@@ -337,64 +199,6 @@ class AlarmEngine:
             if c not in self._dyn:
                 self._tail[c] = t
         return t
-
-    def _resolve_rules(self) -> None:
-        """The templates' ``suppressed_by`` of alarms added one by one (:meth:`add_alarm`;
-        site loading resolves them per profile in :func:`build_from_site`)."""
-        cache: dict[tuple[str, str, str], int | None] = {}
-        for p in self._pending_rules:
-            owner = p.device if p.rule.of == "self" else p.parent
-            if owner is None:
-                raise ConfigError(
-                    f"alarm {self.ids[p.target]!r}: suppression rule refers to the parent device, "
-                    f"but {p.device} has no parent; use 'of: self' or remove the rule"
-                )
-            if p.rule.alarm is not None:
-                what, kind, name, eq = "alarm", SRC_ALARM, p.rule.alarm, 1.0
-            else:
-                what, kind, name, eq = "point", SRC_POINT, p.rule.point, float(p.rule.equals)
-            key = (owner, what, name)
-            if key not in cache:
-                cache[key] = (self.by_id.get(f"{owner}/{name}") if kind == SRC_ALARM
-                              else self.tagdb.find(f"{owner}/{name}"))
-            src = cache[key]
-            if src is None:
-                raise ConfigError(f"alarm {self.ids[p.target]!r}: suppression rule names {what} "
-                                  f"{name!r} of {owner}, which has no such {what}")
-            self.supp.add(p.target, kind, src, eq)
-        self._pending_rules.clear()
-        self._resolve_child_rules()
-        self._parent_of.clear()
-        self._specs.clear()
-
-    def _resolve_child_rules(self) -> None:
-        """``alarms.suppressed_by``: one group per (device, rule) with the selected alarms."""
-        rules = self.config.suppressed_by
-        if not rules:
-            return
-        sources: dict[tuple[str, int], tuple[int, int, float] | None] = {}
-        for k, r in enumerate(rules):
-            pairs = (self._parent_of.items() if r.of == "parent"
-                     else ((d, d) for d in self.by_device))
-            sel = None if r.alarms is None else set(r.alarms)
-            for dev, owner in pairs:
-                key = (owner, k)
-                if key not in sources:
-                    if r.alarm is not None:
-                        src = self.by_id.get(f"{owner}/{r.alarm}")
-                        sources[key] = None if src is None else (SRC_ALARM, src, 1.0)
-                    else:
-                        tag = self.tagdb.find(f"{owner}/{r.point}")
-                        sources[key] = None if tag is None else (SRC_POINT, tag, float(r.equals))
-                s = sources[key]
-                if s is None:
-                    continue
-                rows = self.by_device.get(dev, [])
-                members = rows if sel is None else [c for c in rows if self.name[c] in sel]
-                if not members:
-                    continue
-                g = self.supp.group_of(("device", dev, k), members)
-                self.supp.add_group_rule(g, *s)
 
     @property
     def n(self) -> int:
@@ -527,216 +331,6 @@ class AlarmEngine:
         self.journal.close()
 
     # ------------------------------------------------------------------ evaluation
-    def _on_changes(self, ch: Changes) -> None:
-        rows = self.cond.rows_for(ch.indices)
-        srules = self.supp.rules_for(ch.indices, None) if self.supp.n else None
-        if len(rows) == 0 and (srules is None or len(srules) == 0):
-            return
-        events: list[Any] = []
-        self._process(rows, ch.server_ts, events, tags=srules)
-        self._commit(events)
-
-    def _process(self, rows: np.ndarray, now: float, events: list[Any],
-                 tags: np.ndarray | None) -> None:
-        """Evaluate ``rows``; apply suppression changes, then immediate level transitions."""
-        self.stats["batches"] += 1
-        self.stats["evaluations"] += len(rows)
-        new = self._combine(rows, self.cond.evaluate(rows, self.tagdb.value, self.tagdb.quality,
-                                                     now))
-        chg = new != self.cond.raw[rows]
-        rc = rows[chg]
-        lc = new[chg]
-        self.cond.raw[rc] = lc
-        self._after_raw(rc, lc, now, events, tag_rules=tags)
-
-    def _after_raw(self, rc: np.ndarray, lc: np.ndarray, now: float, events: list[Any],
-                   tag_rules: np.ndarray | None = None, immediate: bool = False) -> None:
-        if self.supp.n:
-            rules = self.supp.rules_for(None, rc) if len(rc) else np.zeros(0, dtype=np.int64)
-            if tag_rules is not None and len(tag_rules):
-                rules = np.unique(np.concatenate([rules, tag_rules]))
-            if len(rules):
-                tg, st = self.supp.update(rules, self.cond.raw, self.tagdb.value,
-                                          self.tagdb.quality)
-                diff = st != self.st.suppressed[tg]
-                self._set_suppressed(tg[diff], st[diff], now, events)
-        if len(rc):
-            r, lv = self._schedule(rc, lc, now, immediate)
-            if len(r):
-                self._apply_levels(r, lv, now, events)
-
-    def _schedule(self, rows: np.ndarray, levels: np.ndarray, now: float,
-                  immediate: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """On-/off-delay filter: returns the rows that transition now; the others get a
-        deadline (or lose theirs when the raw level went back to the announced one).
-        ``immediate``: no delay (a condition whose own service already timed it)."""
-        same = levels == self.st.level[rows]
-        self.st.pend_t[rows[same]] = np.nan
-        r = rows[~same]
-        lv = levels[~same]
-        if not len(r):
-            return r, lv
-        delay = np.where(lv != 0, self.cond.on_delay[r], self.cond.off_delay[r])
-        later = (delay > 0) & (not immediate)
-        if later.any():
-            rl = r[later]
-            self.st.pend_t[rl] = now + delay[later]
-            self.st.pend_level[rl] = lv[later]
-            self._wake.set()
-        now_r = r[~later]
-        self.st.pend_t[now_r] = np.nan
-        return now_r, lv[~later]
-
-    def _apply_levels(self, rows: np.ndarray, levels: np.ndarray, now: float,
-                      events: list[Any]) -> None:
-        """Level changes that passed the delays: the new state of each row is a look-up in the
-        transition table (:mod:`scada.alarms.transitions`); raises and clears go out in bulk."""
-        st = self.st
-        tags = self.cond.tag[rows]
-        vals = np.where(tags >= 0, self.tagdb.value[tags], st.value[rows])
-        old = st.level[rows]
-        ev = transitions.level_events(old, levels)
-        state = transitions.state_of(old, st.acked[rows])
-        by_design = st.suppressed[rows] | st.oos[rows]
-        new = transitions.NEXT[by_design.astype(np.int8), state, ev]
-        fx = transitions.EFFECTS[state, ev]
-        quiet = ~transitions.journaled(st.shelved[rows], st.suppressed[rows], st.oos[rows])
-        if quiet.any():
-            self._hidden_levels(rows[quiet], levels[quiet], vals[quiet], new[quiet], fx[quiet],
-                                now)
-            keep = ~quiet
-            rows, levels, vals, ev, new, fx = (rows[keep], levels[keep], vals[keep], ev[keep],
-                                               new[keep], fx[keep])
-            if not len(rows):
-                return
-        up = ev == transitions.RAISE
-        if up.any():
-            self._bulk(M.RAISE, rows[up], levels[up], vals[up], new[up], now, events)
-        # clears in bulk too (a flood ends as one batch), except one-shot shelved alarms
-        down = (ev == transitions.CLEAR) & (st.shelved[rows] != M.ONESHOT)
-        if down.any():
-            self._bulk(M.CLEAR, rows[down], levels[down], vals[down], new[down], now, events)
-        rest = ~up & ~down
-        for c, lv, v, e, s, f in zip(rows[rest].tolist(), levels[rest].tolist(),
-                                     vals[rest].tolist(), ev[rest].tolist(), new[rest].tolist(),
-                                     fx[rest].tolist(), strict=True):
-            st.level[c] = lv
-            st.value[c] = v
-            st.acked[c] = (s & 1) == 0
-            if f & transitions.MESSAGE:
-                self.msg[c] = self._message(c, v, lv)
-            events.append(self._event(c, transitions.EVENT_NAMES[e], now))
-            if e == transitions.CLEAR:  # a one-shot shelved alarm returning to normal
-                st.shelved[c] = transitions.SHELVING[(M.ONESHOT, "normal")]
-                self.shelve_info.pop(c, None)
-                events.append(self._event(c, M.UNSHELVE, now, user="system",
-                                          comment="one-shot shelve ended: returned to normal"))
-        self.stats["transitions"] += len(rows)
-
-    def _hidden_levels(self, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray,
-                       new: np.ndarray, fx: np.ndarray, now: float) -> None:
-        """Level changes of alarms suppressed by design or out of service: the state moves,
-        nothing is journaled or announced.
-
-        ISA-18.2 / IEC 62682 designed suppression and out-of-service: the operator is not to be
-        told about these alarms, and an OPC UA client would receive each as an event with
-        Retain false that it must discard (OPC UA Part 9, 5.5.2 Retain). At dawn, with the
-        cabinets' contactors open by schedule, every luminaire's "dimming not followed" goes
-        active behind its suppression: journaling and announcing each one was one event per
-        luminaire per day (200,000 at Paris size) for nothing an operator may see. What the
-        operator must see is covered by :meth:`_set_suppressed`: an alarm active or unacknowledged
-        when its suppression starts gets one ``suppress`` event, and one still active when the
-        suppression ends is annunciated then (``unsuppress``), with the level, value and message
-        kept here. A hidden raise leaves the alarm unacknowledged (it is a new alarm the
-        operator has not seen); a hidden return to normal needs no acknowledgement (nobody was
-        shown it)."""
-        st = self.st
-        st.level[rows] = levels
-        st.value[rows] = vals
-        st.raised_at[rows[(fx & transitions.RAISED_AT) != 0]] = now
-        st.acked[rows] = (new & 1) == 0  # the table's "hidden by design" column
-        if self._dyn:
-            dyn = self._dyn
-            for c, lv, v, f in zip(rows.tolist(), levels.tolist(), vals.tolist(), fx.tolist(),
-                                   strict=True):
-                if f & transitions.MESSAGE and c in dyn:
-                    self.msg[c] = self._message(c, v, lv)
-        self.stats["transitions"] += len(rows)
-        self.stats["hidden_transitions"] += len(rows)
-
-    def _bulk(self, event: str, rows: np.ndarray, levels: np.ndarray, vals: np.ndarray,
-              new: np.ndarray, now: float, events: list[Any]) -> None:
-        """Raise (or clear) many alarms at once: a flood is one batch. State is updated with
-        array operations; each journal line is one bytes formatting of (seq, level, value) and
-        a precomputed per-alarm tail (identity and message). The AlarmEvent objects for the
-        listeners are made after the journal write (in :meth:`_commit`), so a 10,000-alarm
-        flood reaches the journal in milliseconds."""
-        n = len(rows)
-        self.st.level[rows] = levels
-        self.st.value[rows] = vals
-        # the transition table's new states (an alarm suppressed by design that returns to
-        # normal needs no acknowledgement: nobody was shown it)
-        self.st.acked[rows] = (new & 1) == 0
-        if event == M.RAISE:
-            self.st.raised_at[rows] = now
-        sh = self.st.shelved[rows]
-        sup = self.st.suppressed[rows]
-        oos = self.st.oos[rows]
-        acked = self.st.acked[rows]
-        seq0 = self.seq + 1
-        self.seq += n
-        rl, ll, vl = rows.tolist(), levels.tolist(), vals.tolist()
-        if self._dyn and event == M.RAISE:
-            dyn = self._dyn
-            for k, c in enumerate(rl):  # templates that show the value / limit
-                if c in dyn:
-                    self.msg[c] = self._message(c, vl[k], ll[k])
-        lines = codec.bulk_lines(seq0, now, event, rl, ll, vl, acked, sh,
-                                 self.st.shelve_until[rows], sup, oos, self._tail, self._tail_of,
-                                 self._prefix, self.message_of)
-        events.append(_Bulk(seq0, rows, now, lines, event))
-
-    def _chatter(self, rows: np.ndarray, now: float) -> np.ndarray:
-        """Record a raise of ``rows`` at ``now``; return the rows that just became chattering
-        (``chatter.count`` raises within ``chatter.window``)."""
-        return self.st.record_raise(rows, now, self.config.chatter.window)
-
-    def _set_suppressed(self, rows: np.ndarray, states: np.ndarray, now: float,
-                        events: list[Any], *, immediate: bool = False) -> None:
-        """Suppression starts at once. For an alarm still active or unacknowledged it ends
-        only once the alarm's own point has been sampled after the cause cleared, and no
-        sooner than ``unsuppress_delay`` (at the latest ``unsuppress_max_wait`` after, if the
-        device stays silent): the children of a cabinet that just came back, or of a
-        contactor closed at dusk, report their new values first and clear silently instead of
-        flashing as red dots. A fixed delay alone is not enough: luminaires behind a cabinet
-        are read once a minute, so ten seconds after dusk most of them still showed the dark
-        level of the day and 30,000 "dimming not followed" alarms were annunciated at once.
-
-        Only alarms an operator could see (active or unacknowledged) get a journaled
-        suppress/unsuppress event; for an alarm in Normal the flag changes silently, and so do
-        its level changes while it stays suppressed (:meth:`_hidden_levels`). A gateway going
-        offline thus journals a handful of lines, not one per alarm of its 256 luminaires."""
-        if not len(rows):
-            return
-        retained = (self.st.level[rows] != 0) | ~self.st.acked[rows]
-        on = states.astype(bool)
-        self.st.unsupp_t[rows[on]] = np.nan
-        self.st.unsupp_from[rows[on]] = np.nan
-        delay = self.config.unsuppress_delay
-        if not immediate and delay > 0:
-            wait = ~on & retained
-            if wait.any():
-                w = rows[wait]
-                fresh = w[np.isnan(self.st.unsupp_t[w])]
-                if len(fresh):
-                    self.st.unsupp_t[fresh] = now + delay
-                    self.st.unsupp_from[fresh] = now
-                    self._wake.set()
-                rows, on, retained = rows[~wait], on[~wait], retained[~wait]
-        self.st.suppressed[rows] = on
-        for c, s in zip(rows[retained].tolist(), on[retained].tolist(), strict=True):
-            events.append(self._event(c, M.SUPPRESS if s else M.UNSUPPRESS, now, user="system"))
-
     def _message(self, c: int, v: float, lv: int) -> str:
         val = "" if v is None or (isinstance(v, float) and math.isnan(v)) else (
             f"{v:g}" if isinstance(v, float) else str(v))
@@ -840,109 +434,6 @@ class AlarmEngine:
                       self.journal.path, len(lines), e)
 
     # ------------------------------------------------------------------ timer
-    def due(self, now: float) -> None:
-        """Fire delays, stale timeouts and shelve expiries that are due at ``now``."""
-        n = self.n
-        events: list[Any] = []
-        # stale: no sample for `timeout`
-        if len(self._stale_rows):
-            r = self._stale_rows
-            tags = self.cond.tag[r]
-            seen = np.maximum(self.tagdb.last_seen[tags], self._t0)
-            q = self.tagdb.quality[tags]
-            want = ((now - seen) >= self.cond.timeout[r]) & (q != np.uint32(0x808D0000))
-            cur = self.cond.raw[r] != 0
-            flip = want != cur
-            if flip.any():
-                rc = r[flip]
-                lc = want[flip].astype(np.int8)
-                self.cond.raw[rc] = lc
-                self._after_raw(rc, lc, now, events)
-        # delays
-        pt = self.st.pend_t[:n]
-        with np.errstate(invalid="ignore"):
-            due = np.nonzero(pt <= now)[0]
-        if len(due):
-            # fire in deadline order
-            due = due[np.argsort(pt[due], kind="stable")]
-            lv = self.st.pend_level[due].copy()
-            self.st.pend_t[due] = np.nan
-            keep = lv != self.st.level[due]
-            self._apply_levels(due[keep], lv[keep], now, events)
-        # delayed end of suppression, once the alarm's point reported after the cause cleared
-        ut = self.st.unsupp_t[:n]
-        with np.errstate(invalid="ignore"):
-            ud = np.nonzero(ut <= now)[0]
-        if len(ud):
-            still = self.supp.suppressed(ud)
-            since = self.st.unsupp_from[ud]
-            tags = self.cond.tag[ud]
-            seen = np.where(tags >= 0, self.tagdb.last_seen[np.maximum(tags, 0)], np.inf)
-            limit = since + self.config.unsuppress_max_wait
-            with np.errstate(invalid="ignore"):
-                go = still | np.isnan(since) | (seen > since) | (limit <= now)
-            if not go.all():  # not reported yet: look again in a second, up to the limit
-                w = ud[~go]
-                self.st.unsupp_t[w] = np.minimum(now + 1.0, limit[~go])
-                ud = ud[go]
-            self.st.unsupp_t[ud] = np.nan
-            self.st.unsupp_from[ud] = np.nan
-            ud = ud[~still[go] & self.st.suppressed[ud]]
-            self._set_suppressed(ud, np.zeros(len(ud), dtype=np.bool_), now, events,
-                                 immediate=True)
-        # timed shelving expiry
-        su = self.st.shelve_until[:n]
-        with np.errstate(invalid="ignore"):
-            exp = np.nonzero((su <= now) & (self.st.shelved[:n] == M.TIMED))[0]
-        for c in exp.tolist():
-            self.st.shelved[c] = M.UNSHELVED
-            self.st.shelve_until[c] = np.nan
-            self.shelve_info.pop(c, None)
-            events.append(self._event(c, M.UNSHELVE, now, user="system",
-                                      comment="timed shelve expired"))
-        self._commit(events)
-
-    def next_deadline(self, now: float) -> float:
-        n = self.n
-        cands = [now + self.config.max_tick]
-        with np.errstate(invalid="ignore"):
-            if n:
-                pt = self.st.pend_t[:n]
-                if not np.isnan(pt).all():
-                    cands.append(float(np.nanmin(pt)))
-                ut = self.st.unsupp_t[:n]
-                if not np.isnan(ut).all():
-                    cands.append(float(np.nanmin(ut)))
-                su = np.where(self.st.shelved[:n] == M.TIMED, self.st.shelve_until[:n], np.nan)
-                if not np.isnan(su).all():
-                    cands.append(float(np.nanmin(su)))
-            if len(self._stale_rows):
-                r = self._stale_rows
-                idle = self.cond.raw[r] == 0
-                if idle.any():
-                    rr = r[idle]
-                    seen = np.maximum(self.tagdb.last_seen[self.cond.tag[rr]], self._t0)
-                    cands.append(float(np.min(seen + self.cond.timeout[rr])))
-                if (~idle).any():
-                    cands.append(now + max(1.0, float(np.min(self.cond.timeout[r[~idle]])) / 4))
-        return max(now, min(cands))
-
-    async def run(self) -> None:
-        """Timer task: sleeps on the clock until the next deadline (or until woken by a new
-        delay), so stepped-clock tests fire delays exactly at their deadline."""
-        self.start()
-        fs = asyncio.create_task(self.journal.run_fsync(), name="alarms:fsync")
-        try:
-            while True:
-                self._wake.clear()
-                now = self.clock.time()
-                self.due(now)
-                nxt = self.next_deadline(self.clock.time())
-                await M.sleep_or_wake(self.clock, nxt - self.clock.time(), self._wake)
-        finally:
-            fs.cancel()
-            await asyncio.gather(fs, return_exceptions=True)
-
     # ------------------------------------------------------------------ queries
     def find(self, alarm_id: str) -> int:
         c = self.by_id.get(alarm_id)
@@ -1072,14 +563,6 @@ class AlarmEngine:
         self._oos_events = events
 
     # ------------------------------------------------------------------ external conditions
-    def _external_row(self, device: str, name: str, category: str, priority: int,
-                      severity: int, area: str | None = None) -> int:
-        c = self._new_row(M.K_EXTERNAL, -1, device, area or device.split("/", 1)[0], name,
-                          category, priority, severity, "{device} {name}", "", "", {})
-        if self._started:
-            self.supp.grow_conds(len(self.st.level))
-        return c
-
     def set_condition(self, device_path: str, name: str, active: bool, *,
                       message: str | None = None, priority: int = 3, category: str = "system",
                       severity: int | None = None, value: float | None = None) -> None:
@@ -1126,105 +609,3 @@ class AlarmEngine:
         levels = np.asarray([lv], dtype=np.int8)
         self._after_raw(rows, levels, now, events, immediate=immediate)
         self._commit(events)
-
-    def _combine(self, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
-        """Tag evaluation OR external condition (see :meth:`set_condition`)."""
-        if self._any_ext:
-            ext = self.st.ext_on[rows] & (new == 0)
-            if ext.any():
-                new = np.where(ext, np.int8(1), new)
-        return new
-
-
-def build_from_site(site: Any, tagdb: TagDatabase, clock: Clock, journal: Journal, **kw: Any) -> AlarmEngine:
-    """One alarm instance per (device, profile alarm template) of the site, built per profile
-    with array operations (a template over all the devices of its profile at once), so a city
-    of 200,000 luminaires loads in seconds."""
-    cfg = site.config.alarms
-    eng = AlarmEngine(tagdb, clock, journal, config=cfg, **kw)
-    errors: list[str] = []
-    groups: dict[str, list[Any]] = {}
-    for dev in site.all_devices():
-        if dev.profile.alarms:
-            groups.setdefault(dev.profile_name, []).append(dev)
-    parent_rules: list[tuple[np.ndarray, list[Any], Any, str]] = []
-    for pname, devs in groups.items():
-        prof = devs[0].profile
-        schema = site.schemas[pname]
-        names = [a.name for a in prof.alarms]
-        dups = sorted({n for n in names if names.count(n) > 1})
-        if dups:
-            errors.append(f"profile {pname!r}: alarm name(s) {dups} declared twice (alarm "
-                          f"templates of the profile and of alarm_templates files); names must be "
-                          f"unique per device")
-            continue
-        first = np.asarray([tagdb.device_first(tagdb.device_index(d.path)) for d in devs],
-                           dtype=np.int64)
-        paths = [d.path for d in devs]
-        areas = [d.area for d in devs]
-        locs = [f"{d.location.lat:.5f},{d.location.lon:.5f}" if d.location else "" for d in devs]
-        parents = [d.parent for d in devs]
-        rows_of: dict[str, np.ndarray] = {}
-        for adef in prof.alarms:
-            off = schema.offsets.get(adef.point or "")
-            if off is None:
-                errors.append(f"profile {pname!r}, alarm {adef.name!r}: the profile has no point "
-                              f"{adef.point!r}; fix the alarm template's 'point'")
-                continue
-            refs = None
-            if adef.reference is not None:
-                roff = schema.offsets.get(adef.reference)
-                if roff is None:
-                    errors.append(f"profile {pname!r}, alarm {adef.name!r}: the profile has no "
-                                  f"reference point {adef.reference!r}")
-                    continue
-                refs = first + roff
-            rows_of[adef.name] = eng.add_rows(adef, first + off, refs, paths, areas, locs,
-                                              schema.points[off].unit, parents)
-        for adef in prof.alarms:
-            targets = rows_of.get(adef.name)
-            if targets is None:
-                continue
-            for rule in adef.suppressed_by:
-                if rule.of == "parent":
-                    parent_rules.append((targets, devs, rule, adef.name))
-                elif rule.alarm is not None:
-                    src = rows_of.get(rule.alarm)
-                    if src is None:
-                        errors.append(f"profile {pname!r}, alarm {adef.name!r}: suppression rule "
-                                      f"names alarm {rule.alarm!r}, which the profile does not have")
-                        continue
-                    eng.supp.add_many(targets, SRC_ALARM, src)
-                else:
-                    poff = schema.offsets.get(rule.point)
-                    if poff is None:
-                        errors.append(f"profile {pname!r}, alarm {adef.name!r}: suppression rule "
-                                      f"names point {rule.point!r}, which the profile does not have")
-                        continue
-                    eng.supp.add_many(targets, SRC_POINT, first + poff, float(rule.equals))
-    # rules on the parent device, once every device's alarms exist
-    cache: dict[tuple[str, str, str], int | None] = {}
-    for targets, devs, rule, aname in parent_rules:
-        kind = SRC_ALARM if rule.alarm is not None else SRC_POINT
-        srcs = np.empty(len(devs), dtype=np.int64)
-        for k, d in enumerate(devs):
-            if d.parent is None:
-                errors.append(f"alarm {d.path}/{aname}: suppression rule refers to the parent "
-                              f"device, but {d.path} has no parent; use 'of: self'")
-                break
-            key = (d.parent, "a" if rule.alarm is not None else "p", rule.alarm or rule.point)
-            if key not in cache:
-                cache[key] = (eng.by_id.get(f"{d.parent}/{rule.alarm}") if rule.alarm is not None
-                              else tagdb.find(f"{d.parent}/{rule.point}"))
-            s = cache[key]
-            if s is None:
-                errors.append(f"alarm {d.path}/{aname}: suppression rule names "
-                              f"{'alarm' if rule.alarm else 'point'} "
-                              f"{rule.alarm or rule.point!r} of {d.parent}, which has none")
-                break
-            srcs[k] = s
-        else:
-            eng.supp.add_many(targets, kind, srcs, 1.0 if rule.equals is None else float(rule.equals))
-    if errors:
-        raise ConfigError(sorted(set(errors))[:50])
-    return eng
