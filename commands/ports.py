@@ -17,6 +17,7 @@ What listens (knowledge of the simulators and of the MQTT driver's embedded brok
 here, on the command side, so the server core stays free of it):
 
 * the OPC UA server (``opcua.port``), unless ``opcua.enabled`` is off;
+* the web console (``web.port``) when ``web.enabled`` is on;
 * ``scada demo``/``scada sim``: each simulated device address, grouped as the simulators open
   them (``commands.sim.shard_key``: a Modbus ``connection.host``/``port``, an OPC UA
   ``connection.endpoint``), for the protocols that have a simulator installed;
@@ -137,6 +138,13 @@ def site_listeners(site: Any, *, simulate: bool, opcua_option: str | None,
         setting = opcua_option or f"opcua.port in {file} (or --opcua-port)"
         out.append(Listener(ua.host, ua.port, "the OPC UA server", setting,
                             None if opcua_option else move_opcua))
+    web = getattr(cfg, "web", None)
+    if server and web is not None and web.enabled:
+
+        def move_web(p: int) -> None:
+            web.port = p
+
+        out.append(Listener(web.host, web.port, "the web console", f"web.port in {file}", move_web))
     if simulate:
         out.extend(_device_listeners(site))
     # scada run and scada sim share an MQTT broker already answering on the embedded port (the

@@ -181,7 +181,9 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
     post = ["POST"]
     return [
         Route("/login", login, methods=post),
+        Route("/api/login", login, methods=post),
         Route("/logout", logout, methods=post),
+        Route("/api/logout", logout, methods=post),
         Route("/api/alarms/ack", ack, methods=post),
         Route("/api/alarms/comment", comment, methods=post),
         Route("/api/alarms/shelve", shelve, methods=post),

@@ -55,6 +55,8 @@ def demo_site(tmp_path: Path) -> Path:
     site = cfg / "demo.yaml"
     text = site.read_text()
     assert "state_dir: ../.scada-state/demo" in text
+    assert "web:\n  enabled: true\n  port: 8443\n" in text
+    text = text.replace("web:\n  enabled: true\n  port: 8443\n", f"web:\n  enabled: true\n  port: {free_port()}\n")
     site.write_text(text.replace("state_dir: ../.scada-state/demo", f"state_dir: {tmp_path / 'state'}")
                     + f"drivers: {{mqtt: {{embedded_port: {next(ports)}}}}}\n")
     return site
