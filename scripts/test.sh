@@ -8,6 +8,8 @@ if command -v apt-get >/dev/null 2>&1; then
   need=""
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
   command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need="$need victoria-metrics"
+  # the web console's browser tests drive Debian's Chromium through Playwright (no browser download)
+  [ -x /usr/bin/chromium ] || need="$need chromium"
   if [ -n "$need" ]; then
     # waits for another apt/dpkg (their lock) instead of aborting with rc 100
     $SUDO env DEBIAN_FRONTEND=noninteractive scripts/apt-get-wait.sh update -qq

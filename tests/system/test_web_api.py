@@ -95,12 +95,12 @@ async def test_restricted_user_sees_only_their_area(web):
         r = await c.post("/api/alarms/ack", json={"alarm_id": "centre/cab-01/door_open"},
                          headers={"X-CSRF-Token": csrf})
         assert r.status_code == 403
-        r = await c.post("/api/write", json={"tag": "centre/cab-01/group_level", "value": 50},
+        r = await c.post("/api/write", json={"tag": "centre/cab-01/group_level", "value": 77},
                          headers={"X-CSRF-Token": csrf})
         assert r.status_code == 404
         sysj = (await c.get("/api/system")).json()
         assert sysj["visible"] is False and sysj["drivers"] == {} and sysj["server"] == {}
-    assert web.writes == []
+    assert not [w for w in web.writes if w[1] == 77]
 
 
 async def test_malformed_and_oversized(web):
@@ -238,3 +238,61 @@ async def _until(cond, what: str, within: float = 10.0):
         if loop.time() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_schedules_and_overrides_through_the_operator_api(web):
+    c, csrf = await web.login("eng1")
+    h = {"X-CSRF-Token": csrf}
+    async with aclosing(c):
+        j = (await c.get("/api/schedules")).json()
+        assert j["available"] and {a["area"] for a in j["areas"]} == {"centre"}
+        assert any(s["level"] == 100 for s in j["areas"][0]["steps"])
+        r = await c.post("/api/overrides", json={"areas": ["centre"], "level": 30, "minutes": 60,
+                                                 "reason": "works"}, headers=h)
+        assert r.status_code == 201, r.text
+        oid = r.json()["data"]["id"]
+        ovs = (await c.get("/api/schedules")).json()["overrides"]
+        assert [o["id"] for o in ovs] == [oid] and ovs[0]["source"] == "web"
+        assert (await c.post(f"/api/overrides/{oid}/cancel", headers=h)).status_code == 200
+        assert (await c.get("/api/schedules")).json()["overrides"] == []
+        r = await c.post("/api/overrides", json={"areas": ["centre"], "level": 300, "minutes": 60,
+                                                 "reason": "x"}, headers=h)
+        assert r.status_code == 400 and r.json()["error"] == "BadOutOfRange"
+    c, csrf = await web.login("op1")
+    async with aclosing(c):
+        r = await c.post("/api/overrides", json={"areas": ["centre"], "level": 30, "minutes": 60,
+                                                 "reason": "works"}, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 403
+    acts = [(e["user"], e["outcome"]) for e in web.audit() if e["action"] == "schedule.override"]
+    assert ("eng1", "Good") in acts and ("op1", "BadUserAccessDenied") in acts
+
+
+async def test_write_out_of_service_history_and_system(web):
+    c, csrf = await web.login("eng1")
+    h = {"X-CSRF-Token": csrf}
+    async with aclosing(c):
+        r = await c.post("/api/write", json={"tag": "centre/cab-01/group_level", "value": 40}, headers=h)
+        assert r.status_code == 200 and r.json()["status_name"] == "Good"
+        assert ("centre/cab-01/group_level", 40.0) in web.writes or ("centre/cab-01/group_level", 40) in web.writes
+        r = await c.post("/api/write", json={"tag": "centre/cab-01/group_level", "value": 400}, headers=h)
+        assert r.status_code == 400 and r.json()["error"] == "BadOutOfRange"
+        r = await c.post("/api/write", json={"tag": "centre/cab-01/power_w", "value": 1}, headers=h)
+        assert r.status_code == 400 and r.json()["error"] == "BadNotWritable"
+        dev = (await c.get("/api/devices/centre/cab-01")).json()
+        t = {x["name"]: x for x in dev["tags"]}
+        assert t["group_level"]["value"] == 40 and t["group_level"]["status_name"] == "Good"
+        assert t["group_level"]["source_ts"] == web.clock.time()
+        web.feed({"centre/cab-01/door_open": True})
+        r = await c.post("/api/devices/out-of-service", json={"device": "centre/cab-01", "oos": True,
+                                                              "comment": "works"}, headers=h)
+        assert r.status_code == 200
+        oos = (await c.get("/api/alarms", params={"view": "out-of-service"})).json()["alarms"]
+        assert [a["alarm_id"] for a in oos] == ["centre/cab-01/door_open"]
+        assert oos[0]["isa_state"] == "out-of-service"
+        assert (await c.get("/api/alarms")).json()["alarms"] == []
+        hist = (await c.get("/api/alarms/history", params={"device": "centre/cab-01"})).json()
+        assert hist["total"] >= 2 and hist["entries"][0]["ts"] >= hist["entries"][-1]["ts"]
+        assert {e["event"] for e in hist["entries"]} >= {"raise", "out_of_service"}
+        sysj = (await c.get("/api/system")).json()
+        assert sysj["visible"] and "loop_lag_ms" in sysj["server"] and "spool_blocks" in sysj["historian"]
+        assert (await c.get("/api/energy")).json()["available"] is False

@@ -102,3 +102,57 @@ async def test_faceplate_trend_from_the_historian(web, browser):
     q = page.locator('tr[data-tag="centre/cab-01/power_w"] td.q')
     assert await q.inner_text() == "Good"
     assert errors == []
+
+
+async def test_write_with_confirmation_and_junction_view(web, browser):
+    page = await browser_login(browser, web, "eng1")
+    await page.goto(web.url + "/devices/centre/cab-01")
+    row = page.locator('tr[data-tag="centre/cab-01/group_level"]')
+    await row.wait_for()
+    await row.locator("button[data-write]").click()
+    dialog = page.locator("dialog#confirm")
+    await expect(dialog).to_be_visible()
+    await page.fill("#confirm-extra", "35")
+    await page.click("#confirm-ok")
+    await expect(row.locator("td.val")).to_have_text("35 %")
+    assert ("centre/cab-01/group_level", 35.0) in web.writes or ("centre/cab-01/group_level", 35) in web.writes
+    # cancelling the dialog writes nothing
+    n = len(web.writes)
+    await row.locator("button[data-write]").click()
+    await page.fill("#confirm-extra", "36")
+    await page.click("#confirm-cancel")
+    await expect(dialog).to_be_hidden()
+    assert not [w for w in web.writes[n:] if w[0] == "centre/cab-01/group_level"]
+    # junctions: mode, plan, signal groups; a conflict makes the card a fault
+    web.feed({"north/j-01/conflict": True})
+    await page.goto(web.url + "/junctions")
+    card = page.locator('[data-junction="north/j-01"]')
+    await card.wait_for()
+    await expect(card.locator(".mode")).to_have_text("normal")
+    assert await card.locator(".sg").count() == 2
+    await expect(card).to_have_class("card fault")
+    assert "conflict" in await card.locator(".faults").inner_text()
+
+
+async def test_schedule_override_from_the_page(web, browser):
+    page = await browser_login(browser, web, "op1")
+    await page.goto(web.url + "/schedules")
+    await page.locator("#steps tbody tr").first.wait_for()
+    assert await page.locator("#ov-create").is_disabled()  # operators may not override
+    page = await browser_login(browser, web, "eng1")
+    await page.goto(web.url + "/schedules")
+    await page.locator("#steps tbody tr").first.wait_for()
+    assert not await page.locator("#ov-create").is_disabled()
+    await page.fill("#ov-level", "20")
+    await page.fill("#ov-reason", "street party")
+    await page.click("#ov-create")
+    await page.click("#confirm-ok")
+    row = page.locator("tr[data-override]")
+    await row.wait_for()
+    assert "street party" in await row.inner_text()
+    await row.locator("button[data-cancel]").click()
+    await page.click("#confirm-ok")
+    await expect(page.locator("tr[data-override]")).to_have_count(0)
+    acts = [(e["user"], e.get("cancel", False)) for e in web.audit() if e["action"] == "schedule.override"
+            and e["outcome"] == "Good"]
+    assert ("eng1", False) in acts and ("eng1", True) in acts
