@@ -692,8 +692,9 @@ class TagDatabase:
         if ts_scalar is not None and ts_scalar >= self._max_ts:
             # one source time for the batch (a poll), not older than any stored: nothing is
             # late; no gather of the current source times
-            fut = np.broadcast_to(np.bool_(ts_scalar > horizon), tsa.shape)
+            # one source time for the whole batch: all rows are in the future or none
             n_fut = len(tsa) if ts_scalar > horizon else 0
+            fut = np.ones(len(tsa), dtype=np.bool_) if n_fut else None
             late = None
             n_late = 0
         else:
