@@ -127,3 +127,59 @@ async def run(interval: float, duckdb_connections: tuple[Any, ...] = ()) -> None
                             tracemalloc.get_traced_memory()[0] / 2**20, _traced_growth(snap, cur))
             snap = cur
         await asyncio.sleep(interval)
+
+
+class RssTrend:
+    """The growth of the server's resident memory over a sliding window (default 24 h).
+
+    A server that runs for months must reach a plateau; a leak shows as a steady slope long
+    before the machine runs out. Samples (clock time, MB) are averaged into ``bucket_s``
+    buckets (a 24 h window keeps 144 of them, a few kilobytes); the slope is the least-squares
+    fit over the buckets in the window, in MB per day and in % of the window's mean per day.
+    It is *ready* once the buckets span ``min_span_s`` (a fresh server's warm-up is not a
+    trend); before that :meth:`slope` returns None.
+    """
+
+    def __init__(self, window_s: float = 86400.0, min_span_s: float = 6 * 3600.0,
+                 bucket_s: float | None = None):
+        if window_s <= 0 or min_span_s <= 0 or min_span_s > window_s:
+            raise ValueError("memory trend: need 0 < min_span_s <= window_s")
+        self.window_s = float(window_s)
+        self.min_span_s = float(min_span_s)
+        self.bucket_s = float(bucket_s if bucket_s else window_s / 144.0)
+        # (bucket start, sum of MB, samples); the last one is being filled
+        self._buckets: collections.deque[list[float]] = collections.deque()
+
+    def add(self, t: float, mb: float) -> None:
+        if not (mb > 0):  # 0 or NaN: no reading (not Linux)
+            return
+        b = self._buckets
+        start = t - (t % self.bucket_s)
+        if b and b[-1][0] == start:
+            b[-1][1] += mb
+            b[-1][2] += 1
+        elif not b or start > b[-1][0]:
+            b.append([start, mb, 1.0])
+        # else: a sample from the past (the clock was stepped back): ignored
+        while b and b[0][0] < start - self.window_s:
+            b.popleft()
+
+    def span(self) -> float:
+        """Seconds between the first and the last bucket's middle."""
+        b = self._buckets
+        return (b[-1][0] - b[0][0]) if len(b) > 1 else 0.0
+
+    def slope(self) -> tuple[float, float] | None:
+        """(MB per day, % of the mean per day) over the window, or None before ``min_span_s``."""
+        if self.span() < self.min_span_s:
+            return None
+        n = len(self._buckets)
+        ts = [s + self.bucket_s / 2 for s, _, _ in self._buckets]
+        ys = [tot / k for _, tot, k in self._buckets]
+        mt, my = sum(ts) / n, sum(ys) / n
+        den = sum((x - mt) ** 2 for x in ts)
+        if den <= 0 or my <= 0:
+            return None
+        per_s = sum((x - mt) * (y - my) for x, y in zip(ts, ys, strict=True)) / den
+        per_day = per_s * 86400.0
+        return per_day, 100.0 * per_day / my

@@ -99,6 +99,9 @@ class Runtime:
         self.site = site
         self.clock = clock or RealClock()
         self.shutdown_timeout = shutdown_timeout
+        mg = site.config.alarms.memory_growth
+        #: RSS trend over a day (alarm ``_system/server/memory_growth``, raised by the alarms)
+        self.memory_trend = memdiag.RssTrend(mg.window, mg.min_span)
         self.tagdb = TagDatabase(self.clock, capacity=site.tag_count + 1024,
                                  future_tolerance=site.config.site.future_tolerance_s)
         self.drivers: dict[str, Driver] = {}
@@ -388,7 +391,9 @@ class Runtime:
             srv.set("updates_per_s", (st["samples"] - last_stats["samples"]) / dt)
             srv.set("changes_per_s", (st["changes"] - last_stats["changes"]) / dt)
             srv.set("loop_lag_ms", lag * 1000.0)
-            srv.set("rss_mb", memdiag.rss_bytes() / 2**20)
+            rss = memdiag.rss_bytes() / 2**20
+            srv.set("rss_mb", rss)
+            self.memory_trend.add(self.clock.time(), rss)
             if now - last_trim >= TRIM_INTERVAL:
                 last_trim = now
                 t_trim = _time.perf_counter()

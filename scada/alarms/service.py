@@ -85,6 +85,7 @@ class AlarmService(Service):
                 self._notify_first[ch] = runtime.tagdb.add_tags(f"_system/notify/{ch}",
                                                                 NOTIFY_HEALTH)
         self.conditions: Any = None
+        self._memory_high = False
         self.engine.start()
 
     def set_condition(self, device_path: str, name: str, active: bool, **kw: Any) -> None:
@@ -112,7 +113,33 @@ class AlarmService(Service):
     async def _health(self) -> None:
         while True:
             self.publish_health()
+            self.check_memory()
             await self.runtime.clock.sleep(5.0)
+
+    def check_memory(self) -> None:
+        """``_system/server/memory_growth``: the server's RSS trend over the configured window
+        (:class:`scada.memdiag.RssTrend`, fed by the runtime's health task) above
+        ``alarms.memory_growth.threshold_pct_per_day``; cleared below half of it."""
+        cfg = self.runtime.site.config.alarms.memory_growth
+        trend = getattr(self.runtime, "memory_trend", None)
+        if not cfg.enabled or trend is None:
+            return
+        s = trend.slope()
+        if s is None:
+            return
+        mb_day, pct_day = s
+        limit = cfg.threshold_pct_per_day / (2.0 if self._memory_high else 1.0)
+        high = pct_day > limit
+        if high == self._memory_high:
+            return
+        self._memory_high = high
+        hours = trend.span() / 3600.0
+        self.engine.set_condition(
+            "_system/server", "memory_growth", high, priority=cfg.priority, category="system",
+            value=pct_day,
+            message=f"server memory grows {pct_day:.1f} % a day ({mb_day:+.0f} MB/day over the "
+                    f"last {hours:.0f} h; threshold {cfg.threshold_pct_per_day:g} %/day): "
+                    f"a leak or an unbounded cache; plan a restart and report it")
 
     def _attach_opcua(self) -> None:
         opcua = self.runtime.services.get("opcua")

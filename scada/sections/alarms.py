@@ -300,6 +300,26 @@ class NotificationsConfig(Strict):
         return self
 
 
+class MemoryGrowthConfig(Strict):
+    """``alarms.memory_growth``: the trend alarm ``_system/server/memory_growth`` (docs/alarms.md).
+
+    The server's resident memory must level off; when its least-squares slope over ``window``
+    exceeds ``threshold_pct_per_day`` of its mean (once the samples span ``min_span``), the
+    alarm is raised; it clears below half the threshold."""
+
+    enabled: bool = True
+    window: Duration = 86400.0
+    min_span: Duration = 6 * 3600.0
+    threshold_pct_per_day: float = Field(5.0, gt=0)
+    priority: int = Field(3, ge=1, le=4)
+
+    @model_validator(mode="after")
+    def _span_in_window(self) -> MemoryGrowthConfig:
+        if not 0 < self.min_span <= self.window:
+            raise ValueError("min_span must be > 0 and not longer than window")
+        return self
+
+
 class AlarmsConfig(Strict):
     enabled: bool = True
     #: sub-directory of the site's state_dir holding journal*.jsonl and dead-letters.jsonl
@@ -323,3 +343,4 @@ class AlarmsConfig(Strict):
     suppressed_by: list[DesignedSuppression] = Field(
         default_factory=lambda: [DesignedSuppression(**r) for r in DEFAULT_SUPPRESSION])
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    memory_growth: MemoryGrowthConfig = Field(default_factory=MemoryGrowthConfig)
