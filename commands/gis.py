@@ -135,7 +135,7 @@ def upload(url: str, pinned: bytes | None, user: str, password: str, name: str, 
     """Log in, POST the file with the CSRF token, return the server's JSON answer."""
     c = Console(url, pinned)
     try:
-        st, body = c.request("POST", "/api/login", json.dumps({"user": user, "password": password}).encode(),
+        st, body = c.request("POST", "/login", json.dumps({"user": user, "password": password}).encode(),
                              {"Content-Type": "application/json"})
     except OSError as e:
         raise GisCliError(f"cannot reach the web console at {url}: {e} (is `scada run` running with "
