@@ -19,7 +19,7 @@ See ``docs/cockpit.md``.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .common import Duration, Strict
 
@@ -30,6 +30,25 @@ class LoginRate(Strict):
     per_address: int = Field(10, ge=1)
     per_account: int = Field(5, ge=1)
     window: Duration = 60.0
+
+
+class MapConfig(Strict):
+    """``web.map``: the live map's base map (docs/cockpit.md "Map"). No tiles: a plain background,
+    which works with no internet."""
+
+    #: raster tiles: a URL template (``https://tiles.example/{z}/{x}/{y}.png``) or a local
+    #: directory of ``<z>/<x>/<y>.png`` files (relative to the site file) served by the console
+    tiles: str | None = None
+    #: credit line shown on the map (the tile provider's licence usually requires one)
+    attribution: str = ""
+    max_zoom: int = Field(19, ge=1, le=22)
+
+    @field_validator("tiles")
+    @classmethod
+    def _tiles(cls, v: str | None) -> str | None:
+        if v and v.startswith(("http://", "https://")) and not all(k in v for k in ("{z}", "{x}", "{y}")):
+            raise ValueError("a tile URL template needs {z}, {x} and {y}, e.g. https://tiles.example/{z}/{x}/{y}.png")
+        return v or None
 
 
 class WebConfig(Strict):
@@ -48,3 +67,4 @@ class WebConfig(Strict):
     max_stream_clients: int = Field(200, ge=1)
     stream_queue: int = Field(500, ge=10)
     login_rate: LoginRate = Field(default_factory=LoginRate)
+    map: MapConfig = Field(default_factory=MapConfig)

@@ -78,18 +78,19 @@ class DeviceStates:
     # ------------------------------------------------------------------ evaluation
     def _ranks(self, rows: np.ndarray) -> np.ndarray:
         e = self.engine
-        lvl = e.level[rows] != 0
-        acked = e.acked[rows]
+        st = e.st  # the engine's columnar state store
+        lvl = st.level[rows] != 0
+        acked = st.acked[rows]
         quality = e.cond.kind[rows] == K_QUALITY
         r = np.zeros(len(rows), dtype=np.int8)
         r[~lvl & ~acked] = UNACK_RTN
         r[lvl & acked] = ACK_ACTIVE
         r[lvl & acked & quality] = COMM_LOST
         r[lvl & ~acked] = UNACK_ACTIVE
-        sup = e.suppressed[rows]
+        sup = st.suppressed[rows]
         r[sup] = np.where(lvl[sup] | ~acked[sup], SUPPRESSED, NORMAL)
-        r[e.shelved[rows] != 0] = SHELVED
-        r[e.oos[rows]] = OOS
+        r[st.shelved[rows] != 0] = SHELVED
+        r[st.oos[rows]] = OOS
         return r
 
     def _priorities(self, rows: np.ndarray) -> np.ndarray:
