@@ -60,7 +60,6 @@ SIZES = {"small": (600, 4), "dijon": (34_000, 200), "paris": (200_000, 2_000)}
 #: the event loop must never stall longer than this (issue 23)
 LOOP_LAG_P99_MS = 250.0
 NS_URI = "urn:scada:streetlight:tags"
-HEALTH_PATTERNS = ("_system/*",)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

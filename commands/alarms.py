@@ -129,7 +129,7 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
            until: str | None, device: str | None, show_all: bool, metrics: bool, fmt: str,
            output: str | None) -> None:
     """Show alarms from the journal: the active set (red dots), --history, or --metrics."""
-    from scada.alarms import metrics as MX
+    from scada.alarms import metrics as alarm_metrics
     from scada.alarms.journal import current_states, read_journal
 
     d, cfg = _journal_dir(site_file, directory)
@@ -166,11 +166,11 @@ def alarms(site_file: str | None, directory: str | None, history: bool, since: s
     if metrics:
         chat = {} if cfg is None else {"chatter_count": cfg.chatter.count,
                                        "chatter_window": cfg.chatter.window}
-        m = MX.compute(entries, now=t1 or _CLOCK.time(), **chat)
+        m = alarm_metrics.compute(entries, now=t1 or _CLOCK.time(), **chat)
         if fmt == "json":
             _emit_json(m, output)
         else:
-            text = MX.format_text(m, _iso) + "\n"
+            text = alarm_metrics.format_text(m, _iso) + "\n"
             if output:
                 with open(output, "w", encoding="utf-8") as f:
                     f.write(text)

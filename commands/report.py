@@ -90,11 +90,11 @@ def _check_format(fmt: str, out: str | None) -> None:
     (stdout is refused when it is a terminal)."""
     if fmt != "pdf":
         return
-    from historian import report as R
+    import historian.report
 
     try:
-        R.require_pdf()
-    except R.PdfUnavailable as e:
+        historian.report.require_pdf()
+    except historian.report.PdfUnavailable as e:
         raise click.ClickException(str(e)) from None
     if not out and _stdout_isatty():
         raise click.UsageError("a PDF is binary: give --out FILE (or redirect stdout to a file)")
@@ -183,8 +183,8 @@ def provenance(extra: dict | None = None) -> dict:
 def energy(site_file, state_dir, store, d0, d1, area, inventory, convention, partial, min_measured, lat, lon, tz,
            fmt, out) -> None:
     """Energy savings against the legacy baseline (IPMVP options A, B, C), docs/energy-kpi.md."""
-    from historian import energy as E
-    from historian import report as R
+    import historian.energy
+    import historian.report
 
     _check_format(fmt, out)
     backend, ru_dir, site = open_store(site_file, state_dir, store)
@@ -198,11 +198,11 @@ def energy(site_file, state_dir, store, d0, d1, area, inventory, convention, par
             site = _site(site_file, state_dir)
         if inventory:
             try:
-                inv = E.load_inventory(inventory)
+                inv = historian.energy.load_inventory(inventory)
             except ValueError as e:
                 raise click.UsageError(str(e)) from None
         elif site is not None:
-            inv = E.inventory_from_site(site)
+            inv = historian.energy.inventory_from_site(site)
         else:
             raise click.UsageError("give --inventory (no site to take luminaire attributes from)")
         if not inv.points:
@@ -218,7 +218,7 @@ def energy(site_file, state_dir, store, d0, d1, area, inventory, convention, par
             from historian.rollup import Rollups
 
             rollups = Rollups(ru_dir)
-        res = E.compute(backend, inv, lat=lat, lon=lon, tz=tz, d0=d0.date(), d1=d1.date(), area=area,
+        res = historian.energy.compute(backend, inv, lat=lat, lon=lon, tz=tz, d0=d0.date(), d1=d1.date(), area=area,
                         progress=prog, rollups=rollups, convention=convention, partial=partial,
                         min_measured_pct=min_measured)
     except ValueError as e:
@@ -227,7 +227,7 @@ def energy(site_file, state_dir, store, d0, d1, area, inventory, convention, par
         backend.close()
     res.inputs.update(provenance({"site": f"lat {lat}, lon {lon}, {tz}"}))
     prog("rendering")
-    _emit(R.render(R.energy_doc, res.as_dict(), fmt), out)
+    _emit(historian.report.render(historian.report.energy_doc, res.as_dict(), fmt), out)
 
 
 @report.command("availability")
@@ -239,18 +239,18 @@ def energy(site_file, state_dir, store, d0, d1, area, inventory, convention, par
 @out_option
 def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
     """Equipment availability (contract: 99 %) per device, class, area and month, with outages."""
-    from historian import availability as A
-    from historian import report as R
+    import historian.availability
+    import historian.report
 
     _check_format(fmt, out)
     site = _site(site_file, state_dir)
     backend = _reader(site)
     try:
-        r = A.compute(backend, site, d0.date(), d1.date(), area=area, progress=_Progress(3))
+        r = historian.availability.compute(backend, site, d0.date(), d1.date(), area=area, progress=_Progress(3))
     finally:
         backend.close()
     r["inputs"].update(provenance())
-    _emit(R.render(A.to_doc, r, fmt), out)
+    _emit(historian.report.render(historian.availability.to_doc, r, fmt), out)
 
 
 @report.command("interventions")
@@ -263,15 +263,15 @@ def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
 @out_option
 def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
     """Time to acknowledge and to clear alarms per priority, category, area: median, p90, month."""
-    from historian import interventions as I
-    from historian import report as R
+    import historian.interventions
+    import historian.report
 
     _check_format(fmt, out)
     site = _site(site_file, state_dir)
     path = journal or os.path.join(site.config.site.state_dir, site.config.alarms.journal)
-    r = I.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
+    r = historian.interventions.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
     r["inputs"].update(provenance())
-    _emit(R.render(I.to_doc, r, fmt), out)
+    _emit(historian.report.render(historian.interventions.to_doc, r, fmt), out)
 
 
 def when(v: str, tz: str) -> float:

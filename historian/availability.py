@@ -25,7 +25,7 @@ import numpy as np
 
 from scada import quality as Q
 
-from . import report as R
+from . import report
 from .base import Backend
 from .fingerprint import Fingerprint
 
@@ -182,10 +182,10 @@ def compute(backend: Backend, site: Any, d0: date, d1: date, *, area: str | None
     }
 
 
-def to_doc(r: dict[str, Any]) -> R.Doc:
+def to_doc(r: dict[str, Any]) -> report.Doc:
     """The report's page model (HTML and PDF are drawn from it: historian.report.render)."""
     m = r["monthly"]
-    chart = R.bar_chart("Availability per month (%)", [x["month"] for x in m],
+    chart = report.bar_chart("Availability per month (%)", [x["month"] for x in m],
                         [("all equipment", [x["available_pct"] for x in m])], unit=" %",
                         hline=TARGET_PCT, hline_label="contract 99 %", ymax=100.0)
-    return R.generic_doc("Equipment availability", r, [("Per month", chart)])
+    return report.generic_doc("Equipment availability", r, [("Per month", chart)])

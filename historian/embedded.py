@@ -145,7 +145,6 @@ class EmbeddedBackend(Backend):
         self._batches: OrderedDict[str, None] = OrderedDict()
         self._log_lines = 0
         self.written_points = 0
-        self.written_bytes = 0
 
     def describe(self) -> str:
         return f"embedded (Parquet segments + DuckDB {duckdb.__version__}) at {self.path}"
@@ -309,7 +308,6 @@ class EmbeddedBackend(Backend):
         finally:
             cur.close()
         self._install(tmp, name)
-        self.written_bytes += os.path.getsize(os.path.join(self.segdir, name))
 
     def compact(self, min_blocks: int = 8, fan_in: int = 8, max_level: int = 4) -> int:
         """Merge the uncompacted blocks into one file, then merge runs of ``fan_in`` compacted

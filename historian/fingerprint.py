@@ -73,12 +73,6 @@ def _words(t_us: np.ndarray, v: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, 
     return a, b
 
 
-def reading_lanes(t_us: np.ndarray, v: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """[4, n] uint64 array of each reading's four 32-bit words (see module doc)."""
-    a, b = _words(t_us, v, q)
-    return np.stack([a & _LO, a >> np.uint64(32), b & _LO, b >> np.uint64(32)])
-
-
 def lane_sums(group: np.ndarray, n_groups: int, t_us: np.ndarray, v: np.ndarray, q: np.ndarray) -> np.ndarray:
     """[4, n_groups] sums modulo 2^32 (as float64, exact) of the readings' words per group."""
     out = np.zeros((LANES, n_groups), np.uint64)

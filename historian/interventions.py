@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from . import report as R
+from . import report
 
 HIDDEN = ("Suppressed", "Shelved", "OutOfService")
 
@@ -113,11 +113,11 @@ def compute(journal: str, tz: str, d0: date | None = None, d1: date | None = Non
     }
 
 
-def to_doc(r: dict[str, Any]) -> R.Doc:
+def to_doc(r: dict[str, Any]) -> report.Doc:
     """The report's page model (HTML and PDF are drawn from it: historian.report.render)."""
     m = r["monthly"]
-    chart = R.bar_chart("Time to acknowledge / clear per month (minutes)", [x["month"] for x in m],
+    chart = report.bar_chart("Time to acknowledge / clear per month (minutes)", [x["month"] for x in m],
                         [("ack median", [x["ack_median_min"] for x in m]), ("ack p90", [x["ack_p90_min"] for x in m]),
                          ("clear median", [x["clear_median_min"] for x in m]),
                          ("clear p90", [x["clear_p90_min"] for x in m])], unit=" min")
-    return R.generic_doc("Alarm intervention delays", r, [("Per month", chart)])
+    return report.generic_doc("Alarm intervention delays", r, [("Per month", chart)])

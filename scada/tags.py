@@ -363,10 +363,6 @@ class TagDatabase:
             arr[:cap] = old
             setattr(self, name, arr)
 
-    def reserve(self, n_tags: int) -> None:
-        """Pre-size the arrays (avoids repeated growth while loading a city)."""
-        self._grow(n_tags)
-
     def add_device(
         self, path: str, schema: PointSchema, attrs: dict[str, Any] | None = None
     ) -> int:
@@ -478,9 +474,6 @@ class TagDatabase:
 
     def device_schema(self, d: int) -> PointSchema:
         return self._dev_schema[d]
-
-    def device_attrs(self, d: int) -> dict[str, Any]:
-        return self._dev_attrs[d] or {}
 
     def device_tags(self, path: str) -> range:
         d = self.device_index(path)

@@ -12,7 +12,9 @@ not offer in external-loop mode:
   coalesced writes) under paho; paho reads and writes only through ``Client._sock``'s
   ``recv`` / ``send`` (``_sock_recv`` / ``_sock_send``);
 * :func:`drop_socket`: close the socket without a DISCONNECT (paho has no public "drop the
-  socket" call in external-loop mode).
+  socket" call in external-loop mode);
+* :class:`LeanClient`: ``on_message`` called straight from paho's private dispatch (no topic
+  filter matching, no callback lock: ~10 % of the ingest at 20,000 messages/s).
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ def swap_socket(c: mqtt.Client, sock: Any) -> None:
 def drop_socket(c: mqtt.Client) -> None:
     """Close paho's socket without a DISCONNECT; paho's socket-close callbacks run."""
     c._sock_close()
+
+
+class LeanClient(mqtt.Client):
+    """paho's client with a lean message dispatch (overrides paho's private
+    ``Client._handle_on_message``, which reads ``self._userdata``).
+
+    paho matches every incoming topic against its ``message_callback_add`` filters (unused
+    here) before calling ``on_message``; at 20,000+ messages/s that costs ~10 % of the ingest.
+    The callback-lock is not needed either: every socket write goes through the event loop's
+    writer callback, never from inside a callback.
+    """
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        cb = self.on_message
+        if cb is not None:
+            cb(self, self._userdata, message)
 
 
 class BufferedSocket:
@@ -110,20 +128,12 @@ class BufferedSocket:
         self._out_len = len(rest)
         return not rest
 
-    @property
-    def pending_out(self) -> int:
-        return self._out_len
-
     def close(self) -> None:
         try:
             self.flush_out()
         except OSError:
             pass
         self._sock.close()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

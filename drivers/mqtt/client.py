@@ -66,21 +66,6 @@ class TlsSettings:
     insecure: bool = False
 
 
-class _Client(mqtt.Client):
-    """paho's client with a lean message dispatch.
-
-    paho matches every incoming topic against its ``message_callback_add`` filters (unused
-    here) before calling ``on_message``; at 20,000+ messages/s that costs ~10 % of the ingest.
-    The callback-lock is not needed either: every socket write goes through the event loop's
-    writer callback, never from inside a callback.
-    """
-
-    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
-        cb = self.on_message
-        if cb is not None:
-            cb(self, self._userdata, message)
-
-
 class MqttConnection:
     """One MQTT client connection kept alive on the running event loop.
 
@@ -257,7 +242,7 @@ class MqttConnection:
     # ------------------------------------------------------------------ paho client
     def _make_client(self) -> mqtt.Client:
         v5 = self.protocol == mqtt.MQTTv5
-        c = _Client(
+        c = _paho.LeanClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=None if v5 else self.clean_start,

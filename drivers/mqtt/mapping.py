@@ -677,10 +677,3 @@ def build_shapes(
         t = opts.topic(tname)
         out[tname] = Shape(profile, tname, t, fields, split_path(t.timestamp), opts.max_payload)
     return out
-
-
-def decode_payload(shape: Shape, payload: bytes) -> Any:
-    """Payload bytes -> JSON value (json topics) or text (text topics), or ``Reject``."""
-    if shape.topic.format == "text":
-        return decode_text(payload, shape.max_payload)
-    return decode_json(payload, shape.max_payload)

@@ -120,7 +120,6 @@ class _Session:
         self._lost: asyncio.Event | None = None
         self._lost_reason = ""
         self._last_publish = 0.0
-        self._sub_id: int | None = None
 
     @property
     def name(self) -> str:
@@ -178,7 +177,6 @@ class _Session:
         client = self.client
         if client is None:
             return
-        self._sub_id = None
         client.connection_lost_callback = None
         try:
             async with asyncio.timeout(2.0):
@@ -251,7 +249,6 @@ class _Session:
         )
         self._last_publish = loop.time()
         result = await client.uaclient.create_subscription(params, callback=self._on_publish)
-        self._sub_id = result.SubscriptionId
         await self._monitor(client, result.SubscriptionId)
         self._last_publish = loop.time()
 

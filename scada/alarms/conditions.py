@@ -67,7 +67,6 @@ class ConditionTable:
         self._rows: np.ndarray = np.zeros(0, dtype=np.int64)
         self._is_ref: np.ndarray = np.zeros(1, dtype=np.bool_)
         self.has_ref = False
-        self._dirty_index = True
 
     _ARRAYS = ("tag", "ref", "kind", "raw", *_FLOAT_FIELDS)
 
@@ -96,7 +95,6 @@ class ConditionTable:
             else:
                 getattr(self, k)[c] = np.nan if v is None else v
         self.n = c + 1
-        self._dirty_index = True
         return c
 
     def add_many(self, kind: int, tags: np.ndarray, refs: np.ndarray | None,
@@ -114,7 +112,6 @@ class ConditionTable:
         for k, v in fields.items():
             getattr(self, k)[sl] = np.nan if v is None else v
         self.n = c0 + m
-        self._dirty_index = True
         return np.arange(c0, c0 + m, dtype=np.int64)
 
     # ------------------------------------------------------------------ tag -> rows index
@@ -134,7 +131,6 @@ class ConditionTable:
         self._ptr = np.zeros(max(ntags, len(counts)) + 1, dtype=np.int64)
         np.cumsum(counts, out=self._ptr[1:len(counts) + 1])
         self._ptr[len(counts) + 1:] = self._ptr[len(counts)]
-        self._dirty_index = False
 
     def rows_for(self, tags: np.ndarray) -> np.ndarray:
         """Rows concerned by the changed ``tags`` (vectorised CSR gather, duplicates removed)."""

@@ -290,8 +290,7 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         and the devices out of service, as of ``seq`` (see :class:`Journal`); columnar, built
         from the arrays (a few ms for 10,000 active alarms)."""
         n = self.n
-        rows = np.nonzero((self.st.level[:n] != 0) | ~self.st.acked[:n] | (self.st.shelved[:n] != 0)
-                          | self.st.suppressed[:n] | self.st.oos[:n])[0]
+        rows = self.st.not_default(n)
         rl = rows.tolist()
 
         def floats(a: np.ndarray) -> list[float | None]:

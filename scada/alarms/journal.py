@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..files import replace_text
-from .codec import decode
+from .codec import DEFAULTS, decode  # noqa: F401  (DEFAULTS: public name, docs/alarms.md)
 
 log = logging.getLogger("scada.alarms.journal")
 

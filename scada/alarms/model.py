@@ -35,7 +35,6 @@ KIND_CODES = {
     "discrete": K_DISCRETE, "limit": K_LIMIT, "deviation": K_DEVIATION, "quality": K_QUALITY,
     "stale": K_STALE, "rate": K_RATE, "external": K_EXTERNAL,
 }
-KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 
 # shelving (OPC UA Part 9 ShelvedStateMachineType)
 UNSHELVED, ONESHOT, TIMED = 0, 1, 2

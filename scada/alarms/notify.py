@@ -61,8 +61,6 @@ DIGEST_MAX = 200
 #: how often the notifier looks for replay requests (``scada notify replay``)
 REPLAY_POLL = 5.0
 
-DOWN_ALARM = "down"
-
 
 class DeliveryError(Exception):
     """A channel could not deliver (after this attempt); ``permanent`` when retrying cannot

@@ -71,7 +71,6 @@ class AlarmStore:
     rt_pos: np.ndarray
 
     def __init__(self, cap: int = 1024, chatter_count: int = 3):
-        self._k = chatter_count
         for name in self.COLUMNS:
             shape = (cap, chatter_count) if name == "rt" else (cap,)
             setattr(self, name, np.full(shape, FILL[name], dtype=_DTYPES[name]))

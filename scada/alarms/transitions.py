@@ -107,12 +107,6 @@ def level_events(old: np.ndarray, new: np.ndarray) -> np.ndarray:
                     np.where(new == 0, CLEAR, np.where(worse, WORSE, BETTER))).astype(np.int8)
 
 
-def acked_after(state: np.ndarray, event: int | np.ndarray, hidden: np.ndarray | bool) -> np.ndarray:
-    """The AckedState after ``event`` (vectorised :data:`TABLE` look-up)."""
-    new = NEXT[np.asarray(hidden, dtype=np.int8), state, event]
-    return (new & 1) == 0
-
-
 def next_state(state: int, event: int, hidden: bool = False) -> tuple[int, int]:
     """One look-up: (new state, effects)."""
     return int(NEXT[int(hidden), state, event]), int(EFFECTS[state, event])

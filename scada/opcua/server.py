@@ -445,9 +445,6 @@ class OpcUaService(Service):
     def tag_index(self, nodeid: ua.NodeId) -> int | None:
         return self.lazy.tag_index(nodeid) if self.lazy is not None else None
 
-    def tag_nodeid(self, path: str) -> ua.NodeId:
-        return ua.NodeId(path, self.namespace_index)
-
     async def device_node(self, device_path: str) -> Node:
         """The Object of a device, materialised and pinned (safe to add nodes under it)."""
         nid = ua.NodeId(device_path, self.namespace_index)

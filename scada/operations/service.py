@@ -31,12 +31,6 @@ from .identity import Identity, Outcome
 log = logging.getLogger("scada.operations")
 
 
-def _alarm_errors() -> tuple[type[BaseException], ...]:
-    from ..alarms import model as M
-
-    return (M.UnknownAlarm, M.InvalidAlarmState)
-
-
 class Operations:
     """The operator API of one server (``runtime.operations``)."""
 

@@ -39,8 +39,6 @@ from ..site import DeviceInstance, Site
 
 log = logging.getLogger("scada.schedules")
 
-LEVEL_POINTS = ("level_cmd",)
-
 
 @dataclass
 class Command:
@@ -146,11 +144,6 @@ class Commander:
         self.fade: dict[str, float] = {}
         self._last: np.ndarray | None = None
         self._unsent = 0
-
-    @property
-    def settled(self) -> bool:
-        """Every command of the last plan was accepted."""
-        return self._unsent == 0
 
     def forget(self) -> None:
         """Forget what was commanded (after a reconnect: re-send everything on the next plan)."""

@@ -90,16 +90,6 @@ class Anchors:
         base = {"dusk": self.dusk, "dawn": self.dawn, "midnight": self.midnight}[anchor]
         return base + off
 
-    def subset(self, idx: np.ndarray) -> Anchors:
-        return Anchors(
-            self.days[idx],
-            self.dusk[idx],
-            self.dawn[idx],
-            self.midnight[idx],
-            self.tz,
-            {k: v[idx] for k, v in self.events.items()},
-        )
-
 
 @dataclass
 class NightPlan:

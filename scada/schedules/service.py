@@ -91,7 +91,6 @@ class ScheduleService(Service):
         self._plan_day: int | None = None
         self._ov_masks: dict[str, np.ndarray] = {}
         self.commands_sent = 0
-        self.sent_log: list[Command] = []  # last tick's commands (for tests and the CLI)
         self._area_first: dict[str, int] = {}
         self._area_idx: dict[str, np.ndarray] = {}
         areas = np.asarray(self.fleet.areas, dtype=object)
@@ -206,7 +205,6 @@ class ScheduleService(Service):
         await self._send(cmds)
         await self._verify(self.clock.time())
         self._publish(now, wanted)
-        self.sent_log = cmds
         return cmds
 
     async def _send(self, cmds: list[Command]) -> None:
