@@ -78,3 +78,21 @@ def test_handle_rc_and_drop_socket_close_and_forget_the_socket():
         b2.close()
     finally:
         b.close()
+
+
+def test_lean_client_replaces_the_private_message_dispatch():
+    """LeanClient overrides ``_handle_on_message(message)``, the one place paho calls
+    ``on_message`` from, with ``self._userdata`` as the callback's second argument."""
+    params = list(inspect.signature(mqtt.Client._handle_on_message).parameters)
+    assert params == ["self", "message"], params
+    src = inspect.getsource(mqtt.Client._handle_on_message)
+    assert "on_message(self, self._userdata, message)" in src
+    for caller in ("_handle_publish", "_handle_pubrel"):
+        assert "self._handle_on_message(" in inspect.getsource(getattr(mqtt.Client, caller)), caller
+    c = _paho.LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id="t", userdata="u")
+    got: list[tuple[object, bytes]] = []
+    c.on_message = lambda _c, u, m: got.append((u, m.payload))
+    msg = mqtt.MQTTMessage(topic=b"t")
+    msg.payload = b"x"
+    c._handle_on_message(msg)
+    assert got == [("u", b"x")]
