@@ -75,6 +75,10 @@ async def serve(site_path: str, control_port: int) -> None:
     await rt.start()
     svc = rt.services["web"]
     await asyncio.wait_for(svc.started.wait(), 300)
+    t_map = time.time()
+    if getattr(svc.ctx, "map_prewarm", None) is not None:
+        await svc.ctx.map_prewarm  # the map's device table, encoded at start
+    map_s = time.time() - t_map
     db = rt.tagdb
     n = len(db.value)
     # every tag Good, at values that raise no alarm (the "equals: false" points true, voltages
@@ -121,7 +125,7 @@ async def serve(site_path: str, control_port: int) -> None:
             writer.close()
 
     ctl = await asyncio.start_server(handle, "127.0.0.1", control_port)
-    print(f"READY {svc.url} load_s={time.time() - t0:.1f} tags={n}", flush=True)
+    print(f"READY {svc.url} load_s={time.time() - t0:.1f} map_table_s={map_s:.1f} tags={n}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
@@ -225,12 +229,14 @@ async def faults(ctl: Control, page: Any, tags: list[str], rate: float) -> list[
     return lat
 
 
+_TOGGLES = {"k": 0}  # carried across runs: every call changes a door (open, then closed again)
+
+
 async def background_faults(ctl: Control, tags: list[str], rate: float) -> None:
-    k = 0
     while True:
-        tag = tags[k % len(tags)]
-        await ctl.call(op="set", tag=tag, value=(k // len(tags) + 1) % 2)
-        k += 1
+        k = _TOGGLES["k"]
+        await ctl.call(op="set", tag=tags[k % len(tags)], value=(k // len(tags) + 1) % 2)
+        _TOGGLES["k"] = k + 1
         await asyncio.sleep(1.0 / rate)
 
 
@@ -314,6 +320,9 @@ async def bench(a: argparse.Namespace, url: str, proc: Any, ctl: Control, site: 
         made += a.sessions
         samples.append((time.monotonic(), proc.memory_info().rss))
     out["churn_sessions"] = made
+    st = await ctl.call(op="stats")
+    out["after_churn_server"] = {"sessions": st["sessions"], "stream_clients": st["clients"],
+                                 "map_state_updates": st["map"]["updates"]}
     out["churn_seconds"] = a.churn_seconds
     if len(samples) >= 3:
         import numpy as np

@@ -504,7 +504,10 @@ class PositionStore:
         except (OSError, ValueError) as e:
             raise GisError(f"{self.path}: unreadable imported positions ({e}); fix or remove it "
                            "and import again") from None
-        return {k: (float(v[0]), float(v[1])) for k, v in (doc.get("positions") or {}).items()}
+        pos = doc.get("positions") or {}
+        if not all(isinstance(v, list) and len(v) == 2 for v in pos.values()):
+            raise GisError(f"{self.path}: positions must be [lat, lon] pairs; fix or remove the file")
+        return {k: (v[0], v[1]) for k, v in pos.items()}
 
     def save(self, positions: dict[str, tuple[float, float]], meta: dict[str, Any]) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -528,7 +531,7 @@ def apply(site: Any, positions: dict[str, tuple[float, float]] | Iterable[tuple[
     for path, (lat, lon) in items:
         d = by_path.get(path)
         if d is not None:
-            d.location = Location.model_construct(lat=lat, lon=lon)
+            d.location = Location.model_construct(lat=float(lat), lon=float(lon))
             n += 1
     return n
 

@@ -319,6 +319,21 @@ def routes(ctx: Any) -> list[BaseRoute]:
 
     ctx.operations.position_listeners.append(moved)
 
+    async def prewarm() -> None:
+        """The whole city's table encoded at start, not on the first operator's request (a
+        Paris takes seconds to encode on a busy machine)."""
+        try:
+            t0 = rt.clock.time()
+            await table.body(None)
+            log.info("map: device table of %s encoded in %.1f s", site.name, rt.clock.time() - t0)
+        except Exception:
+            log.exception("map: the device table could not be prepared; it is built on first request")
+
+    try:
+        ctx.map_prewarm = asyncio.get_running_loop().create_task(prewarm(), name="web:map-prewarm")
+    except RuntimeError:  # no running loop (an app built outside the server): built on demand
+        ctx.map_prewarm = None
+
     async def devices(request: Request) -> Response:
         who = ctx.require(request, "read")
         tag, raw, gz = await table.body(who.areas)

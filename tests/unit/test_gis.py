@@ -229,3 +229,30 @@ def test_cli_dry_run_offline(site, tmp_path):
     assert json.loads(r.output)["updated"] == 1
     r = CliRunner().invoke(main, ["gis", "import", str(f), "--site", site.path, "--user", "eng"])
     assert r.exit_code != 0 and "web console" in r.output
+
+
+def test_map_config_tiles_and_multipart():
+    from pydantic import ValidationError
+
+    from scada.sections.web import MapConfig
+    from scada.web.map_api import split_multipart, tile_dir
+
+    with pytest.raises(ValidationError, match=r"\{z\}, \{x\} and \{y\}"):
+        MapConfig(tiles="https://tiles.example/map.png")
+    assert MapConfig(tiles="https://t.example/{z}/{x}/{y}.png").tiles.endswith("{y}.png")
+
+    class _Site:
+        path = "/srv/city/site.yaml"
+
+    assert tile_dir(_Site, "tiles/") == "/srv/city/tiles"
+    assert tile_dir(_Site, "https://t.example/{z}/{x}/{y}.png") is None
+    body = (b"--b1\r\nContent-Disposition: form-data; name=\"id_field\"\r\n\r\nasset\r\n"
+            b"--b1\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n"
+            b"Content-Type: text/csv\r\n\r\nid,lat\r\n1,2\r\n--b1--\r\n")
+    parts = split_multipart("multipart/form-data; boundary=b1", body)
+    assert parts == {"id_field": (None, b"asset"), "file": ("a.csv", b"id,lat\r\n1,2")}
+    for bad in (body[:-8], b"nothing", body.replace(b"name=\"file\"", b"")):
+        with pytest.raises(ValueError):
+            split_multipart("multipart/form-data; boundary=b1", bad)
+    with pytest.raises(ValueError, match="boundary"):
+        split_multipart("application/json", body)
