@@ -4,6 +4,7 @@ historian, OPC UA server -> an HMI client, each in its own process, on loopback 
     python bench/city.py --size small|dijon|paris [--at 12:00] [--duration 180] [--faults 200] [--chaos]
     python bench/city.py --size dijon --at 22:00       # the city's clock starts at 22:00 local time
     python bench/city.py --size dijon --soak 1         # one hour, a fault every minute
+    python bench/city.py --size dijon --soak 3 --compress 10   # 30 equivalent hours (issue 23)
 
 What it does:
 1. `scada gen-city` writes the city (Dijon: 34,000 luminaires, 200 junctions; Paris: 200,000 and
@@ -23,6 +24,16 @@ the site today (``scada run/sim --start WHEN --start-ref EPOCH``), whatever the 
 machine. By day the schedules keep the cabinets' contactors open, so a lamp failure behind an
 open contactor is hidden by design (no red dot, no event); the bench reads those contactors over
 OPC UA at the start and end of the window and reports such faults apart.
+
+Time compression (issue 23): ``--compress K`` runs the city's clock (server and simulators,
+``--rate K``) K times faster: every poll, report, alarm delay and schedule period is divided by K
+in real time, a soak's faults come K times as often (one per city minute), and a soak of H hours
+spans H x K equivalent hours, whole days and nights included. Latencies are reported in city
+seconds. A soak adds the plateau figures (RSS over the last two thirds within +-3 % of its mean,
+least-squares slope < 0.1 % per equivalent hour, PASS/FAIL) and an RSS plot
+(bench/results/city-<size>-soak-rss.png, with the ``bench`` extra's matplotlib). The compression
+is honest only while the machine keeps up: check that ``modbus_cycles_on_time_pct`` stays 100 %
+and compare the growth per fault with an uncompressed run.
 
 Printed and saved to bench/results/city-<size>.json: server CPU % of one core, RSS, sustained tag
 updates/s, poll cycles completed on time (%), event-loop lag p50/p99, historian lag,
@@ -307,7 +318,64 @@ class RssSampler(threading.Thread):
         self.samples.append((time.monotonic(), self.server.rss()))
 
 
-def memory_growth(samples: list[tuple[float, int]], warmup_share: float = 1 / 6) -> dict[str, Any]:
+#: a soak's plateau (issue 23): RSS over the last two thirds within +-3 % of its mean and a
+#: least-squares slope under 0.1 % per (equivalent) hour
+SOAK_TARGETS = [
+    ("soak_rss_last_two_thirds_max_deviation_pct", "max", 3.0, "<= 3 % (a plateau)"),
+    ("soak_rss_last_two_thirds_abs_slope_pct_per_equiv_hour", "max", 0.1, "< 0.1 %/equivalent hour"),
+]
+
+
+def plateau(samples: list[tuple[float, int]], compress: float = 1.0) -> dict[str, Any]:
+    """The plateau figures over the last two thirds of the samples: the largest deviation of
+    RSS from its mean (%) and the absolute least-squares slope per equivalent hour (real hour
+    divided by ``compress``), as % of the mean."""
+    import numpy as np
+
+    if len(samples) < 6:
+        return {}
+    t0, t1 = samples[0][0], samples[-1][0]
+    tail = [(t, r) for t, r in samples if t - t0 >= (t1 - t0) / 3]
+    t = np.array([x[0] for x in tail]) / 3600.0
+    mb = np.array([x[1] for x in tail]) / 2**20
+    mean = float(mb.mean())
+    slope = float(np.polyfit(t - t[0], mb, 1)[0]) / compress if t[-1] > t[0] else 0.0
+    return {
+        "soak_rss_last_two_thirds_mean_mb": round(mean),
+        "soak_rss_last_two_thirds_max_deviation_pct": round(float(100 * np.abs(mb - mean).max() / mean), 2),
+        "soak_rss_last_two_thirds_abs_slope_pct_per_equiv_hour": round(abs(100 * slope / mean), 3),
+        "soak_equivalent_hours": round((t1 - t0) / 3600.0 * compress, 2),
+    }
+
+
+def plot_rss(samples: list[tuple[float, int]], compress: float, path: str) -> str | None:
+    """RSS against equivalent hours as a PNG (matplotlib, the `bench` extra); None without it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[city] no RSS plot: pip install -e '.[bench]' (matplotlib)", flush=True)
+        return None
+    t0 = samples[0][0]
+    xs = [(t - t0) / 3600.0 * compress for t, _ in samples]
+    ys = [r / 2**20 for _, r in samples]
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+    ax.plot(xs, ys, lw=1)
+    ax.set_xlabel("equivalent hours" if compress != 1 else "hours")
+    ax.set_ylabel("server RSS (MB)")
+    ax.set_ylim(0, max(ys) * 1.15)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def memory_growth(samples: list[tuple[float, int]], warmup_share: float = 1 / 6,
+                  compress: float = 1.0) -> dict[str, Any]:
     """Memory growth per hour after warm-up: the least-squares slope of RSS against time over the
     samples after the first ``warmup_share`` of the window, as % of their mean per hour. RSS
     moves by tens of MB as the historian's snapshot buffers come and go, so two end points alone
@@ -323,6 +391,7 @@ def memory_growth(samples: list[tuple[float, int]], warmup_share: float = 1 / 6)
     slope = float(np.polyfit(t - t[0], mb, 1)[0]) if len(warm) >= 3 and t[-1] > t[0] else 0.0
     hours = max(1e-9, t[-1] - t[0])
     return {
+        **plateau(samples, compress),
         "soak_memory_growth_pct_per_hour": round(100.0 * slope / float(mb.mean()), 2),
         "soak_memory_growth_mb_per_hour": round(slope, 1),
         "soak_memory_growth_endpoints_pct_per_hour": round(float(100.0 * (mb[-1] - mb[0]) / mb[0] / hours), 2),
@@ -568,6 +637,10 @@ def main() -> None:
     ap.add_argument("--junction-procs", type=int, default=None,
                     help="separate simulator processes for junctions (0: with the lighting)")
     ap.add_argument("--soak", type=float, default=None, metavar="HOURS")
+    ap.add_argument("--compress", type=float, default=1.0, metavar="K",
+                    help="time compression: the city's clock (server and simulators) runs K times "
+                         "faster, so every poll, report and schedule period is divided by K and "
+                         "a soak's fault rate multiplied by K; figures in city time")
     ap.add_argument("--chaos", action="store_true",
                     help="run the chaos list (cabinets killed, broker and junction restarts, "
                          "historian outage, lamp-failure flood, HMI churn) instead of plain faults")
@@ -616,6 +689,13 @@ def main() -> None:
         tz = ZoneInfo(site.config.site.timezone)
         clock_args: list[str] = []
         start = ref = None
+        K = float(a.compress)
+        if K < 1:
+            raise SystemExit("--compress: K must be >= 1")
+        if a.at == "now" and K != 1:  # one scaled clock for every process, from now
+            start = ref = time.time()
+            clock_args = ["--start", datetime.fromtimestamp(start, tz).isoformat(),
+                          "--start-ref", repr(ref)]
         if a.at != "now":
             from scada.clock import parse_start
 
@@ -626,13 +706,17 @@ def main() -> None:
             ref = time.time()
             clock_args = ["--start", datetime.fromtimestamp(start, tz).isoformat(),
                           "--start-ref", repr(ref)]
+        if K != 1:
+            clock_args += ["--rate", repr(K)]
+            figures["compress"] = K
 
         def city_time(real: float) -> str:
-            t = real if start is None else start + (real - ref)
+            t = real if start is None else start + (real - ref) * K
             return datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
         figures["city_clock"] = ("machine clock" if start is None
-                                 else f"starts at {city_time(ref)} ({site.config.site.timezone})")
+                                 else f"starts at {city_time(ref)} ({site.config.site.timezone})"
+                                 + (f", {K:g}x real time" if K != 1 else ""))
         print(f"[city] city clock: {figures['city_clock']}", flush=True)
 
         # simulators: lighting (Modbus + DALI) sharded over sim_procs processes; at Paris size the
@@ -692,7 +776,8 @@ def main() -> None:
 
         # measurement window with faults
         period = 60.0
-        n_faults = a.faults if not a.soak else int(duration // 60)
+        # a soak: a fault every city minute (every 60 / K real seconds)
+        n_faults = a.faults if not a.soak else int(duration // (60 / K))
         victims = rng.sample(lums, min(n_faults, len(lums))) if not a.chaos else []
         dark0: set[str] = set()
         contactors: dict[str, Any] = {}
@@ -716,7 +801,8 @@ def main() -> None:
                 shard_of[d.path] = k % sim_procs
         injected: list[tuple[str, float]] = []
         refused: list[str] = []
-        inject_window = max(1.0, duration - period - 15) if not a.soak else duration - period
+        inject_window = (max(1.0, duration - (period + 15) / K) if not a.soak
+                         else duration - period / K)
         chaos_report: dict[str, Any] = {}
         if a.chaos:
             chaos_report = run_chaos(a, site, work, controls, shard_of, procs, server, ccfg,
@@ -769,7 +855,8 @@ def main() -> None:
             if ev["name"] == "lamp_failure" and ev.get("active") and ev.get("retain"):
                 first_seen.setdefault(ev["source"], ev["t"])
         expected = [(p, t) for p, t in injected if p not in dark and p not in unsure]
-        lat = [first_seen[p] - t for p, t in expected if p in first_seen and first_seen[p] >= t]
+        # in city seconds (real seconds x K): the targets are the devices' periods
+        lat = [(first_seen[p] - t) * K for p, t in expected if p in first_seen and first_seen[p] >= t]
         in_window = [ev for ev in events if ev["t"] >= t_window]
         dark_events = [ev for ev in in_window if ev["source"] in dark]
         health = read_jsonl(ccfg["health"])[health_mark:]
@@ -852,7 +939,13 @@ def main() -> None:
             figures["chaos"] = chaos_report
         if a.soak:
             figures["soak_availability_pct"] = cycles_on_time
-            figures.update(memory_growth(sampler.samples))
+            figures.update(memory_growth(sampler.samples, compress=K))
+            for name, kind, limit, text in SOAK_TARGETS:
+                v = figures.get(name)
+                verdicts[name] = {"value": v, "target": text, "verdict": verdict(v, limit, kind)}
+            png = plot_rss(sampler.samples, K, os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"city-{a.size}-soak-rss.png"))
+            if png:
+                figures["soak_rss_plot"] = png
         at_tag = "" if a.at == "now" else "-" + a.at.replace(":", "")[-4:]
         path = save(f"city-{a.size}" + ("-soak" if a.soak else "") + at_tag, figures)
         print(json.dumps(figures, indent=2))

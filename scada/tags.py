@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -82,6 +83,11 @@ FUTURE_TOLERANCE = 10.0
 _F_INT = 1  # integer point: values rounded
 _F_COUNTER = 2  # cumulative counter: backwards steps classified
 _F_WIDE = 4  # valid_range wider than the EU range: Uncertain between them
+#: screening plans (the per-point gathers of a batch's index set) are kept for batches of at
+#: most this many samples (a poll of one station, a gateway's message: the same index set every
+#: time), in an LRU of _PLANS_KEPT entries (a few MB at most)
+_PLAN_MAX = 128
+_PLANS_KEPT = 4096
 
 #: A counter level that differs from the last accepted reading is accepted once this many
 #: consecutive readings agree with it (a replaced meter; a restart of a counter without
@@ -331,6 +337,8 @@ class TagDatabase:
         self._dev_schema: list[PointSchema] = []
         self._dev_attrs: list[dict[str, Any] | None] = []
         self._subs: list[_Sub] = []
+        #: screening plans by index set (see :meth:`_plan`); emptied when devices are added
+        self._plans: OrderedDict[tuple[str, bytes], tuple[Any, ...]] = OrderedDict()
         self.stats = {"batches": 0, "samples": 0, "changes": 0, "subscriber_errors": 0,
                       **dict.fromkeys(SCREEN_COUNTS, 0)}
 
@@ -394,6 +402,7 @@ class TagDatabase:
                 setattr(self, name, grown)
         self._dev_cbase[d] = self._c_n
         self._c_n += self._schema_ncounters[base]
+        self._plans.clear()
         self._n = first + k
         return first
 
@@ -669,17 +678,12 @@ class TagDatabase:
         All of it is a handful of numpy passes over the batch: the checks are per point-table
         row (a few hundred rows, cache-resident), gathered through :attr:`pid`.
         """
-        # np.take: numpy's fancy indexing with an int32 index array is ~2.5x slower
-        pid = np.take(self.pid, idx)
-        pf = np.take(self._p_flags, pid) if (self._has_int or self._c_n) else None
-        if pf is not None and self._has_int:
-            m = (pf & _F_INT).view(np.bool_)  # _F_INT is bit 0: the byte is 0 or 1 there
-            if m.any():
-                r = np.floor(vals + 0.5)
-                vals = np.where(m, r, vals)
-        out = np.greater_equal(vals, np.take(self._p_elo, pid))  # False for NaN: not plausible
+        pid, elo, ehi, m, counters, cplan = self._plan(idx)
+        if m is not None:
+            vals = np.where(m, np.floor(vals + 0.5), vals)
+        out = np.greater_equal(vals, elo)  # False for NaN: not plausible
         np.logical_not(out, out=out)
-        out |= np.greater(vals, np.take(self._p_ehi, pid))
+        out |= np.greater(vals, ehi)
         n_out = int(np.count_nonzero(out))
         horizon = now + self.future_tolerance
         if ts_scalar is not None and ts_scalar >= self._max_ts:
@@ -696,11 +700,6 @@ class TagDatabase:
             cur_ts = np.take(self.source_ts, idx)
             late = (tsa < cur_ts) & (cur_ts <= horizon)
             n_late = int(np.count_nonzero(late))
-        counters = None
-        if pf is not None and self._c_n:
-            cm = (pf & _F_COUNTER) != 0
-            if cm.any():
-                counters = cm
         if not (n_out or n_fut or n_late or counters is not None or self._oos_n):
             return vals, qa, tsa, None
         if n_late and n_out and late is not None:
@@ -731,18 +730,62 @@ class TagDatabase:
             keep = ~late
             self._count(counts, "late_samples", n_late)
         if counters is not None:
-            crow = counters & (qa == Q.Good)  # Good after the checks above: usable
-            if keep is not None:
-                crow &= keep
-            rows = np.flatnonzero(crow)
-            if len(rows):
-                self._counters(idx[rows], pid[rows], vals[rows], tsa[rows], rows, qa, counts)
+            crows, cpos, crate = cplan
+            if keep is None and (qa[crows] == Q.Good).all():
+                # every counter row usable (the common case): the plan's slots and rates
+                self._counters(None, None, vals[crows], tsa[crows], crows, qa, counts,
+                               pos=cpos, rate=crate)
+            else:
+                crow = counters & (qa == Q.Good)  # Good after the checks above: usable
+                if keep is not None:
+                    crow &= keep
+                rows = np.flatnonzero(crow)
+                if len(rows):
+                    self._counters(idx[rows], pid[rows], vals[rows], tsa[rows], rows, qa, counts)
         if self._oos_n:
             qa[self._dev_oos[self.device_of[idx]]] = Q.BadOutOfService
         return vals, qa, tsa, keep
 
-    def _counters(self, tags: np.ndarray, pid: np.ndarray, v: np.ndarray, t: np.ndarray,
-                  rows: np.ndarray, qa: np.ndarray, counts: dict[str, float] | None) -> None:
+    def _plan(self, idx: np.ndarray) -> tuple[Any, ...]:
+        """What screening needs of a batch's index set alone: (point rows, plausible low, high,
+        integer mask or None, counter mask or None). Kept in an LRU for small batches, whose
+        index sets repeat (a station's poll, a gateway's message): the gathers then cost one
+        dict lookup. The arrays are never written to."""
+        small = len(idx) <= _PLAN_MAX
+        if small:
+            key = (idx.dtype.char, idx.tobytes())
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        # np.take: numpy's fancy indexing with an int32 index array is ~2.5x slower
+        pid = np.take(self.pid, idx)
+        m = counters = None
+        if self._has_int or self._c_n:
+            pf = np.take(self._p_flags, pid)
+            if self._has_int:
+                mi = (pf & _F_INT).view(np.bool_)  # _F_INT is bit 0: the byte is 0 or 1 there
+                if mi.any():
+                    m = mi
+            if self._c_n:
+                cm = (pf & _F_COUNTER) != 0
+                if cm.any():
+                    counters = cm
+        cplan = None
+        if counters is not None:
+            crows = np.flatnonzero(counters)
+            cplan = (crows, self._counter_slots(idx[crows], pid[crows]),
+                     np.take(self._p_rate, pid[crows]))
+        plan = (pid, np.take(self._p_elo, pid), np.take(self._p_ehi, pid), m, counters, cplan)
+        if small:
+            self._plans[key] = plan
+            if len(self._plans) > _PLANS_KEPT:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _counters(self, tags: np.ndarray | None, pid: np.ndarray | None, v: np.ndarray, t: np.ndarray,
+                  rows: np.ndarray, qa: np.ndarray, counts: dict[str, float] | None, *,
+                  pos: np.ndarray | None = None, rate: np.ndarray | None = None) -> None:
         """Classify Good readings of cumulative counters against the last accepted one.
 
         A reading that *continues* the counter (not lower, and not higher than ``max_rate`` x
@@ -763,10 +806,10 @@ class TagDatabase:
         the batch; ``tags`` are unique within one batch.
         """
         self._materialize_counters()
-        pos = np.take(self._dev_cbase, np.take(self.device_of, tags))
-        pos += np.take(self._p_cidx, pid)
+        if pos is None or rate is None:  # else given by the batch's plan (:meth:`_plan`)
+            pos = self._counter_slots(tags, pid)
+            rate = np.take(self._p_rate, pid)
         ref, ref_t = np.take(self._c_ref, pos), np.take(self._c_ref_t, pos)
-        rate = np.take(self._p_rate, pid)
         with np.errstate(invalid="ignore"):
             step = v - ref
             cont = (step >= 0) & (step <= rate * np.maximum(t - ref_t, 1.0))
@@ -779,7 +822,8 @@ class TagDatabase:
         if bad_v.any():  # a Good NaN is "no value": nothing to classify
             ok = ~bad_v
             if ok.any():
-                self._counters(tags[ok], pid[ok], v[ok], t[ok], rows[ok], qa, counts)
+                self._counters(None, None, v[ok], t[ok], rows[ok], qa, counts,
+                               pos=pos[ok], rate=rate[ok])
             return
         cont |= np.isnan(ref)  # a first reading is accepted
         sus, sus_t = self._c_sus[pos], self._c_sus_t[pos]
@@ -810,6 +854,12 @@ class TagDatabase:
         n_restart = int(np.count_nonzero(accept_chain))
         if n_restart:
             self._count(counts, "counter_resets", n_restart)
+
+    def _counter_slots(self, tags: np.ndarray, pid: np.ndarray) -> np.ndarray:
+        """Counter slot of each tag: its device's first slot + its point's counter ordinal."""
+        pos = np.take(self._dev_cbase, np.take(self.device_of, tags))
+        pos += np.take(self._p_cidx, pid)
+        return pos
 
     def _materialize_counters(self) -> None:
         """Size the counter state for every counter slot registered so far."""
