@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from .sections.alarms import AlarmDef, AlarmsConfig
 from .sections.common import Ident, Strict, check_format
 from .sections.historian import HistorianConfig
+from .sections.interventions import InterventionsConfig
 from .sections.opcua import OpcUaServerConfig
 from .sections.schedules import SchedulesConfig
 from .sections.users import UserConfig
@@ -211,6 +212,7 @@ class SiteConfig(Strict):
     users: list[UserConfig] = Field(default_factory=list)
     web: WebConfig = Field(default_factory=WebConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
+    interventions: InterventionsConfig = Field(default_factory=InterventionsConfig)
 
 
 @dataclass(slots=True)

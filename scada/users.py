@@ -27,8 +27,9 @@ from typing import Any, Literal
 
 from .clock import Clock, RealClock
 
-Role = Literal["viewer", "operator", "engineer", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "operator", "engineer", "admin")
+Role = Literal["viewer", "agent", "operator", "engineer", "admin"]
+#: ordered: each role may do what the roles before it may (agent: a field agent's tablet)
+ROLES: tuple[Role, ...] = ("viewer", "agent", "operator", "engineer", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
 
 def check_role(role: str) -> Role:

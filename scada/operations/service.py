@@ -27,11 +27,12 @@ from ..errors import UnknownTagError
 from ..users import AuthResult, UserStore, generate_password, hash_password
 from . import roles
 from .identity import Identity, Outcome
+from .workorders import WorkOrderActions
 
 log = logging.getLogger("scada.operations")
 
 
-class Operations:
+class Operations(WorkOrderActions):
     """The operator API of one server (``runtime.operations``)."""
 
     def __init__(self, runtime: Any):

@@ -15,7 +15,8 @@ from pydantic import Field, field_validator, model_validator
 from .common import Duration, Ident, Strict, check_format
 
 AlarmKind = Literal["discrete", "limit", "deviation", "quality", "stale", "rate"]
-Category = Literal["lighting", "traffic", "cabinet", "system"]
+#: "accident" and "civil" (damaged poles, roadworks) drive the interventions procedures (issue 20)
+Category = Literal["lighting", "traffic", "cabinet", "system", "accident", "civil"]
 
 #: Default OPC UA severity (Part 9: 1..1000) for ISA-18.2 priorities 1 (highest) .. 4.
 PRIORITY_SEVERITY = {1: 900, 2: 700, 3: 500, 4: 300}

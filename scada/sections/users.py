@@ -12,7 +12,7 @@ from pydantic import field_validator
 
 from .common import Ident, Strict
 
-Role = Literal["viewer", "operator", "engineer", "admin"]
+Role = Literal["viewer", "agent", "operator", "engineer", "admin"]
 
 
 class UserConfig(Strict):

@@ -34,7 +34,7 @@ log = logging.getLogger("scada.web")
 
 #: route modules always loaded, then the optional ones (skipped when they do not import)
 ROUTE_MODULES = ["scada.web.api", "scada.web.actions", "scada.web.pages"]
-EXTRA_ROUTE_MODULES = ["scada.web.map_api"]
+EXTRA_ROUTE_MODULES = ["scada.web.map_api", "scada.web.interventions"]
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

@@ -19,7 +19,7 @@ from .app import ApiError, Ctx
 
 #: (path, label) of the nav bar, in order
 NAV = [("/alarms", "Alarms"), ("/map", "Map"), ("/alarms/history", "History"), ("/devices", "Devices"),
-       ("/junctions", "Junctions"), ("/schedules", "Schedules"), ("/energy", "Energy"), ("/system", "System")]
+       ("/junctions", "Junctions"), ("/schedules", "Schedules"), ("/workorders", "Work orders"), ("/energy", "Energy"), ("/system", "System")]
 
 #: Content-Security-Policy of every page: scripts and styles from this server only; images may
 #: come from a configured tile server (the map)

@@ -17,13 +17,15 @@ from scada.tags import Batch
 from tests.fixtures.alarms import write_site
 
 #: the policy, written independently of the table (a change to either must be deliberate)
+_WO = {"wo.create", "wo.transition", "wo.assign", "wo.field", "procedure.step"}
 EXPECTED = {
     "viewer": {"read"},
-    "operator": {"read", "tag.write", "alarm.acknowledge", "alarm.comment"},
+    "agent": {"read", "wo.field"},
+    "operator": {"read", "tag.write", "alarm.acknowledge", "alarm.comment"} | _WO,
     "engineer": {"read", "tag.write", "alarm.acknowledge", "alarm.comment", "alarm.shelve",
-                 "device.out_of_service", "schedule.override", "gis.import"},
+                 "device.out_of_service", "schedule.override", "gis.import"} | _WO,
     "admin": {"read", "tag.write", "alarm.acknowledge", "alarm.comment", "alarm.shelve",
-              "device.out_of_service", "schedule.override", "gis.import", "address_space.edit"},
+              "device.out_of_service", "schedule.override", "gis.import", "address_space.edit"} | _WO,
 }
 
 
