@@ -33,8 +33,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 #: an order is open (repeat alarms attach to it, it is in a visit) until one of these
 FINAL = frozenset({"closed", "cancelled"})
-#: states whose orders are worked on in the field (visits, dispatch)
-FIELD = frozenset({"approved", "scheduled", "in_progress", "on_hold"})
+#: states whose orders still need someone on site (visits, dispatch): open and not completed
+FIELD = frozenset({"draft", "approved", "scheduled", "in_progress", "on_hold"})
 ORIGINS = ("alarm", "citizen", "manual")
 #: what a field agent can report from the tablet, and the state it leads to
 FIELD_ACTIONS: dict[str, str] = {"arrived": "in_progress", "done": "completed", "cannot_complete": "on_hold"}

@@ -119,8 +119,9 @@ class Procedures:
         if step not in known:
             raise KeyError(f"{alarm.alarm_id}: no procedure step {step!r} (steps: {', '.join(sorted(known))})")
         async with svc.store.lock:
-            if not svc.store.seen(key):
-                await svc.store.commit([{"op": "step", "alarm": alarm.alarm_id, "step": step, "done": done,
+            if svc.store.seen(key):
+                return self.steps(alarm) | {"duplicate": True}
+            await svc.store.commit([{"op": "step", "alarm": alarm.alarm_id, "step": step, "done": done,
                                          "ts": svc.clock.time(), "user": user, "via": via, "key": key}])
         out = self.steps(alarm)
         svc.emit("procedure", out, alarm.area)

@@ -181,5 +181,8 @@ class WorkOrderActions:
             out = await svc.procedures.mark(eng.view(c), step, user=who.name, via=who.via, done=done, key=key)
         except (ValueError, KeyError) as e:
             return self._wo_error(who, action, alarm_id, e, **details)
+        if out.pop("duplicate", False):
+            return Outcome(Q.Good, f"{alarm_id}: step {step} already recorded (key {key})",
+                           {"procedure": out, "duplicate": True})
         return self._done(who, action, alarm_id, Outcome(Q.Good, f"{alarm_id}: step {step} "  # type: ignore[attr-defined]
                                                          f"{'done' if done else 'undone'}", {"procedure": out}), **details)

@@ -1,0 +1,132 @@
+"""The issue's end-to-end scenario on the small simulated city, with the agent's tablet in a real
+headless Chromium: a lamp failure and a door open on one cabinet plus a damaged pole at the same
+junction become one visit with tasks in trade order; the agent reports "arrived" (alarms are
+shelved: maintenance mode), goes offline, reports "done" with note and photo, comes back online;
+the queue replays, the journal and the audit show each step once (a second replay of the same
+actions is recognised); the operator's console sees the changes live; the lamp's alarm comes
+back because the fault remains, and its order cannot close until the simulated fault clears."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from scada.audit import AuditLog
+from tests.fixtures.interventions import CAB, LUM, PASSWORDS, POLE, start_city, wait_for
+from tests.fixtures.web import browser  # noqa: F401 - fixture
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+async def page_login(browser: Any, web: Any, user: str, path: str, **ctx_kw: Any) -> tuple[Any, Any]:  # noqa: F811
+    ctx = await browser.new_context(ignore_https_errors=True, **ctx_kw)
+    page = await ctx.new_page()
+    await page.goto(web.url + "/login?next=" + path)
+    await page.fill("#user", user)
+    await page.fill("#password", PASSWORDS[user])
+    await page.click("#submit")
+    await page.wait_for_url(web.url + path)
+    return ctx, page
+
+
+async def test_one_visit_offline_tablet_and_verified_close(tmp_path, browser) -> None:  # noqa: F811
+    web = await start_city(tmp_path)
+    rt = web.runtime
+    svc = rt.services["interventions"]
+    eng = rt.operations.alarms
+    try:
+        # the faults: lamp failure and door open on the cabinet, damaged pole at the same crossing
+        web.feed({f"{LUM}/lamp_failure": 1, f"{CAB}/door_open": 1, f"{POLE}/tilt_alarm": 1})
+        await wait_for(lambda: len(svc.store.orders) == 3, "three automatic orders")
+        op = web.client()
+        r = await op.post("/api/login", json={"user": "op1", "password": PASSWORDS["op1"]})
+        h = {"X-CSRF-Token": r.json()["csrf"]}
+        v = (await op.get("/api/visits")).json()
+        assert v["total"] == 1, v
+        visit = v["visits"][0]
+        assert [t["trade"] for t in visit["tasks"]] == ["electrician", "civil_works", "carpenter"]
+        assert visit["proposed_crew"] == "crew-a" and visit["distance_m"] < 100
+        ids = [t["id"] for t in visit["tasks"]]
+        for oid in ids:
+            for to in ("approved", "scheduled"):
+                assert (await op.post(f"/api/wo/{oid}/transition", json={"to": to}, headers=h)).status_code == 200
+            assert (await op.post(f"/api/wo/{oid}/assign", json={"crew": visit["proposed_crew"]},
+                                  headers=h)).status_code == 200
+        # the operator's console, live
+        _octx, console = await page_login(browser, web, "op1", "/workorders")
+        await console.wait_for_selector(f'tr[data-order="{ids[0]}"] td.state >> text=scheduled')
+        # the agent's tablet (phone-sized)
+        tctx, tab = await page_login(browser, web, "agent1", "/tablet", viewport={"width": 412, "height": 915},
+                                     is_mobile=True, has_touch=True)
+        await tab.wait_for_selector(".visit")
+        assert await tab.eval_on_selector_all(".task", "els => els.map(e => e.dataset.order)") == ids
+        assert (await tab.evaluate("fetch('/tablet.webmanifest').then(r => r.json())"))["display"] == "standalone"
+        for oid in ids:
+            await tab.click(f'.task[data-order="{oid}"] button.arrived')
+        await wait_for(lambda: all(svc.store.orders[i].state == "in_progress" for i in ids), "arrived x3")
+        # maintenance mode: the devices' alarms are shelved, visibly, with the order's reference
+        for aid in (f"{LUM}/lamp_failure", f"{CAB}/door_open", f"{POLE}/damaged"):
+            c = eng.by_id.get(aid)
+            assert eng.view(c).state == "Shelved" and eng.shelve_info[c][1].startswith("maintenance: WO-")
+        await console.wait_for_selector(f'tr[data-order="{ids[0]}"] td.state >> text=in_progress')
+        # offline: the three "done" reports wait in the tablet's queue
+        await tctx.set_offline(True)
+        await tab.wait_for_selector("#net.off")
+        before = len(svc.store.journal())
+        for k, oid in enumerate(ids):
+            await tab.fill(f'.task[data-order="{oid}"] textarea.note', f"repaired {k}")
+            if k == 0:
+                await tab.set_input_files(f'.task[data-order="{oid}"] input.photo',
+                                          files=[{"name": "lamp.png", "mimeType": "image/png", "buffer": PNG}])
+            await tab.click(f'.task[data-order="{oid}"] button.done')
+            await tab.wait_for_selector(f'#queued[data-count="{k + 1}"]', state="attached")
+        queued = json.loads(await tab.evaluate("localStorage.getItem('scada-tablet-queue:agent1')"))
+        assert [q["what"] for q in queued] == ["done"] * 3 and len({q["key"] for q in queued}) == 3
+        assert len(svc.store.journal()) == before  # nothing reached the server
+        # back online: the queue replays in order
+        await tctx.set_offline(False)
+        await tab.wait_for_selector('#queued[data-count="0"]', state="attached", timeout=30000)
+        await wait_for(lambda: all(svc.store.orders[i].state == "completed" for i in ids), "done x3")
+        await console.wait_for_selector(f'tr[data-order="{ids[2]}"] td.state >> text=completed')
+        # a second replay of the same actions (a lost answer) changes nothing
+        a = web.client()
+        r = await a.post("/api/login", json={"user": "agent1", "password": PASSWORDS["agent1"]})
+        ha = {"X-CSRF-Token": r.json()["csrf"]}
+        for q in queued:
+            r = await a.post("/api/tablet/action", json={k: q[k] for k in ("order", "what", "note", "photo", "key")},
+                             headers=ha)
+            assert r.status_code == 200 and r.json()["data"]["duplicate"] is True
+        for oid in ids:
+            recs = svc.store.journal(oid)
+            fields = [x.get("field") for x in recs if x["op"] == "transition" and x.get("field")]
+            assert fields == ["arrived", "done"], (oid, recs)
+            assert [n["user"] for n in svc.store.orders[oid].notes] == ["agent1"]
+        assert len(svc.store.orders[ids[0]].photos) == 1
+        audit = [e for e in AuditLog.read(str(rt.operations.audit.path)) if e["action"] == "wo.field"]
+        assert sorted((e["target"], e["what"]) for e in audit) == sorted(
+            [(i, "arrived") for i in ids] + [(i, "done") for i in ids])
+        assert all(e["user"] == "agent1" and e["via"].startswith("web 127.0.0.1") for e in audit)
+        # the photo is served to the console
+        photo = svc.store.orders[ids[0]].photos[0]["file"]
+        assert (await op.get(f"/api/wo/photos/{photo}")).content == PNG
+        # the works are over: the alarms are back; the lamp's fault remains, so it is annunciated
+        lamp = eng.view(eng.by_id.get(f"{LUM}/lamp_failure"))
+        assert not lamp.shelved and lamp.active
+        r = await op.post(f"/api/wo/{ids[0]}/transition", json={"to": "closed"}, headers=h)
+        assert r.status_code == 409 and "still active" in r.json()["detail"]
+        web.feed({f"{LUM}/lamp_failure": 0, f"{CAB}/door_open": 0, f"{POLE}/tilt_alarm": 0})
+        for oid in ids:
+            r = await op.post(f"/api/wo/{oid}/transition", json={"to": "closed", "resolution": "repaired"}, headers=h)
+            assert r.status_code == 200, r.text
+        assert (await op.get("/api/visits")).json()["total"] == 0
+        # another agent (another crew) may not report on these orders
+        b = web.client()
+        r = await b.post("/api/login", json={"user": "agent2", "password": PASSWORDS["agent2"]})
+        r = await b.post("/api/tablet/action", json={"order": ids[0], "what": "arrived"},
+                         headers={"X-CSRF-Token": r.json()["csrf"]})
+        assert r.status_code == 403
+        for cl in (op, a, b):
+            await cl.aclose()
+    finally:
+        await rt.stop()
