@@ -97,7 +97,7 @@ CASES = [
     ("bad location", ("    area: centre\n", "    area: centre\n    location: {lat: 95, lon: 5}\n"), 23, "devices[0].location.lat", "less than or equal to 90"),
     ("historian unknown key", ("devices:\n", "historian: {backend: embedded, pth: x}\ndevices:\n"), 19, "historian.pth", "unknown key 'pth'"),
     ("opcua port out of range", ("devices:\n", "opcua: {port: 70000}\ndevices:\n"), 19, "opcua.port", "less than or equal to 65535"),
-    ("bad user role", ("devices:\n", "users:\n  - {name: bob, role: boss, password_hash: x}\ndevices:\n"), 20, "users[0].role", "'viewer', 'operator', 'engineer' or 'admin'"),
+    ("bad user role", ("devices:\n", "users:\n  - {name: bob, role: boss, password_hash: x}\ndevices:\n"), 20, "users[0].role", "'viewer', 'agent', 'operator', 'engineer' or 'admin'"),
     ("no areas", ("areas:\n  - {id: centre, name: Centre}\n  - {id: north, name: North}\n", "areas: []\n"), 6, "areas", "at least 1 item"),
 ]
 
