@@ -24,8 +24,10 @@ operator API's (:mod:`scada.operations`), which calls these methods.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -153,6 +155,8 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         self.st = AlarmStore(1024, self.config.chatter.count)
         self._any_ext = False
         self.listeners: list[Listener] = []
+        #: batches journaled but not announced yet: waiting for their fsync (fsync "always")
+        self._deferred: deque[tuple[concurrent.futures.Future[Any], list[M.AlarmEvent]]] = deque()
         self.seq = journal.last_seq
         self.stats = {"evaluations": 0, "batches": 0, "transitions": 0, "hidden_transitions": 0,
                       "journal_errors": 0, "listener_errors": 0}
@@ -401,6 +405,36 @@ class AlarmEngine(Declarations, EvaluationPipeline):
                 self._write([self._line(e) for e in late])
                 out.extend(late)
             events = out
+        # journal.fsync "always": the writer thread's fsync must finish before anyone is told
+        # (and announcements keep their order behind earlier batches still waiting)
+        wait = self.journal.pending()
+        if wait is None and self._deferred:
+            wait = self._deferred[-1][0]
+        if wait is None:
+            self._announce(events)
+            return
+        self._deferred.append((wait, events))
+        asyncio.wrap_future(wait).add_done_callback(lambda _f: self._drain())
+
+    def _drain(self) -> None:
+        """Announce the batches whose journal fsync finished, in journal order."""
+        while self._deferred and self._deferred[0][0].done():
+            fut, events = self._deferred.popleft()
+            if not fut.cancelled() and fut.exception() is not None:
+                self.stats["journal_errors"] += 1
+                log.error("alarm journal %s: fsync failed (%s); alarms are still announced but "
+                          "may not survive a power cut", self.journal.path, fut.exception())
+            self._announce(events)
+
+    async def durable(self) -> None:
+        """Wait until the transitions made so far are on disk (``alarms.fsync: always``; at
+        once for the other policies): the operator API returns after it."""
+        try:
+            await self.journal.durable()
+        except OSError:
+            pass  # counted and logged when the batch is announced (_drain)
+
+    def _announce(self, events: list[M.AlarmEvent]) -> None:
         for fn in tuple(self.listeners):
             try:
                 fn(events)

@@ -15,8 +15,11 @@ Durability (fsync policy, ``alarms.fsync``):
   ``write()`` before the transitions are announced; a killed process (``kill -9``) therefore
   loses nothing that was announced, since the data is in the kernel page cache;
 * ``interval`` (default): ``fsync`` at most every ``fsync_interval`` seconds in a worker thread,
-  so a power cut loses at most that window; ``always``: ``fsync`` after every batch, in line
-  (power-loss safe, costs a disk flush per batch); ``never``: leave it to the OS.
+  so a power cut loses at most that window; ``always``: ``fsync`` after every batch, in the
+  journal's writer thread (never on the event loop), and the engine announces the batch, and an
+  operator action returns, only once that ``fsync`` is done (power-loss safe; :meth:`pending`,
+  :meth:`durable`); ``never``: leave it to the OS. Without a running event loop (tools, tests)
+  the ``always`` fsync runs in line.
 
 A line cut by a crash mid-write is detected on open (the file does not end with a newline),
 truncated away and logged; the reader skips such a line too.
@@ -25,6 +28,7 @@ truncated away and logged; the reader skips such a line too.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import glob
 import json
 import logging
@@ -86,6 +90,10 @@ class Journal:
         self._dirty = False
         self._retired: list[int] = []
         self._background = False
+        #: ``always`` on an event loop: the writer thread (fsyncs, closes and snapshots of
+        #: finished files, in submission order) and the future of the last batch's fsync
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: concurrent.futures.Future[None] | None = None
         self.stats = {"writes": 0, "lines": 0, "bytes": 0, "fsyncs": 0, "rotations": 0}
 
     def _file(self, n: int) -> str:
@@ -150,8 +158,10 @@ class Journal:
         self.stats["bytes"] += len(data)
         self.stats["lines"] += data.count(b"\n")
         if self.fsync == "always":
-            os.fsync(self._fd)
-            self.stats["fsyncs"] += 1
+            if _on_loop():
+                self._pending = self._submit(self._fsync, self._fd)
+            else:
+                self._fsync(self._fd)
         else:
             self._dirty = True
         if self._size >= self.rotate_bytes and not self._background:
@@ -164,6 +174,8 @@ class Journal:
         fsynced batch by batch (``always``), or is just closed (``never``)."""
         if self.fsync == "interval" and self._dirty:
             self._retired.append(self._fd)
+        elif self._writer is not None:
+            self._pending = self._submit(os.close, self._fd)  # after the file's queued fsyncs
         else:
             os.close(self._fd)
         self._num += 1
@@ -179,11 +191,37 @@ class Journal:
         """Atomically replace ``snapshot.json`` (states as of ``data['seq']``, valid for the
         journal files numbered ``>= file``)."""
         data = {**data, "file": self._num}
-        replace_text(os.path.join(self.directory, SNAPSHOT),
-                     json.dumps(data, default=str, ensure_ascii=False, separators=(",", ":")),
-                     fsync=self.fsync == "always")
+        path = os.path.join(self.directory, SNAPSHOT)
+        text = json.dumps(data, default=str, ensure_ascii=False, separators=(",", ":"))
+        if self.fsync == "always" and _on_loop():
+            self._pending = self._submit(replace_text, path, text, True)
+        else:
+            replace_text(path, text, fsync=self.fsync == "always")
         # interval/never: a power cut right after a rotation may lose the snapshot; the start-up
         # then replays the journal files (they are never deleted by the server)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="alarm-journal")
+        return self._writer.submit(fn, *args)
+
+    def _fsync(self, fd: int) -> None:
+        os.fsync(fd)
+        self.stats["fsyncs"] += 1
+
+    def pending(self) -> concurrent.futures.Future[Any] | None:
+        """The writer thread's work for the last batch (``always`` on an event loop) while it
+        runs, else None: what the engine waits for before announcing."""
+        p = self._pending
+        return None if p is None or p.done() else p
+
+    async def durable(self) -> None:
+        """Wait until every batch written so far is on disk (``always``); at once otherwise.
+        Raises the ``OSError`` of a failed fsync."""
+        p = self._pending
+        if p is not None:
+            await asyncio.wrap_future(p)
 
     async def run_fsync(self) -> None:
         """Background task: rotation (with its snapshot) between batches, never inside one, and
@@ -212,6 +250,9 @@ class Journal:
             self.stats["fsyncs"] += 1
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # the queued fsyncs and closes first
+            self._writer = None
         retired, self._retired = self._retired, []
         for fd in retired:
             _fsync_close(fd)
@@ -220,6 +261,14 @@ class Journal:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+
+
+def _on_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _fsync_close(fd: int) -> None:

@@ -218,8 +218,10 @@ class Operations(WorkOrderActions):
         engine, out = self._alarm(who, "alarm.acknowledge", alarm_id, comment=comment)
         if out is not None:
             return out
-        return self._run_alarm(who, "alarm.acknowledge", alarm_id,
-                               lambda: engine.acknowledge(alarm_id, user=who.user, comment=comment), comment=comment)
+        out = self._run_alarm(who, "alarm.acknowledge", alarm_id,
+                              lambda: engine.acknowledge(alarm_id, user=who.user, comment=comment), comment=comment)
+        await engine.durable()  # alarms.fsync always: on disk before the action returns
+        return out
 
     async def comment(self, who: Identity, alarm_id: str, comment: str) -> Outcome:
         engine, out = self._alarm(who, "alarm.comment", alarm_id, comment=comment)
@@ -227,8 +229,10 @@ class Operations(WorkOrderActions):
             return out
         if not comment.strip():
             return self._done(who, "alarm.comment", alarm_id, Outcome(Q.BadInvalidArgument, "empty comment"))
-        return self._run_alarm(who, "alarm.comment", alarm_id,
-                               lambda: engine.add_comment(alarm_id, user=who.user, comment=comment), comment=comment)
+        out = self._run_alarm(who, "alarm.comment", alarm_id,
+                              lambda: engine.add_comment(alarm_id, user=who.user, comment=comment), comment=comment)
+        await engine.durable()
+        return out
 
     async def shelve(self, who: Identity, alarm_id: str, comment: str, duration: float | None = None) -> Outcome:
         """Timed (``duration`` seconds) or one-shot (None) shelve; a reason is required."""
@@ -239,17 +243,21 @@ class Operations(WorkOrderActions):
             return self._done(who, "alarm.shelve", alarm_id,
                               Outcome(Q.BadShelvingTimeOutOfRange, "shelving time must be > 0"),
                               duration=duration)
-        return self._run_alarm(who, "alarm.shelve", alarm_id,
-                               lambda: engine.shelve(alarm_id, user=who.user, comment=comment, duration=duration),
-                               comment=comment, duration=duration)
+        out = self._run_alarm(who, "alarm.shelve", alarm_id,
+                              lambda: engine.shelve(alarm_id, user=who.user, comment=comment, duration=duration),
+                              comment=comment, duration=duration)
+        await engine.durable()
+        return out
 
     async def unshelve(self, who: Identity, alarm_id: str, comment: str = "") -> Outcome:
         engine, out = self._alarm(who, "alarm.shelve", alarm_id, comment=comment, unshelve=True)
         if out is not None:
             return out
-        return self._run_alarm(who, "alarm.shelve", alarm_id,
-                               lambda: engine.unshelve(alarm_id, user=who.user, comment=comment),
-                               comment=comment, unshelve=True)
+        out = self._run_alarm(who, "alarm.shelve", alarm_id,
+                              lambda: engine.unshelve(alarm_id, user=who.user, comment=comment),
+                              comment=comment, unshelve=True)
+        await engine.durable()
+        return out
 
     # ------------------------------------------------------------------ devices
     async def set_out_of_service(self, who: Identity, device: str, oos: bool, comment: str = "") -> Outcome:
@@ -265,6 +273,7 @@ class Operations(WorkOrderActions):
         engine = self.alarms
         if engine is not None:
             engine.set_out_of_service(device, oos, user=who.user, comment=comment)
+            await engine.durable()
         else:
             self.runtime.set_out_of_service(device, oos)
         msg = f"{device} {'out of service' if oos else 'back in service'}"
