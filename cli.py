@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "commands.historian",  # historian import / export / fingerprint
     "commands.notify",    # notify list / replay (alarm notification queues, dead letters)
     "commands.gis",       # gis import (device positions from GeoJSON, CSV, shapefiles)
+    "commands.wo",        # wo list / show / create / assign / transition (work orders, issue 20)
 )
 
 

@@ -262,7 +262,9 @@ def availability_cmd(site_file, state_dir, d0, d1, area, fmt, out) -> None:
 @fmt_option
 @out_option
 def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
-    """Time to acknowledge and to clear alarms per priority, category, area: median, p90, month."""
+    """Time to acknowledge and to clear alarms per priority, category, area: median, p90, month;
+    work orders: time to acknowledge, dispatch, arrive, repair per priority, trade and
+    municipality, and SLA breaches."""
     import historian.interventions
     import historian.report
 
@@ -270,6 +272,16 @@ def interventions_cmd(site_file, state_dir, journal, d0, d1, fmt, out) -> None:
     site = _site(site_file, state_dir)
     path = journal or os.path.join(site.config.site.state_dir, site.config.alarms.journal)
     r = historian.interventions.compute(path, site.config.site.timezone, d0.date() if d0 else None, d1.date() if d1 else None)
+    # the work orders' KPIs (issue 20): acknowledge, dispatch, arrive, repair; SLA breaches
+    import historian.wo_kpi
+
+    orders = historian.wo_kpi.load_orders(site.config.site.state_dir)
+    kpi = historian.wo_kpi.compute(orders, site.config.site.timezone,
+                                   {a.id: a.municipality or a.name or a.id for a in site.config.areas},
+                                   d0.date() if d0 else None, d1.date() if d1 else None)
+    wo_inputs = kpi.pop("wo_inputs", {})
+    r["inputs"].update({f"work_orders_{k}": v for k, v in wo_inputs.items()} or {"work_orders_orders": 0})
+    r.update(kpi)
     r["inputs"].update(provenance())
     _emit(historian.report.render(historian.interventions.to_doc, r, fmt), out)
 

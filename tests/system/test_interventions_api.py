@@ -5,10 +5,14 @@ close refused until the fault clears (or an audited override), survival across a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from scada.audit import AuditLog
 from tests.fixtures.interventions import CAB, FAR, LUM, PASSWORDS, POLE, start_city, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def login(web: Any, user: str) -> tuple[Any, dict[str, str]]:
@@ -150,5 +154,42 @@ async def test_alarm_orders_maintenance_mode_and_verified_close(tmp_path) -> Non
         wo2 = await wait_for(lambda: svc.store.open_for(LUM, "lamp_failure"), "a second order")
         assert wo2.id != wo.id
         await op.aclose()
+    finally:
+        await web.runtime.stop()
+
+
+async def test_cli_through_the_running_server(tmp_path) -> None:
+    import asyncio
+    import os
+    import sys
+
+    repo = REPO
+    web = await start_city(tmp_path)
+
+    async def cli(*args: str, user: str = "op1") -> tuple[int, str]:
+        env = {**os.environ, "SCADA_OPCUA_PASSWORD": PASSWORDS[user]}
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "wo", *args, "--site", str(tmp_path / "site.yaml"), "--user", user,
+            cwd=str(repo), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(p.communicate(), 120)
+        return p.returncode, out.decode()
+
+    try:
+        rc, out = await cli("create", POLE, "--priority", "2", "--trade", "civil_works", "--title", "Leaning pole")
+        assert rc == 0 and "WO-000001 created" in out, out
+        rc, out = await cli("transition", "WO-000001", "closed")
+        assert rc != 0 and "409" in out and "cannot become closed" in out
+        rc, out = await cli("transition", "WO-000001", "approved", "-m", "go")
+        assert rc == 0, out
+        rc, out = await cli("assign", "WO-000001", "--crew", "crew-a")
+        assert rc == 0, out
+        rc, out = await cli("list")
+        assert rc == 0 and "WO-000001" in out and "approved" in out and "crew-a" in out and "1 orders" in out
+        rc, out = await cli("show", "WO-000001", "--json")
+        d = json.loads(out)
+        assert d["state"] == "approved" and [r["op"] for r in d["journal"]] == ["create", "transition", "assign"]
+        assert all(r["via"].startswith("web 127.0.0.1") for r in d["journal"])
+        rc, out = await cli("create", POLE, user="viewer1")
+        assert rc != 0 and "403" in out
     finally:
         await web.runtime.stop()
