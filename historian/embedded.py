@@ -1,3 +1,4 @@
+# One module (over ~600 lines): one storage backend (segments, manifest, compaction, queries) behind the historian interface.
 """The embedded historian: immutable Parquet segments in one directory, queried with DuckDB.
 
 Why this engine (measurements in docs/historian.md): SQLite with an index slows from

@@ -1,3 +1,4 @@
+# One module (over ~600 lines): one IPMVP computation (baseline, adjustments, savings, uncertainty) that docs/energy-kpi.md follows step by step.
 """The 65 % energy-savings KPI, computed the IPMVP way (method: docs/energy-kpi.md).
 
 IPMVP framing (EVO, *International Performance Measurement and Verification Protocol*, Core

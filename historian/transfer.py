@@ -1,3 +1,4 @@
+# One module (over ~600 lines): import and export share the format readers/writers and the validation of one table shape.
 """Import and export of recorded history: CSV (long and wide), Parquet, InfluxDB line protocol.
 
 An auditor brings readings we did not record (a year of 15-minute counter readings from a

@@ -1,3 +1,4 @@
+# One module (over ~600 lines): the stages of one load pass (YAML with lines, includes, repeat expansion, typing) share the line bookkeeping every error message needs.
 """Load a site file: YAML with line numbers -> includes -> repeat expansion -> typed model.
 
 Every problem is reported at once as ``file:line: field.path: what was expected (got ...)``

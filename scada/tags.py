@@ -1,3 +1,4 @@
+# One module (over ~600 lines): the columnar store, its batch apply and its subscriptions share private arrays on the hot path; a split would expose them.
 """The tag database: the hub every value passes through.
 
 Design (issue 2, DESIGN.md "Scale by construction"):

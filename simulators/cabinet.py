@@ -1,3 +1,4 @@
+# One module (over ~600 lines): the simulator of one device class (Modbus register map, contactor, metering) over the shared luminaire model.
 """Lighting cabinet (segment) controllers as Modbus TCP servers, over the shared luminaire model.
 
 ``serve_site(site, clock, devices)`` serves every ``kind: cabinet`` Modbus device of a site (and

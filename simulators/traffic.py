@@ -1,3 +1,4 @@
+# One module (over ~600 lines): the simulator of one device class (OPC UA information model, phases, faults, reboots).
 """Traffic-controller simulator: junction controllers served over OPC UA (asyncua servers).
 
 Information model: ``docs/devices/traffic-controller.md``. In short, each junction is an Object

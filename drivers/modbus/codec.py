@@ -1,3 +1,4 @@
+# One module (over ~600 lines): pure encoding and decoding of one protocol (point sources, registers, MBAP frames), no I/O.
 """Pure Modbus encoding and decoding: point sources, register values, MBAP frames. No I/O.
 
 Everything here works on bytes and numpy arrays so it is unit-tested without sockets (the

@@ -1,3 +1,4 @@
+# One module (over ~600 lines): poll plan, scheduler and write path of one Modbus driver share its per-connection state; codec and client are separate.
 """Modbus TCP driver: profile-driven polling of cabinets, luminaires and any vendor's device.
 
 Shape of the work (docs/devices/modbus-profile.md has the operator's view):

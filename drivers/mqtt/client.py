@@ -1,3 +1,4 @@
+# One module (over ~600 lines): one paho connection on the event loop (connect, backoff, fallback, socket plumbing); paho internals are _paho.py.
 """paho-mqtt on the asyncio event loop: no hidden network thread.
 
 paho's external-loop mode (``examples/loop_asyncio.py``): the socket is registered with

@@ -1,3 +1,4 @@
+# One module (over ~600 lines): connections, burst-to-batch ingest and command publishing of one MQTT driver share per-gateway state; mapping, client and paho internals are separate.
 """MQTT driver: gateways (DALI-2/D4i or any vendor's) publishing JSON over MQTT.
 
 Everything protocol-specific about a gateway is in its profile (see :mod:`.mapping`); this

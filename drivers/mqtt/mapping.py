@@ -1,3 +1,4 @@
+# One module (over ~600 lines): one pure, data-driven translation (profile topics and payloads <-> points), tested as a whole.
 """MQTT topic and payload mapping, pure (no sockets, no clock): the profile says it all.
 
 A gateway vendor's topic tree and JSON shape are data in the device profile, not code

@@ -1,3 +1,4 @@
+# One module (over ~600 lines): what every part of the engine shares (identity, restore, journal-then-announce, operator actions); pipeline, transitions, store, codec and declare are split out.
 """The alarm engine: conditions in, ISA-18.2 alarm states out, every transition journaled first.
 
 Data flow (DESIGN.md "the tag database is the hub"): tag changes -> conditions -> transitions

@@ -1,3 +1,4 @@
+# One module (over ~600 lines): rules, channel senders and the escalation loop of one notifier; its durable queue is notify_queue.py.
 """Notifications and escalation: alarm events -> rules -> channels (e-mail over SMTP, HTTP
 webhooks, SMS through an HTTP gateway or an SMTP-to-SMS gateway).
 

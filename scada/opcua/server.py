@@ -1,3 +1,4 @@
+# One module (over ~600 lines): lifecycle, security and sessions of one asyncua server; address space, alarms, history and asyncua internals are already their own modules.
 """The HMI-facing OPC UA server: the site's tag database over OPC UA, secured, audited.
 
 How it costs in proportion to what clients monitor and read, not to city size:
