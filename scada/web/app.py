@@ -73,7 +73,10 @@ class Ctx:
         return request.client.host if request.client else "?"
 
     def session(self, request: Request, *, touch: bool = True) -> Session:
-        """The caller's session or a 401 error (``expired`` says so)."""
+        """The caller's session or a 401 error (``expired`` says so). A request marked
+        ``X-Scada-Background: 1`` (a page's periodic refresh, a reload after a live event) does
+        not count as use: the idle timeout measures what the person did."""
+        touch = touch and request.headers.get("x-scada-background") != "1"
         s, why = self.sessions.get(request.cookies.get(COOKIE), touch=touch)
         if s is None:
             detail = ("the session expired after "

@@ -177,7 +177,10 @@ async def test_idle_timeout_on_the_injected_clock(web):
         assert (await c.get("/api/me")).status_code == 200
         await web.clock.advance(9 * 60)  # used within the 10 min idle timeout: still open
         assert (await c.get("/api/me")).status_code == 200
-        await web.clock.advance(10 * 60 + 1)
+        # a page's periodic refresh does not keep the session alive
+        await web.clock.advance(9 * 60)
+        assert (await c.get("/api/alarms", headers={"X-Scada-Background": "1"})).status_code == 200
+        await web.clock.advance(60 + 1)
         r = await c.get("/api/me")
         assert r.status_code == 401 and r.json()["error"] == "expired"
         r = await c.post("/api/alarms/ack", json={"alarm_id": "x"}, headers={"X-CSRF-Token": csrf})

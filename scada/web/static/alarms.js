@@ -51,8 +51,8 @@
     C.applyRoles(tbody);
   }
 
-  async function load() {
-    const j = await C.api("/api/alarms?" + params());
+  async function load(background) {
+    const j = await C.api("/api/alarms?" + params(), background === true);
     st.rows = j.alarms;
     render();
   }
@@ -100,9 +100,9 @@
   document.getElementById("f-text").addEventListener("input", () => { clearTimeout(st.t); st.t = setTimeout(load, 250); });
 
   let pending = null;
-  function soon() { if (!pending) pending = setTimeout(() => { pending = null; load(); }, 150); }
+  function soon() { if (!pending) pending = setTimeout(() => { pending = null; load(true); }, 150); }
   C.stream({
-    hello: load,
+    hello: () => load(true),
     alarm: (ev) => {
       if (ev.event === "raise" && ev.priority <= 1 && !ev.suppressed && !ev.shelved && !ev.oos) banner(ev);
       soon();

@@ -5,8 +5,12 @@ const Console = (() => {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   let me = null;
 
-  async function api(path) {
-    const r = await fetch(path, {credentials: "same-origin", headers: {"Accept": "application/json"}});
+  // background: a periodic refresh or a reload after a live event, which must not keep the
+  // session alive (the idle timeout measures what the person does)
+  async function api(path, background) {
+    const headers = {"Accept": "application/json"};
+    if (background) headers["X-Scada-Background"] = "1";
+    const r = await fetch(path, {credentials: "same-origin", headers});
     if (r.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("logged out"); }
     const j = await r.json().catch(() => ({error: "bad_answer", detail: "not JSON"}));
     if (!r.ok) throw Object.assign(new Error(j.detail || r.statusText), {status: r.status, body: j});
@@ -77,7 +81,7 @@ const Console = (() => {
       es.addEventListener("bye", async (ev) => {
         live && live.classList.remove("on");
         es.close();
-        try { await api("/api/me"); } catch (e) { return; }  // logged out: api() redirects
+        try { await api("/api/me", true); } catch (e) { return; }  // logged out: api() redirects
         setTimeout(open, 1000);
       });
       es.onerror = () => { live && live.classList.remove("on"); };

@@ -17,8 +17,8 @@
       <td class="ts">${C.time(t.source_ts)}</td><td>${write}</td></tr>`;
   }
 
-  async function load() {
-    dev = await C.api("/api/devices/" + path);
+  async function load(bg) {
+    dev = await C.api("/api/devices/" + path, bg === true);
     document.getElementById("d-title").textContent = dev.path;
     document.getElementById("d-info").textContent = [dev.kind, dev.profile, dev.description,
       dev.out_of_service ? "OUT OF SERVICE" : ""].filter(Boolean).join(" · ");
@@ -37,8 +37,8 @@
     C.applyRoles();
   }
 
-  async function history() {
-    const j = await C.api("/api/alarms/history?" + new URLSearchParams({device: path, limit: 50, start: me.server_time - 30 * 86400}));
+  async function history(bg) {
+    const j = await C.api("/api/alarms/history?" + new URLSearchParams({device: path, limit: 50, start: me.server_time - 30 * 86400}), bg === true);
     document.querySelector("#dev-history tbody").innerHTML = j.entries.map((r) => `<tr><td>${C.time(r.ts)}</td><td>${C.esc(r.event)}</td>
       <td>${C.esc(r.name || r.alarm_id)}</td><td>${C.esc(r.user || "")}</td><td>${C.esc(r.comment || "")}</td></tr>`).join("");
   }
@@ -141,6 +141,6 @@
       }
       C.applyRoles(tagBody);
     },
-    alarm: (ev) => { if (ev.device === path) { load(); history(); } },
+    alarm: (ev) => { if (ev.device === path) { load(true); history(true); } },
   }, path);
 })();

@@ -4,11 +4,11 @@
   const C = Console;
   const MODES = {0: "normal", 1: "flashing amber", 2: "dark", 3: "manual"};
   const FAULTS = ["conflict", "door_open", "mains_failure", "detector_fault", "coordination_loss", "flashing"];
-  async function load() {
-    const list = await C.api("/api/devices?kind=junction&limit=500");
+  async function load(bg) {
+    const list = await C.api("/api/devices?kind=junction&limit=500", bg === true);
     const cards = [];
     for (const d of list.devices) {
-      const f = await C.api("/api/devices/" + d.path);
+      const f = await C.api("/api/devices/" + d.path, bg === true);
       const by = Object.fromEntries(f.tags.map((t) => [t.name, t]));
       const sgs = f.tags.filter((t) => /^sg\d+_state$/.test(t.name));
       const faults = FAULTS.filter((k) => by[k] && by[k].value === true)
@@ -27,6 +27,6 @@
   }
   await load();
   let t = null;
-  C.stream({alarm: () => { clearTimeout(t); t = setTimeout(load, 500); }});
-  setInterval(load, 10000);
+  C.stream({alarm: () => { clearTimeout(t); t = setTimeout(() => load(true), 500); }});
+  setInterval(() => load(true), 10000);
 })();

@@ -3,8 +3,8 @@
 (async () => {
   const C = Console;
   await C.whoami();
-  async function load() {
-    const j = await C.api("/api/schedules");
+  async function load(bg) {
+    const j = await C.api("/api/schedules", bg === true);
     if (!j.available) { document.querySelector("#steps tbody").innerHTML = `<tr><td colspan="3">${C.esc(j.detail)}</td></tr>`; return; }
     const hm = (t) => new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
     document.querySelector("#steps tbody").innerHTML = j.areas.map((a) => `<tr><td>${C.esc(a.area)}</td><td>${a.luminaires}</td>
@@ -35,5 +35,5 @@
     load();
   });
   load();
-  setInterval(load, 30000);
+  setInterval(() => load(true), 30000);
 })();

@@ -6,8 +6,8 @@
     const rows = Object.entries(obj || {}).map(([k, v]) => `<tr><td>${C.esc(k)}</td><td>${C.esc(C.value(v))}</td></tr>`).join("");
     return `<div class="card" data-group="${C.esc(title)}"><h3>${C.esc(title)}</h3><table class="grid">${rows || '<tr><td class="muted">—</td></tr>'}</table></div>`;
   }
-  async function load() {
-    const j = await C.api("/api/system");
+  async function load(background) {
+    const j = await C.api("/api/system", background === true);
     const el = document.getElementById("system");
     if (!j.visible) { el.innerHTML = `<p class="muted">${C.esc(j.detail)}</p>`; return; }
     el.innerHTML = card("server", j.server) + card("historian", j.historian) + card("alarms", j.alarms) +
@@ -15,5 +15,5 @@
       Object.entries(j.other).map(([k, v]) => card(k, v)).join("");
   }
   load();
-  setInterval(load, 5000);
+  setInterval(() => load(true), 5000);
 })();
