@@ -299,3 +299,28 @@ async def test_write_out_of_service_history_and_system(web):
         sysj = (await c.get("/api/system")).json()
         assert sysj["visible"] and "loop_lag_ms" in sysj["server"] and "spool_blocks" in sysj["historian"]
         assert (await c.get("/api/energy")).json()["available"] is False
+
+
+async def test_plain_http_when_tls_is_off_and_a_taken_port_is_one_line(tmp_path):
+    import socket
+
+    from scada.errors import CannotListen
+
+    w = await start_web(tmp_path / "http", tls=False)
+    try:
+        assert w.url.startswith("http://")
+        async with w.client() as c:
+            r = await c.post("/login", json={"user": "op1", "password": PASSWORDS["op1"]})
+            assert r.status_code == 200
+            cookie = r.headers["set-cookie"].lower()
+            assert "httponly" in cookie and "secure" not in cookie
+    finally:
+        await w.runtime.stop()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        busy = s.getsockname()[1]
+        with pytest.raises(CannotListen) as e:
+            await start_web(tmp_path / "busy", port=busy)
+    assert f"cannot listen on 127.0.0.1:{busy} for the web console" in str(e.value)
+    assert "web.port in" in str(e.value)
