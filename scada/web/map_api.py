@@ -65,6 +65,7 @@ class DeviceStates:
         self._prio = np.zeros(0, dtype=np.int8)
         self._ready = False
         self.closed = False
+        self.moved: Any = None  # the console's GIS-import listener (removed with this object)
         self.stats = {"updates": 0, "devices_evaluated": 0}
         if self.engine is not None:
             self.engine.listeners.append(self._on_alarms)
@@ -306,6 +307,11 @@ def routes(ctx: Any) -> list[BaseRoute]:
 
     rt = ctx.runtime
     site = rt.site
+    old = getattr(ctx, "map_states", None)
+    if old is not None:  # the console restarted (its app is rebuilt): one listener only
+        old.close()
+        if old.moved in ctx.operations.position_listeners:
+            ctx.operations.position_listeners.remove(old.moved)
     table = DeviceTable(site)
     states = DeviceStates(rt, ctx.hub.publish)
     ctx.map_states = states  # for the console's other parts and the tests
@@ -318,6 +324,7 @@ def routes(ctx: Any) -> list[BaseRoute]:
         ctx.hub.publish("map.reload", {"rev": table.rev}, None)
 
     ctx.operations.position_listeners.append(moved)
+    states.moved = moved
 
     async def prewarm() -> None:
         """The whole city's table encoded at start, not on the first operator's request (a

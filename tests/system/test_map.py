@@ -64,7 +64,15 @@ async def test_fault_red_dot_acknowledge_and_restricted_user(web, browser):
     xy = await page.evaluate("() => window.scadaMap.screenOf('centre/cab-01')")
     size = await page.evaluate("() => [document.getElementById('map-canvas').clientWidth, document.getElementById('map-canvas').clientHeight]")
     assert abs(xy[0] - size[0] / 2) < 1 and abs(xy[1] - size[1] / 2) < 1  # focused there
+    # zoomed out with clustering (forced: the test city is small): the cluster holding the
+    # red device is red and counts its members
+    cl = await page.evaluate("""async () => {
+        const M = window.scadaMap; M.clusterAbove = 0; M.focus('centre/cab-01', 3);
+        const f = M.frames; while (M.frames === f) await new Promise(requestAnimationFrame);
+        const c = M.clusters; M.clusterAbove = 15000; return c; }""")
+    assert [c[3:] for c in cl] == [[UNACK_ACTIVE, 6]]  # the whole town in one red cluster of 6
     # click it: the popup links to the faceplate
+    await pixel_at(page, "centre/cab-01")
     box = await page.locator("#map-canvas").bounding_box()
     await page.mouse.click(box["x"] + xy[0], box["y"] + xy[1])
     link = page.locator("#map-faceplate")

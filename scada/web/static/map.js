@@ -174,7 +174,7 @@
       const sx = wx[i] * k + hx, sy = wy[i] * k + hy;
       if (sx >= -10 && sy >= -10 && sx <= W + 10 && sy <= H + 10) visible++;
     }
-    M.clustered = visible > INDIVIDUAL;
+    M.clustered = visible > M.clusterAbove;
     const counts = new Array(STATE_COLOURS.length).fill(0);
     for (const i of hot) counts[rank[i]]++;
     if (M.clustered) {
@@ -304,7 +304,7 @@
   M.has = (path) => index.has(path);
   M.paths = () => paths.slice();
   M.focus = (path, z) => { const i = index.get(path); if (i === undefined) return false; cx = wx[i]; cy = wy[i]; zoom = z || 18; redraw(); return true; };
-  M.colours = STATE_COLOURS; M.states = STATE_LABELS;
+  M.colours = STATE_COLOURS; M.states = STATE_LABELS; M.clusterAbove = INDIVIDUAL;
 
   // ------------------------------------------------------------------ start
   async function start() {
