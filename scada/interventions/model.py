@@ -15,7 +15,7 @@ Pure: no I/O, no clock (times are passed in). The store (:mod:`.store`) journals
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 STATES = ("draft", "approved", "scheduled", "in_progress", "on_hold", "completed", "closed", "cancelled")
@@ -41,6 +41,11 @@ FIELD_ACTIONS: dict[str, str] = {"arrived": "in_progress", "done": "completed", 
 #: timestamps kept per order for the contract's KPIs (state -> field set on entering it)
 STAMPS = {"approved": "approved_at", "scheduled": "dispatched_at", "in_progress": "arrived_at",
           "completed": "completed_at", "closed": "closed_at", "cancelled": "cancelled_at"}
+
+
+#: the columns the contract's KPIs read (``kpi.json`` beside each snapshot: historian.wo_kpi)
+KPI_FIELDS = ("id", "state", "priority", "trade", "area", "created", "alarm_raised", "acked_at", "dispatched_at",
+              "arrived_at", "completed_at", "closed_at", "due_respond", "due_repair")
 
 
 class TransitionError(ValueError):
@@ -96,17 +101,23 @@ class WorkOrder:
         return self.state not in FINAL
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """A JSON-ready copy (lists and their dicts copied; shallow otherwise: dataclasses.asdict
+        deep-copies every value and costs 30x more)."""
+        d = {k: getattr(self, k) for k in _FIELDS}
+        for k in _LISTS:
+            d[k] = [dict(x) if isinstance(x, dict) else x for x in d[k]]
         d["location"] = list(self.location) if self.location else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkOrder:
-        d = dict(d)
-        if d.get("location") is not None:
-            d["location"] = tuple(d["location"])
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            wo = cls(**d)
+        except TypeError:  # a field of another version: keep the known ones
+            wo = cls(**{k: v for k, v in d.items() if k in _FIELDS})
+        if wo.location is not None:
+            wo.location = tuple(wo.location)  # type: ignore[assignment]
+        return wo
 
     def summary(self) -> dict[str, Any]:
         """The list row (no notes/photos/history)."""
@@ -114,6 +125,10 @@ class WorkOrder:
             "id", "title", "state", "priority", "origin", "devices", "area", "trade", "fault", "site",
             "crew", "assignee", "created", "due_respond", "due_repair", "repeats", "resolution")} | {
             "location": list(self.location) if self.location else None, "alarms": list(self.alarms)}
+
+
+_FIELDS = tuple(WorkOrder.__dataclass_fields__)
+_LISTS = ("devices", "alarms", "notes", "checklist", "photos", "parts", "history")
 
 
 def apply(wo: WorkOrder, rec: dict[str, Any]) -> None:

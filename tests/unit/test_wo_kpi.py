@@ -67,3 +67,37 @@ def test_work_order_kpis_in_the_interventions_report(tmp_path):
     assert csv.exit_code == 0 and "respond_breaches" in csv.stdout
     html = CliRunner().invoke(main, ["report", "interventions", "--site", site.path, "--journal", str(alarms)])
     assert "Wo by trade" in html.stdout
+
+
+async def test_store_snapshot_kpi_columns_and_torn_line(tmp_path):
+    """The store compacts into a snapshot + KPI columns every ``snapshot_every`` records; a
+    reload (and the report's light replay) give the same orders; a torn last line is skipped."""
+    from historian import wo_kpi
+    from scada.interventions.store import Store
+
+    d = tmp_path / "state" / "interventions"
+    st = Store(str(d), snapshot_every=10)
+    st.load()
+    for k in range(8):
+        wo = WorkOrder(id=st.new_id(), title="x", state="draft", priority=1 + k % 4, origin="manual",
+                       devices=[f"centre/cab-{k}"], area="centre", trade="electrician", created=T0 + k,
+                       created_by="op", due_respond=T0 + 3600, due_repair=T0 + 7200, fault="door_open")
+        async with st.lock:
+            await st.commit([{"op": "create", "id": wo.id, "ts": T0 + k, "order": wo.as_dict()},
+                             {"op": "transition", "id": wo.id, "ts": T0 + k + 60, "to": "approved", "user": "op"}])
+    st.close()
+    assert st.stats["snapshots"] == 1 and (d / "kpi.json").exists()
+    _append(d / "journal.jsonl", '{"seq": 999, "op": "tran')  # a crash mid-write
+    again = Store(str(d))
+    again.load()
+    assert again.stats["bad_lines"] == 1
+    assert {w.id: (w.state, w.approved_at) for w in again.orders.values()} == {
+        w.id: (w.state, w.approved_at) for w in st.orders.values()}
+    assert again.open_for("centre/cab-3", "door_open").id == "WO-000004" and again.next_id == 9
+    rows = wo_kpi.load_orders(str(tmp_path / "state"))
+    assert sorted((r["id"], r["state"]) for r in rows) == sorted((w.id, "approved") for w in st.orders.values())
+
+
+def _append(path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
