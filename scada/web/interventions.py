@@ -9,7 +9,8 @@ JSON API (every change through the operator API: role matrix, areas, audit):
 * ``GET /api/procedures`` (the active alarms' checklists), ``GET /api/procedures/{alarm_id}``,
   ``POST /api/procedures/step``.
 * ``GET /api/tablet`` (the agent's visits of the day), ``POST /api/tablet/action`` (arrived,
-  done, cannot complete; the client's idempotency ``key`` makes replays harmless).
+  done, cannot complete, check (a checklist step); the client's idempotency ``key`` makes
+  replays harmless).
 
 Pages: ``/workorders``, ``/workorders/{id}``, ``/visits``, ``/procedures`` in the console
 layout; ``/tablet`` (mobile, installable: ``/tablet.webmanifest`` and the service worker
@@ -244,8 +245,14 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
                 photo_b = decode_photo(_s(d, "photo", max_len=ctx.max_body))
             except ValueError as e:
                 raise ApiError(400, "bad_parameter", str(e)) from None
-        return outcome_response(await ops.wo_field(who, oid, _s(d, "what", required=True, max_len=30),
-                                                   note=_s(d, "note"), photo=photo_b, key=_key(d)))
+        what = _s(d, "what", required=True, max_len=30)
+        if what == "check":  # a checklist step ticked on the tablet
+            done = d.get("done", True)
+            if not isinstance(done, bool):
+                raise ApiError(400, "bad_parameter", "done: expected true or false")
+            return outcome_response(await ops.wo_record(who, oid, "check", key=_key(d),
+                                                        step=_s(d, "step", required=True, max_len=50), done=done))
+        return outcome_response(await ops.wo_field(who, oid, what, note=_s(d, "note"), photo=photo_b, key=_key(d)))
 
     # ------------------------------------------------------------------ pages
     def simple(name: str, title: str, script: str):

@@ -62,6 +62,10 @@ async def test_one_visit_offline_tablet_and_verified_close(tmp_path, browser) ->
         await tab.wait_for_selector(".visit")
         assert await tab.eval_on_selector_all(".task", "els => els.map(e => e.dataset.order)") == ids
         assert (await tab.evaluate("fetch('/tablet.webmanifest').then(r => r.json())"))["display"] == "standalone"
+        # the electrician ticks the first step of the lamp's checklist
+        await tab.check(f'.task[data-order="{ids[0]}"] input.step[data-step="s1"]')
+        await wait_for(lambda: svc.store.orders[ids[0]].checklist[0]["done"], "the checklist step")
+        assert svc.store.orders[ids[0]].checklist[0]["user"] == "agent1"
         for oid in ids:
             await tab.click(f'.task[data-order="{oid}"] button.arrived')
         await wait_for(lambda: all(svc.store.orders[i].state == "in_progress" for i in ids), "arrived x3")
@@ -104,8 +108,8 @@ async def test_one_visit_offline_tablet_and_verified_close(tmp_path, browser) ->
             assert [n["user"] for n in svc.store.orders[oid].notes] == ["agent1"]
         assert len(svc.store.orders[ids[0]].photos) == 1
         audit = [e for e in AuditLog.read(str(rt.operations.audit.path)) if e["action"] == "wo.field"]
-        assert sorted((e["target"], e["what"]) for e in audit) == sorted(
-            [(i, "arrived") for i in ids] + [(i, "done") for i in ids])
+        assert sorted((e["target"], e.get("what") or e["op"]) for e in audit) == sorted(
+            [(i, "arrived") for i in ids] + [(i, "done") for i in ids] + [(ids[0], "check")])
         assert all(e["user"] == "agent1" and e["via"].startswith("web 127.0.0.1") for e in audit)
         # the photo is served to the console
         photo = svc.store.orders[ids[0]].photos[0]["file"]

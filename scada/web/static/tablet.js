@@ -1,5 +1,5 @@
 // The field tablet: the agent's visits of the day in order, each task's summary, map link and
-// checklist, and the actions "arrived", "done" (note + photo) and "cannot complete".
+// checklist (steps ticked), and the actions "arrived", "done" (note + photo) and "cannot complete".
 // Actions are queued in localStorage first, each with an idempotency key generated here, and
 // sent in order; without network they wait and are replayed when it returns (the "online"
 // event, and a retry timer). The server records a key once: a replay never duplicates a step.
@@ -51,7 +51,11 @@
       return `<section class="visit" data-visit="${esc(v.id)}"><h2>${i + 1}. ${esc(v.site)} ${loc}</h2>` +
         v.tasks.map((t, k) => {
           const pend = pendingFor(t.id);
-          const checklist = (t.checklist || []).map((s) => `<li>${s.done ? "☑" : "☐"} ${esc(s.text)}</li>`).join("");
+          const ticked = queue().filter((a) => a.order === t.id && a.what === "check").map((a) => a.step);
+          const checklist = (t.checklist || []).map((s) => {
+            const on = s.done || ticked.includes(s.id);
+            return `<li><label><input type="checkbox" class="step" data-step="${esc(s.id)}"${on ? " checked disabled" : ""}> ${esc(s.text)}</label></li>`;
+          }).join("");
           return `<div class="task" data-order="${esc(t.id)}" data-rank="${k}">
             <div><span class="trade">${esc(t.trade || "")}</span> · P${t.priority} · <span class="state">${esc(t.state)}</span>
               ${pend.length ? `<span class="pending">(${esc(pend.join(", "))} waiting to be sent)</span>` : ""}</div>
@@ -93,7 +97,7 @@
         try {
           r = await fetch("/api/tablet/action", {method: "POST", credentials: "same-origin",
             headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
-            body: JSON.stringify({order: a.order, what: a.what, note: a.note, photo: a.photo, key: a.key})});
+            body: JSON.stringify({order: a.order, what: a.what, note: a.note, photo: a.photo, step: a.step, key: a.key})});
         } catch (e) { break; }  // no network: keep it, retry later
         if (r.status >= 500 || r.status === 401 || r.status === 429) break;  // try again later
         const j = await r.json().catch(() => ({}));
@@ -114,6 +118,16 @@
     document.getElementById("visits").prepend(box);
   }
 
+  document.addEventListener("change", (e) => {
+    const box = e.target.closest("input.step");
+    const t = e.target.closest(".task");
+    if (!box || !t || !box.checked) return;
+    const q = queue();
+    q.push({key: newKey(), order: t.dataset.order, what: "check", step: box.dataset.step, at: Date.now()});
+    save(q);
+    render();
+    flush();
+  });
   document.addEventListener("click", (e) => {
     const b = e.target.closest("button");
     const t = e.target.closest(".task");
