@@ -134,3 +134,31 @@ async def test_one_visit_offline_tablet_and_verified_close(tmp_path, browser) ->
             await cl.aclose()
     finally:
         await rt.stop()
+
+
+async def test_console_procedure_checklist_and_order_page(tmp_path, browser) -> None:  # noqa: F811
+    """The checklist is shown with the alarm in the console; ticking a step records the user;
+    the order page offers only the transitions the table allows and shows why closing waits."""
+    web = await start_city(tmp_path)
+    rt = web.runtime
+    svc = rt.services["interventions"]
+    try:
+        web.feed({f"{LUM}/lamp_failure": 1})
+        wo = await wait_for(lambda: svc.store.open_for(LUM, "lamp_failure"), "the automatic order")
+        _ctx, page = await page_login(browser, web, "op1", "/procedures")
+        sec = f'.procedure[data-alarm="{LUM}/lamp_failure"]'
+        await page.wait_for_selector(f"{sec} >> text=Check the cabinet's contactor")
+        await page.click(f'{sec} button[data-step="s1"]')
+        await wait_for(lambda: svc.store.steps.get(f"{LUM}/lamp_failure", {}).get("s1"), "the step")
+        assert svc.store.steps[f"{LUM}/lamp_failure"]["s1"]["user"] == "op1"
+        await page.goto(f"{web.url}/workorders/{wo.id}")
+        await page.wait_for_selector("#wo-state >> text=draft")
+        buttons = await page.eval_on_selector_all("#wo-actions button[data-to]", "els => els.map(e => e.dataset.to)")
+        assert buttons == ["approved", "cancelled"]
+        await page.click('#wo-actions button[data-to="approved"]')
+        await page.fill("#confirm-extra", "go")
+        await page.click("#confirm-ok")
+        await page.wait_for_selector("#wo-state >> text=approved")
+        assert svc.store.orders[wo.id].history[-1]["comment"] == "go"
+    finally:
+        await rt.stop()
