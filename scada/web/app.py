@@ -160,7 +160,8 @@ class LimitBody:
                 except ValueError:
                     n = -1
                 if n < 0 or n > limit:
-                    self.ctx.counters["oversized"] += 1
+                    self.ctx.counters["oversized" if n > limit else "malformed"] += 1
+                    self.ctx.counters["refused"] += 1
                     await _refuse(send, 413 if n > limit else 400,
                                   "too_large" if n > limit else "bad_length",
                                   f"request body of {n} bytes is above the limit of {limit} bytes "

@@ -156,3 +156,39 @@ async def test_schedule_override_from_the_page(web, browser):
     acts = [(e["user"], e.get("cancel", False)) for e in web.audit() if e["action"] == "schedule.override"
             and e["outcome"] == "Good"]
     assert ("eng1", False) in acts and ("eng1", True) in acts
+
+
+async def test_every_page_loads_without_a_script_error_and_logout(web, browser):
+    from scada.web.pages import NAV
+
+    web.feed({"centre/cab-01/door_open": True})
+    page = await browser_login(browser, web, "eng1")
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
+    page.on("console", lambda m: errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+    ready = {"/alarms": "#alarms tbody tr", "/alarms/history": "#history tbody tr",
+             "/devices": "#devices tbody tr", "/junctions": "[data-junction]",
+             "/schedules": "#steps tbody tr", "/energy": "#energy p", "/system": "[data-group]"}
+    for path, _label in NAV:
+        r = await page.goto(web.url + path)
+        assert r.status == 200, path
+        if path in ready:  # the page's script has fetched and rendered its data
+            await page.locator(ready[path]).first.wait_for()
+    # the history page finds the raise; the shelved view lists a shelved alarm
+    await page.goto(web.url + "/alarms/history")
+    await page.fill("#h-text", "door")
+    await page.click("#h-go")
+    await expect(page.locator("#history tbody tr").first).to_contain_text("raise")
+    out = await web.runtime.operations.shelve(web.runtime.operations.identity("eng1", "t"),
+                                              "centre/cab-01/door_open", "works", 3600)
+    assert out.ok
+    await page.goto(web.url + "/alarms")
+    await page.click('#views button[data-view="shelved"]')
+    row = page.locator('tr[data-alarm="centre/cab-01/door_open"]')
+    await expect(row.locator("td.state")).to_have_text("shelved")
+    await expect(row.locator('button[data-do="unshelve"]')).to_be_enabled()
+    assert errors == []
+    await page.click("#logout")
+    await page.wait_for_url("**/login")
+    r = await page.goto(web.url + "/alarms")
+    assert "/login" in page.url
