@@ -23,9 +23,10 @@ model for the alarm engine, attached to the HMI server (``runtime.services["opcu
   AddComment (9029), ShelvingState TimedShelve/OneShotShelve/Unshelve (9213/9212/9211 and the
   ShelvedStateMachineType ones), RemoveFromService/PlaceInService (17869/17870: the whole
   device), ConditionRefresh/ConditionRefresh2 (3875/12912: RefreshStart, the retained set,
-  RefreshEnd to the calling subscription). Each checks the caller's role through the server's
-  session (operator to acknowledge/comment, engineer to shelve and for out-of-service) and
-  answers BadUserAccessDenied otherwise; the engine journals and audits the action.
+  RefreshEnd to the calling subscription). Each calls the operator API (scada.operations) with
+  the session's identity: it checks the role matrix (operator to acknowledge/comment, engineer
+  to shelve and for out-of-service; BadUserAccessDenied otherwise) and audits the action; the
+  engine journals it.
   Acknowledge accepts the condition's latest EventId or an empty one (the CLI's "current
   state"); a stale EventId is BadEventIdUnknown. Shelve methods accept an optional trailing
   comment argument (the reason).
