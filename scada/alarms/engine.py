@@ -334,6 +334,13 @@ class AlarmEngine(Declarations, EvaluationPipeline):
             self._sub = None
         self.journal.close()
 
+    async def aclose(self) -> None:
+        """:meth:`close` from the event loop: the journal's last fsync and close in a thread."""
+        if self._sub is not None:
+            self.tagdb.unsubscribe(self._sub)
+            self._sub = None
+        await asyncio.to_thread(self.journal.close)
+
     # ------------------------------------------------------------------ evaluation
     def _message(self, c: int, v: float, lv: int) -> str:
         val = "" if v is None or (isinstance(v, float) and math.isnan(v)) else (
@@ -451,7 +458,7 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         events.append(self._event(c, M.CHATTER, now, user="system",
                                   comment=f"chattering: {cfg.count} raises within {cfg.window:g} s"))
         if cfg.auto_shelve and not self.st.shelved[c]:
-            self.st.shelved[c] = M.TIMED
+            self.st.shelved[c] = transitions.SHELVING[(M.UNSHELVED, "timed")]
             self.st.shelve_until[c] = now + cfg.auto_shelve
             self.shelve_info[c] = ("system", "auto-shelved: chattering")
             events.append(self._event(c, M.SHELVE, now, user="system",
@@ -540,7 +547,8 @@ class AlarmEngine(Declarations, EvaluationPipeline):
             raise ValueError(f"shelving {alarm_id}: duration must be > 0 s, got {duration}")
         c = self.find(alarm_id)
         now = self.clock.time()
-        self.st.shelved[c] = M.ONESHOT if duration is None else M.TIMED
+        self.st.shelved[c] = transitions.SHELVING[(int(self.st.shelved[c]),
+                                                   "oneshot" if duration is None else "timed")]
         self.st.shelve_until[c] = np.nan if duration is None else now + duration
         self.shelve_info[c] = (user or "", comment)
         e = self._event(c, M.SHELVE, now, user=user, comment=comment)
@@ -550,9 +558,10 @@ class AlarmEngine(Declarations, EvaluationPipeline):
 
     def unshelve(self, alarm_id: str, *, user: str | None, comment: str = "") -> M.AlarmEvent:
         c = self.find(alarm_id)
-        if not self.st.shelved[c]:
+        new = transitions.SHELVING[(int(self.st.shelved[c]), "unshelve")]
+        if new is None:
             raise M.InvalidAlarmState(f"{alarm_id} is not shelved")
-        self.st.shelved[c] = M.UNSHELVED
+        self.st.shelved[c] = new
         self.st.shelve_until[c] = np.nan
         self.shelve_info.pop(c, None)
         e = self._event(c, M.UNSHELVE, self.clock.time(), user=user, comment=comment)

@@ -149,6 +149,8 @@ class Journal:
         data = b"".join(lines)
         if not data:
             return 0
+        if self._fd < 0:
+            raise OSError(f"alarm journal {self.path} is closed")
         view = memoryview(data)
         while view:  # in <= 1 MiB pieces: one multi-MB write() is ~7x slower on ext4 here
             n = os.write(self._fd, view[:_CHUNK])
@@ -250,17 +252,17 @@ class Journal:
             self.stats["fsyncs"] += 1
 
     def close(self) -> None:
+        fd, self._fd = self._fd, -1  # a write racing the close fails cleanly (closed journal)
         if self._writer is not None:
             self._writer.shutdown(wait=True)  # the queued fsyncs and closes first
             self._writer = None
         retired, self._retired = self._retired, []
-        for fd in retired:
-            _fsync_close(fd)
-        if self._fd >= 0:
+        for r in retired:
+            _fsync_close(r)
+        if fd >= 0:
             if self._dirty and self.fsync != "never":
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+                os.fsync(fd)
+            os.close(fd)
 
 
 def _on_loop() -> bool:

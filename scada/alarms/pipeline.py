@@ -309,7 +309,7 @@ class EvaluationPipeline:
         with np.errstate(invalid="ignore"):
             exp = np.nonzero((su <= now) & (self.st.shelved[:n] == M.TIMED))[0]
         for c in exp.tolist():
-            self.st.shelved[c] = M.UNSHELVED
+            self.st.shelved[c] = transitions.SHELVING[(M.TIMED, "expired")]
             self.st.shelve_until[c] = np.nan
             self.shelve_info.pop(c, None)
             events.append(self._event(c, M.UNSHELVE, now, user="system",

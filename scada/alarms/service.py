@@ -171,7 +171,7 @@ class AlarmService(Service):
     async def aclose(self) -> None:
         if self.conditions is not None:
             await self.conditions.close()
-        self.engine.close()
+        await self.engine.aclose()
 
 
 def make_notifier(site: Any, engine: AlarmEngine, clock: Any, directory: str,
