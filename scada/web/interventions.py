@@ -20,6 +20,7 @@ layout; ``/tablet`` (mobile, installable: ``/tablet.webmanifest`` and the servic
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
 from typing import Any
@@ -105,8 +106,6 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
     async def wo_show(request: Request) -> JSONResponse:
         who = ctx.require(request, "read")
         wo = order_or_404(who, request.path_params["id"])
-        import asyncio
-
         recs = await asyncio.to_thread(svc().store.journal, wo.id)
         return JSONResponse(wo.as_dict() | {"journal": recs, "close_blocked_by": svc().check_close(wo)})
 
