@@ -201,12 +201,24 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
                                            "yet (see docs/cockpit.md)"})
         return JSONResponse({"available": True, **(await fn())})
 
+    system_paths: list[str] = []
+
+    async def junctions(request: Request) -> JSONResponse:
+        who = ctx.require(request, "read")
+        limit = _int(request, "limit", 500, 1, 10_000)
+        offset = _int(request, "offset", 0, 0, 10_000_000)
+        rows = views.visible_devices(rt, who, kind="junction", area=request.query_params.get("area"))
+        page = [views.junction_row(rt, d["path"]) for d in rows[offset:offset + limit]]
+        return JSONResponse({"total": len(rows), "junctions": page, "server_time": rt.clock.time()})
+
     async def system(request: Request) -> JSONResponse:
         who = ctx.require(request, "read")
         db = rt.tagdb
+        if not system_paths:  # server health devices are registered before the server starts
+            system_paths.extend(p for _d, p in db.devices() if p.startswith("_system/"))
         groups: dict[str, dict[str, Any]] = {}
-        for _d, path in db.devices():
-            if not path.startswith("_system/") or not who.sees(path):
+        for path in system_paths:
+            if not who.sees(path):
                 continue
             groups[path.removeprefix("_system/")] = {
                 db.point(i).name: views.tag_row(db, i)["value"] for i in db.device_tags(path)}
@@ -276,6 +288,7 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         Route("/api/devices", devices),
         Route("/api/devices/{path:path}", device),
         Route("/api/trend", trend),
+        Route("/api/junctions", junctions),
         Route("/api/schedules", schedules),
         Route("/api/energy", energy),
         Route("/api/system", system),

@@ -164,3 +164,30 @@ def visible_devices(runtime: Any, who: Identity, *, kind: str | None = None, are
 
 def _descr(d: Any) -> str:
     return str((d.attrs or {}).get("description") or d.profile.description or "")
+
+
+#: junction points the junctions view shows (besides the signal groups' states)
+JUNCTION_FAULTS = ("conflict", "door_open", "mains_failure", "detector_fault", "coordination_loss", "flashing")
+
+
+def junction_row(runtime: Any, path: str) -> dict[str, Any]:
+    """One junction for the junctions view: mode, plan, signal-group states, faults, active
+    alarms, each value with its status code."""
+    db = runtime.tagdb
+    tags = {db.point(i).name: i for i in db.device_tags(path)}
+
+    def val(name: str) -> dict[str, Any] | None:
+        i = tags.get(name)
+        if i is None:
+            return None
+        s = db.read(i)
+        return {"value": _num(s.value), "status": s.quality, "status_name": Q.name(s.quality),
+                "source_ts": _num(s.source_ts)}
+
+    groups = sorted(n for n in tags if n.startswith("sg") and n.endswith("_state"))
+    faults = [n for n in JUNCTION_FAULTS if (v := val(n)) is not None and v["value"] is True]
+    faults += [n for n in sorted(tags) if n.endswith("_lamp_failure") and db.read(tags[n]).value is True]
+    alarms = [a for a in device_alarms(runtime, path) if a["state"] != "Normal" or not a["acked"]]
+    return {"path": path, "area": path.split("/", 1)[0], "mode": val("mode"), "plan": val("plan"),
+            "signal_groups": [{"name": n.removesuffix("_state"), **(val(n) or {})} for n in groups],
+            "faults": faults, "alarms": alarms}

@@ -88,6 +88,13 @@ async def test_restricted_user_sees_only_their_area(web):
         assert ids == ["north/cab-02/door_open"]
         devs = {d["path"] for d in (await c.get("/api/devices")).json()["devices"]}
         assert devs == {"north/cab-02", "north/j-01"}
+        web.feed({"north/j-01/conflict": True})
+        js = (await c.get("/api/junctions")).json()
+        assert [j["path"] for j in js["junctions"]] == ["north/j-01"]
+        j = js["junctions"][0]
+        assert j["mode"]["value"] == 0 and j["mode"]["status_name"] == "Good" and j["plan"]["value"] == 2
+        assert [g["value"] for g in j["signal_groups"]] == [1, 3] and j["faults"] == ["conflict"]
+        assert [a["name"] for a in j["alarms"]] == ["conflict"]
         assert (await c.get("/api/devices/north/cab-02")).status_code == 200
         r = await c.get("/api/devices/centre/cab-01")
         assert r.status_code == 404 and r.json()["error"] == "not_found"
