@@ -193,3 +193,56 @@ async def test_gis_import_through_the_console_and_the_cli(web):
     assert web.runtime.site.device("centre/cab-01/lum-03").location.lat == 47.3233
     audit = [a for a in web.audit() if a["action"] == "gis.import"]
     assert [(a["user"], a["outcome"]) for a in audit][-1] == ("eng1", "Good")
+
+
+def _png(rgb_colour: tuple[int, int, int], size: int = 256) -> bytes:
+    """A solid-colour PNG (zlib and CRCs by hand: the test needs no imaging library)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb_colour) * size
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * size)) + chunk(b"IEND", b""))
+
+
+async def test_local_tile_directory_as_base_map(tmp_path, browser, monkeypatch):
+    """web.map.tiles naming a directory: the console serves its tiles, the map draws them under
+    the devices (no internet needed)."""
+    import math
+
+    import tests.fixtures.web as fx
+
+    monkeypatch.setattr(fx, "SITE", fx.SITE.replace(
+        "web:\n  enabled: true\n", "web:\n  enabled: true\n  map: {{tiles: tiles/, attribution: Test tiles}}\n"))
+    lat, lon, z = 47.322, 5.041, 15  # centre/cab-01
+    n = 2 ** z
+    x = int((lon + 180) / 360 * n)
+    y = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+    d = tmp_path / "tiles" / str(z) / str(x)
+    d.mkdir(parents=True)
+    (d / f"{y}.png").write_bytes(_png((10, 200, 30)))
+    web = await fx.start_web(tmp_path)
+    try:
+        page = await open_map(browser, web, "viewer1")
+        cfg = await page.evaluate("async () => (await fetch('/api/map/config')).json()")
+        assert cfg["tiles"] == "/map/tiles/{z}/{x}/{y}.png" and cfg["attribution"] == "Test tiles"
+        assert await page.evaluate("async () => (await fetch('/map/tiles/15/1/2.png')).status") == 204  # none
+        assert await page.evaluate("async () => (await fetch('/map/tiles/a/1/2.png')).status") == 400
+        colour = await page.evaluate("""async () => {
+            const M = window.scadaMap; M.focus('centre/cab-01', 15);
+            for (let k = 0; k < 100; k++) {
+                const f = M.frames; while (M.frames === f) await new Promise(requestAnimationFrame);
+                const [x, y] = M.screenOf('centre/cab-01'); const d = window.devicePixelRatio || 1;
+                const px = document.getElementById('map-canvas').getContext('2d')
+                    .getImageData(Math.round((x + 30) * d), Math.round((y + 30) * d), 1, 1).data;
+                if (px[1] === 200) return Array.from(px.slice(0, 3));
+                await new Promise((r) => setTimeout(r, 50)); M.focus('centre/cab-01', 15);
+            }
+            return null; }""")
+        assert colour == [10, 200, 30]  # the tile, drawn beside the device
+        assert await page.locator("#map-attr").inner_text() == "Test tiles"
+    finally:
+        await web.runtime.stop()
