@@ -365,7 +365,7 @@ class Operations(WorkOrderActions):
         if rep.positions and not dry_run:
             for fn in tuple(self.position_listeners):
                 fn(dict(rep.positions))
-        out = Outcome(Q.Good, gis.Report.text(d, limit=0), d)
+        out = Outcome(Q.Good, gis.Report.text(d, limit=20), d)
         return self._done(who, action, name, out, **details, **rep.counts())
 
     def _device_exists(self, path: str) -> bool:

@@ -246,3 +246,29 @@ async def test_local_tile_directory_as_base_map(tmp_path, browser, monkeypatch):
         assert await page.locator("#map-attr").inner_text() == "Test tiles"
     finally:
         await web.runtime.stop()
+
+
+async def test_gis_import_from_the_map_page(web, browser, tmp_path):
+    """An engineer imports a file from the map page; the device moves on the drawn map (the
+    table is reloaded live); a viewer has no import form."""
+    viewer = await open_map(browser, web, "viewer1")
+    assert await viewer.locator("#map-gis").is_hidden()
+    page = await open_map(browser, web, "eng1")
+    await page.locator("#map-gis").wait_for(state="visible")
+    lum = "centre/cab-01/lum-01"
+    before = await page.evaluate("(p) => window.scadaMap.focus(p, 16) && window.scadaMap.screenOf(p)", lum)
+    rev0 = await page.evaluate("() => window.scadaMap.rev")
+    f = tmp_path / "poles.geojson"
+    f.write_bytes(_fc((lum, 47.3225, 5.0420), ("centre/cab-01/lum-09", 47.3, 5.0), ("nowhere", 95.0, 5.0)))
+    await page.set_input_files("#gis-file", str(f))
+    await page.click("#gis-submit")
+    report = page.locator("#gis-report")
+    await page.wait_for_function("() => /created|refused/.test(document.getElementById('gis-report').textContent)")
+    text = await report.inner_text()
+    assert "1 updated" in text and "1 unmatched" in text and "1 rejected" in text, text
+    await page.wait_for_function("(r) => window.scadaMap.rev > r", arg=rev0)  # map.reload, live
+    after = await page.evaluate("(p) => window.scadaMap.focus(p, 16) && window.scadaMap.screenOf(p)", lum)
+    assert after == before  # focused on its new place ...
+    moved = await page.evaluate("""(p) => { const M = window.scadaMap; return M.screenOf('centre/cab-01'); }""", lum)
+    assert moved != after  # ... no longer on its cabinet's
+    assert [a["outcome"] for a in web.audit() if a["action"] == "gis.import"] == ["Good"]

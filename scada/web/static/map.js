@@ -42,6 +42,16 @@
     '<div class="muted" id="map-info"></div><div class="attr" id="map-attr"></div>';
   host.appendChild(legend);
   legend.querySelectorAll(".dot").forEach((d) => { d.style.background = STATE_COLOURS[+d.dataset.state]; });
+  // GIS import (engineers: the gis.import row of the role matrix; the server checks it again)
+  const gisBox = document.createElement("form");
+  gisBox.className = "map-gis"; gisBox.id = "map-gis"; gisBox.hidden = true;
+  gisBox.innerHTML = '<b>Import positions</b> <span class="muted">GeoJSON, CSV, zipped shapefile</span><br>' +
+    '<input type="file" id="gis-file" accept=".geojson,.json,.csv,.txt,.zip"> ' +
+    '<label>id field <input id="gis-id" value="id" size="8"></label> ' +
+    '<label>EPSG <input id="gis-epsg" size="6" placeholder="4326"></label> ' +
+    '<label><input type="checkbox" id="gis-dry"> dry run</label> ' +
+    '<button type="submit" id="gis-submit">Import</button><pre id="gis-report"></pre>';
+  host.appendChild(gisBox);
   const pop = document.createElement("div");
   pop.className = "map-popup"; pop.id = "map-popup"; pop.hidden = true;
   host.appendChild(pop);
@@ -298,6 +308,25 @@
     pop.hidden = false;
   }
 
+  gisBox.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = document.getElementById("gis-file").files[0];
+    const out = document.getElementById("gis-report");
+    if (!f) { out.textContent = "choose a file first"; return; }
+    const fd = new FormData();
+    fd.append("id_field", document.getElementById("gis-id").value || "id");
+    const epsg = document.getElementById("gis-epsg").value.trim();
+    if (epsg) fd.append("epsg", epsg);
+    if (document.getElementById("gis-dry").checked) fd.append("dry_run", "1");
+    fd.append("file", f, f.name);
+    out.textContent = "importing " + f.name + " ...";
+    const r = await fetch("/api/gis/import", {method: "POST", body: fd, credentials: "same-origin",
+      headers: {"X-CSRF-Token": Console.csrf, "Accept": "application/json"}});
+    const j = await r.json().catch(() => ({detail: "the server's answer is not JSON (" + r.status + ")"}));
+    out.textContent = r.ok ? j.message : "refused (" + r.status + "): " + (j.detail || j.message || j.error);
+    out.className = r.ok ? "" : "bad";
+  });
+
   // for tests and benchmarks: where a device is drawn, what state it shows
   M.screenOf = (path) => { const i = index.get(path); if (i === undefined || !has[i]) return null; return toScreen(wx[i], wy[i]); };
   M.stateOf = (path) => { const i = index.get(path); return i === undefined ? null : rank[i]; };
@@ -310,6 +339,7 @@
   async function start() {
     try {
       cfg = await Console.api("/api/map/config");
+      Console.whoami().then(() => { gisBox.hidden = !Console.allowed("gis.import"); }).catch(() => {});
       const attr = document.getElementById("map-attr");
       attr.textContent = cfg.attribution || (cfg.tiles ? "" : "no base map configured (web.map.tiles)");
       const r = host.getBoundingClientRect();
