@@ -20,6 +20,7 @@ import collections
 import contextlib
 import logging
 import os
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,8 @@ class HistorianService(Service):
         self._spooled_at: collections.deque[float] = collections.deque()  # per pending block
         self._alarm_raised = False
         self._next_snapshot: float | None = None
+        self._energy_lock = asyncio.Lock()
+        self._energy_cache: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -288,6 +291,85 @@ class HistorianService(Service):
         a = aggregate(raw, t0, t1, interval_s, aggregate_name)
         q = np.where(a.count == 0, Q.BadNoData, np.where(a.bad > 0, Q.Uncertain, Q.Good)).astype(np.uint32)
         return a.start, a.value, q
+
+    # ------------------------------------------------------------------ energy KPI (web console)
+    async def energy_kpi(self, start: date, end: date, area: str | None = None) -> dict[str, Any]:
+        """The 65 % savings KPI of the days ``start..end`` (inclusive), as ``scada report energy``
+        computes it without ``--inventory`` (:func:`historian.energy.compute` over the site's
+        luminaire attributes and this historian's roll-ups): the headline (DATA INSUFFICIENT
+        rule of docs/energy-kpi.md), option B by month, by area, and month x area.
+
+        Computed in a worker thread (DuckDB reads block), one at a time, and cached for
+        :data:`ENERGY_CACHE_S` of the server clock. ``{"available": False, "detail": ...}`` when
+        the site has no luminaire with ``legacy_w`` (or none in ``area``)."""
+        key = (start, end, area)
+        now = self.clock.time()
+        hit = self._energy_cache.get(key)
+        if hit is not None and now - hit[0] < ENERGY_CACHE_S:
+            return hit[1]
+        async with self._energy_lock:
+            hit = self._energy_cache.get(key)
+            if hit is not None and self.clock.time() - hit[0] < ENERGY_CACHE_S:
+                return hit[1]
+            try:
+                out = await asyncio.to_thread(self._energy_kpi, start, end, area)
+            except (ValueError, HistorianError) as e:
+                out = {"available": False, "target_pct": 65.0, "detail": f"the KPI cannot be computed: {e}"}
+            self._energy_cache[key] = (self.clock.time(), out)
+            return out
+
+    def _energy_kpi(self, start: date, end: date, area: str | None) -> dict[str, Any]:
+        from . import energy
+        from .rollup import Rollups
+
+        site = self.runtime.site
+        inv = energy.inventory_from_site(site)
+        if not inv.points:
+            return {"available": False, "target_pct": energy.TARGET_PCT,
+                    "detail": "no luminaire with a legacy_w attribute in the site (the baseline of the KPI)"}
+        s = site.config.site
+        # the roll-ups beside the store, as `scada report energy` uses them (embedded backend)
+        ru = Rollups(os.path.join(self.dir, "rollups")) if self.cfg.backend == "embedded" else None
+        areas = sorted({p.area for p in inv.points if area is None or p.area == area})
+        if not areas:
+            return {"available": False, "target_pct": inv.target_pct,
+                    "detail": f"no luminaire with a legacy_w attribute in area {area!r}"}
+        kw: dict[str, Any] = {"lat": s.latitude, "lon": s.longitude, "tz": s.timezone, "d0": start, "d1": end,
+                              "rollups": ru}
+        res = energy.compute(self.backend, inv, area=area, **kw)
+        threshold = float(res.inputs["measured_threshold_pct"])
+        target = float(res.summary[1]["target_pct"])
+
+        def verdict(pct: float | None, measured: float | None) -> str:
+            if measured is None or measured < threshold:
+                return "DATA INSUFFICIENT"
+            if pct is None:
+                return "no baseline"
+            return "met" if pct >= target else "NOT met"
+
+        months = [{"month": m["month"], "savings_pct": m["savings_pct_b"], "measured_pct": m["measured_pct"],
+                   "baseline_kwh": m["baseline_kwh"], "actual_kwh": m["actual_kwh_b"],
+                   "verdict": verdict(m["savings_pct_b"], m["measured_pct"])} for m in res.monthly]
+        by_area = [{"area": r["area"], "luminaires": r["luminaires"], "savings_pct": r["savings_pct_b"],
+                    "measured_pct": r["measured_pct"], "verdict": verdict(r["savings_pct_b"], r["measured_pct"])}
+                   for r in res.areas]
+        cells = []
+        for a in areas:
+            monthly = res.monthly if area is not None or len(areas) == 1 else energy.compute(self.backend, inv, area=a, **kw).monthly
+            cells += [{"month": m["month"], "area": a, "savings_pct": m["savings_pct_b"],
+                       "measured_pct": m["measured_pct"], "verdict": verdict(m["savings_pct_b"], m["measured_pct"])}
+                      for m in monthly]
+        b = res.summary[1]
+        return {"available": True, "from": str(start), "to": str(end), "area": area or "all",
+                "target_pct": target, "measured_threshold_pct": threshold, "headline": res.headline,
+                "savings_pct": b["savings_pct"], "measured_pct": b["measured_pct"],
+                "target_met": b["target_met"], "verdict": verdict(b["savings_pct"], b["measured_pct"]),
+                "months": months, "areas": by_area, "cells": cells,
+                "inventory_sha256": inv.sha256, "data_sha256": res.inputs["data_sha256"],
+                "method": "option B (luminaire counters), docs/energy-kpi.md; the figure of `scada report energy`"}
+
+
+ENERGY_CACHE_S = 300.0  # server-clock seconds an energy KPI answer is reused
 
 
 def create(runtime: Any) -> HistorianService | None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -191,15 +193,35 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         return JSONResponse(_schedules(rt, who))
 
     async def energy(request: Request) -> JSONResponse:
-        ctx.require(request, "read")
+        """The 65 % savings KPI of a year (``year``, default the server clock's) by month and area,
+        from the historian service's ``energy_kpi`` (the computation of ``scada report energy``);
+        ``available: false`` with the reason when the server has no historian or no data."""
+        who = ctx.require(request, "read")
+        tz = ZoneInfo(rt.site.config.site.timezone)
+        today = datetime.fromtimestamp(rt.clock.time(), tz).date()
+        year = _int(request, "year", today.year, 2000, 2100)
+        area = request.query_params.get("area") or None
+        areas = {a.id for a in rt.site.config.areas}
+        if area is not None and area not in areas:
+            raise ApiError(404, "not_found", f"no such area: {area}")
+        if who.areas is not None:  # a restricted account sees its own areas' figures only
+            if area is None:
+                area = sorted(who.areas)[0]
+            elif area not in who.areas:
+                raise ApiError(404, "not_found", f"no such area: {area}")
+        d0 = date(year, 1, 1)
+        d1 = min(date(year, 12, 31), today - timedelta(days=1))  # whole days only: not today's night
+        base = {"year": year, "area": area or "all", "target_pct": 65.0,
+                "areas_allowed": sorted(areas if who.areas is None else set(who.areas) & areas)}
         historian = rt.services.get("historian")
         fn = getattr(historian, "energy_kpi", None)
         if fn is None:
-            return JSONResponse({"available": False, "target_pct": 65.0,
-                                 "detail": "the energy KPI is computed by `scada report energy` from the "
-                                           "historian; the running server has no cheap entry point for it "
-                                           "yet (see docs/cockpit.md)"})
-        return JSONResponse({"available": True, **(await fn())})
+            return JSONResponse({**base, "available": False,
+                                 "detail": "the server runs no historian service: the energy KPI is computed "
+                                           "from its counter readings (`scada report energy`)"})
+        if d1 < d0:
+            return JSONResponse({**base, "available": False, "detail": f"no whole day of {year} has passed yet"})
+        return JSONResponse({**base, **(await fn(d0, d1, area))})
 
     system_paths: list[str] = []
 
