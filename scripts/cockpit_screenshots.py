@@ -65,6 +65,10 @@ async def main(out: Path) -> None:
                 await page.goto(web.url + "/system")
                 await page.locator("[data-group]").first.wait_for()
                 await page.screenshot(path=str(out / "cockpit-system.png"))
+                await page.goto(web.url + "/map")
+                await page.wait_for_function("() => window.scadaMap && window.scadaMap.ready")
+                await page.wait_for_selector("#live.on")
+                await page.screenshot(path=str(out / "cockpit-map.png"))
                 await b.close()
         finally:
             await web.runtime.stop()

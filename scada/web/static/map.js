@@ -117,7 +117,8 @@
     }
     if (!isFinite(x0)) { const c = project(cfg.center[0], cfg.center[1]); cx = c[0]; cy = c[1]; zoom = 13; return; }
     cx = (x0 + x1) / 2; cy = (y0 + y1) / 2;
-    const span = Math.max((x1 - x0) / Math.max(W - 40, 100), (y1 - y0) / Math.max(H - 40, 100), 1e-9);
+    // margins: the legend (right) and the import form (bottom) lie over the canvas
+    const span = Math.max((x1 - x0) / Math.max(W - 360, 100), (y1 - y0) / Math.max(H - 200, 100), 1e-9);
     zoom = Math.max(2, Math.min(cfg.max_zoom, Math.log2(1 / span)));
   }
 
