@@ -103,6 +103,9 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
             rows = [w for w in rows if w.area == qp["area"]]
         if qp.get("crew"):
             rows = [w for w in rows if w.crew == qp["crew"]]
+        if qp.get("device"):  # the faceplate's orders: on the device or on one of its children
+            d = qp["device"]
+            rows = [w for w in rows if any(x == d or x.startswith(d + "/") for x in w.devices)]
         rows.sort(key=lambda w: (w.priority, w.created))
         try:
             limit = max(1, min(20000, int(qp.get("limit", "1000"))))

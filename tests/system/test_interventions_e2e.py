@@ -160,5 +160,9 @@ async def test_console_procedure_checklist_and_order_page(tmp_path, browser) -> 
         await page.click("#confirm-ok")
         await page.wait_for_selector("#wo-state >> text=approved")
         assert svc.store.orders[wo.id].history[-1]["comment"] == "go"
+        # the device's faceplate lists its work orders (issue 19), and its parent's does too
+        for dev in (LUM, LUM.rsplit("/", 1)[0]):
+            await page.goto(f"{web.url}/devices/{dev}")
+            await page.wait_for_selector(f'#dev-wo tr[data-wo="{wo.id}"] >> text=approved')
     finally:
         await rt.stop()

@@ -37,6 +37,18 @@
     C.applyRoles();
   }
 
+  async function workorders(bg) {
+    // the device's work orders (interventions service; the panel stays hidden without it)
+    let j;
+    try { j = await C.api("/api/wo?" + new URLSearchParams({device: path, limit: 50}), bg === true); } catch (e) { return; }
+    if (!j || j.available === false || !j.orders) return;
+    document.getElementById("dev-wo-panel").hidden = false;
+    document.querySelector("#dev-wo tbody").innerHTML = j.orders.map((w) =>
+      `<tr data-wo="${C.esc(w.id)}"><td><a href="/workorders/${encodeURIComponent(w.id)}">${C.esc(w.id)}</a></td><td>${C.esc(w.state)}</td>
+      <td>${w.priority}</td><td>${C.esc(w.trade || "")}</td><td>${C.esc(w.title || "")}</td><td>${C.esc((w.devices || []).join(", "))}</td></tr>`).join("")
+      || `<tr><td colspan="6" class="muted">no work order</td></tr>`;
+  }
+
   async function history(bg) {
     const j = await C.api("/api/alarms/history?" + new URLSearchParams({device: path, limit: 50, start: me.server_time - 30 * 86400}), bg === true);
     document.querySelector("#dev-history tbody").innerHTML = j.entries.map((r) => `<tr><td>${C.time(r.ts)}</td><td>${C.esc(r.event)}</td>
@@ -129,6 +141,7 @@
 
   await load();
   history();
+  workorders();
   trend();
   C.stream({
     tags: (ev) => {
@@ -141,6 +154,6 @@
       }
       C.applyRoles(tagBody);
     },
-    alarm: (ev) => { if (ev.device === path) { load(true); history(true); } },
+    alarm: (ev) => { if (ev.device === path) { load(true); history(true); workorders(true); } },
   }, path);
 })();
