@@ -4,6 +4,17 @@
 const Console = (() => {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   let me = null;
+  // leaving the page (the logout form, a link): a 401 from a request still in flight must not
+  // send the browser to /login?next=... over the navigation under way
+  let leaving = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
+  document.addEventListener("submit", (ev) => {
+    if (ev.target && ev.target.matches && ev.target.matches('form[action="/logout"]')) leaving = true;
+  }, true);
+  function toLogin() {
+    if (!leaving) window.location.assign("/login?next=" + encodeURIComponent(location.pathname));
+    throw new Error("logged out");
+  }
 
   // background: a periodic refresh or a reload after a live event, which must not keep the
   // session alive (the idle timeout measures what the person does)
@@ -11,7 +22,7 @@ const Console = (() => {
     const headers = {"Accept": "application/json"};
     if (background) headers["X-Scada-Background"] = "1";
     const r = await fetch(path, {credentials: "same-origin", headers});
-    if (r.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("logged out"); }
+    if (r.status === 401) toLogin();
     const j = await r.json().catch(() => ({error: "bad_answer", detail: "not JSON"}));
     if (!r.ok) throw Object.assign(new Error(j.detail || r.statusText), {status: r.status, body: j});
     return j;
@@ -20,7 +31,7 @@ const Console = (() => {
   async function post(path, body) {
     const r = await fetch(path, {method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf}, body: JSON.stringify(body || {})});
-    if (r.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("logged out"); }
+    if (r.status === 401) toLogin();
     const j = await r.json().catch(() => ({}));
     if (!r.ok) { toast(j.detail || j.message || ("refused: " + r.status), true); throw Object.assign(new Error(j.detail || ""), {status: r.status, body: j}); }
     toast(j.message || "done");
