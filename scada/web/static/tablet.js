@@ -45,6 +45,10 @@
 
   function render() {
     const main = document.getElementById("visits");
+    // what the agent is typing or has picked (a note, a photo) survives a refresh: the task's
+    // own textarea and file input are moved into the new markup
+    const kept = new Map();
+    for (const t of main.querySelectorAll(".task")) kept.set(t.dataset.order, [t.querySelector(".note"), t.querySelector(".photo")]);
     if (!data || !data.visits.length) { main.innerHTML = '<p class="muted" id="none">No visit today.</p>'; return; }
     main.innerHTML = data.visits.map((v, i) => {
       const loc = v.location ? `<a class="map" href="https://www.openstreetmap.org/?mlat=${v.location[0]}&mlon=${v.location[1]}#map=19/${v.location[0]}/${v.location[1]}">map</a>` : "";
@@ -67,6 +71,12 @@
           </div>`;
         }).join("") + "</section>";
     }).join("");
+    for (const t of main.querySelectorAll(".task")) {
+      const k = kept.get(t.dataset.order);
+      if (!k) continue;
+      if (k[0]) t.querySelector(".note").replaceWith(k[0]);
+      if (k[1]) t.querySelector(".photo").replaceWith(k[1]);
+    }
   }
 
   function readPhoto(input) {
@@ -81,6 +91,8 @@
     const q = queue();
     q.push({key: newKey(), order: taskEl.dataset.order, what, note, photo, at: Date.now()});
     save(q);
+    taskEl.querySelector(".note").value = "";  // sent (or queued): the draft is done
+    taskEl.querySelector(".photo").value = "";
     render();
     flush();
   }
