@@ -78,14 +78,23 @@ class WorkOrderActions:
         svc, denied = self._wo_run(who, action, order_id, self._order_area(order_id), **details)
         if svc is None or denied is not None:
             return denied
+        return await self._wo_move(who, action, order_id, svc, details, f"already done (key {key})", None,
+                                   to, comment=comment, resolution=resolution, override=override, key=key)
+
+    async def _wo_move(self, who: Identity, action: str, order_id: str, svc: Any, details: dict[str, Any],
+                       duplicate: str, done: str | None, to: str, **kw: Any) -> Outcome:
+        """One lifecycle move through the store, shared by the console's transitions and the
+        field agents' reports: refused moves audited, a replayed key answered as a duplicate
+        (not journaled or audited twice), the move audited. ``done``: the message (default:
+        the order's new state)."""
         try:
-            wo, fresh = await svc.transition(order_id, to, user=who.name, via=who.via, comment=comment,
-                                             resolution=resolution, override=override, key=key)
+            wo, fresh = await svc.transition(order_id, to, user=who.name, via=who.via, **kw)
         except (ValueError, KeyError) as e:
             return self._wo_error(who, action, order_id, e, **details)
         if not fresh:
-            return Outcome(Q.Good, f"{order_id}: already done (key {key})", {"order": wo.summary(), "duplicate": True})
-        return self._done(who, action, order_id, Outcome(Q.Good, f"{order_id} {wo.state}", {"order": wo.summary()}),  # type: ignore[attr-defined]
+            return Outcome(Q.Good, f"{order_id}: {duplicate}", {"order": wo.summary(), "duplicate": True})
+        msg = f"{order_id}: {done}" if done else f"{order_id} {wo.state}"
+        return self._done(who, action, order_id, Outcome(Q.Good, msg, {"order": wo.summary()}),  # type: ignore[attr-defined]
                           **details)
 
     async def wo_assign(self, who: Identity, order_id: str, *, crew: str | None, assignee: str | None = None,
@@ -156,15 +165,8 @@ class WorkOrderActions:
         if what == "cannot_complete" and not note.strip():
             return self._done(who, action, order_id, Outcome(Q.BadInvalidArgument, "cannot complete: say why (note)"),  # type: ignore[attr-defined]
                               **details)
-        try:
-            wo, fresh = await svc.transition(order_id, to, user=who.name, via=who.via, comment=note, field=what,
-                                             key=key, note=note, photo=photo)
-        except (ValueError, KeyError) as e:
-            return self._wo_error(who, action, order_id, e, **details)
-        if not fresh:
-            return Outcome(Q.Good, f"{order_id}: {what} already recorded", {"order": wo.summary(), "duplicate": True})
-        return self._done(who, action, order_id, Outcome(Q.Good, f"{order_id}: {what}", {"order": wo.summary()}),  # type: ignore[attr-defined]
-                          **details)
+        return await self._wo_move(who, action, order_id, svc, details, f"{what} already recorded", what,
+                                   to, comment=note, field=what, key=key, note=note, photo=photo)
 
     async def procedure_step(self, who: Identity, alarm_id: str, step: str, *, done: bool = True,
                              key: str | None = None) -> Outcome:
