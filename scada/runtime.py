@@ -42,6 +42,7 @@ from .errors import (
     UnknownTagError,
     WriteRefused,
 )
+from .ha.role import HaState
 from .operations import Operations
 from .site import Site
 from .tags import UA_TYPE_RANGE, Batch, PointDef, TagDatabase
@@ -123,6 +124,8 @@ class Runtime:
         self.state_dir = site.state_dir
         #: the operator API every front end calls (role matrix, areas, audit: scada/operations)
         self.operations = Operations(self)
+        #: this server's role in a redundant pair (single: alone, always active; scada/ha)
+        self.ha = HaState()
 
     # ----------------------------------------------------------------- building
     def _register_devices(self) -> None:
