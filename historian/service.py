@@ -163,6 +163,35 @@ class HistorianService(Service):
             self._spooled.set()
             return len(pts)
 
+    async def adopt_spool(self, directory: str) -> int:
+        """Take over another server's spool (a promoted standby's copy of the dead active's,
+        issue 22): every block still there is appended to this server's spool, in order, then
+        removed from ``directory``; the forwarder hands them to the backend like its own (the
+        backends overwrite a point sent twice). Returns the number of points adopted."""
+
+        def move() -> int:
+            other = Spool(directory, self.cfg.spool_max_bytes, fsync=False)
+            n = 0
+            for name in other.pending():
+                try:
+                    pts, _batch = other.read(name)
+                except HistorianError as e:
+                    log.error("historian: adopted block %s unreadable (%s); set aside", name, e)
+                    other.set_aside(name, "damaged")
+                    continue
+                if len(pts):
+                    self.spool.append(pts)
+                    n += len(pts)
+                other.remove(name)
+            return n
+
+        async with self._io:
+            n = await asyncio.to_thread(move)
+        if n:
+            log.warning("historian: %d points from the former active's spool adopted", n)
+            self._spooled.set()
+        return n
+
     # ------------------------------------------------------------------ forwarding
     async def forward_now(self) -> int:
         """Hand every spooled block to the backend, in order; returns points written.

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from scada.clock import Clock
+from scada.ha.role import Fenced
 from scada.sections.alarms import PRIORITY_SEVERITY, AlarmDef, AlarmsConfig
 from scada.tags import TagDatabase
 
@@ -163,6 +164,10 @@ class AlarmEngine(Declarations, EvaluationPipeline):
                       "journal_errors": 0, "listener_errors": 0}
         self._stale_rows = np.zeros(0, dtype=np.int64)
         self._started = False
+        #: a standby's engine (:mod:`scada.ha.replication`): the states come from the active's
+        #: journal (:meth:`apply_replicated`); no evaluation, no journal write, no operator
+        #: action until :meth:`take_over`
+        self.following = False
         self._t0 = 0.0
         self._sub: object | None = None
         self._wake = asyncio.Event()
@@ -227,6 +232,14 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         self._started = True
         self._t0 = self.clock.time()  # stale timeouts of never-seen tags count from here
         self._sub = self.tagdb.subscribe(self._on_changes, name="alarms")
+        if not self.following:
+            self._evaluate_all()
+        # devices the journal says are under works: back out of service in the tag database
+        # (no new journal lines: these are the journal's own state)
+        self._set_oos_quietly(self._restored_oos)
+
+    def _evaluate_all(self) -> None:
+        """Suppression from scratch and every tag condition on the current values."""
         now = self.clock.time()
         events: list[Any] = []
         # suppression from scratch, compared with the restored flags
@@ -240,13 +253,17 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         tagged = tagged[self.cond.kind[tagged] != M.K_EXTERNAL]
         self._process(tagged, now, events, tags=None)
         self._commit(events)
-        # devices the journal says are under works: back out of service in the tag database
-        # (no new journal lines: these are the journal's own state)
+
+    def _set_oos_quietly(self, devices: set[str]) -> None:
+        """Make the tag database's out-of-service devices ``devices`` (the journal's own state:
+        no new journal lines)."""
+        now = self.oos_devices
         self._restoring = True
         try:
-            for d in sorted(self._restored_oos):
+            for d, oos in [(d, False) for d in sorted(now - devices)] + [
+                    (d, True) for d in sorted(devices - now)]:
                 try:
-                    self.tagdb.set_out_of_service(d, True)
+                    self.tagdb.set_out_of_service(d, oos)
                 except KeyError:
                     log.warning("alarms: %s was out of service in the journal but is no longer "
                                 "configured; ignored", d)
@@ -267,28 +284,136 @@ class AlarmEngine(Declarations, EvaluationPipeline):
                                            e.get("area"))
                 else:
                     continue
-            lvl = int(e.get("active") or 0)
-            self.st.level[c] = lvl
-            self.cond.raw[c] = lvl
-            self.st.acked[c] = bool(e.get("acked", True))
-            self.st.shelved[c] = int(e.get("shelved") or 0)
-            su = e.get("shelve_until")
-            self.st.shelve_until[c] = float(su) if isinstance(su, (int, float)) else np.nan
-            if self.st.shelved[c]:
-                self.shelve_info[c] = (e.get("user") or "", e.get("comment") or "")
-            self.st.suppressed[c] = bool(e.get("suppressed"))
-            self.st.oos[c] = bool(e.get("oos")) or self.device[c] in self._restored_oos
-            if c in self._dyn:
-                self.msg[c] = e.get("message") or None
-            v = e.get("value")
-            self.st.value[c] = float(v) if isinstance(v, (int, float)) else np.nan
-            if lvl and aid in raised:
+            self._set_row(c, e)
+            if self.device[c] in self._restored_oos:
+                self.st.oos[c] = True
+            if self.st.level[c] and aid in raised:
                 self.st.raised_at[c] = raised[aid]
         log.info("alarms: restored %d alarm states (%d active, %d unacknowledged, %d shelved, "
                  "%d devices out of service) from %s", len(alarms),
                  int((self.st.level[: self.n] != 0).sum()), int((~self.st.acked[: self.n]).sum()),
                  int((self.st.shelved[: self.n] != 0).sum()), len(self._restored_oos),
                  self.journal.directory)
+
+    def _set_row(self, c: int, e: dict[str, Any]) -> None:
+        """Row ``c`` to the state a journal line says (the last line of an alarm is its
+        state); its raw level too, so a fault still present does not raise it again."""
+        lvl = int(e.get("active") or 0)
+        self.st.level[c] = lvl
+        self.cond.raw[c] = lvl
+        self.st.acked[c] = bool(e.get("acked", True))
+        self.st.shelved[c] = int(e.get("shelved") or 0)
+        su = e.get("shelve_until")
+        self.st.shelve_until[c] = float(su) if isinstance(su, (int, float)) else np.nan
+        if self.st.shelved[c]:
+            self.shelve_info[c] = (e.get("user") or "", e.get("comment") or "")
+        else:
+            self.shelve_info.pop(c, None)
+        self.st.suppressed[c] = bool(e.get("suppressed"))
+        self.st.oos[c] = bool(e.get("oos"))
+        if c in self._dyn:
+            self.msg[c] = e.get("message") or None
+        v = e.get("value")
+        self.st.value[c] = float(v) if isinstance(v, (int, float)) else np.nan
+
+    # ------------------------------------------------------------------ standby (issue 22)
+    def follow(self) -> None:
+        """Become a standby's copy: stop evaluating, journaling and taking operator actions;
+        the states now come from :meth:`apply_replicated` (scada.ha.replication)."""
+        self.following = True
+        self._pending_clear()
+
+    def _pending_clear(self) -> None:
+        n = self.n
+        self.st.pend_t[:n] = np.nan
+        self.st.pend_level[:n] = 0
+        self.st.unsupp_t[:n] = np.nan
+
+    def apply_replicated(self, entries: Iterable[dict[str, Any]]) -> list[M.AlarmEvent]:
+        """Apply the active's journal lines, in order, to this standby's states (hot standby).
+
+        Each line carries the alarm's whole state after its transition, so applying it is
+        setting the row (what a restart's restore does, line by line). Device lines put the
+        device out of / back in service in the tag database without journaling. Returns the
+        transitions as events (same ``seq`` as the active's) for the listeners a standby keeps
+        (OPC UA, consoles; not the notifier: the active sent those)."""
+        events: list[M.AlarmEvent] = []
+        for e in entries:
+            seq = int(e.get("seq") or 0)
+            if seq > self.seq:
+                self.seq = seq
+            ts = e.get("ts")
+            ts = float(ts) if isinstance(ts, (int, float)) else self.clock.time()
+            if not e.get("name"):
+                ev = e.get("event")
+                if ev in (M.OUT_OF_SERVICE, M.IN_SERVICE):
+                    oos = ev == M.OUT_OF_SERVICE
+                    cur = self.oos_devices
+                    dev = str(e.get("device", ""))
+                    self._set_oos_quietly(cur | {dev} if oos else cur - {dev})
+                continue
+            aid = e.get("alarm_id")
+            if not isinstance(aid, str):
+                continue
+            c = self.by_id.get(aid)
+            if c is None:
+                if e.get("kind") != "external":
+                    continue
+                c = self._external_row(e["device"], e["name"], e.get("category", "system"),
+                                       int(e.get("priority", 3)), int(e.get("severity", 500)),
+                                       e.get("area"))
+            self._set_row(c, e)
+            event = str(e.get("event", "state"))
+            if event == M.RAISE:
+                self.st.raised_at[c] = ts
+            events.append(self._event(c, event, ts, user=e.get("user"),
+                                      comment=e.get("comment"), seq=seq))
+        self.stats["transitions"] += len(events)
+        return events
+
+    def announce(self, events: list[M.AlarmEvent], exclude: Iterable[Listener] = ()) -> None:
+        """Hand ``events`` to the listeners, except ``exclude`` (replication on a standby)."""
+        skip = list(exclude)
+        if not skip:
+            self._announce(events)
+            return
+        keep = [fn for fn in self.listeners if fn not in skip]
+        saved, self.listeners = self.listeners, keep
+        try:
+            self._announce(events)
+        finally:
+            self.listeners = saved
+
+    def reload(self) -> None:
+        """Forget every state and restore them from the journal directory (a standby whose
+        copy of a journal file was replaced: the old active rejoining with transitions the new
+        active never received)."""
+        n = self.n
+        self.st.reset(n)
+        self.cond.raw[:n] = 0
+        self.shelve_info.clear()
+        self._restored_oos = set()
+        self.journal.reopen()
+        self.seq = self.journal.last_seq
+        self._restore()
+        self._set_oos_quietly(self._restored_oos)
+
+    def take_over(self) -> None:
+        """Promotion of a standby: the journal continues where the active's stopped (same
+        files, next sequence number) and the engine evaluates again. The replicated states
+        are authoritative: nothing is re-evaluated now (the standby's tags hold no device
+        data yet); the new active's first polls arrive as changes and evaluate as usual, so
+        a fault the old active already raised is not raised twice (raw level = level)."""
+        self.journal.reopen()
+        self.seq = max(self.seq, self.journal.last_seq)
+        self._t0 = self.clock.time()
+        self.following = False
+        self._wake.set()
+
+    def _writable(self) -> None:
+        if self.following:
+            raise Fenced("this server is the standby: alarm actions are taken on the active "
+                         "server")
 
     def snapshot(self) -> dict[str, Any]:
         """Every alarm not in its default state (Normal, in service, not shelved/suppressed),
@@ -518,6 +643,7 @@ class AlarmEngine(Declarations, EvaluationPipeline):
     # these methods change the state, journal it with the user's name and notify listeners.
     def acknowledge(self, alarm_id: str, *, user: str | None, comment: str = "") -> M.AlarmEvent:
         """ISA-18.2 acknowledge (OPC UA Part 9 AcknowledgeableConditionType.Acknowledge)."""
+        self._writable()
         c = self.find(alarm_id)
         new, fx = transitions.next_state(transitions.state_code(int(self.st.level[c]), bool(self.st.acked[c])),
                                transitions.ACK)
@@ -530,6 +656,7 @@ class AlarmEngine(Declarations, EvaluationPipeline):
 
     def add_comment(self, alarm_id: str, *, user: str | None, comment: str) -> M.AlarmEvent:
         """OPC UA Part 9 ConditionType.AddComment."""
+        self._writable()
         c = self.find(alarm_id)
         e = self._event(c, M.COMMENT, self.clock.time(), user=user, comment=comment)
         self._commit([e])
@@ -541,6 +668,7 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         OneShotShelve).
 
         ``duration`` seconds (timed) or None (one-shot: until the alarm returns to normal)."""
+        self._writable()
         if not comment:
             raise ValueError(f"shelving {alarm_id} needs a reason (comment)")
         if duration is not None and duration <= 0:
@@ -557,6 +685,7 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         return e
 
     def unshelve(self, alarm_id: str, *, user: str | None, comment: str = "") -> M.AlarmEvent:
+        self._writable()
         c = self.find(alarm_id)
         new = transitions.SHELVING[(int(self.st.shelved[c]), "unshelve")]
         if new is None:
@@ -577,6 +706,7 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         (:meth:`scada.runtime.Runtime.set_out_of_service` is the entry point), and the engine
         follows the change in :meth:`_on_out_of_service`. Returns the alarm events journaled
         (none when the device already was in that state)."""
+        self._writable()
         try:
             self.tagdb.device_index(device)
         except KeyError:
@@ -596,6 +726,11 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         if self.on_out_of_service is not None:
             self.on_out_of_service(device, oos)
         if self._restoring:
+            return
+        if self.following:
+            log.warning("alarms: %s put %s service on the standby: not journaled (the active "
+                        "server's journal is the one that counts)", device,
+                        "out of" if oos else "back in")
             return
         now = self.clock.time()
         self.seq += 1
@@ -622,6 +757,8 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         raises the alarm at once, even while the tag condition's delay is running."""
         if not 1 <= priority <= 4:
             raise ValueError(f"alarm {device_path}/{name}: priority must be 1..4, got {priority}")
+        if self.following:
+            return  # a standby reports nothing: the active's journal is the one that counts
         aid = f"{device_path}/{name}"
         c = self.by_id.get(aid)
         if c is not None and int(self.cond.kind[c]) != M.K_EXTERNAL:

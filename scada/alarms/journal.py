@@ -75,19 +75,8 @@ class Journal:
         #: restart replays only the files written since (bounded start-up time)
         self.snapshot = snapshot
         os.makedirs(directory, exist_ok=True)
-        files = journal_files(directory)
-        self._num = 1
-        if files:
-            m = _NAME.search(files[-1])
-            self._num = int(m.group(1)) if m else 1
-        self.path = self._file(self._num)
-        self.repaired = self._repair(self.path)
-        snap = load_snapshot(directory)
-        # the snapshot's seq counts when the files before it were archived
-        self.last_seq = max(self._last_seq(files), int(snap.get("seq", 0)) if snap else 0)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._size = os.fstat(self._fd).st_size
-        self._dirty = False
+        self._fd = -1
+        self._open()
         self._retired: list[int] = []
         self._background = False
         #: ``always`` on an event loop: the writer thread (fsyncs, closes and snapshots of
@@ -95,6 +84,33 @@ class Journal:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: concurrent.futures.Future[None] | None = None
         self.stats = {"writes": 0, "lines": 0, "bytes": 0, "fsyncs": 0, "rotations": 0}
+
+    def _open(self) -> None:
+        """Open the last journal file for appending (repairing a torn last line) and read the
+        last sequence number from the files and the snapshot."""
+        files = journal_files(self.directory)
+        self._num = 1
+        if files:
+            m = _NAME.search(files[-1])
+            self._num = int(m.group(1)) if m else 1
+        self.path = self._file(self._num)
+        self.repaired = self._repair(self.path)
+        snap = load_snapshot(self.directory)
+        # the snapshot's seq counts when the files before it were archived
+        self.last_seq = max(self._last_seq(files), int(snap.get("seq", 0)) if snap else 0)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._size = os.fstat(self._fd).st_size
+        self._dirty = False
+
+    def reopen(self) -> None:
+        """Re-read the directory after another writer filled it (a standby's replication of the
+        active's journal, :mod:`scada.ha.replication`): the last file, its size and the last
+        sequence number are taken again, so this journal continues where the other one
+        stopped. Called at promotion, when nothing else writes here any more."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        self._open()
 
     def _file(self, n: int) -> str:
         return os.path.join(self.directory, f"journal-{n:06d}.jsonl")

@@ -45,6 +45,8 @@ class EvaluationPipeline:
     """Evaluation, delays, suppression and the timer of the alarm engine (see the module)."""
 
     def _on_changes(self, ch: Changes) -> None:
+        if self.following:  # a standby: the active evaluates (scada.ha.replication)
+            return
         rows = self.cond.rows_for(ch.indices)
         srules = self.supp.rules_for(ch.indices, None) if self.supp.n else None
         if len(rows) == 0 and (srules is None or len(srules) == 0):
@@ -350,7 +352,8 @@ class EvaluationPipeline:
             while True:
                 self._wake.clear()
                 now = self.clock.time()
-                self.due(now)
+                if not self.following:
+                    self.due(now)
                 nxt = self.next_deadline(self.clock.time())
                 await M.sleep_or_wake(self.clock, nxt - self.clock.time(), self._wake)
         finally:

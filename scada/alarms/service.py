@@ -86,6 +86,11 @@ class AlarmService(Service):
                                                                 NOTIFY_HEALTH)
         self.conditions: Any = None
         self._memory_high = False
+        ha = getattr(runtime, "ha", None)
+        if ha is not None and ha.pair and not ha.is_active():
+            # one of a redundant pair, not (yet) active: the states follow the active's
+            # journal (scada.ha.replication); nothing is evaluated or journaled here
+            self.engine.following = True
         self.engine.start()
 
     def set_condition(self, device_path: str, name: str, active: bool, **kw: Any) -> None:

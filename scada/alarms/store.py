@@ -92,6 +92,12 @@ class AlarmStore:
             setattr(self, name, arr)
         return True
 
+    def reset(self, n: int) -> None:
+        """Every row below ``n`` back to its default state (a full reload from the journal
+        follows: :meth:`scada.alarms.engine.AlarmEngine.reload`)."""
+        for name in self.COLUMNS:
+            getattr(self, name)[:n] = FILL[name]
+
     def trim(self, cap: int) -> None:
         """Give back the spare capacity of the doubling growth."""
         for name in self.COLUMNS:

@@ -337,6 +337,15 @@ class InterventionService(Service):
     async def run(self) -> None:
         await asyncio.Event().wait()
 
+    async def reload_store(self) -> None:
+        """Open the store again from its files: a standby being promoted, whose files the
+        active's replication filled (scada.ha.replication)."""
+        async with self.store.lock:
+            new = Store(self.store.directory, self.store.snapshot_every, self.store.fsync)
+            await asyncio.to_thread(new.load)
+            old, self.store = self.store, new
+            old.close()
+
     async def aclose(self) -> None:
         for t in tuple(self._tasks):
             t.cancel()
