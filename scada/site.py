@@ -28,6 +28,7 @@ from .sections.common import Ident, Strict, check_format
 from .sections.historian import HistorianConfig
 from .sections.interventions import InterventionsConfig
 from .sections.opcua import OpcUaServerConfig
+from .sections.open311 import Open311Config
 from .sections.schedules import SchedulesConfig
 from .sections.users import UserConfig
 from .sections.web import WebConfig
@@ -213,6 +214,7 @@ class SiteConfig(Strict):
     web: WebConfig = Field(default_factory=WebConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     interventions: InterventionsConfig = Field(default_factory=InterventionsConfig)
+    open311: Open311Config = Field(default_factory=Open311Config)
 
 
 @dataclass(slots=True)

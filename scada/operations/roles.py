@@ -12,6 +12,11 @@ walks it cell by cell over OPC UA and through the CLI.
 
 Users may further be restricted to some areas (municipalities): see
 :class:`scada.operations.Identity`.
+
+Client applications are not people on the ladder: a registered Open311 client app (its API
+key is its authentication) acts as ``open311:<client>`` with the **service role**
+``citizen-app``, which is outside the ordered roles and may do exactly the actions listed for it
+in :data:`SERVICE_ROLES` (file a citizen report), nothing else, not even ``read``.
 """
 
 from __future__ import annotations
@@ -20,9 +25,16 @@ from dataclasses import dataclass
 
 from ..users import ROLES, Role, check_role
 
-__all__ = ["ACTIONS", "BY_NAME", "ROLES", "Action", "Role", "action", "allows", "check_role", "markdown"]
+__all__ = ["ACTIONS", "BY_NAME", "ROLES", "SERVICE_ROLES", "Action", "Role", "action", "allows", "check_role",
+           "markdown"]
 
 _RANK = {r: i for i, r in enumerate(ROLES)}
+
+#: roles outside the ladder, for client applications (never given to a user account): the
+#: actions each may perform, and only those
+SERVICE_ROLES: dict[str, frozenset[str]] = {
+    "citizen-app": frozenset({"wo.citizen"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,10 @@ ACTIONS: tuple[Action, ...] = (
            cli=("gis import",), web=("POST /api/gis/import",)),
     Action("wo.create", "operator", "create a work order (by hand, from an alarm or a citizen report)",
            cli=("wo create",), web=("POST /api/wo",)),
+    Action("wo.citizen", "operator",
+           "file a citizen report: attach it to the open order or active alarm of its device, "
+           "else create a work order (origin citizen)",
+           web=("POST /open311/v2/requests.{json,xml} (api_key)",)),
     Action("wo.transition", "operator",
            "move a work order through its lifecycle (approve, schedule, hold, complete, close, cancel), "
            "add notes, parts and checklist steps; close over an active fault with a comment",
@@ -104,6 +120,8 @@ def allows(role: str | None, name: str) -> bool:
     need = action(name).min_role
     if need is None:
         return False
+    if role in SERVICE_ROLES:
+        return name in SERVICE_ROLES[role]
     return _RANK.get(role or "", -1) >= _RANK[need]
 
 
@@ -115,11 +133,12 @@ def least_role_text(name: str) -> str:
 def markdown() -> str:
     """The role matrix as a Markdown table (docs/opcua.md embeds it; a test compares them)."""
     web = any(a.web for a in ACTIONS)
-    head = "| action | " + " | ".join(ROLES) + " | OPC UA | CLI |" + (" web |" if web else "")
-    sep = "|---|" + "---|" * len(ROLES) + "---|---|" + ("---|" if web else "")
+    cols = (*ROLES, *SERVICE_ROLES)
+    head = "| action | " + " | ".join(cols) + " | OPC UA | CLI |" + (" web |" if web else "")
+    sep = "|---|" + "---|" * len(cols) + "---|---|" + ("---|" if web else "")
     rows = [head, sep]
     for a in ACTIONS:
-        cells = ["yes" if allows(r, a.name) else "no" for r in ROLES]
+        cells = ["yes" if allows(r, a.name) else "no" for r in cols]
         rows.append(f"| `{a.name}`: {a.what} | " + " | ".join(cells) + " | "
                     + ", ".join(a.opcua) + " | " + ", ".join(f"`scada {c}`" for c in a.cli) + " |"
                     + (" " + ", ".join(a.web) + " |" if web else ""))

@@ -26,13 +26,14 @@ from ..audit import AuditLog
 from ..errors import UnknownTagError
 from ..users import AuthResult, UserStore, generate_password, hash_password
 from . import roles
+from .citizen import CitizenActions
 from .identity import Identity, Outcome
 from .workorders import WorkOrderActions
 
 log = logging.getLogger("scada.operations")
 
 
-class Operations(WorkOrderActions):
+class Operations(WorkOrderActions, CitizenActions):
     """The operator API of one server (``runtime.operations``)."""
 
     def __init__(self, runtime: Any):

@@ -34,7 +34,7 @@ log = logging.getLogger("scada.web")
 
 #: route modules always loaded, then the optional ones (skipped when they do not import)
 ROUTE_MODULES = ["scada.web.api", "scada.web.actions", "scada.web.pages"]
-EXTRA_ROUTE_MODULES = ["scada.web.map_api", "scada.web.interventions"]
+EXTRA_ROUTE_MODULES = ["scada.web.map_api", "scada.web.interventions", "scada.web.open311"]
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -162,7 +162,7 @@ class LimitBody:
                 if n < 0 or n > limit:
                     self.ctx.counters["oversized" if n > limit else "malformed"] += 1
                     self.ctx.counters["refused"] += 1
-                    await _refuse(send, 413 if n > limit else 400,
+                    await _refuse(send, 413 if n > limit else 400, scope.get("path", ""), self.ctx,
                                   "too_large" if n > limit else "bad_length",
                                   f"request body of {n} bytes is above the limit of {limit} bytes "
                                   "(web.max_upload_bytes)" if n > limit else "bad Content-Length")
@@ -183,10 +183,19 @@ class LimitBody:
         await self.app(scope, limited, send)
 
 
-async def _refuse(send: Any, status: int, error: str, detail: str) -> None:
+async def _refuse(send: Any, status: int, path: str, ctx: Ctx, error: str, detail: str) -> None:
     body = json.dumps({"error": error, "detail": detail}).encode()
+    if path.startswith("/open311/"):  # the Open311 clients read the spec's error format
+        from ..open311.protocol import errors_body
+
+        body = errors_body(status, detail, "xml" if path.endswith(".xml") else "json")[0]
+        o311 = ctx.runtime.services.get("open311")
+        if o311 is not None:
+            o311.counters["refused"] += 1
+            o311.counters["malformed"] += 1
+    ctype = b"text/xml; charset=utf-8" if path.startswith("/open311/") and path.endswith(".xml") else b"application/json"
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
+                "headers": [(b"content-type", ctype),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

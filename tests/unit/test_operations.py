@@ -17,7 +17,7 @@ from scada.tags import Batch
 from tests.fixtures.alarms import write_site
 
 #: the policy, written independently of the table (a change to either must be deliberate)
-_WO = {"wo.create", "wo.transition", "wo.assign", "wo.field", "procedure.step"}
+_WO = {"wo.create", "wo.citizen", "wo.transition", "wo.assign", "wo.field", "procedure.step"}
 EXPECTED = {
     "viewer": {"read"},
     "agent": {"read", "wo.field"},
@@ -29,7 +29,10 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("role", R.ROLES)
+EXPECTED["citizen-app"] = {"wo.citizen"}  # a registered Open311 client app: citizen reports only
+
+
+@pytest.mark.parametrize("role", [*R.ROLES, *R.SERVICE_ROLES])
 @pytest.mark.parametrize("action", [a.name for a in R.ACTIONS])
 def test_role_matrix_cell(role, action):
     assert R.allows(role, action) is (action in EXPECTED[role])
