@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import glob
 import json
 import logging
@@ -83,6 +84,12 @@ class Journal:
         #: finished files, in submission order) and the future of the last batch's fsync
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: concurrent.futures.Future[None] | None = None
+        #: synchronous replication (scada.ha.replication): ``barrier(path, size)`` after each
+        #: write returns a future done once the standby holds the file up to ``size`` (or None:
+        #: no standby to wait for); announcements and operator actions wait for it like for
+        #: the ``always`` fsync
+        self.barrier: Callable[[str, int], concurrent.futures.Future[None] | None] | None = None
+        self._replicated: concurrent.futures.Future[None] | None = None
         self.stats = {"writes": 0, "lines": 0, "bytes": 0, "fsyncs": 0, "rotations": 0}
 
     def _open(self) -> None:
@@ -182,6 +189,10 @@ class Journal:
                 self._fsync(self._fd)
         else:
             self._dirty = True
+        if self.barrier is not None:
+            r = self.barrier(self.path, self._size)
+            if r is not None:
+                self._replicated = r
         if self._size >= self.rotate_bytes and not self._background:
             self._rotate()  # no background task (tools, tests): rotate in line
         return len(data)
@@ -229,8 +240,31 @@ class Journal:
         self.stats["fsyncs"] += 1
 
     def pending(self) -> concurrent.futures.Future[Any] | None:
-        """The writer thread's work for the last batch (``always`` on an event loop) while it
-        runs, else None: what the engine waits for before announcing."""
+        """What the engine waits for before announcing the last batch, while it runs: the
+        writer thread's fsync (``always`` on an event loop) and/or the standby's copy
+        (synchronous replication, :attr:`barrier`); else None."""
+        p = self._fsync_pending()
+        r = self._replicated
+        if r is None or r.done():
+            return p
+        if p is None:
+            return r
+        both: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def done(_f: concurrent.futures.Future[Any]) -> None:
+            if p.done() and r.done() and not both.done():
+                e = p.exception() if not p.cancelled() else None
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    if e is not None:
+                        both.set_exception(e)
+                    else:
+                        both.set_result(None)
+
+        p.add_done_callback(done)
+        r.add_done_callback(done)
+        return both
+
+    def _fsync_pending(self) -> concurrent.futures.Future[Any] | None:
         p = self._pending
         return None if p is None or p.done() else p
 
@@ -240,6 +274,9 @@ class Journal:
         p = self._pending
         if p is not None:
             await asyncio.wrap_future(p)
+        r = self._replicated
+        if r is not None:
+            await asyncio.wrap_future(r)
 
     async def run_fsync(self) -> None:
         """Background task: rotation (with its snapshot) between batches, never inside one, and

@@ -44,6 +44,7 @@ malformed frames and failed handshakes are counted and the link dropped.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fnmatch
 import logging
@@ -158,6 +159,8 @@ class _Round:
     r: int
     at: float
     lines: int
+    #: the alarm journal files' sizes the standby has once it acknowledges this round
+    offsets: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +175,8 @@ class _Link:
     acked: int = 0
     bytes: int = 0
     lines: int = 0
+    acked_off: dict[str, int] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _pread_all(fd: int, off: int, n: int) -> bytes:
@@ -474,7 +479,10 @@ class ReplicationService(Service):
         self._last_sync = 0.0
         self._reported_lag = (0, 0.0)
         self.counters = {"malformed": 0, "auth_failures": 0, "refused_tokens": 0,
-                         "connections": 0, "reconnects": 0, "promotions": 0, "links_served": 0}
+                         "connections": 0, "reconnects": 0, "promotions": 0, "links_served": 0,
+                         "sync_waits": 0, "sync_timeouts": 0}
+        #: synchronous replication: alarm batches waiting for the standby's acknowledgement
+        self._waiters: list[tuple[str, int, concurrent.futures.Future[None], float]] = []
         self.last_promotion: dict[str, Any] = {}
         alarms = runtime.services.get("alarms")
         self.engine = getattr(alarms, "engine", None)
@@ -482,6 +490,8 @@ class ReplicationService(Service):
         self._exclude = [notifier.on_events] if notifier is not None else []
         if self.engine is not None and not self.ha.is_active():
             self.engine.follow()
+        if self.engine is not None and getattr(cfg, "synchronous", False):
+            self.engine.journal.barrier = self._barrier
         self.ha.on_promote(self._on_promote)
         self.ha.on_demote(self._on_demote)
         self.ha.listen(self._on_role)
@@ -598,6 +608,8 @@ class ReplicationService(Service):
             finally:
                 acks.cancel()
                 await asyncio.gather(acks, return_exceptions=True)
+                self._links.pop(key, None)
+                self._release()
         except wire.Malformed as e:
             self.counters["malformed"] += 1
             log.warning("replication: malformed frame from %s: %s; link dropped", peer, e)
@@ -614,6 +626,7 @@ class ReplicationService(Service):
         source = Source(self.streams, self.chunk)
         last = 0.0
         while self.ha.is_active() and not acks.done():
+            link.wake.clear()
             t0 = time.monotonic()
             frames, lines = await asyncio.to_thread(source.scan, link)
             tok = self.ha.token or 0
@@ -626,13 +639,18 @@ class ReplicationService(Service):
                 link.lines += lines
             if frames or t0 - last >= HEARTBEAT:
                 link.r += 1
-                link.rounds.append(_Round(link.r, t0, lines))
+                link.rounds.append(_Round(link.r, t0, lines, {
+                    wp: x.size for wp, x in link.sent.items() if wp.startswith("alarms/")}))
                 lag_lines, lag_s = self._link_lag(link, time.monotonic())
                 writer.write(wire.encode({"t": "sync", "tok": tok, "r": link.r,
                                           "lag_records": lag_lines, "lag_s": round(lag_s, 4)}))
                 await writer.drain()
                 last = t0
-            await asyncio.wait([acks], timeout=self.cfg.interval)
+            self._release()
+            wake = asyncio.ensure_future(link.wake.wait())
+            await asyncio.wait([acks, wake], timeout=self.cfg.interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
         if acks.done() and not acks.cancelled() and isinstance(acks.exception(), wire.Malformed):
             raise acks.exception()  # type: ignore[misc]
 
@@ -644,7 +662,43 @@ class ReplicationService(Service):
             r = wire.int_field(h, "r")
             link.acked = max(link.acked, r)
             while link.rounds and link.rounds[0].r <= r:
-                link.rounds.popleft()
+                link.acked_off.update(link.rounds.popleft().offsets)
+            if self._waiters:
+                self._release()
+
+    def _barrier(self, path: str, size: int) -> concurrent.futures.Future[None] | None:
+        """Synchronous replication (``ha.replication.synchronous``): called by the alarm
+        journal after each write on the active; the future is done once a standby has
+        acknowledged the file up to ``size`` (at most ``sync_timeout`` later), so no announced
+        transition is lost with the active. None when no standby is connected: the alarms are
+        announced at once (availability first; ``status()`` shows the standby is missing)."""
+        if not self._links or not self.ha.is_active():
+            return None
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._waiters.append((f"alarms/{os.path.basename(path)}", size, fut, time.monotonic()))
+        self.counters["sync_waits"] += 1
+        for link, _w in self._links.values():
+            link.wake.set()
+        return fut
+
+    def _release(self, force: bool = False) -> None:
+        """Complete the waits a standby acknowledged, timed out, or that have no standby."""
+        if not self._waiters:
+            return
+        now = time.monotonic()
+        links = [x for x, _w in self._links.values()]
+        force = force or not links
+        keep = []
+        for wp, size, fut, t in self._waiters:
+            ok = any(x.acked_off.get(wp, -1) >= size for x in links)
+            if ok or force or now - t > self.cfg.sync_timeout:
+                if not ok and not force:
+                    self.counters["sync_timeouts"] += 1
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((wp, size, fut, t))
+        self._waiters = keep
 
     @staticmethod
     def _link_lag(link: _Link, now: float) -> tuple[int, float]:
@@ -850,6 +904,7 @@ class ReplicationService(Service):
             self.engine.follow()
         for _link, w in list(self._links.values()):
             w.close()
+        self._release(force=True)
         self._follow_gate.set()
 
     # ----------------------------------------------------------------- frames

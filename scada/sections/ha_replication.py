@@ -29,3 +29,9 @@ class ReplicationConfig(Strict):
     #: the standby hands the active's alarm transitions to its OPC UA Alarms & Conditions and
     #: consoles as they arrive (never to the notifier: the active sent those)
     announce: bool = True
+    #: the active announces an alarm batch (and an operator action returns) only once the
+    #: standby acknowledged its journal lines (PostgreSQL's synchronous_commit = remote_write):
+    #: a kill -9 of the active then loses no announced transition. Without a connected standby
+    #: nothing waits; a standby that does not answer within ``sync_timeout`` is not waited for
+    synchronous: bool = True
+    sync_timeout: Duration = Field(default=1.0, gt=0, le=30)
