@@ -70,6 +70,28 @@ def listen_or_exit(site, command: str, *, simulate: bool, opcua_option: str | No
         sys.exit(2)
 
 
+def node_or_exit(site, node: str | None) -> str | None:
+    """This server's node name in the site's redundant pair; exit 2 when the site is a pair and
+    the name is missing or not one of its nodes, or when a name is given to a single server."""
+    ha = site.config.ha
+    if ha is None:
+        if node:
+            click.echo(f"scada run: --node {node} given but {site.path} has no ha: section "
+                       "(a single server)", err=True)
+            sys.exit(2)
+        return None
+    if not node:
+        click.echo(f"scada run: {site.path} describes a redundant pair (ha.nodes: "
+                   f"{', '.join(ha.nodes)}); say which node this server is with --node NAME "
+                   "or SCADA_NODE=NAME", err=True)
+        sys.exit(2)
+    if node not in ha.nodes:
+        click.echo(f"scada run: --node {node}: not a node of the pair in {site.path} "
+                   f"(ha.nodes: {', '.join(ha.nodes)})", err=True)
+        sys.exit(2)
+    return node
+
+
 def summary(site) -> str:
     """Devices, tags and alarm templates per area and kind."""
     per_area: dict[str, Counter[str]] = {}
@@ -196,11 +218,15 @@ def start_time(site, start: str | None, start_ref: float | None) -> tuple[float 
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Clock rate (simulated s per real s).")
 @click.option("--opcua-port", type=int, default=None, help="Override the site's OPC UA port.")
+@click.option("--node", default=None, envvar="SCADA_NODE", metavar="NAME",
+              help="Which node of the site's redundant pair (ha.nodes) this server is "
+                   "(env SCADA_NODE); required when the site has an ha: section.")
 @clock_options
-def run(site_file: str, rate: float, opcua_port: int | None, start: str | None,
-        start_ref: float | None) -> None:
+def run(site_file: str, rate: float, opcua_port: int | None, node: str | None,
+        start: str | None, start_ref: float | None) -> None:
     """Run the server for SITE_FILE until SIGINT/SIGTERM."""
     site = load_or_exit(site_file)
+    node = node_or_exit(site, node)
     if opcua_port is not None:
         site.config.opcua.port = opcua_port
     resolve_state_dir(site)
@@ -208,7 +234,7 @@ def run(site_file: str, rate: float, opcua_port: int | None, start: str | None,
     lock = lock_or_exit(site, "run")
     listen_or_exit(site, "run", simulate=False,
                    opcua_option="--opcua-port" if opcua_port is not None else None)
-    serve_or_exit(site, "run", rate, simulate=False, start=t0, start_ref=ref)
+    serve_or_exit(site, "run", rate, simulate=False, start=t0, start_ref=ref, node=node)
     lock.release()
     exit_without_teardown()
 
@@ -282,7 +308,8 @@ def serve_or_exit(site, command: str, rate: float, **kw) -> None:
 
 async def _serve(site, rate: float, simulate: bool, duration: float | None = None,
                  faults: list | None = None, control: tuple[str, int] | None = None,
-                 start: float | None = None, start_ref: float | None = None) -> None:
+                 start: float | None = None, start_ref: float | None = None,
+                 node: str | None = None) -> None:
     from scada.clock import make_clock
     from scada.runtime import Runtime
 
@@ -313,7 +340,7 @@ async def _serve(site, rate: float, simulate: bool, duration: float | None = Non
             if ctl_server is not None:
                 click.echo(f"simulator fault channel: {control[0]}:{ctl_server.port} (JSON lines, "
                            "see simulators/faults.py)")
-        rt = Runtime(site, clock)
+        rt = Runtime(site, clock, node=node)
         try:
             # drivers check what only they can (a profile's topic templates, register overlaps...)
             rt.load_drivers()
@@ -370,6 +397,11 @@ def _print_ready(rt, simulate: bool) -> None:
         tz = site.config.site.timezone
         now = rt.clock.datetime().astimezone(ZoneInfo(tz))
         click.echo(f"  clock: {now:%Y-%m-%d %H:%M:%S} {tz}, {rt.clock.rate:g} simulated s per s")
+    ha = site.config.ha
+    if ha is not None:
+        click.echo(f"  ha: node {rt.ha.node} of the pair {' + '.join(ha.nodes)}, election key "
+                   f"{ha.election_key(site.name)} on etcd {', '.join(ha.etcd)}, lease "
+                   f"{ha.lease_ttl:g} s; role now {rt.ha.role.value} (`scada ha status`)")
     for name, svc in rt.services.items():
         info = getattr(svc, "connect_info", None)
         if info:

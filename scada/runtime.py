@@ -42,14 +42,19 @@ from .errors import (
     UnknownTagError,
     WriteRefused,
 )
-from .ha.role import HaState
+from .ha.role import Fenced, HaState, Role
 from .operations import Operations
+from .sections.ha import HaConfig
 from .site import Site
 from .tags import UA_TYPE_RANGE, Batch, PointDef, TagDatabase
 
 log = logging.getLogger("scada.runtime")
 
 SERVICE_ORDER = ("historian", "alarms", "schedules", "opcua", "web")
+
+#: services that act on the city (schedules step and send commands): in a redundant pair they
+#: run on the active server only (started at promotion, stopped at demotion)
+ACTIVE_ONLY_SERVICES = ("schedules",)
 
 #: seconds between two malloc_trim calls (see scada.memdiag.trim: without it a city server's RSS
 #: creeps up by megabytes a minute through heap fragmentation)
@@ -96,7 +101,8 @@ def current_user() -> str | None:
 class Runtime:
     """One server process: tag database + drivers + services on one event loop."""
 
-    def __init__(self, site: Site, clock: Clock | None = None, *, shutdown_timeout: float = 5.0):
+    def __init__(self, site: Site, clock: Clock | None = None, *, shutdown_timeout: float = 5.0,
+                 node: str | None = None):
         self.site = site
         self.clock = clock or RealClock()
         self.shutdown_timeout = shutdown_timeout
@@ -119,6 +125,12 @@ class Runtime:
         self._first_done: dict[str, asyncio.Event] = {}
         self.restarts = 0
         self._health: dict[str, tuple[Health, int]] = {}
+        #: writes sent per fencing token (the audit of who wrote in which term) and writes
+        #: refused because this server was not active
+        self.ha_writes: dict[int, int] = {}
+        self.ha_refused = 0
+        self._driver_tag_idx: Any = None
+        self._bg: set[asyncio.Future[None]] = set()
         self._register_devices()
         #: absolute state directory (journal, audit log, spool, overrides, certificates)
         self.state_dir = site.state_dir
@@ -126,6 +138,20 @@ class Runtime:
         self.operations = Operations(self)
         #: this server's role in a redundant pair (single: alone, always active; scada/ha)
         self.ha = HaState()
+        #: the etcd election of a pair (scada.ha.lease.Elector; None for a single server)
+        self.elector: Any = None
+        ha = site.config.ha
+        if ha is not None:
+            if not node:
+                raise ConfigError(
+                    f"{site.path}: this site is a redundant pair (ha: nodes "
+                    f"{', '.join(ha.nodes)}): say which one this server is with "
+                    "--node NAME (or the environment variable SCADA_NODE)")
+            if node not in ha.nodes:
+                raise ConfigError(f"{site.path}: --node {node!r} is not a node of the pair "
+                                  f"(ha.nodes: {', '.join(ha.nodes)})")
+            self.ha = HaState(node, Role.STARTING)
+            self.ha.listen(self._on_role)
 
     # ----------------------------------------------------------------- building
     def _register_devices(self) -> None:
@@ -308,6 +334,15 @@ class Runtime:
             return Q.BadNotWritable
         owner = "server handler" if handler is not None else f"driver {drv.ctx.protocol}"  # type: ignore[union-attr]
         try:
+            # fencing, right before the device or the server-side store is asked: a standby
+            # (or an active that just lost its lease) refuses, naming the active server
+            token = self.ha.check()
+        except Fenced as e:
+            log.info("write to %s refused: %s", self.tagdb.path(i), e)
+            self.ha_refused += 1
+            return Q.BadNotWritable
+        self.ha_writes[token] = self.ha_writes.get(token, 0) + 1
+        try:
             if handler is not None:
                 return int(await handler(i, v))
             return int(await drv.write(i, v))  # type: ignore[union-attr]
@@ -369,15 +404,91 @@ class Runtime:
         memdiag.tune_malloc()  # before the worker threads exist (see scada.memdiag)
         await asyncio.to_thread(self.operations.start)  # demo accounts (scrypt) before front ends
         for name, svc in self.services.items():
+            if name in ACTIVE_ONLY_SERVICES and not self.ha.is_active():
+                continue  # started at promotion (see _on_role)
             self.supervise(f"service:{name}", svc.run, fatal_first=True)
-        for proto, drv in self.drivers.items():
-            self.supervise(f"driver:{proto}", drv.run)
+        if self.ha.is_active():
+            for proto, drv in self.drivers.items():
+                self.supervise(f"driver:{proto}", drv.run)
         self.supervise("health", self._health_loop)
+        if self.site.config.ha is not None:
+            self._start_elector(self.site.config.ha)
         diag = os.environ.get("SCADA_MEMDIAG")
         if diag:
             cons = tuple(c for svc in self.services.values()
                          if (c := getattr(getattr(svc, "backend", None), "_con", None)) is not None)
             self.supervise("memdiag", lambda: memdiag.run(float(diag), cons))
+
+    # ----------------------------------------------------------------- redundant pair
+    def _start_elector(self, ha: HaConfig) -> None:
+        from .ha.lease import Elector  # the etcd client only for a pair
+
+        me = ha.nodes[self.ha.node]
+        info = {"opcua": me.opcua, "web": me.web, "replication": me.replication}
+        self.elector = Elector(self.ha, ha.etcd, ha.election_key(self.site.name), ha.lease_ttl,
+                               info, status=self.ha_status)
+        self.supervise("ha:elector", self.elector.run)
+
+    def ha_status(self) -> dict[str, Any]:
+        """What this server publishes of itself for ``scada ha status``: writes per term and
+        the replication service's status when there is one."""
+        out: dict[str, Any] = {"writes_refused": self.ha_refused,
+                               "writes_by_token": {str(k): v for k, v in self.ha_writes.items()}}
+        repl = self.services.get("replication")
+        status = getattr(repl, "status", None)
+        if callable(status):
+            out["replication"] = status()
+        return out
+
+    def _on_role(self, role: Role) -> None:
+        """Start what acts on the city when this server becomes active; stop it (and close its
+        device connections) when it stops being active. Called synchronously on every role
+        change, so a demotion stops polling before anything else runs."""
+        if self._stopping.is_set():
+            return
+        if role is Role.ACTIVE:
+            for name in ACTIVE_ONLY_SERVICES:
+                svc = self.services.get(name)
+                if svc is not None and f"service:{name}" not in self._tasks:
+                    self.supervise(f"service:{name}", svc.run)
+            for proto, drv in self.drivers.items():
+                if f"driver:{proto}" not in self._tasks:
+                    self.supervise(f"driver:{proto}", drv.run)
+            return
+        stopped = []
+        for name in [f"service:{n}" for n in ACTIVE_ONLY_SERVICES] + [f"driver:{p}" for p in self.drivers]:
+            t = self._tasks.pop(name, None)
+            if t is not None:
+                t.cancel()
+                stopped.append(t)
+        if stopped:
+            t = asyncio.ensure_future(self._close_drivers(stopped))
+            self._bg.add(t)
+            t.add_done_callback(self._bg.discard)
+        # the standby shows its device tags as not connected, never a stale Good
+        self.tagdb.mark(self._driver_tags(), Q.BadNotConnected)
+
+    def _driver_tags(self) -> Any:
+        """Indices of every tag a protocol driver owns (one array, one change batch)."""
+        if self._driver_tag_idx is None:
+            import numpy as np
+
+            parts = [np.arange(self.tagdb.device_first(d),
+                               self.tagdb.device_first(d) + len(self.tagdb.device_schema(d)),
+                               dtype=np.int64) for d in sorted(self._device_driver)]
+            self._driver_tag_idx = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return self._driver_tag_idx
+
+    async def _close_drivers(self, tasks: list[asyncio.Task[None]]) -> None:
+        """After a demotion: wait for the stopped tasks, then drop the device connections (many
+        devices accept one Modbus connection: the new active needs it)."""
+        await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+        for drv in self.drivers.values():
+            try:
+                await asyncio.wait_for(drv.aclose(), self.shutdown_timeout)
+            except Exception:
+                log.exception("driver %s failed closing its connections after demotion",
+                              drv.ctx.protocol)
 
     async def _health_loop(self) -> None:
         loop = asyncio.get_running_loop()

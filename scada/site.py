@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .sections.alarms import AlarmDef, AlarmsConfig
 from .sections.common import Ident, Strict, check_format
+from .sections.ha import HaConfig
 from .sections.historian import HistorianConfig
 from .sections.interventions import InterventionsConfig
 from .sections.opcua import OpcUaServerConfig
@@ -215,6 +216,8 @@ class SiteConfig(Strict):
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     interventions: InterventionsConfig = Field(default_factory=InterventionsConfig)
     open311: Open311Config = Field(default_factory=Open311Config)
+    #: a redundant pair (issue 22, docs/redundancy.md); absent: a single server, always active
+    ha: HaConfig | None = None
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.fixtures.alarms",
     "tests.fixtures.hmi",
     "tests.fixtures.web",
+    "tests.fixtures.etcd",
 ]
 
 

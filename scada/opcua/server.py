@@ -42,7 +42,7 @@ from .. import quality as Q
 from ..operations import Identity, Operations, Outcome, roles
 from ..runtime import Service
 from ..tags import Changes
-from . import history
+from . import history, redundancy
 from ._asyncua import (
     ScadaServer,
     address_space_nodes,
@@ -416,7 +416,10 @@ class OpcUaService(Service):
         self.server_node: Node | None = None
         self.on_started: list[Callable[[OpcUaService], Awaitable[None]]] = []
         self.endpoint = f"opc.tcp://{self.cfg.host}:{self.cfg.port}/scada"
-        self.app_uri = f"urn:scada:{_slug(runtime.site.name)}:server"
+        # each server of a redundant pair has its own ApplicationUri (Part 4 §6.6.2)
+        self.app_uri = redundancy.application_uri(
+            runtime.site.name, runtime.ha.node if runtime.ha.pair else None)
+        self._service_level = redundancy.ServiceLevelFollower(runtime.ha, lambda: self.server)
         self.registry = MonitorRegistry(len(self.tagdb.value))
         self.lazy: LazyNodes | None = None
         self.trust: TrustList | None = None
@@ -545,6 +548,7 @@ class OpcUaService(Service):
         server.limits.max_message_size = cfg.max_pending_chunks * server.limits.max_recv_buffer
         self.namespace_index = await server.register_namespace(cfg.namespace_uri)
         await self._build(server)
+        await redundancy.install(server, self.runtime.ha, self.runtime.site)
         try:
             await server.start()
         except OSError as e:

@@ -133,10 +133,11 @@ class WebService(Service):
                 waiter.cancel()
             directory, app_uri = Path(opcua.state_dir), opcua.app_uri
         else:
-            from ..opcua.server import _slug
+            from ..opcua.redundancy import application_uri
 
             directory = Path(self.runtime.state_dir) / "opcua"
-            app_uri = f"urn:scada:{_slug(self.runtime.site.name)}:server"
+            ha = self.runtime.ha
+            app_uri = application_uri(self.runtime.site.name, ha.node if ha.pair else None)
 
         def convert() -> tuple[str, str]:
             cert_p, key_p = ensure_server_certificate(directory, app_uri, self.cfg.host)
