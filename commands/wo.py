@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import click
@@ -85,7 +85,20 @@ def _t(ts: float | None) -> str:
 
 def _row(o: dict[str, Any]) -> str:
     return (f"{o['id']:<10} {o['state']:<11} P{o['priority']} {o.get('trade') or '-'!s:<18} "
-            f"{o.get('crew') or '-'!s:<10} {_t(o['due_repair']):<16} {', '.join(o['devices'])}  {o['title']}")
+            f"{o.get('crew') or '-'!s:<10} {o.get('planned') or '-'!s:<10} {_t(o['due_repair']):<16} "
+            f"{', '.join(o['devices'])}  {o['title']}")
+
+
+def _day(ctx: Any, param: Any, value: str | None) -> str | None:
+    """--planned: a calendar day of the site (YYYY-MM-DD)."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            return date.fromisoformat(value).isoformat()
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{value!r}: expected a date YYYY-MM-DD")
 
 
 @click.group()
@@ -107,7 +120,8 @@ def wo_list(state: str, area: str | None, crew: str | None, **o: Any) -> None:
     if o["as_json"]:
         click.echo(json.dumps(body, indent=2))
         return
-    click.echo(f"{'order':<10} {'state':<11} P  {'trade':<18} {'crew':<10} {'repair due':<16} devices  title")
+    click.echo(f"{'order':<10} {'state':<11} P  {'trade':<18} {'crew':<10} {'planned':<10} {'repair due':<16} "
+               "devices  title")
     for r in body["orders"]:
         click.echo(_row(r))
     click.echo(f"{body['total']} orders")
@@ -156,9 +170,11 @@ def wo_create(devices: tuple[str, ...], priority: int, trade: str | None, title:
 @_options
 @click.argument("order_id")
 @click.option("--crew", required=True)
-def wo_assign(order_id: str, crew: str, **o: Any) -> None:
-    """Assign ORDER_ID to a crew."""
-    body = Session(o).post(f"/api/wo/{order_id}/assign", {"crew": crew, "key": uuid.uuid4().hex})
+@click.option("--planned", callback=_day, default=None,
+              help="Day of the visit, YYYY-MM-DD (site's calendar) [default: the order's, else today].")
+def wo_assign(order_id: str, crew: str, planned: str | None, **o: Any) -> None:
+    """Assign ORDER_ID to a crew for a day."""
+    body = Session(o).post(f"/api/wo/{order_id}/assign", {"crew": crew, "planned": planned, "key": uuid.uuid4().hex})
     click.echo(json.dumps(body, indent=2) if o["as_json"] else body["message"])
 
 
@@ -170,8 +186,12 @@ def wo_assign(order_id: str, crew: str, **o: Any) -> None:
 @click.option("-m", "--comment", default="")
 @click.option("--resolution", default=None, help="Resolution code (closing).")
 @click.option("--override", is_flag=True, help="Close although the fault is still active (needs a comment; audited).")
-def wo_transition(order_id: str, to: str, comment: str, resolution: str | None, override: bool, **o: Any) -> None:
+@click.option("--planned", callback=_day, default=None,
+              help="With 'scheduled': day of the visit, YYYY-MM-DD [default: the order's, else today].")
+def wo_transition(order_id: str, to: str, comment: str, resolution: str | None, override: bool, planned: str | None,
+                  **o: Any) -> None:
     """Move ORDER_ID to state TO (the lifecycle refuses illegal moves)."""
     body = Session(o).post(f"/api/wo/{order_id}/transition", {"to": to, "comment": comment, "resolution": resolution,
-                                                             "override": override, "key": uuid.uuid4().hex})
+                                                             "override": override, "planned": planned,
+                                                             "key": uuid.uuid4().hex})
     click.echo(json.dumps(body, indent=2) if o["as_json"] else body["message"])

@@ -94,6 +94,9 @@ class WorkOrder:
     parts: list[dict[str, Any]] = field(default_factory=list)
     resolution: str | None = None
     repeats: int = 0
+    #: the day the visit is planned (the site's local date, ``YYYY-MM-DD``): set when the order is
+    #: scheduled or assigned to a crew (today unless given); the tablet's "visits of the day"
+    planned: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # state changes (ts, from, to, user)
 
     @property
@@ -123,7 +126,7 @@ class WorkOrder:
         """The list row (no notes/photos/history)."""
         return {k: getattr(self, k) for k in (
             "id", "title", "state", "priority", "origin", "devices", "area", "trade", "fault", "site",
-            "crew", "assignee", "created", "due_respond", "due_repair", "repeats", "resolution")} | {
+            "crew", "assignee", "planned", "created", "due_respond", "due_repair", "repeats", "resolution")} | {
             "location": list(self.location) if self.location else None, "alarms": list(self.alarms)}
 
 
@@ -147,9 +150,13 @@ def apply(wo: WorkOrder, rec: dict[str, Any]) -> None:
             wo.arrived_at = wo.arrived_at or ts
         if rec.get("resolution"):
             wo.resolution = rec["resolution"]
+        if rec.get("planned"):
+            wo.planned = rec["planned"]
     elif op == "assign":
         wo.crew = rec.get("crew")
         wo.assignee = rec.get("assignee")
+        if "planned" in rec:
+            wo.planned = rec["planned"]
         if wo.dispatched_at is None and (wo.crew or wo.assignee):
             wo.dispatched_at = ts
     elif op == "note":
@@ -172,6 +179,18 @@ def apply(wo: WorkOrder, rec: dict[str, Any]) -> None:
             wo.acked_at = ts
     else:
         raise ValueError(f"unknown journal op {op!r}")
+
+
+def check_day(text: str) -> str:
+    """A planned date: ``YYYY-MM-DD`` (the site's local calendar day); ``ValueError`` otherwise."""
+    from datetime import date
+
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    raise ValueError(f"planned {text!r}: expected a date YYYY-MM-DD")
 
 
 def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:

@@ -35,12 +35,13 @@ class Procedures:
         s = self.cfg.serious
         return priority in s.priorities or category in s.categories
 
-    def steps(self, alarm: Any) -> dict[str, Any]:
-        """The checklist of an alarm (an AlarmEvent or view) with each step's state."""
+    def steps(self, alarm: Any, works_index: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checklist of an alarm (an AlarmEvent or view) with each step's state.
+        ``works_index``: device -> order in progress, computed once for a list of alarms."""
         svc = self.svc
         device = alarm.device
         done = svc.store.steps.get(alarm.alarm_id, {})
-        works = svc.under_works(device)
+        works = svc.under_works(device) if works_index is None else works_index.get(device)
         oos = bool(alarm.oos)
         out: dict[str, Any] = {"alarm_id": alarm.alarm_id, "class": alarm.name, "device": device,
                                "area": alarm.area, "priority": alarm.priority, "category": alarm.category,

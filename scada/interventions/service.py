@@ -16,7 +16,9 @@ import hashlib
 import logging
 import os
 import uuid
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ..runtime import Service
 from . import model as M
@@ -103,6 +105,15 @@ class InterventionService(Service):
                 return wo
         return None
 
+    def works_index(self) -> dict[str, M.WorkOrder]:
+        """device -> its order in progress (one pass: the alarm list's checklists)."""
+        return {d: wo for wo in self.store.orders.values() if wo.state == "in_progress" for d in wo.devices}
+
+    def today(self, ts: float | None = None) -> str:
+        """The site's local calendar day (``YYYY-MM-DD``) at ``ts`` (default: the clock's now)."""
+        t = self.clock.time() if ts is None else ts
+        return datetime.fromtimestamp(t, ZoneInfo(self.tz)).date().isoformat()
+
     def checklist_for(self, fault: str) -> list[dict[str, Any]]:
         p = self.cfg.procedures.get(fault)
         return [{"id": f"s{i + 1}", "text": t, "done": False, "user": None, "ts": None}
@@ -173,13 +184,21 @@ class InterventionService(Service):
 
     async def transition(self, order_id: str, to: str, *, user: str, via: str, comment: str = "",
                          resolution: str | None = None, override: bool = False, field: str | None = None,
-                         key: str | None = None, note: str = "", photo: bytes | None = None) -> tuple[M.WorkOrder, bool]:
-        """Move an order; False when ``key`` was seen (nothing done again)."""
+                         key: str | None = None, note: str = "", photo: bytes | None = None,
+                         planned: str | None = None) -> tuple[M.WorkOrder, bool]:
+        """Move an order; False when ``key`` was seen (nothing done again). Scheduling sets the
+        planned day (``planned``, else the one the order has, else today)."""
+        if planned is not None:
+            planned = M.check_day(planned)
+            if to != "scheduled":
+                raise ValueError(f"planned: a date is given when scheduling, not when moving to {to}")
         async with self.store.lock:
             if self.store.seen(key):
                 return self.get(order_id), False
             wo = self.get(order_id)
             M.check_transition(wo.state, to)
+            if to == "scheduled":
+                planned = planned or wo.planned or self.today()
             if to == "closed":
                 active = self.check_close(wo)
                 if active and not override:
@@ -195,7 +214,7 @@ class InterventionService(Service):
                 recs.append(await self._photo_rec(wo, photo, user, via, now))
             recs.append({"op": "transition", "id": wo.id, "ts": now, "to": to, "user": user, "via": via,
                          "comment": comment, "resolution": resolution, "override": override, "field": field,
-                         "key": key})
+                         "key": key} | ({"planned": planned} if planned else {}))
             await self.store.commit(recs)
         wo = self.get(order_id)
         await self._maintenance(wo, user)
@@ -203,17 +222,24 @@ class InterventionService(Service):
         return wo, True
 
     async def assign(self, order_id: str, *, crew: str | None, assignee: str | None, user: str, via: str,
-                     key: str | None = None) -> M.WorkOrder:
+                     key: str | None = None, planned: str | None = None) -> M.WorkOrder:
+        """Dispatch to a crew (or an agent) for the day ``planned`` (default: the order's planned
+        day, else today: an order handed to a crew is planned)."""
         if crew is not None and crew not in self.crews:
             raise KeyError(f"unknown crew {crew!r}; expected one of {', '.join(self.crews) or 'none configured'}")
+        if planned is not None:
+            planned = M.check_day(planned)
         async with self.store.lock:
             if self.store.seen(key):
                 return self.get(order_id)
             wo = self.get(order_id)
             if not wo.open:
                 raise M.TransitionError(f"{wo.id} is {wo.state}: it cannot be assigned")
+            if planned is None and (crew or assignee):
+                planned = wo.planned or self.today()
             await self.store.commit([{"op": "assign", "id": wo.id, "ts": self.clock.time(), "crew": crew,
-                                      "assignee": assignee, "user": user, "via": via, "key": key}])
+                                      "assignee": assignee, "user": user, "via": via, "key": key,
+                                      "planned": planned}])
         wo = self.get(order_id)
         self.emit("workorder", wo.summary(), wo.area)
         return wo
@@ -317,9 +343,63 @@ class InterventionService(Service):
 
     # ------------------------------------------------------------------ visits
     def crew_rows(self, now: float) -> list[dict[str, Any]]:
+        """Crews as dispatch sees them: on shift now (the site's time zone), busy on an order in
+        progress, and where they are: the position their tablet reported if it is younger than
+        ``position_max_age``, else the base position of the site file (``position_source``
+        says which, ``position_note`` why)."""
         busy = {wo.crew for wo in self.store.orders.values() if wo.state == "in_progress" and wo.crew}
-        return [c | {"available": on_shift(c["shift"], now, self.tz) and c["id"] not in busy,
-                     "on_shift": on_shift(c["shift"], now, self.tz)} for c in self.crews.values()]
+        max_age = self.cfg.position_max_age
+        out = []
+        for c in self.crews.values():
+            shift = on_shift(c["shift"], now, self.tz)
+            row = c | {"available": shift and c["id"] not in busy, "on_shift": shift, "busy": c["id"] in busy,
+                       "position_source": "base" if c["lat"] is not None else None, "position_note": "",
+                       "reported": None}
+            rep = self.store.positions.get(c["id"])
+            if rep is not None:
+                age = now - float(rep["ts"])
+                row["reported"] = dict(rep) | {"age_s": round(age, 1)}
+                if age <= max_age:
+                    row |= {"lat": rep["lat"], "lon": rep["lon"], "position_source": "reported"}
+                else:
+                    row["position_note"] = (f"reported position {age / 60:.0f} min old (older than "
+                                            f"{max_age / 60:.0f} min): base position used")
+            elif c["lat"] is not None:
+                row["position_note"] = "no position reported: base position used"
+            out.append(row)
+        return out
+
+    async def report_position(self, crew: str, *, lat: float, lon: float, accuracy: float | None, user: str,
+                              via: str, key: str | None = None) -> dict[str, Any] | None:
+        """Keep a crew's last known position (journaled: it survives a restart); None when
+        ``key`` was seen. ``ValueError`` for coordinates out of range."""
+        if crew not in self.crews:
+            raise KeyError(f"unknown crew {crew!r}")
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise ValueError(f"position {lat}, {lon}: latitude -90..90 and longitude -180..180")
+        if accuracy is not None and not 0 <= accuracy <= 1e6:
+            raise ValueError(f"accuracy {accuracy}: metres, 0..1000000")
+        async with self.store.lock:
+            if self.store.seen(key):
+                return None
+            await self.store.commit([{"op": "position", "crew": crew, "ts": self.clock.time(), "lat": lat, "lon": lon,
+                                      "accuracy": accuracy, "user": user, "via": via, "key": key}])
+        row = next(r for r in self.crew_rows(self.clock.time()) if r["id"] == crew)
+        self.emit("crew", row, None)
+        return row
+
+    def day_visits(self, crew: str, *, area_ok: Any = None, day: str | None = None) -> list[tuple[Visit, bool]]:
+        """The crew's visits of ``day`` (default: today, the site's calendar): its open field
+        orders planned that day, and those planned before and not done (overdue) first; each
+        visit's tasks in trade order. Second value: the visit is overdue."""
+        day = day or self.today()
+        orders = [o for o in self.store.orders.values()
+                  if o.crew == crew and o.state in M.FIELD and o.planned is not None and o.planned <= day
+                  and (area_ok is None or area_ok(o.area))]
+        vs = group(orders, self.cfg.rank, self.cfg.grouping_radius_m)
+        out = [(v, any(t.planned < day for t in v.tasks)) for v in vs]
+        out.sort(key=lambda x: not x[1])  # stable: overdue first, each part in the visits' order
+        return out
 
     def visits(self, *, crew: str | None = None, area_ok: Any = None, dispatch: bool = True) -> list[Visit]:
         orders = [o for o in self.store.orders.values() if o.open and (area_ok is None or area_ok(o.area))]

@@ -44,6 +44,8 @@ class Store:
         self.keys: dict[str, dict[str, Any]] = {}  # idempotency key -> {seq, id, op, status}
         #: procedure steps done: alarm id -> step id -> {user, ts, via}
         self.steps: dict[str, dict[str, dict[str, Any]]] = {}
+        #: last position reported by a crew's tablet: crew -> {lat, lon, accuracy, ts, user}
+        self.positions: dict[str, dict[str, Any]] = {}
         self.seq = 0
         self.next_id = 1
         self._since_snapshot = 0
@@ -62,6 +64,7 @@ class Store:
             self.next_id = int(snap["next_id"])
             self.keys = dict(snap.get("keys", {}))
             self.steps = dict(snap.get("steps", {}))
+            self.positions = dict(snap.get("positions", {}))
             for d in snap["orders"]:
                 wo = WorkOrder.from_dict(d)
                 self.orders[wo.id] = wo
@@ -89,6 +92,11 @@ class Store:
         if rec["op"] == "step":
             self.steps.setdefault(rec["alarm"], {})[rec["step"]] = {
                 "user": rec.get("user"), "ts": rec["ts"], "via": rec.get("via", ""), "done": rec.get("done", True)}
+        elif rec["op"] == "position":
+            old = self.positions.get(rec["crew"])
+            if old is None or float(rec["ts"]) >= float(old["ts"]):
+                self.positions[rec["crew"]] = {"lat": rec["lat"], "lon": rec["lon"], "accuracy": rec.get("accuracy"),
+                                               "ts": rec["ts"], "user": rec.get("user")}
         elif rec["op"] == "create":
             wo = WorkOrder.from_dict(rec["order"])
             self.orders[wo.id] = wo
@@ -154,6 +162,7 @@ class Store:
     async def snapshot(self) -> None:
         """Write the whole state to ``snapshot.json`` (atomically) and restart the journal."""
         state = {"seq": self.seq, "next_id": self.next_id, "keys": self.keys, "steps": self.steps,
+                 "positions": self.positions,
                  "orders": [wo.as_dict() for wo in self.orders.values()]}
         text = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
         # the KPI columns, flat lists: a report of a year parses these, not every order

@@ -93,8 +93,9 @@ ACTIONS: tuple[Action, ...] = (
     Action("wo.assign", "operator", "assign a work order to a crew or an agent (dispatch)",
            cli=("wo assign",), web=("POST /api/wo/{id}/assign",)),
     Action("wo.field", "agent",
-           "report from the field tablet on the own crew's orders: arrived, done (note, photo), cannot complete",
-           web=("POST /api/tablet/action",)),
+           "report from the field tablet on the own crew's orders: arrived, done (note, photo), cannot complete; "
+           "the crew's position",
+           web=("POST /api/tablet/action", "POST /api/tablet/position")),
     Action("procedure.step", "operator", "mark a step of an alarm's procedure done",
            web=("POST /api/procedures/step",)),
     Action("address_space.edit", "admin", "add or delete nodes and references",

@@ -72,14 +72,18 @@ class WorkOrderActions:
                           **details)
 
     async def wo_transition(self, who: Identity, order_id: str, to: str, *, comment: str = "",
-                            resolution: str | None = None, override: bool = False, key: str | None = None) -> Outcome:
+                            resolution: str | None = None, override: bool = False, key: str | None = None,
+                            planned: str | None = None) -> Outcome:
+        """A lifecycle move; ``planned`` (YYYY-MM-DD) with ``scheduled``: the day of the visit."""
         action = "wo.transition"
-        details = {"to": to, "comment": comment, "resolution": resolution, "override": override, "key": key}
+        details = {"to": to, "comment": comment, "resolution": resolution, "override": override, "key": key} | (
+            {"planned": planned} if planned else {})
         svc, denied = self._wo_run(who, action, order_id, self._order_area(order_id), **details)
         if svc is None or denied is not None:
             return denied
         return await self._wo_move(who, action, order_id, svc, details, f"already done (key {key})", None,
-                                   to, comment=comment, resolution=resolution, override=override, key=key)
+                                   to, comment=comment, resolution=resolution, override=override, key=key,
+                                   planned=planned)
 
     async def _wo_move(self, who: Identity, action: str, order_id: str, svc: Any, details: dict[str, Any],
                        duplicate: str, done: str | None, to: str, **kw: Any) -> Outcome:
@@ -98,18 +102,55 @@ class WorkOrderActions:
                           **details)
 
     async def wo_assign(self, who: Identity, order_id: str, *, crew: str | None, assignee: str | None = None,
-                        key: str | None = None) -> Outcome:
+                        key: str | None = None, planned: str | None = None) -> Outcome:
+        """Dispatch to a crew for the day ``planned`` (YYYY-MM-DD; default: the order's, else today)."""
         action = "wo.assign"
-        details = {"crew": crew, "assignee": assignee, "key": key}
+        details = {"crew": crew, "assignee": assignee, "key": key} | ({"planned": planned} if planned else {})
         svc, denied = self._wo_run(who, action, order_id, self._order_area(order_id), **details)
         if svc is None or denied is not None:
             return denied
         try:
-            wo = await svc.assign(order_id, crew=crew, assignee=assignee, user=who.name, via=who.via, key=key)
+            wo = await svc.assign(order_id, crew=crew, assignee=assignee, user=who.name, via=who.via, key=key,
+                                  planned=planned)
         except (ValueError, KeyError) as e:
             return self._wo_error(who, action, order_id, e, **details)
-        return self._done(who, action, order_id, Outcome(Q.Good, f"{order_id} assigned to {crew or assignee}",  # type: ignore[attr-defined]
+        day = f" for {wo.planned}" if wo.planned else ""
+        return self._done(who, action, order_id, Outcome(Q.Good, f"{order_id} assigned to {crew or assignee}{day}",  # type: ignore[attr-defined]
                                                          {"order": wo.summary()}), **details)
+
+    async def crew_position(self, who: Identity, *, lat: float, lon: float, accuracy: float | None = None,
+                            crew: str | None = None, key: str | None = None) -> Outcome:
+        """A field tablet reports where its crew is (``wo.field``: an agent, for the crews they
+        belong to; all of them when ``crew`` is not given). Dispatch uses it while it is younger
+        than ``interventions.position_max_age``."""
+        action = "wo.field"
+        details = {"what": "position", "lat": lat, "lon": lon, "accuracy": accuracy, "key": key}
+        target = crew or "crews"
+        svc, denied = self._wo_run(who, action, target, None, **details)
+        if svc is None or denied is not None:
+            return denied
+        mine = svc.crews_of(who.user)
+        if crew is not None and who.role == "agent" and crew not in mine:
+            return self._done(who, action, target, Outcome(  # type: ignore[attr-defined]
+                Q.BadUserAccessDenied, f"{who.name} is not in crew {crew}"), reason="crew", **details)
+        crews = [crew] if crew is not None else mine
+        if not crews:
+            return self._done(who, action, target, Outcome(  # type: ignore[attr-defined]
+                Q.BadInvalidArgument, f"{who.name} belongs to no crew (interventions.crews[].agents): give crew"),
+                **details)
+        rows = []
+        try:
+            for c in crews:
+                row = await svc.report_position(c, lat=lat, lon=lon, accuracy=accuracy, user=who.name, via=who.via,
+                                                key=f"{key}:{c}" if key else None)
+                if row is not None:
+                    rows.append(row)
+        except (ValueError, KeyError) as e:
+            return self._wo_error(who, action, target, e, **details)
+        if not rows:
+            return Outcome(Q.Good, f"position of {', '.join(crews)} already recorded (key {key})", {"duplicate": True})
+        return self._done(who, action, ",".join(crews), Outcome(  # type: ignore[attr-defined]
+            Q.Good, f"position of {', '.join(crews)} recorded", {"crews": rows}), **details)
 
     async def wo_record(self, who: Identity, order_id: str, op: str, *, key: str | None = None,
                         **fields: Any) -> Outcome:

@@ -21,6 +21,7 @@ Example::
         notify: {channels: [ops_mail], by_municipality: {Dijon: [sms_mayor, mail_mayor]}}
       crews:
         - {id: crew-a, trades: [electrician], shift: "07:00-19:00", position: {lat: 47.32, lon: 5.04}, agents: [agent1]}
+      position_max_age: 30min           # tablets' reported positions older than this: base position
 
 See ``docs/interventions.md``.
 """
@@ -127,6 +128,9 @@ class InterventionsConfig(Strict):
     procedures: dict[Ident, Procedure] = Field(default_factory=dict)
     serious: Serious = Field(default_factory=Serious)
     crews: list[Crew] = Field(default_factory=list)
+    #: a position reported by a crew's tablet older than this is not used by dispatch (the
+    #: crew's ``position`` from this file is, and the proposal says so)
+    position_max_age: Duration = Field(1800.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> InterventionsConfig:

@@ -89,8 +89,17 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         except ValueError as e:
             raise ApiError(400, "bad_parameter", str(e)) from None
         engine = views.engine_of(rt)
+        out = rows[:limit]
+        interventions = rt.services.get("interventions")
+        if interventions is not None and engine is not None:
+            # the procedure shown with each alarm (issue 20): its class's steps, done by whom, when
+            works = interventions.works_index()
+            for r in out:
+                c = engine.by_id.get(r["alarm_id"])
+                if c is not None:
+                    r["procedure"] = interventions.procedures.steps(engine.view(c), works)
         return JSONResponse({"available": engine is not None, "view": view, "total": len(rows),
-                             "alarms": rows[:limit], "server_time": rt.clock.time()})
+                             "alarms": out, "server_time": rt.clock.time()})
 
     async def history(request: Request) -> JSONResponse:
         who = ctx.require(request, "read")

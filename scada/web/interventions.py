@@ -57,6 +57,17 @@ def _int(d: dict[str, Any], k: str, default: int) -> int:
     return v
 
 
+def _num(d: dict[str, Any], k: str, *, required: bool = False) -> float | None:
+    v = d.get(k)
+    if v is None:
+        if required:
+            raise ApiError(400, "bad_parameter", f"{k}: required")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        raise ApiError(400, "bad_parameter", f"{k}: expected a number")
+    return float(v)
+
+
 def routes(ctx: Ctx) -> list[BaseRoute]:
     rt = ctx.runtime
     ops = ctx.operations
@@ -118,7 +129,8 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         who = ctx.require(request, "read")
         wo = order_or_404(who, request.path_params["id"])
         recs = await asyncio.to_thread(svc().store.journal, wo.id)
-        return JSONResponse(wo.as_dict() | {"journal": recs, "close_blocked_by": svc().check_close(wo)})
+        return JSONResponse(wo.as_dict() | {"journal": recs, "close_blocked_by": svc().check_close(wo),
+                                            "today": svc().today()})
 
     async def wo_create(request: Request) -> Response:
         who, d = await body(request)
@@ -142,14 +154,16 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
             raise ApiError(400, "bad_parameter", "override: expected true or false")
         return outcome_response(await ops.wo_transition(
             who, oid, _s(d, "to", required=True, max_len=30), comment=_s(d, "comment"),
-            resolution=_s(d, "resolution", max_len=100) or None, override=ov, key=_key(d)))
+            resolution=_s(d, "resolution", max_len=100) or None, override=ov, key=_key(d),
+            planned=_s(d, "planned", max_len=10) or None))
 
     async def wo_assign(request: Request) -> Response:
         who, d = await body(request)
         oid = request.path_params["id"]
         order_or_404(who, oid)
         return outcome_response(await ops.wo_assign(who, oid, crew=_s(d, "crew", max_len=100) or None,
-                                                    assignee=_s(d, "assignee", max_len=200) or None, key=_key(d)))
+                                                    assignee=_s(d, "assignee", max_len=200) or None, key=_key(d),
+                                                    planned=_s(d, "planned", max_len=10) or None))
 
     async def wo_record(request: Request) -> Response:
         who, d = await body(request)
@@ -193,12 +207,20 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         s = svc()
         crew = request.query_params.get("crew") or None
         vs = s.visits(crew=crew, area_ok=who.sees_area)
-        return JSONResponse({"total": len(vs), "visits": [v.as_dict(s.cfg.rank) for v in vs],
-                             "trades": s.cfg.trades, "server_time": rt.clock.time()})
+        rows = {c["id"]: c for c in s.crew_rows(rt.clock.time())}
+
+        def where(v: Any) -> dict[str, Any]:
+            c = rows.get(v.crew) if v.crew else None
+            return {"proposed_position": c["position_source"], "proposed_note": c["position_note"]} if c else {}
+
+        return JSONResponse({"total": len(vs), "visits": [v.as_dict(s.cfg.rank) | where(v) for v in vs],
+                             "trades": s.cfg.trades, "today": s.today(), "server_time": rt.clock.time()})
 
     async def crews(request: Request) -> JSONResponse:
         ctx.require(request, "read")
-        return JSONResponse({"crews": svc().crew_rows(rt.clock.time())})
+        if (a := absent(crews=[])) is not None:
+            return a
+        return JSONResponse({"crews": svc().crew_rows(rt.clock.time()), "server_time": rt.clock.time()})
 
     # ------------------------------------------------------------------ procedures
     def alarm_view(who: Any, alarm_id: str) -> Any:
@@ -241,11 +263,22 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         if crew and who.role == "agent" and crew not in mine:
             raise ApiError(403, "forbidden", f"{who.name} is not in crew {crew}")
         chosen = [crew] if crew else mine
+        day = s.today()
         out = []
         for c in chosen:
-            for v in s.visits(crew=c, area_ok=who.sees_area, dispatch=False):
-                out.append(v.as_dict(s.cfg.rank) | {"crew": c})
-        return JSONResponse({"user": who.user, "crews": chosen, "visits": out, "server_time": rt.clock.time()})
+            for v, overdue in s.day_visits(c, area_ok=who.sees_area, day=day):
+                out.append(v.as_dict(s.cfg.rank) | {"crew": c, "overdue": overdue,
+                                                     "planned": min(t.planned for t in v.tasks)})
+        return JSONResponse({"user": who.user, "crews": chosen, "day": day, "visits": out,
+                             "server_time": rt.clock.time()})
+
+    async def tablet_position(request: Request) -> Response:
+        """Where the tablet is (browser geolocation, throttled by the page): the crew's last
+        known position for dispatch and the console's map."""
+        who, d = await body(request)
+        return outcome_response(await ops.crew_position(
+            who, lat=_num(d, "lat", required=True), lon=_num(d, "lon", required=True),  # type: ignore[arg-type]
+            accuracy=_num(d, "accuracy"), crew=_s(d, "crew", max_len=100) or None, key=_key(d)))
 
     async def tablet_action(request: Request) -> Response:
         who, d = await body(request)
@@ -311,6 +344,7 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
         Route("/api/procedures/{alarm_id:path}", procedure),
         Route("/api/tablet", tablet_data),
         Route("/api/tablet/action", tablet_action, methods=post),
+        Route("/api/tablet/position", tablet_position, methods=post),
         Route("/workorders", simple("workorders", "Work orders", "workorders.js")),
         Route("/workorders/{id}", wo_page),
         Route("/visits", simple("visits", "Visits of the day", "visits.js")),

@@ -1,11 +1,13 @@
 // Alarm list (ISA-18.2 console): sorting, filters, views, live updates, banner and optional
-// sound for new priority-1 alarms, actions allowed by the role matrix.
+// sound for new priority-1 alarms, actions allowed by the role matrix; each alarm's procedure
+// (the checklist of its class: steps done with user and time) opens under its row, and a step
+// ticked there goes through the operator API (POST /api/procedures/step: role matrix, audit).
 "use strict";
 (async () => {
   const C = Console;
   const me = await C.whoami();
   const tbody = document.querySelector("#alarms tbody");
-  const st = {view: "active", sort: "priority", order: null, rows: []};
+  const st = {view: "active", sort: "priority", order: null, rows: [], open: new Set()};
   const areaSel = document.getElementById("f-area");
   for (const a of me.site_areas) areaSel.insertAdjacentHTML("beforeend", `<option value="${C.esc(a.id)}">${C.esc(a.name)}</option>`);
   let audio = null;
@@ -40,11 +42,32 @@
     return b.join(" ");
   }
 
+  function procCell(r) {
+    const p = r.procedure;
+    if (!p || !p.steps.length) return "";
+    const done = p.steps.filter((s) => s.done).length;
+    const cls = done === p.steps.length ? "proc done" : (p.serious ? "proc serious" : "proc");
+    return `<button class="${cls}" data-proc="${C.esc(r.alarm_id)}" title="procedure">${done}/${p.steps.length}` +
+      `${p.serious ? " serious" : ""}${p.condition ? " · " + C.esc(p.condition.replace(/_/g, " ")) : ""}</button>`;
+  }
+
+  function procRow(r) {
+    const p = r.procedure;
+    if (!p || !st.open.has(r.alarm_id)) return "";
+    return `<tr class="procedure-row"><td colspan="8"><div class="procedure" data-alarm="${C.esc(r.alarm_id)}">` +
+      `<b>Procedure for ${C.esc(p.class)}</b>${p.serious ? " · <strong>serious</strong>" : ""}<ul>` +
+      p.steps.map((s) => `<li data-step="${C.esc(s.id)}" data-done="${s.done ? 1 : 0}">` +
+        (s.done ? "☑" : `<button data-step="${C.esc(s.id)}" data-action="procedure.step">done</button>`) +
+        ` ${C.esc(s.text)}${s.user ? ` <span class="muted step-by">(${C.esc(s.user)}, ${C.time(s.ts)})</span>` : ""}</li>`).join("") +
+      "</ul></div></td></tr>";
+  }
+
   function render() {
     tbody.innerHTML = st.rows.map((r) => `<tr class="st-${C.esc(r.isa_state)}" data-alarm="${C.esc(r.alarm_id)}">
       <td>${r.priority}</td><td>${C.time(r.ts)}</td><td>${C.esc(r.area)}</td>
       <td><a href="/devices/${C.esc(r.device)}">${C.esc(r.alarm_id)}</a></td><td>${C.esc(r.message)}</td>
-      <td class="state" data-state="${C.esc(r.isa_state)}">${C.esc(r.isa_state)}</td><td>${actions(r)}</td></tr>`).join("");
+      <td class="state" data-state="${C.esc(r.isa_state)}">${C.esc(r.isa_state)}</td><td>${procCell(r)}</td><td>${actions(r)}</td></tr>` +
+      procRow(r)).join("");
     document.getElementById("empty").hidden = st.rows.length > 0;
     document.getElementById("count").textContent = st.rows.length + " alarm(s)";
     document.querySelectorAll("th.sortable").forEach((th) => th.classList.toggle("sorted", th.dataset.sort === st.sort));
@@ -66,6 +89,20 @@
   }
 
   tbody.addEventListener("click", async (ev) => {
+    const pb = ev.target.closest("button[data-proc]");
+    if (pb) {
+      const id = pb.dataset.proc;
+      if (st.open.has(id)) st.open.delete(id); else st.open.add(id);
+      render();
+      return;
+    }
+    const sb = ev.target.closest("button[data-step]");
+    if (sb && !sb.disabled) {
+      const id = sb.closest(".procedure").dataset.alarm;
+      await C.post("/api/procedures/step", {alarm_id: id, step: sb.dataset.step}).catch(() => {});
+      load();
+      return;
+    }
     const btn = ev.target.closest("button[data-do]");
     if (!btn || btn.disabled) return;
     const id = btn.dataset.id, what = btn.dataset.do;
@@ -108,6 +145,7 @@
       soon();
     },
     "alarms.reload": soon,
+    procedure: soon,
   });
   await load();
 })();

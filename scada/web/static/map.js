@@ -39,6 +39,7 @@
   legend.className = "map-legend"; legend.id = "map-legend";
   legend.innerHTML = STATE_LABELS.map((l, k) => '<div><span class="dot" data-state="' + k + '"></span>' + l +
     ' <span class="count" id="map-count-' + k + '"></span></div>').reverse().join("") +
+    '<div><span class="crew-key"></span>crew (tablet position) <span class="crew-key base"></span>crew (base)</div>' +
     '<div class="muted" id="map-info"></div><div class="attr" id="map-attr"></div>';
   host.appendChild(legend);
   legend.querySelectorAll(".dot").forEach((d) => { d.style.background = STATE_COLOURS[+d.dataset.state]; });
@@ -57,10 +58,7 @@
   host.appendChild(pop);
 
   // ------------------------------------------------------------------ projection
-  function project(lat, lon) {
-    const s = Math.sin(Math.max(-85.05, Math.min(85.05, lat)) * Math.PI / 180);
-    return [(lon + 180) / 360 * TILE, (0.5 - Math.log((1 + s) / (1 - s)) / (4 * Math.PI)) * TILE];
-  }
+  const project = ScadaMapCore.project;  // shared with the tablet's visit maps (mapcore.js)
   function scale() { return Math.pow(2, zoom); }
   function toScreen(x, y) { const k = scale(); return [(x - cx) * k + W / 2, (y - cy) * k + H / 2]; }
   function toWorld(sx, sy) { const k = scale(); return [(sx - W / 2) / k + cx, (sy - H / 2) / k + cy]; }
@@ -138,30 +136,7 @@
     requestAnimationFrame(frame);
   }
 
-  function drawTiles() {
-    if (!cfg || !cfg.tiles) return;
-    const z = Math.max(0, Math.min(cfg.max_zoom, Math.floor(zoom)));
-    const k = Math.pow(2, zoom - z), size = TILE * k, nt = Math.pow(2, z);
-    const [wx0, wy0] = toWorld(0, 0), [wx1, wy1] = toWorld(W, H);
-    const tx0 = Math.max(0, Math.floor(wx0 * nt / TILE)), tx1 = Math.min(nt - 1, Math.floor(wx1 * nt / TILE));
-    const ty0 = Math.max(0, Math.floor(wy0 * nt / TILE)), ty1 = Math.min(nt - 1, Math.floor(wy1 * nt / TILE));
-    if ((tx1 - tx0 + 1) * (ty1 - ty0 + 1) > 200) return;
-    for (let tx = tx0; tx <= tx1; tx++) {
-      for (let ty = ty0; ty <= ty1; ty++) {
-        const url = cfg.tiles.replace("{z}", z).replace("{x}", tx).replace("{y}", ty);
-        let img = tiles.get(url);
-        if (!img) {
-          img = new Image(); img.onload = redraw; img.onerror = () => { img.failed = true; };
-          img.src = url; tiles.set(url, img);
-          if (tiles.size > 600) tiles.delete(tiles.keys().next().value);
-        }
-        if (img.complete && !img.failed && img.naturalWidth) {
-          const [sx, sy] = toScreen(tx * TILE / nt, ty * TILE / nt);
-          ctx2.drawImage(img, Math.floor(sx), Math.floor(sy), Math.ceil(size) + 1, Math.ceil(size) + 1);
-        }
-      }
-    }
-  }
+  function drawTiles() { ScadaMapCore.drawTiles(ctx2, cfg, {cx, cy, zoom, W, H}, tiles, redraw); }
 
   function dot(x, y, r, colour, ring) {
     ctx2.beginPath(); ctx2.arc(x, y, r, 0, 2 * Math.PI);
@@ -174,7 +149,7 @@
   function frame() {
     pending = false;
     ctx2.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx2.fillStyle = "#e4e9ec"; ctx2.fillRect(0, 0, W, H);
+    ctx2.fillStyle = ScadaMapCore.BACKGROUND; ctx2.fillRect(0, 0, W, H);
     drawTiles();
     if (!M.n) { finishFrame(); return; }
     const k = scale(), hx = W / 2 - cx * k, hy = H / 2 - cy * k;
@@ -229,6 +204,7 @@
         dot(sx, sy, radius(rank[i], prio[i]), STATE_COLOURS[rank[i]], "#263238");
       }
     }
+    drawCrews();
     for (let s = 1; s < counts.length; s++) {
       const el = document.getElementById("map-count-" + s);
       if (el) el.textContent = counts[s] ? "(" + counts[s] + ")" : "";
@@ -236,6 +212,36 @@
     document.getElementById("map-info").textContent =
       M.n + " devices · zoom " + zoom.toFixed(1) + (M.clustered ? " · clustered" : "");
     finishFrame();
+  }
+
+  // crews (issue 20): where dispatch believes they are, the position their tablet reported
+  // (filled square) or their base position from the site file (hollow square)
+  let crews = [];
+  function drawCrews() {
+    ctx2.font = "bold 11px system-ui, sans-serif"; ctx2.textAlign = "left"; ctx2.textBaseline = "middle";
+    for (const c of crews) {
+      if (c.lat == null) continue;
+      const [x, y] = toScreen(...project(c.lat, c.lon));
+      if (x < -20 || y < -20 || x > W + 20 || y > H + 20) continue;
+      ctx2.lineWidth = 2; ctx2.strokeStyle = "#1d3557";
+      ctx2.fillStyle = c.position_source === "reported" ? "#1d3557" : "#ffffff";
+      ctx2.fillRect(x - 6, y - 6, 12, 12); ctx2.strokeRect(x - 6, y - 6, 12, 12);
+      ctx2.fillStyle = "#1d3557"; ctx2.fillText(c.name || c.id, x + 9, y);
+    }
+  }
+  async function loadCrews() {
+    try {
+      const j = await Console.api("/api/crews", true);
+      crews = j.crews || [];
+    } catch (e) { crews = []; }
+    M.crews = crews;
+    redraw();
+  }
+  function crewEvent(c) {
+    const k = crews.findIndex((x) => x.id === c.id);
+    if (k >= 0) crews[k] = c; else crews.push(c);
+    M.crews = crews;
+    redraw();
   }
 
   function finishFrame() {
@@ -334,6 +340,7 @@
   M.has = (path) => index.has(path);
   M.paths = () => paths.slice();
   M.focus = (path, z) => { const i = index.get(path); if (i === undefined) return false; cx = wx[i]; cy = wy[i]; zoom = z || 18; redraw(); return true; };
+  M.crewScreen = (id) => { const c = crews.find((x) => x.id === id); return c && c.lat != null ? toScreen(...project(c.lat, c.lon)) : null; };
   M.colours = STATE_COLOURS; M.states = STATE_LABELS; M.clusterAbove = INDIVIDUAL;
 
   // ------------------------------------------------------------------ start
@@ -349,13 +356,15 @@
       const handlers = {
         "map.state": (ev) => { for (const [path, s, p] of ev.d) setState(path, s, p, ev.ts); redraw(); },
         "map.reload": async () => { await loadDevices(); await loadStates(); },
-        hello: () => { if (streamOpen) loadStates(); streamOpen = true; },
+        hello: () => { if (streamOpen) { loadStates(); loadCrews(); } streamOpen = true; },
+        crew: crewEvent,
       };
       await loadDevices();
       Console.stream(handlers);
       fit();
       resize();
       await loadStates();
+      await loadCrews();
     } catch (e) {
       M.error = String(e && e.message || e);
       document.getElementById("map-info").textContent = "map unavailable: " + M.error;

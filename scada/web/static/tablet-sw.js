@@ -2,8 +2,8 @@
 // cached so the tablet opens without network; API calls always go to the network (the page
 // keeps its own offline queue of actions and replays it with idempotency keys).
 "use strict";
-const CACHE = "scada-tablet-v1";
-const SHELL = ["/tablet", "/static/tablet.js", "/static/tablet.css", "/tablet.webmanifest", "/static/tablet-icon.svg"];
+const CACHE = "scada-tablet-v2";
+const SHELL = ["/tablet", "/static/tablet.js", "/static/mapcore.js", "/static/tablet.css", "/tablet.webmanifest", "/static/tablet-icon.svg"];
 self.addEventListener("install", (e) => {
   e.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
 });

@@ -1,5 +1,9 @@
-// The field tablet: the agent's visits of the day in order, each task's summary, map link and
-// checklist (steps ticked), and the actions "arrived", "done" (note + photo) and "cannot complete".
+// The field tablet: the agent's visits of the day in order (overdue ones first), each task's
+// summary, a small map of the visit's tasks (mapcore.js: the console map's projection and tiles,
+// the plain background without them) and checklist (steps ticked), and the actions "arrived",
+// "done" (note + photo) and "cannot complete". With the agent's permission the tablet reports
+// where it is (browser geolocation, at most every POS_EVERY ms unless it moved POS_MOVED m):
+// the crew's last known position for dispatch and the console's map.
 // Actions are queued in localStorage first, each with an idempotency key generated here, and
 // sent in order; without network they wait and are replayed when it returns (the "online"
 // event, and a retry timer). The server records a key once: a replay never duplicates a step.
@@ -9,6 +13,11 @@
   const QKEY = "scada-tablet-queue:" + document.body.dataset.user;
   let data = null;
   let flushing = false;
+  let mapCfg = null;
+  const tiles = new Map();
+  const POS_EVERY = 60000, POS_MOVED = 50;
+  const T = window.scadaTablet = {maps: {}, position: null, sent: 0, refused: null};
+  let posPending = null, posLast = null, posSending = false;
 
   const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
   const queue = () => { try { return JSON.parse(localStorage.getItem(QKEY) || "[]"); } catch (e) { return []; } };
@@ -27,6 +36,93 @@
     const el = document.getElementById("net");
     el.textContent = navigator.onLine ? "online" : "offline";
     el.classList.toggle("off", !navigator.onLine);
+  }
+
+  async function loadMapConfig() {
+    try {
+      const r = await fetch("/api/map/config", {credentials: "same-origin", headers: {Accept: "application/json"}});
+      if (!r.ok) throw new Error(String(r.status));
+      mapCfg = await r.json();
+      localStorage.setItem(QKEY + ":map", JSON.stringify(mapCfg));
+    } catch (e) {
+      mapCfg = JSON.parse(localStorage.getItem(QKEY + ":map") || "null") || {tiles: null, max_zoom: 19};
+    }
+  }
+
+  // the visit's tasks on its own small map: numbered dots in the tasks' order, the agent's
+  // position when known; tiles if the site has them, else the plain background
+  function drawVisitMap(canvas, v) {
+    const MC = window.ScadaMapCore;
+    const dpr = window.devicePixelRatio || 1;
+    const W = canvas.clientWidth || 300, H = canvas.clientHeight || 160;
+    canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr);
+    const g = canvas.getContext("2d");
+    const pts = v.tasks.map((t, k) => [t.location || v.location, k]).filter((p) => p[0]);
+    const world = pts.map(([loc]) => MC.project(loc[0], loc[1]));
+    const view = MC.fitView(world, W, H, 28, Math.min(18, (mapCfg && mapCfg.max_zoom) || 18));
+    const info = T.maps[v.id] = {points: [], tiles: 0, background: true};
+    if (!view) return;
+    const frame = () => {
+      g.setTransform(dpr, 0, 0, dpr, 0, 0);
+      g.fillStyle = MC.BACKGROUND; g.fillRect(0, 0, W, H);
+      info.tiles = MC.drawTiles(g, mapCfg, view, tiles, () => { if (canvas.isConnected) frame(); });
+      info.background = info.tiles === 0;
+      info.points = [];
+      const used = [];
+      g.font = "bold 12px system-ui, sans-serif"; g.textAlign = "center"; g.textBaseline = "middle";
+      world.forEach(([wx, wy], i) => {
+        let [x, y] = MC.toScreen(view, wx, wy);
+        const same = used.filter(([ux, uy]) => Math.hypot(ux - x, uy - y) < 14).length;
+        if (same) { const a = same * 2.1; x += 16 * Math.cos(a); y += 16 * Math.sin(a); }  // tasks on one spot
+        used.push([x, y]);
+        g.beginPath(); g.arc(x, y, 9, 0, 2 * Math.PI); g.fillStyle = "#e63946"; g.fill();
+        g.lineWidth = 1.5; g.strokeStyle = "#fff"; g.stroke();
+        g.fillStyle = "#fff"; g.fillText(String(pts[i][1] + 1), x, y);
+        info.points.push([Math.round(x), Math.round(y), v.tasks[pts[i][1]].id]);
+      });
+      if (T.position) {
+        const [x, y] = MC.toScreen(view, ...MC.project(T.position.lat, T.position.lon));
+        if (x >= 0 && y >= 0 && x <= W && y <= H) {
+          g.beginPath(); g.arc(x, y, 6, 0, 2 * Math.PI); g.fillStyle = "#1d7bd8"; g.fill();
+          g.strokeStyle = "#fff"; g.stroke(); info.me = [Math.round(x), Math.round(y)];
+        }
+      }
+    };
+    frame();
+  }
+
+  // ------------------------------------------------------------------ position
+  function metres(a, b) {
+    const k = Math.PI / 180, x = (b.lon - a.lon) * k * Math.cos((a.lat + b.lat) / 2 * k), y = (b.lat - a.lat) * k;
+    return 6371000 * Math.hypot(x, y);
+  }
+  function onPosition(p) {
+    const here = {lat: p.coords.latitude, lon: p.coords.longitude, accuracy: p.coords.accuracy, at: Date.now()};
+    T.position = here;
+    if (posLast && Date.now() - posLast.at < POS_EVERY && metres(posLast, here) < POS_MOVED) return;  // throttled
+    posPending = here;
+    sendPosition();
+  }
+  async function sendPosition() {
+    if (posSending || !posPending || !navigator.onLine) return;
+    posSending = true;
+    const p = posPending;
+    try {
+      const r = await fetch("/api/tablet/position", {method: "POST", credentials: "same-origin",
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
+        body: JSON.stringify({lat: p.lat, lon: p.lon, accuracy: p.accuracy, key: newKey()})});
+      if (r.ok) { T.sent++; posLast = p; if (posPending === p) posPending = null; }
+      else if (r.status < 500 && r.status !== 429 && r.status !== 401) {  // refused: say so, do not insist
+        T.refused = (await r.json().catch(() => ({}))).detail || String(r.status);
+        if (posPending === p) posPending = null;
+      }
+    } catch (e) { /* offline: the latest position waits */ }
+    posSending = false;
+  }
+  function watchPosition() {
+    if (!navigator.geolocation) return;
+    navigator.geolocation.watchPosition(onPosition, (err) => { T.positionError = err.message || String(err.code); },
+      {enableHighAccuracy: true, maximumAge: 30000, timeout: 60000});
   }
 
   async function load() {
@@ -49,10 +145,13 @@
     // own textarea and file input are moved into the new markup
     const kept = new Map();
     for (const t of main.querySelectorAll(".task")) kept.set(t.dataset.order, [t.querySelector(".note"), t.querySelector(".photo")]);
+    document.getElementById("day").textContent = data && data.day ? data.day : "";
     if (!data || !data.visits.length) { main.innerHTML = '<p class="muted" id="none">No visit today.</p>'; return; }
     main.innerHTML = data.visits.map((v, i) => {
-      const loc = v.location ? `<a class="map" href="https://www.openstreetmap.org/?mlat=${v.location[0]}&mlon=${v.location[1]}#map=19/${v.location[0]}/${v.location[1]}">map</a>` : "";
-      return `<section class="visit" data-visit="${esc(v.id)}"><h2>${i + 1}. ${esc(v.site)} ${loc}</h2>` +
+      const late = v.overdue ? `<span class="overdue">overdue (planned ${esc(v.planned)})</span>` : "";
+      const map = (v.location || v.tasks.some((t) => t.location)) ? `<canvas class="visit-map" data-visit="${esc(v.id)}"></canvas>` : "";
+      return `<section class="visit${v.overdue ? " late" : ""}" data-visit="${esc(v.id)}" data-overdue="${v.overdue ? 1 : 0}">` +
+        `<h2>${i + 1}. ${esc(v.site)} ${late}</h2>${map}` +
         v.tasks.map((t, k) => {
           const pend = pendingFor(t.id);
           const ticked = queue().filter((a) => a.order === t.id && a.what === "check").map((a) => a.step);
@@ -71,6 +170,10 @@
           </div>`;
         }).join("") + "</section>";
     }).join("");
+    for (const c of main.querySelectorAll("canvas.visit-map")) {
+      const v = data.visits.find((x) => x.id === c.dataset.visit);
+      if (v && window.ScadaMapCore) drawVisitMap(c, v);
+    }
     for (const t of main.querySelectorAll(".task")) {
       const k = kept.get(t.dataset.order);
       if (!k) continue;
@@ -148,10 +251,11 @@
     else if (b.classList.contains("done")) act(t, "done");
     else if (b.classList.contains("cannot")) act(t, "cannot_complete");
   });
-  window.addEventListener("online", () => { showNet(); flush(); });
+  window.addEventListener("online", () => { showNet(); flush(); sendPosition(); });
   window.addEventListener("offline", showNet);
-  setInterval(() => { if (queue().length) flush(); }, 3000);
+  setInterval(() => { if (queue().length) flush(); sendPosition(); }, 3000);
   if ("serviceWorker" in navigator) navigator.serviceWorker.register("/tablet-sw.js", {scope: "/tablet"}).catch(() => {});
   showNet(); showQueue();
-  load().then(flush);
+  loadMapConfig().then(load).then(flush);
+  watchPosition();
 })();
