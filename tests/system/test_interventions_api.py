@@ -181,13 +181,20 @@ async def test_cli_through_the_running_server(tmp_path) -> None:
         assert rc != 0 and "409" in out and "cannot become closed" in out
         rc, out = await cli("transition", "WO-000001", "approved", "-m", "go")
         assert rc == 0, out
-        rc, out = await cli("assign", "WO-000001", "--crew", "crew-a")
-        assert rc == 0, out
+        rc, out = await cli("assign", "WO-000001", "--crew", "crew-a", "--planned", "2026-01-03")
+        assert rc == 0 and "for 2026-01-03" in out, out
+        rc, out = await cli("assign", "WO-000001", "--crew", "crew-a", "--planned", "3 Jan")
+        assert rc != 0 and "YYYY-MM-DD" in out
         rc, out = await cli("list")
         assert rc == 0 and "WO-000001" in out and "approved" in out and "crew-a" in out and "1 orders" in out
+        assert "2026-01-03" in out
+        rc, out = await cli("transition", "WO-000001", "scheduled", "--planned", "2026-01-04")
+        assert rc == 0, out
+        assert web.runtime.services["interventions"].store.orders["WO-000001"].planned == "2026-01-04"
         rc, out = await cli("show", "WO-000001", "--json")
         d = json.loads(out)
-        assert d["state"] == "approved" and [r["op"] for r in d["journal"]] == ["create", "transition", "assign"]
+        assert d["state"] == "scheduled" and d["planned"] == "2026-01-04"
+        assert [r["op"] for r in d["journal"]] == ["create", "transition", "assign", "transition"]
         assert all(r["via"].startswith("web 127.0.0.1") for r in d["journal"])
         rc, out = await cli("create", POLE, user="viewer1")
         assert rc != 0 and "403" in out

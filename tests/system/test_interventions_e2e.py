@@ -137,15 +137,42 @@ async def test_one_visit_offline_tablet_and_verified_close(tmp_path, browser) ->
 
 
 async def test_console_procedure_checklist_and_order_page(tmp_path, browser) -> None:  # noqa: F811
-    """The checklist is shown with the alarm in the console; ticking a step records the user;
-    the order page offers only the transitions the table allows and shows why closing waits."""
+    """The checklist is shown with the alarm in the console's alarm list (and in the alarm API)
+    and on the procedures page; ticking a step records the user and is audited; the order page
+    offers only the transitions the table allows, shows why closing waits, and assigns a crew
+    for a planned day."""
     web = await start_city(tmp_path)
     rt = web.runtime
     svc = rt.services["interventions"]
+    aid = f"{LUM}/lamp_failure"
     try:
         web.feed({f"{LUM}/lamp_failure": 1})
         wo = await wait_for(lambda: svc.store.open_for(LUM, "lamp_failure"), "the automatic order")
-        _ctx, page = await page_login(browser, web, "op1", "/procedures")
+        # the alarm list: the procedure's progress in the row, its checklist under it
+        _ctx, page = await page_login(browser, web, "op1", "/alarms")
+        row = f'tr[data-alarm="{aid}"]'
+        await page.wait_for_selector(f'{row} button[data-proc] >> text=0/2')
+        await page.click(f'{row} button[data-proc]')
+        sec = f'tr.procedure-row .procedure[data-alarm="{aid}"]'
+        await page.wait_for_selector(f"{sec} >> text=Create a work order")
+        await page.click(f'{sec} button[data-step="s2"]')
+        await wait_for(lambda: svc.store.steps.get(aid, {}).get("s2"), "the step ticked from the alarm list")
+        assert svc.store.steps[aid]["s2"]["user"] == "op1"
+        await page.wait_for_selector(f'{row} button[data-proc] >> text=1/2')
+        await page.wait_for_selector(f'{sec} li[data-step="s2"][data-done="1"] .step-by >> text=op1')
+        audit = [e for e in AuditLog.read(str(rt.operations.audit.path)) if e["action"] == "procedure.step"]
+        assert [(e["target"], e["step"], e["user"], e["outcome"]) for e in audit] == [(aid, "s2", "op1", "Good")]
+        assert audit[0]["via"].startswith("web 127.0.0.1")
+        # the alarm API carries the same checklist
+        op = web.client()
+        await op.post("/api/login", json={"user": "op1", "password": PASSWORDS["op1"]})
+        a = next(x for x in (await op.get("/api/alarms")).json()["alarms"] if x["alarm_id"] == aid)
+        assert [(s["id"], s["done"], s["user"]) for s in a["procedure"]["steps"]] == [
+            ("s1", False, None), ("s2", True, "op1")]
+        assert a["procedure"]["steps"][1]["ts"] == rt.clock.time()
+        await op.aclose()
+        # the procedures page: every active alarm's checklist
+        await page.goto(f"{web.url}/procedures")
         sec = f'.procedure[data-alarm="{LUM}/lamp_failure"]'
         await page.wait_for_selector(f"{sec} >> text=Check the cabinet's contactor")
         await page.click(f'{sec} button[data-step="s1"]')
@@ -160,6 +187,14 @@ async def test_console_procedure_checklist_and_order_page(tmp_path, browser) -> 
         await page.click("#confirm-ok")
         await page.wait_for_selector("#wo-state >> text=approved")
         assert svc.store.orders[wo.id].history[-1]["comment"] == "go"
+        # dispatch from the order page: a crew with the trade, for a planned day
+        await page.wait_for_selector('#wo-plan-crew option[value="crew-a"]', state="attached")
+        assert await page.input_value("#wo-plan-day") == svc.today()
+        await page.select_option("#wo-plan-crew", "crew-far")
+        await page.fill("#wo-plan-day", "2026-01-05")
+        await page.click("#wo-plan-submit")
+        await page.wait_for_selector("#wo-planned >> text=2026-01-05")
+        assert (svc.store.orders[wo.id].crew, svc.store.orders[wo.id].planned) == ("crew-far", "2026-01-05")
         # the device's faceplate lists its work orders (issue 19), and its parent's does too
         for dev in (LUM, LUM.rsplit("/", 1)[0]):
             await page.goto(f"{web.url}/devices/{dev}")
