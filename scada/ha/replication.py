@@ -66,6 +66,8 @@ from .role import WRITING, Role
 log = logging.getLogger("scada.ha.replication")
 
 LOG, FILE = "log", "file"
+#: names being written (replace_text's ``.tmp``, ours) or locks: never shipped
+_TEMP = (".tmp", ".repl-tmp", ".lock")
 HEARTBEAT = 1.0
 #: bytes read per round and connection: a fresh standby catching up on a big history does it
 #: in rounds instead of reading it all into memory at once
@@ -101,7 +103,7 @@ class Stream:
                 continue
             with it:
                 for ent in it:
-                    if ent.name.startswith("."):
+                    if ent.name.startswith(".") or ent.name.endswith(_TEMP):
                         continue
                     rel = f"{sub}/{ent.name}" if sub else ent.name
                     if self.kind(rel) is None:
@@ -470,6 +472,7 @@ class ReplicationService(Service):
         self._streams: list[Stream] | None = None
         self._sink: Sink | None = None
         self._links: dict[int, tuple[_Link, asyncio.StreamWriter]] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._follow_gate = asyncio.Event()
         self._conn: asyncio.Task[None] | None = None
@@ -543,12 +546,17 @@ class ReplicationService(Service):
             await self._close_server()
 
     async def _close_server(self) -> None:
+        if self._server is not None:
+            self._server.close()  # no new standby
         for _link, w in list(self._links.values()):
             w.close()
+        handlers = list(self._handlers)
+        for t in handlers:
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         if self._server is not None:
-            self._server.close()
             with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
 
     async def aclose(self) -> None:
@@ -560,6 +568,9 @@ class ReplicationService(Service):
         pn = writer.get_extra_info("peername") or ("?", 0)
         peer = f"{pn[0]}:{pn[1]}"
         key = id(writer)
+        me = asyncio.current_task()
+        if me is not None:
+            self._handlers.add(me)
         try:
             _sock_opts(writer)
             if not self.ha.is_active():
@@ -615,17 +626,23 @@ class ReplicationService(Service):
             log.warning("replication: malformed frame from %s: %s; link dropped", peer, e)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # server closing: end normally (asyncio's stream callback of Python 3.11 logs an
+            # error for a cancelled handler task)
+            pass
         finally:
+            if me is not None:
+                self._handlers.discard(me)
             self._links.pop(key, None)
             writer.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _ship(self, link: _Link, writer: asyncio.StreamWriter,
                     acks: asyncio.Task[None]) -> None:
         source = Source(self.streams, self.chunk)
         last = 0.0
-        while self.ha.is_active() and not acks.done():
+        while self.ha.is_active() and not acks.done() and not writer.is_closing():
             link.wake.clear()
             t0 = time.monotonic()
             frames, lines = await asyncio.to_thread(source.scan, link)
@@ -648,9 +665,11 @@ class ReplicationService(Service):
                 last = t0
             self._release()
             wake = asyncio.ensure_future(link.wake.wait())
-            await asyncio.wait([acks, wake], timeout=self.cfg.interval,
-                               return_when=asyncio.FIRST_COMPLETED)
-            wake.cancel()
+            try:
+                await asyncio.wait([acks, wake], timeout=self.cfg.interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
         if acks.done() and not acks.cancelled() and isinstance(acks.exception(), wire.Malformed):
             raise acks.exception()  # type: ignore[misc]
 
