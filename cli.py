@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "commands.notify",    # notify list / replay (alarm notification queues, dead letters)
     "commands.gis",       # gis import (device positions from GeoJSON, CSV, shapefiles)
     "commands.wo",        # wo list / show / create / assign / transition (work orders, issue 20)
+    "commands.ha",        # ha status (redundant pair: roles, lease holder, replication lag)
     "commands.open311",   # open311 add-client / list-clients / remove-client (citizen apps, issue 21)
 )
 

@@ -424,7 +424,7 @@ async def read_pair(endpoints: list[str], key: str, rpc_timeout: float = 3.0) ->
                     info["granted_ttl"] = int(lt.grantedTTL)
                     out["holder"] = info
                 prefix = f"{key}/nodes/".encode()
-                async for kv in c.get_prefix(prefix):
+                for kv in await c.get_prefix(prefix):
                     try:
                         st = json.loads(kv.value)
                     except ValueError:

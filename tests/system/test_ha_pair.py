@@ -7,6 +7,7 @@ failover."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from asyncua import Client, ua
@@ -17,6 +18,7 @@ from scada.loader import load_site
 from scada.runtime import Runtime
 from tests.conftest import free_port
 from tests.fixtures.mqtt import eventually
+from tests.fixtures.process import run_scada
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
@@ -114,6 +116,16 @@ async def test_only_the_active_polls_and_writes_and_opcua_says_who_is_active(tmp
         assert await redundancy(url["a"]) == (255, ua.RedundancySupport.Hot, uris)
         assert await redundancy(url["b"]) == (1, ua.RedundancySupport.Hot, uris)
 
+        # scada ha status reads etcd: a holds the lease, both nodes report their roles
+        site_file = str(tmp_path / "a" / "site.yaml")
+        await eventually(lambda: b.elector.stats["campaigns"] > 0,
+                         within=10, what="statuses published")
+        res = await asyncio.to_thread(run_scada, "ha", "status", site_file)
+        assert res.returncode == 0, res.stderr
+        assert f"lease holder: a  fencing token {a.ha.token}" in res.stdout, res.stdout
+        rows = {ln.split()[0]: ln.split()[1] for ln in res.stdout.splitlines()[3:]}
+        assert rows == {"a": "active", "b": "standby"}, res.stdout
+
         # the active goes (a clean stop gives the lease back): b takes over, polls, writes
         token_a = a.ha.token
         await a.stop()
@@ -123,6 +135,11 @@ async def test_only_the_active_polls_and_writes_and_opcua_says_who_is_active(tmp
         assert b.ha.token > token_a
         assert await b.write("centre/cab-01/group_level", 60) == Q.Good
         assert b.writes == [("centre/cab-01/group_level", 60.0)]
+        res = await asyncio.to_thread(run_scada, "ha", "status", "--json", site_file)
+        pair = json.loads(res.stdout)
+        assert res.returncode == 0 and pair["holder"]["node"] == "b"
+        assert pair["holder"]["token"] == b.ha.token and set(pair["nodes"]) == {"b"}
+        assert pair["nodes"]["b"]["role"] == "active"
 
         async def level_b() -> int:
             return (await redundancy(url["b"]))[0]
@@ -164,8 +181,6 @@ async def test_demoted_server_stops_polling_and_shows_not_connected(tmp_path, et
 
 
 def test_scada_run_of_a_pair_without_node_exits_2(tmp_path, etcd):
-    from tests.fixtures.process import run_scada
-
     p = tmp_path / "site.yaml"
     p.write_text(SITE.format(state=str(tmp_path / "state"), port=free_port(), etcd=etcd.endpoints,
                              port_a=4840, port_b=4841))
