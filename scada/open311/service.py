@@ -116,9 +116,18 @@ class Open311Service(Service):
             areas.append(d.area)
             lat.append(loc.lat)
             lon.append(loc.lon)
-        self._index = {"paths": paths, "ids": ids, "kinds": np.array(kinds, dtype=object),
-                       "areas": np.array(areas, dtype=object), "lat": np.array(lat, dtype=float),
-                       "lon": np.array(lon, dtype=float)}
+        area_arr = np.array(areas, dtype=object)
+        kind_arr = np.array(kinds, dtype=object)
+        by_id: dict[str, list[int]] = {}
+        for i, (p, did) in enumerate(zip(paths, ids, strict=True)):
+            by_id.setdefault(did, []).append(i)
+            by_id.setdefault(p, []).append(i)
+        self._index = {"paths": paths, "ids": ids, "kinds": kind_arr, "areas": area_arr, "by_id": by_id,
+                       "lat": np.array(lat, dtype=float), "lon": np.array(lon, dtype=float),
+                       # masks computed once per position change, not per report (200,000 devices)
+                       "in": {jid: np.isin(area_arr, list(a)) if paths else np.zeros(0, bool)
+                              for jid, a in self.area_of_jurisdiction.items()},
+                       "kind": {k: kind_arr == k for k in set(kinds)}}
         m = self.cfg.jurisdiction_margin_m
         for jid, area_ids in self.area_of_jurisdiction.items():
             conf = self.cfg.jurisdictions.get(jid)
@@ -167,9 +176,13 @@ class Open311Service(Service):
         ix = self._index
         if ix is None or not ix["paths"]:
             return []
-        sel = np.isin(ix["areas"], list(self.area_of_jurisdiction[jid]))
+        sel = ix["in"][jid].copy()
         if kinds is not None:
-            sel &= np.isin(ix["kinds"], list(kinds))
+            km = np.zeros(len(ix["paths"]), bool)
+            for k in kinds:
+                if k in ix["kind"]:
+                    km |= ix["kind"][k]
+            sel &= km
         if not sel.any():
             return []
         idx = np.nonzero(sel)[0]
@@ -179,16 +192,25 @@ class Open311Service(Service):
         ok = dist <= radius
         return sorted((float(d), ix["paths"][i]) for d, i in zip(dist[ok], idx[ok], strict=True))
 
-    def _named(self, jid: str, number: str | None, kinds: tuple[str, ...] | None) -> str | None:
-        if not number:
+    def _named(self, jid: str, number: str | None, kinds: tuple[str, ...] | None, lat: float,
+               lon: float) -> str | None:
+        """The device a citizen named (``attribute[luminaire_number]``: its id or path), if it is
+        of the service's kinds, in the jurisdiction and within ``match_radius_m`` of the report
+        (a number misread far away is ignored: the position wins)."""
+        if not number or self._index is None:
             return None
-        ix = self._index or {"paths": []}
+        ix = self._index
         areas = self.area_of_jurisdiction[jid]
-        for i, p in enumerate(ix["paths"]):
-            if (ix["ids"][i] == number or p == number or p.endswith("/" + number)) and \
-                    ix["areas"][i] in areas and (kinds is None or ix["kinds"][i] in kinds):
-                return p
-        return None
+        best: tuple[float, str] | None = None
+        for i in ix["by_id"].get(number, ()):
+            if ix["areas"][i] not in areas or (kinds is not None and ix["kinds"][i] not in kinds):
+                continue
+            dy = math.radians(ix["lat"][i] - lat)
+            dx = math.radians(ix["lon"][i] - lon) * math.cos(math.radians(lat))
+            d = 6_371_000.0 * math.hypot(dx, dy)
+            if d <= self.cfg.match_radius_m and (best is None or d < best[0]):
+                best = (d, ix["paths"][i])
+        return best[1] if best else None
 
     # ------------------------------------------------------------------ "already known?"
     def _known(self, svc: Any, devices: list[str]) -> tuple[str, Any, str] | None:
@@ -232,7 +254,7 @@ class Open311Service(Service):
         svc = rep["service"]
         lat, lon = rep["lat"], rep["long"]
         self._inside(jid, lat, lon)
-        named = self._named(jid, rep["attributes"].get("luminaire_number"), svc.kinds)
+        named = self._named(jid, rep["attributes"].get("luminaire_number"), svc.kinds, lat, lon)
         close = [p for _, p in self._near(jid, svc.kinds, lat, lon, self.cfg.attach_radius_m)]
         if named is not None:
             close = [named] + [p for p in close if p != named]
