@@ -8,7 +8,7 @@ its extent is the configured bounding box, else its devices' extent plus a margi
    of the service's fault (or alarm) -> the report attaches to that order;
 2. else such a device with an **active alarm** of the service -> the report attaches to the
    alarm (already detected by the supervision); when an order is opened for that alarm, the
-   report follows it;
+   report follows it; when the alarm clears with no order, the report closes;
 3. else the nearest device of the service's kinds within ``match_radius_m`` (or the one named
    by ``attribute[luminaire_number]``) -> a new work order, ``origin: citizen``;
 4. else no equipment of ours is there: the report is kept, open, and says so.
@@ -96,6 +96,9 @@ class Open311Service(Service):
         wo = runtime.services.get("interventions")
         if wo is not None:
             wo.listeners.append(self._on_change)
+        eng = getattr(runtime.services.get("alarms"), "engine", None)
+        if eng is not None:
+            eng.listeners.append(self._on_alarms)
         ops = getattr(runtime, "operations", None)
         if ops is not None:
             ops.position_listeners.append(lambda _positions: self._build_index())
@@ -333,9 +336,30 @@ class Open311Service(Service):
         via_alarm = any(a in self.store.by_alarm for a in data.get("alarms") or ())
         if not linked and not via_alarm and not self.store.lock.locked():
             return  # (while a report is being filed, its order may change before it is stored)
-        t = asyncio.get_running_loop().create_task(self._follow(dict(data)))
+        self._spawn(self._follow(dict(data)))
+
+    def _on_alarms(self, events: list[Any]) -> None:
+        """An alarm that reports were attached to (no order yet) returned to normal."""
+        for e in events:
+            if e.event == "clear" and e.alarm_id in self.store.by_alarm:
+                self._spawn(self._alarm_cleared(e.alarm_id))
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._task_done)
+
+    async def _alarm_cleared(self, alarm_id: str) -> None:
+        notes = "The fault cleared: the equipment reports normal operation again."
+        async with self.store.lock:
+            now = self.clock.time()
+            recs = [{"op": "change", "id": rid, "ts": now,
+                     "fields": {"status": "closed", "status_notes": notes, "alarm_state": "cleared"},
+                     "update": self.store.update_row(rid, now, "closed", notes)}
+                    for rid in self.store.by_alarm.get(alarm_id, ())
+                    if self.store.requests[rid]["status"] == "open" and not self.store.requests[rid].get("order")]
+            if recs:
+                await self.store.commit(recs)
 
     def _task_done(self, t: asyncio.Task[Any]) -> None:
         self._tasks.discard(t)

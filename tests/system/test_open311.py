@@ -239,9 +239,23 @@ async def test_report_near_an_active_alarm_is_already_known(tmp_path) -> None:
         aid = f"{JUNC}/accident"
         await wait_for(lambda: eng.view(eng.by_id[aid]).active, "the accident alarm")
         c = web.client()
-        r = await c.post("/open311/v2/requests.json", json={
-            "api_key": key, "jurisdiction_id": "Dijon", "service_code": "traffic_light_fault",
-            "lat": 47.32206, "long": 5.04126, "attribute": {"fault_type": "dark"}})
+        report = {"api_key": key, "jurisdiction_id": "Dijon", "service_code": "traffic_light_fault",
+                  "lat": 47.32206, "long": 5.04126, "attribute": {"fault_type": "dark"}}
+        # a report while the alarm is active: already known; the alarm clears: the report closes
+        r = await c.post("/open311/v2/requests.json", json=report)
+        assert r.status_code == 201, r.text
+        first = r.json()[0]["service_request_id"]
+        assert svc.store.requests[first]["alarm"] == aid
+        web.feed({f"{JUNC}/crash": 0})
+        await wait_for(lambda: svc.store.requests[first]["status"] == "closed", "the report to close")
+        row = (await c.get(f"/open311/v2/requests/{first}.json")).json()[0]
+        assert row["status_notes"].startswith("The fault cleared")
+        feed = (await c.get("/open311/v2/servicerequestupdates.json", params={"jurisdiction_id": "Dijon"})).json()
+        assert [u["status"] for u in feed if u["service_request_id"] == first] == ["open", "closed"]
+        # it comes back: a new report attaches to the active alarm again
+        web.feed({f"{JUNC}/crash": 1})
+        await wait_for(lambda: eng.view(eng.by_id[aid]).active, "the accident alarm again")
+        r = await c.post("/open311/v2/requests.json", json=report)
         assert r.status_code == 201, r.text
         ans = r.json()[0]
         assert ans["service_notice"].startswith("Already known: the supervision system detected") and aid in ans[
