@@ -2,7 +2,8 @@
 within ``grouping_radius_m`` form one visit; inside a visit the tasks follow the trade
 precedence (electrician before signal technician before civil works before carpenter before
 painter, configurable), then priority, then age. Dispatch proposes, per visit, the nearest
-crew on shift having the trade of the visit's first task. Vectorised with numpy: 10,000 orders
+crew on shift having the trade of the visit's first task, from the position its tablet last
+reported (while recent enough, :func:`locate`) or its base position. Vectorised with numpy: 10,000 orders
 x 500 crews is one distance matrix (``bench/interventions.py``).
 """
 
@@ -112,6 +113,31 @@ def on_shift(shift: str, ts: float, tz: str) -> bool:
     ma = int(a[:2]) * 60 + int(a[3:])
     mb = int(b[:2]) * 60 + int(b[3:])
     return ma <= m < mb if ma <= mb else (m >= ma or m < mb)
+
+
+def locate(crews: list[dict[str, Any]], reported: dict[str, dict[str, Any]], now: float,
+           max_age: float) -> list[dict[str, Any]]:
+    """Where dispatch takes each crew to be: the position its tablet reported (``reported``:
+    crew -> {lat, lon, ts, ...}) while it is at most ``max_age`` seconds old, else the base
+    position of the site file. Each row gets ``position_source`` (``reported``, ``base`` or
+    None: unknown), ``position_note`` (why the base is used) and ``reported`` (with its age)."""
+    out = []
+    for c in crews:
+        row = c | {"position_source": "base" if c.get("lat") is not None else None, "position_note": "",
+                   "reported": None}
+        rep = reported.get(c["id"])
+        if rep is not None:
+            age = now - float(rep["ts"])
+            row["reported"] = dict(rep) | {"age_s": round(age, 1)}
+            if age <= max_age:
+                row |= {"lat": rep["lat"], "lon": rep["lon"], "position_source": "reported"}
+            else:
+                row["position_note"] = (f"reported position {age / 60:.0f} min old (older than "
+                                        f"{max_age / 60:.0f} min): base position used")
+        elif c.get("lat") is not None:
+            row["position_note"] = "no position reported: base position used"
+        out.append(row)
+    return out
 
 
 def propose(visits: list[Visit], crews: list[dict[str, Any]], trades: list[str]) -> None:

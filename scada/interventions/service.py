@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from ..runtime import Service
 from . import model as M
-from .grouping import Visit, group, on_shift, propose
+from .grouping import Visit, group, locate, on_shift, propose
 from .procedures import Procedures
 from .store import Store
 
@@ -348,26 +348,11 @@ class InterventionService(Service):
         ``position_max_age``, else the base position of the site file (``position_source``
         says which, ``position_note`` why)."""
         busy = {wo.crew for wo in self.store.orders.values() if wo.state == "in_progress" and wo.crew}
-        max_age = self.cfg.position_max_age
-        out = []
+        rows = []
         for c in self.crews.values():
             shift = on_shift(c["shift"], now, self.tz)
-            row = c | {"available": shift and c["id"] not in busy, "on_shift": shift, "busy": c["id"] in busy,
-                       "position_source": "base" if c["lat"] is not None else None, "position_note": "",
-                       "reported": None}
-            rep = self.store.positions.get(c["id"])
-            if rep is not None:
-                age = now - float(rep["ts"])
-                row["reported"] = dict(rep) | {"age_s": round(age, 1)}
-                if age <= max_age:
-                    row |= {"lat": rep["lat"], "lon": rep["lon"], "position_source": "reported"}
-                else:
-                    row["position_note"] = (f"reported position {age / 60:.0f} min old (older than "
-                                            f"{max_age / 60:.0f} min): base position used")
-            elif c["lat"] is not None:
-                row["position_note"] = "no position reported: base position used"
-            out.append(row)
-        return out
+            rows.append(c | {"available": shift and c["id"] not in busy, "on_shift": shift, "busy": c["id"] in busy})
+        return locate(rows, self.store.positions, now, self.cfg.position_max_age)
 
     async def report_position(self, crew: str, *, lat: float, lon: float, accuracy: float | None, user: str,
                               via: str, key: str | None = None) -> dict[str, Any] | None:

@@ -4,18 +4,21 @@ JSON API (every change through the operator API: role matrix, areas, audit):
 
 * ``GET /api/wo`` (``state``, ``area``, ``crew``, ``limit``), ``GET /api/wo/{id}`` (with its
   journal records), ``POST /api/wo`` (create), ``POST /api/wo/{id}/transition``,
-  ``POST /api/wo/{id}/assign``, ``POST /api/wo/{id}/record`` (note, part, check, photo).
-* ``GET /api/visits`` (grouped by site and trade, with the proposed crew), ``GET /api/crews``.
+  ``POST /api/wo/{id}/assign`` (crew and planned day), ``POST /api/wo/{id}/record`` (note, part,
+  check, photo).
+* ``GET /api/visits`` (grouped by site and trade, with the proposed crew and whether its
+  position is the one its tablet reported), ``GET /api/crews`` (shift, busy, position used).
 * ``GET /api/procedures`` (the active alarms' checklists), ``GET /api/procedures/{alarm_id}``,
   ``POST /api/procedures/step``.
-* ``GET /api/tablet`` (the agent's visits of the day), ``POST /api/tablet/action`` (arrived,
-  done, cannot complete, check (a checklist step); the client's idempotency ``key`` makes
-  replays harmless).
+* ``GET /api/tablet`` (the agent's visits of the day: planned today, overdue first),
+  ``POST /api/tablet/action`` (arrived, done, cannot complete, check (a checklist step); the
+  client's idempotency ``key`` makes replays harmless), ``POST /api/tablet/position`` (the
+  crew's last known position, for dispatch and the console's map).
 
 Pages: ``/workorders``, ``/workorders/{id}``, ``/visits``, ``/procedures`` in the console
 layout; ``/tablet`` (mobile, installable: ``/tablet.webmanifest`` and the service worker
-``/tablet-sw.js``). Changes go live to the console through the hub (``workorder`` and
-``procedure`` events).
+``/tablet-sw.js``). Changes go live to the console through the hub (``workorder``,
+``procedure`` and ``crew`` events).
 """
 
 from __future__ import annotations
