@@ -329,28 +329,34 @@ class AlarmEngine(Declarations, EvaluationPipeline):
         self.st.pend_level[:n] = 0
         self.st.unsupp_t[:n] = np.nan
 
-    def apply_replicated(self, entries: Iterable[dict[str, Any]]) -> list[M.AlarmEvent]:
+    def apply_replicated(self, entries: Iterable[dict[str, Any]],
+                         events: bool = True) -> list[M.AlarmEvent]:
         """Apply the active's journal lines, in order, to this standby's states (hot standby).
 
         Each line carries the alarm's whole state after its transition, so applying it is
-        setting the row (what a restart's restore does, line by line). Device lines put the
-        device out of / back in service in the tag database without journaling. Returns the
-        transitions as events (same ``seq`` as the active's) for the listeners a standby keeps
-        (OPC UA, consoles; not the notifier: the active sent those)."""
-        events: list[M.AlarmEvent] = []
+        setting the row (what a restart's restore does, line by line); the columns are written
+        once per run of lines (a 10,000-alarm flood is a few array assignments). Device lines
+        put the device out of / back in service in the tag database without journaling.
+        Returns the transitions as events (same ``seq`` and message as the active's) for the
+        listeners a standby keeps (OPC UA, consoles; not the notifier: the active sent those),
+        or nothing when ``events`` is false."""
+        out: list[M.AlarmEvent] = []
+        cols: dict[int, tuple[Any, ...]] = {}  # row -> its last line's state (last one wins)
+        raised: dict[int, float] = {}
+        now = self.clock.time()
         for e in entries:
             seq = int(e.get("seq") or 0)
             if seq > self.seq:
                 self.seq = seq
             ts = e.get("ts")
-            ts = float(ts) if isinstance(ts, (int, float)) else self.clock.time()
+            ts = float(ts) if isinstance(ts, (int, float)) else now
             if not e.get("name"):
                 ev = e.get("event")
                 if ev in (M.OUT_OF_SERVICE, M.IN_SERVICE):
-                    oos = ev == M.OUT_OF_SERVICE
+                    self._write_cols(cols, raised)  # the device's rows follow the line order
                     cur = self.oos_devices
                     dev = str(e.get("device", ""))
-                    self._set_oos_quietly(cur | {dev} if oos else cur - {dev})
+                    self._set_oos_quietly(cur | {dev} if ev == M.OUT_OF_SERVICE else cur - {dev})
                 continue
             aid = e.get("alarm_id")
             if not isinstance(aid, str):
@@ -362,14 +368,57 @@ class AlarmEngine(Declarations, EvaluationPipeline):
                 c = self._external_row(e["device"], e["name"], e.get("category", "system"),
                                        int(e.get("priority", 3)), int(e.get("severity", 500)),
                                        e.get("area"))
-            self._set_row(c, e)
+            lv = int(e.get("active") or 0)
+            acked = bool(e.get("acked", True))
+            sh = int(e.get("shelved") or 0)
+            su = e.get("shelve_until")
+            su = float(su) if isinstance(su, (int, float)) else None
+            sup = bool(e.get("suppressed"))
+            oos = bool(e.get("oos"))
+            v = e.get("value")
+            v = float(v) if isinstance(v, (int, float)) else None
+            cols[c] = (lv, acked, sh, su, sup, oos, v)
+            if sh:
+                self.shelve_info[c] = (e.get("user") or "", e.get("comment") or "")
+            elif c in self.shelve_info:
+                del self.shelve_info[c]
+            if c in self._dyn:
+                self.msg[c] = e.get("message") or None
             event = str(e.get("event", "state"))
             if event == M.RAISE:
-                self.st.raised_at[c] = ts
-            events.append(self._event(c, event, ts, user=e.get("user"),
-                                      comment=e.get("comment"), seq=seq))
-        self.stats["transitions"] += len(events)
-        return events
+                raised[c] = ts
+            if events:
+                msg = e.get("message")
+                out.append(M.AlarmEvent(
+                    seq, ts, c, aid, self.device[c], self.area[c], self.name[c],
+                    self.category[c], self.priority[c], self.severity[c], event,
+                    str(e.get("state") or M.state_name(lv != 0, acked, sh, sup, oos)), lv, acked,
+                    sh, sup, oos, v, msg if isinstance(msg, str) else self.message_of(c),
+                    e.get("user"), e.get("comment"), su))
+        self._write_cols(cols, raised)
+        self.stats["transitions"] += len(out)
+        return out
+
+    def _write_cols(self, cols: dict[int, tuple[Any, ...]], raised: dict[int, float]) -> None:
+        """Write the collected rows' states into the columns (and their raw level: a fault
+        still present when this standby takes over is not raised again)."""
+        if cols:
+            rows = np.fromiter(cols.keys(), dtype=np.int64, count=len(cols))
+            lv, acked, sh, su, sup, oos, v = zip(*cols.values(), strict=True)
+            st = self.st
+            st.level[rows] = lv
+            self.cond.raw[rows] = lv
+            st.acked[rows] = acked
+            st.shelved[rows] = sh
+            st.shelve_until[rows] = np.array(su, dtype=np.float64)  # None -> NaN
+            st.suppressed[rows] = sup
+            st.oos[rows] = oos
+            st.value[rows] = np.array(v, dtype=np.float64)
+            cols.clear()
+        if raised:
+            self.st.raised_at[np.fromiter(raised.keys(), dtype=np.int64, count=len(raised))] = \
+                np.fromiter(raised.values(), dtype=np.float64, count=len(raised))
+            raised.clear()
 
     def announce(self, events: list[M.AlarmEvent], exclude: Iterable[Listener] = ()) -> None:
         """Hand ``events`` to the listeners, except ``exclude`` (replication on a standby)."""

@@ -858,9 +858,11 @@ class ReplicationService(Service):
                 continue
             if e is not None:
                 entries.append(e)
-        events = self.engine.apply_replicated(entries)
-        if events and self.cfg.announce:
-            self.engine.announce(events, exclude=self._exclude)
+        eng = self.engine
+        tell = self.cfg.announce and any(fn not in self._exclude for fn in eng.listeners)
+        events = eng.apply_replicated(entries, events=tell)
+        if events:
+            eng.announce(events, exclude=self._exclude)
 
     async def _stop_following(self) -> None:
         self._follow_gate.clear()
