@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -84,6 +85,8 @@ async def main():
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
+    print("idle-start", flush=True)
+    await asyncio.sleep({idle})  # the pair at rest: heartbeats only
     print("replicated-start", time.monotonic(), flush=True)
     await floods("replicated", {floods})
     print("done", flush=True)
@@ -100,7 +103,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         pa, pb = free_port(), free_port()
         code = ACTIVE.format(repo=str(REPO), tmp=tmp, port=pa, nlum=args.luminaires,
-                             size=args.flood_size, floods=args.floods, period=args.period)
+                             size=args.flood_size, floods=args.floods, period=args.period,
+                             idle=args.idle)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", code, cwd=REPO, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL)
@@ -129,9 +133,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             b.rt.ha.set_holder("a", {"replication": f"127.0.0.1:{pa}"})
             await b.rt.ha.demote(Role.STANDBY, "bench: a holds the lease")
             t_catch = time.monotonic()
-            w = await line()  # replicated-start: the standby caught up
+            w = await line()  # idle-start: the standby caught up
             out["catch_up_s"] = round(time.monotonic() - t_catch, 2)
             c0, w0 = cpu_seconds(), time.monotonic()
+            w = await line()  # replicated-start
+            out["standby_idle_cpu_pct_of_core"] = round(
+                100 * (cpu_seconds() - c0) / (time.monotonic() - w0), 2)
+            c0, w0 = cpu_seconds(), time.monotonic()
+            if os.environ.get("REPL_PROFILE"):
+                import cProfile
+                prof = cProfile.Profile()
+                prof.enable()
             rep: list[list[str]] = []
             while (w := await line())[0] != "done":
                 rep.append(w)
@@ -141,6 +153,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     break
                 await asyncio.sleep(0.01)
             c1, w1 = cpu_seconds(), time.monotonic()
+            if os.environ.get("REPL_PROFILE"):
+                import pstats
+                prof.disable()
+                pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         finally:
@@ -189,11 +205,13 @@ def main() -> None:
     ap.add_argument("--floods", type=int, default=10)
     ap.add_argument("--flood-size", type=int, default=10_000)
     ap.add_argument("--period", type=float, default=3.0, help="seconds between two floods")
+    ap.add_argument("--idle", type=float, default=10.0, help="seconds of the pair at rest")
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     out = asyncio.run(run(args))
-    out["verdict_standby_cpu"] = verdict(out["standby_cpu_pct_of_core"], 5.0)
+    out["verdict_standby_cpu_idle"] = verdict(out["standby_idle_cpu_pct_of_core"], 5.0)
+    out["verdict_standby_cpu_flood"] = verdict(out["standby_cpu_pct_of_core"], 5.0)
     out["verdict_lost"] = verdict(out["lost_transitions"], 0, "eq")
     for k, v in out.items():
         print(f"{k:40s} {v}")
