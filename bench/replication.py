@@ -133,8 +133,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             b.rt.ha.set_holder("a", {"replication": f"127.0.0.1:{pa}"})
             await b.rt.ha.demote(Role.STANDBY, "bench: a holds the lease")
             t_catch = time.monotonic()
-            w = await line()  # idle-start: the standby caught up
+            w = await line()  # idle-start: the standby acknowledged everything
+            base_seq = int(base[-1][1])
+            for _ in range(3000):  # ... and applied it (bounded wait)
+                if eb.seq >= base_seq:
+                    break
+                await asyncio.sleep(0.01)
             out["catch_up_s"] = round(time.monotonic() - t_catch, 2)
+            await asyncio.sleep(1.0)
             c0, w0 = cpu_seconds(), time.monotonic()
             w = await line()  # replicated-start
             out["standby_idle_cpu_pct_of_core"] = round(
@@ -205,7 +211,7 @@ def main() -> None:
     ap.add_argument("--floods", type=int, default=10)
     ap.add_argument("--flood-size", type=int, default=10_000)
     ap.add_argument("--period", type=float, default=3.0, help="seconds between two floods")
-    ap.add_argument("--idle", type=float, default=10.0, help="seconds of the pair at rest")
+    ap.add_argument("--idle", type=float, default=15.0, help="seconds of the pair at rest")
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

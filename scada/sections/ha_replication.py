@@ -34,4 +34,4 @@ class ReplicationConfig(Strict):
     #: a kill -9 of the active then loses no announced transition. Without a connected standby
     #: nothing waits; a standby that does not answer within ``sync_timeout`` is not waited for
     synchronous: bool = True
-    sync_timeout: Duration = Field(default=1.0, gt=0, le=30)
+    sync_timeout: Duration = Field(default=5.0, gt=0, le=60)

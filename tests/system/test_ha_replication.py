@@ -168,3 +168,27 @@ async def test_wrong_secret_and_malformed_frames_are_counted_and_refused(tmp_pat
         assert a.rt.ha.role is Role.ACTIVE  # the server keeps running
     finally:
         await a.rt.stop()
+
+
+async def test_a_stale_active_is_refused_and_frames_with_an_old_token_too(tmp_path: Path) -> None:
+    """A standby that has seen fencing token 10 refuses an active holding token 5 (a paused
+    old active whose lease another server took since), and the active refuses to serve it."""
+    pa, pb = free_port(), free_port()
+    peers = {"a": f"127.0.0.1:{pa}", "b": f"127.0.0.1:{pb}"}
+    a = make_node(tmp_path, "a", pa, peers, nlum=5)
+    b = make_node(tmp_path, "b", pb, peers, nlum=5)
+    (tmp_path / "b" / "state" / "replication" / "token").write_text("10\n")
+    b.repl.last_token = b.repl._load_token()
+    try:
+        await start(a)
+        await start(b)
+        await make_active(a, 5)
+        await make_standby(b, a)
+        await wait_for(lambda: a.repl.counters["refused_tokens"] >= 1, "the stale active to refuse")
+        assert not b.repl.connected and b.repl.last_token == 10
+        good_cabinet(a)
+        a.rt.tagdb.apply(Batch.of(a.lamps(5), np.ones(5), 0, a.clock.time()))
+        assert b.engine.seq == 0  # nothing of the stale active's reached the standby
+    finally:
+        for n in (a, b):
+            await n.rt.stop()
