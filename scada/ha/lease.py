@@ -116,7 +116,7 @@ class EtcdEndpoints:
         c, self.client = self.client, None
         if c is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(c.close(), timeout=2.0)
+                await asyncio.wait_for(c.close(), timeout=1.0)
 
     async def rotate(self) -> None:
         await self.close()
@@ -157,6 +157,7 @@ class Elector:
         self._kick = asyncio.Event()
         self._key_gone: str | None = None
         self._promoting: asyncio.Future[None] | None = None
+        self._published: tuple[Role, str | None] | None = None
         self.stats = {"sessions": 0, "campaigns": 0, "renewals": 0, "terms": 0,
                       "step_downs": 0, "endpoint_failures": 0, "renew_failures": 0}
         self.last_error = ""
@@ -210,6 +211,9 @@ class Elector:
         next_status = 0.0
         try:
             while True:
+                # cleared first: a kick during this iteration (a role change while an RPC was
+                # awaited) makes the wait below return at once instead of being lost
+                self._kick.clear()
                 for t in tasks:
                     if t.done():
                         t.result()  # raises what ended it
@@ -224,10 +228,9 @@ class Elector:
                 elif self._promoting is not None and self._promoting.done():
                     p, self._promoting = self._promoting, None
                     p.result()  # a failed promotion hook ends the session (fenced)
-                if _now() >= next_status:
+                if _now() >= next_status or self._published != (self.ha.role, self.ha.holder):
                     next_status = _now() + 1.0
                     await self._publish_status(client)
-                self._kick.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._kick.wait(),
                                            timeout=self.ttl / 4 if self.term is None else 1.0)
@@ -239,10 +242,12 @@ class Elector:
         finally:
             for t in tasks:
                 t.cancel()
-            with contextlib.suppress(Exception):
-                await watch.cancel()
+            # fence first (no await before the role changes), then tidy up with bounded waits:
+            # the runtime's shutdown budget is a few seconds
             await self._end_term(reason)
             await self._revoke(client)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watch.cancel(), timeout=self.timeout)
 
     async def _watchdog(self) -> None:
         """Fence this server ``lease_ttl / 2`` after the last successful renewal was sent,
@@ -391,6 +396,7 @@ class Elector:
 
     async def _publish_status(self, client: aetcd.Client) -> None:
         """This node's role under ``<key>/nodes/<node>`` on its lease, for ``scada ha status``."""
+        shown = (self.ha.role, self.ha.holder)
         st: dict[str, Any] = {"node": self.ha.node, "role": self.ha.role.value,
                               "token": self.ha.token, "holder": self.ha.holder,
                               "time": time.time(), **{k: self.info.get(k) for k in
@@ -403,6 +409,7 @@ class Elector:
                 st["status_error"] = repr(e)
         await client.put(self.status_key, json.dumps(st, default=str).encode(),
                          lease=self.lease_id)
+        self._published = shown  # what was sent, not the role now (it may have changed since)
 
 
 async def read_pair(endpoints: list[str], key: str, rpc_timeout: float = 3.0) -> dict[str, Any]:

@@ -135,11 +135,13 @@ async def test_only_the_active_polls_and_writes_and_opcua_says_who_is_active(tmp
         assert b.ha.token > token_a
         assert await b.write("centre/cab-01/group_level", 60) == Q.Good
         assert b.writes == [("centre/cab-01/group_level", 60.0)]
+        await eventually(lambda: b.elector._published == (b.ha.role, "b"), within=10,
+                         what="b's new role published")
         res = await asyncio.to_thread(run_scada, "ha", "status", "--json", site_file)
         pair = json.loads(res.stdout)
         assert res.returncode == 0 and pair["holder"]["node"] == "b"
         assert pair["holder"]["token"] == b.ha.token and set(pair["nodes"]) == {"b"}
-        assert pair["nodes"]["b"]["role"] == "active"
+        assert pair["nodes"]["b"]["role"] == "active", pair
 
         async def level_b() -> int:
             return (await redundancy(url["b"]))[0]
