@@ -180,6 +180,8 @@ class _Link:
     lines: int = 0
     acked_off: dict[str, int] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    tx: wire.Seal | None = None
+    rx: wire.Seal | None = None
 
 
 def _pread_all(fd: int, off: int, n: int) -> bytes:
@@ -609,7 +611,10 @@ class ReplicationService(Service):
             await self._send(writer, {"t": "welcome", "node": self.ha.node, "tok": tok,
                                       "mac": wire.mac(self.secret, "server", nonce,
                                                       str(h.get("nonce")), self.ha.node)})
-            link = _Link(f"{node}@{peer}", have)
+            cn = str(h.get("nonce"))
+            link = _Link(f"{node}@{peer}", have,
+                         tx=wire.Seal(self.secret, "s2c", nonce, cn),
+                         rx=wire.Seal(self.secret, "c2s", nonce, cn))
             self._links[key] = (link, writer)
             self.counters["links_served"] += 1
             log.info("replication: standby %s connected from %s", node, peer)
@@ -650,7 +655,7 @@ class ReplicationService(Service):
             if frames:
                 for h, payload in frames:
                     h["tok"] = tok
-                    writer.write(wire.encode(h, payload))
+                    writer.write(wire.encode(h, payload, link.tx))
                     link.bytes += len(payload)
                     await writer.drain()
                 link.lines += lines
@@ -660,7 +665,8 @@ class ReplicationService(Service):
                     wp: x.size for wp, x in link.sent.items() if wp.startswith("alarms/")}))
                 lag_lines, lag_s = self._link_lag(link, time.monotonic())
                 writer.write(wire.encode({"t": "sync", "tok": tok, "r": link.r,
-                                          "lag_records": lag_lines, "lag_s": round(lag_s, 4)}))
+                                          "lag_records": lag_lines, "lag_s": round(lag_s, 4)},
+                                         seal=link.tx))
                 await writer.drain()
                 last = t0
             self._release()
@@ -675,7 +681,7 @@ class ReplicationService(Service):
 
     async def _read_acks(self, reader: asyncio.StreamReader, link: _Link) -> None:
         while True:
-            h, _ = await self._recv(reader)
+            h, _ = await self._recv(reader, link.rx)
             if h.get("t") != "ack":
                 raise wire.Malformed(f"unexpected {h.get('t')} frame from the standby")
             r = wire.int_field(h, "r")
@@ -793,12 +799,14 @@ class ReplicationService(Service):
                 self.counters["auth_failures"] += 1
                 raise _Refused(f"{addr} failed to prove the shared secret")
             self._check_token(h)
+            rx = wire.Seal(self.secret, "s2c", snonce, cnonce)
+            tx = wire.Seal(self.secret, "c2s", snonce, cnonce)
             self.counters["connections"] += 1
             self.connected = True
             log.info("replication: following %s (%s), fencing token %s", node, addr,
                      h.get("tok"))
             while True:
-                h, payload = await asyncio.wait_for(self._recv(reader), self.cfg.timeout)
+                h, payload = await asyncio.wait_for(self._recv(reader, rx), self.cfg.timeout)
                 self._check_token(h)
                 t = h["t"]
                 if t == "data":
@@ -807,7 +815,7 @@ class ReplicationService(Service):
                     self.sink.delete(h)
                 elif t == "sync":
                     self._synced(h)
-                    await self._send(writer, {"t": "ack", "r": wire.int_field(h, "r")})
+                    await self._send(writer, {"t": "ack", "r": wire.int_field(h, "r")}, tx)
                     if self._target() != (holder, addr):
                         return  # the lease moved: follow the new holder
                 elif t == "error":
@@ -933,12 +941,14 @@ class ReplicationService(Service):
         self._follow_gate.set()
 
     # ----------------------------------------------------------------- frames
-    async def _recv(self, reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
-        n = wire.frame_length(await reader.readexactly(4), self.max_frame)
-        return wire.decode(await reader.readexactly(n))
+    async def _recv(self, reader: asyncio.StreamReader,
+                    seal: wire.Seal | None = None) -> tuple[dict[str, Any], bytes]:
+        n = wire.frame_length(await reader.readexactly(4), self.max_frame + wire.MAC_LEN)
+        return wire.decode(await reader.readexactly(n), seal)
 
-    async def _send(self, writer: asyncio.StreamWriter, h: dict[str, Any]) -> None:
-        writer.write(wire.encode(h))
+    async def _send(self, writer: asyncio.StreamWriter, h: dict[str, Any],
+                    seal: wire.Seal | None = None) -> None:
+        writer.write(wire.encode(h, seal=seal))
         await writer.drain()
 
     # ----------------------------------------------------------------- status

@@ -15,7 +15,11 @@ Handshake (both ends prove they hold the pair's shared secret; nothing is sent b
                                  tok (newest token seen), have {path: [size, hash]}}
     active  -> standby  welcome {node, tok, mac = HMAC(secret, "server" | nonces | node)}
 
-then ``data`` / ``del`` / ``sync`` frames from the active, ``ack`` frames from the standby.
+then ``data`` / ``del`` / ``sync`` frames from the active, ``ack`` frames from the standby,
+each followed by a 32-byte HMAC-SHA256 of the frame and its number in its direction, under a
+key of that direction derived from the secret and both nonces (:class:`Seal`): a frame
+changed, injected, replayed or reordered on the way is refused, so the fencing token a frame
+carries is the active's. (The content is not encrypted: see docs/redundancy.md.)
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from typing import Any
 from ..errors import ScadaError
 
 VERSION = 1
-HEAD = struct.Struct(">IH")
 #: the bytes of a log file the two ends compare to agree on an offset (its last bytes)
 TAIL = 64
 TYPES = frozenset({"hello", "auth", "welcome", "data", "del", "sync", "ack", "error"})
@@ -40,11 +43,34 @@ class Malformed(ScadaError, ValueError):
     """A frame that does not follow this module's format (counted and refused)."""
 
 
-def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
+MAC_LEN = 32
+
+
+class Seal:
+    """The MAC of one direction of an authenticated link: frame number ``k`` is sealed with
+    HMAC-SHA256(key, k | body); the receiver expects the numbers in order."""
+
+    def __init__(self, secret: bytes, direction: str, server_nonce: str, client_nonce: str):
+        self.key = hmac.new(secret, f"session|{direction}|{server_nonce}|{client_nonce}".encode(),
+                            hashlib.sha256).digest()
+        self.count = 0
+
+    def tag(self, body: bytes) -> bytes:
+        m = hmac.new(self.key, self.count.to_bytes(8, "big"), hashlib.sha256)
+        m.update(body)
+        self.count += 1
+        return m.digest()
+
+
+def encode(header: dict[str, Any], payload: bytes = b"", seal: Seal | None = None) -> bytes:
     h = json.dumps({**header, "n": len(payload)}, separators=(",", ":")).encode()
     if len(h) > 0xFFFF:
         raise ValueError("replication frame header too large")
-    return HEAD.pack(2 + len(h) + len(payload), len(h)) + h + payload
+    body = struct.pack(">H", len(h)) + h + payload
+    if seal is None:
+        return struct.pack(">I", len(body)) + body
+    mac_ = seal.tag(body)
+    return struct.pack(">I", len(body) + MAC_LEN) + body + mac_
 
 
 def frame_length(prefix: bytes, max_frame: int) -> int:
@@ -56,8 +82,16 @@ def frame_length(prefix: bytes, max_frame: int) -> int:
     return n
 
 
-def decode(body: bytes) -> tuple[dict[str, Any], bytes]:
-    """Header and payload of a frame's body (what follows the length)."""
+def decode(body: bytes, seal: Seal | None = None) -> tuple[dict[str, Any], bytes]:
+    """Header and payload of a frame's body (what follows the length); with ``seal``, the
+    body ends with its MAC, checked first."""
+    if seal is not None:
+        if len(body) < MAC_LEN + 2:
+            raise Malformed("frame shorter than its MAC")
+        body, got = body[:-MAC_LEN], body[-MAC_LEN:]
+        if not hmac.compare_digest(got, seal.tag(body)):
+            raise Malformed("frame MAC does not match (altered, injected, replayed or "
+                            "reordered frame, or another secret)")
     if len(body) < 2:
         raise Malformed("frame shorter than its header length")
     (hl,) = struct.unpack(">H", body[:2])

@@ -136,3 +136,44 @@ def test_a_frame_for_a_path_outside_the_streams_or_at_a_wrong_offset_is_malforme
         sink.data({"t": "data", "f": "secrets/journal-1.jsonl", "off": 0}, b"x")
     with pytest.raises(wire.Malformed, match="append at 5"):
         sink.data({"t": "data", "f": "alarms/journal-000001.jsonl", "off": 5}, b"x")
+
+
+def test_sealed_frames_refuse_alteration_injection_replay_and_reordering() -> None:
+    secret = b"k" * 24
+
+    def pair() -> tuple[wire.Seal, wire.Seal]:
+        return wire.Seal(secret, "s2c", "sn", "cn"), wire.Seal(secret, "s2c", "sn", "cn")
+
+    tx, rx = pair()
+    f1 = wire.encode({"t": "sync", "tok": 3, "r": 1}, seal=tx)
+    f2 = wire.encode({"t": "data", "tok": 3, "f": "alarms/j.jsonl", "off": 0}, b"x\n", tx)
+    assert wire.decode(f1[4:], rx)[0]["r"] == 1
+    assert wire.decode(f2[4:], rx)[1] == b"x\n"
+    # altered payload (a forged fencing token, say)
+    tx, rx = pair()
+    f = bytearray(wire.encode({"t": "sync", "tok": 3, "r": 1}, seal=tx))
+    f[f.index(b'"tok":3') + 6] = ord("9")
+    with pytest.raises(wire.Malformed, match="MAC"):
+        wire.decode(bytes(f[4:]), rx)
+    # replayed, reordered, injected without the key, the other direction's key
+    tx, rx = pair()
+    f1 = wire.encode({"t": "sync", "tok": 3, "r": 1}, seal=tx)
+    f2 = wire.encode({"t": "sync", "tok": 3, "r": 2}, seal=tx)
+    wire.decode(f1[4:], rx)
+    with pytest.raises(wire.Malformed, match="MAC"):
+        wire.decode(f1[4:], rx)  # replay of frame 0 where frame 1 is expected
+    tx, rx = pair()
+    f1 = wire.encode({"t": "sync", "tok": 3, "r": 1}, seal=tx)
+    f2 = wire.encode({"t": "sync", "tok": 3, "r": 2}, seal=tx)
+    with pytest.raises(wire.Malformed, match="MAC"):
+        wire.decode(f2[4:], rx)
+    _tx, rx = pair()
+    forged = wire.encode({"t": "sync", "tok": 99, "r": 1}, seal=wire.Seal(b"x" * 24, "s2c", "sn", "cn"))
+    with pytest.raises(wire.Malformed, match="MAC"):
+        wire.decode(forged[4:], rx)
+    _tx, rx = pair()
+    other = wire.encode({"t": "ack", "r": 1}, seal=wire.Seal(secret, "c2s", "sn", "cn"))
+    with pytest.raises(wire.Malformed, match="MAC"):
+        wire.decode(other[4:], rx)
+    with pytest.raises(wire.Malformed, match="shorter than its MAC"):
+        wire.decode(b"\x00\x01", wire.Seal(secret, "s2c", "sn", "cn"))
