@@ -164,14 +164,24 @@ class AlarmEngine(Declarations, EvaluationPipeline):
                       "journal_errors": 0, "listener_errors": 0}
         self._stale_rows = np.zeros(0, dtype=np.int64)
         self._started = False
-        #: a standby's engine (:mod:`scada.ha.replication`): the states come from the active's
-        #: journal (:meth:`apply_replicated`); no evaluation, no journal write, no operator
-        #: action until :meth:`take_over`
-        self.following = False
+        self._following = False
         self._t0 = 0.0
         self._sub: object | None = None
         self._wake = asyncio.Event()
         tagdb.on_out_of_service(self._on_out_of_service)
+
+    @property
+    def following(self) -> bool:
+        """A standby's engine (:mod:`scada.ha.replication`): the states come from the active's
+        journal (:meth:`apply_replicated`); no evaluation, no journal write (the journal does
+        not even rotate: its files are the active's), no operator action until
+        :meth:`take_over`."""
+        return self._following
+
+    @following.setter
+    def following(self, on: bool) -> None:
+        self._following = bool(on)
+        self.journal.readonly = bool(on)
 
     @property
     def oos_devices(self) -> set[str]:

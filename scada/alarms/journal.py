@@ -90,6 +90,9 @@ class Journal:
         #: the ``always`` fsync
         self.barrier: Callable[[str, int], concurrent.futures.Future[None] | None] | None = None
         self._replicated: concurrent.futures.Future[None] | None = None
+        #: a standby's journal: its files are written by the replication (the active's), so
+        #: this writer neither writes nor rotates until promoted (:meth:`reopen`)
+        self.readonly = False
         self.stats = {"writes": 0, "lines": 0, "bytes": 0, "fsyncs": 0, "rotations": 0}
 
     def _open(self) -> None:
@@ -172,6 +175,9 @@ class Journal:
         data = b"".join(lines)
         if not data:
             return 0
+        if self.readonly:
+            raise OSError(f"alarm journal {self.path} belongs to the active server (this one "
+                          f"is the standby): not written")
         if self._fd < 0:
             raise OSError(f"alarm journal {self.path} is closed")
         view = memoryview(data)
@@ -286,7 +292,7 @@ class Journal:
         try:
             while True:
                 await asyncio.sleep(self.fsync_interval)
-                if self._size >= self.rotate_bytes and self._fd >= 0:
+                if self._size >= self.rotate_bytes and self._fd >= 0 and not self.readonly:
                     self._rotate()
                 if self.fsync == "interval":
                     await self.flush()
