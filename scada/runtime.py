@@ -125,9 +125,10 @@ class Runtime:
         self._first_done: dict[str, asyncio.Event] = {}
         self.restarts = 0
         self._health: dict[str, tuple[Health, int]] = {}
-        #: writes sent per fencing token (the audit of who wrote in which term) and writes
-        #: refused because this server was not active
-        self.ha_writes: dict[int, int] = {}
+        #: per fencing token, writes sent to devices and server handlers: [count, first, last]
+        #: (wall-clock times: the audit of who wrote in which term, compared across the pair),
+        #: and writes refused because this server was not active
+        self.ha_writes: dict[int, list[float]] = {}
         self.ha_refused = 0
         self._driver_tag_idx: Any = None
         self._bg: set[asyncio.Future[None]] = set()
@@ -341,7 +342,13 @@ class Runtime:
             log.info("write to %s refused: %s", self.tagdb.path(i), e)
             self.ha_refused += 1
             return Q.BadNotWritable
-        self.ha_writes[token] = self.ha_writes.get(token, 0) + 1
+        now = _time.time()
+        w = self.ha_writes.get(token)
+        if w is None:
+            self.ha_writes[token] = [1, now, now]
+        else:
+            w[0] += 1
+            w[2] = now
         try:
             if handler is not None:
                 return int(await handler(i, v))
@@ -433,7 +440,7 @@ class Runtime:
         """What this server publishes of itself for ``scada ha status``: writes per term and
         the replication service's status when there is one."""
         out: dict[str, Any] = {"writes_refused": self.ha_refused,
-                               "writes_by_token": {str(k): v for k, v in self.ha_writes.items()}}
+                               "writes_by_token": {str(k): list(v) for k, v in self.ha_writes.items()}}
         repl = self.services.get("replication")
         status = getattr(repl, "status", None)
         if callable(status):
