@@ -480,6 +480,8 @@ class ReplicationService(Service):
         self._conn: asyncio.Task[None] | None = None
         self._role_event = asyncio.Event()
         self.peer: str | None = None
+        #: why the standby is not following (last distinct failure), for status and the log
+        self.last_error: str | None = None
         self.connected = False
         self._last_sync = 0.0
         self._reported_lag = (0, 0.0)
@@ -756,15 +758,25 @@ class ReplicationService(Service):
             conn, self._conn = self._conn, None
             self.connected = False
             ok = not conn.cancelled() and conn.exception() is None
+            if ok:
+                self.last_error = None
             if not conn.cancelled() and conn.exception() is not None:
                 e = conn.exception()
                 if isinstance(e, wire.Malformed):
                     self.counters["malformed"] += 1
                     log.warning("replication: malformed frame from %s: %s; reconnecting",
                                 target[1], e)
-                elif not isinstance(e, (OSError, asyncio.IncompleteReadError,
-                                        TimeoutError, _Refused)):
-                    log.error("replication: following %s failed: %r", target[1], e)
+                else:
+                    # once per distinct reason (a wrong secret, a full disk, the active not
+                    # reachable): the operator learns why the standby is not following, and
+                    # a retry every two seconds does not flood the log
+                    why = f"{type(e).__name__}: {e}"
+                    if why != self.last_error:
+                        self.last_error = why
+                        quiet = isinstance(e, (ConnectionError, asyncio.IncompleteReadError,
+                                               TimeoutError)) and not isinstance(e, _Refused)
+                        (log.info if quiet else log.warning)(
+                            "replication: cannot follow %s (%s); retrying", target[1], why)
             if not self._follow_gate.is_set():
                 continue
             self.counters["reconnects"] += 1
@@ -803,6 +815,7 @@ class ReplicationService(Service):
             tx = wire.Seal(self.secret, "c2s", snonce, cnonce)
             self.counters["connections"] += 1
             self.connected = True
+            self.last_error = None
             log.info("replication: following %s (%s), fencing token %s", node, addr,
                      h.get("tok"))
             while True:
@@ -973,7 +986,8 @@ class ReplicationService(Service):
         lr, ls = self._reported_lag
         if not self.connected and self._last_sync:
             ls = max(ls, now - self._last_sync)
-        return {**base, "peer": self.peer, "connected": self.connected, "lag_records": lr,
+        return {**base, "peer": self.peer, "connected": self.connected,
+                "error": None if self.connected else self.last_error, "lag_records": lr,
                 "lag_s": round(ls, 4) if self._last_sync else None,
                 "bytes": sink.stats["bytes"] if sink else 0,
                 "records": sink.stats["lines"] if sink else 0,
