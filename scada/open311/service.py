@@ -268,8 +268,8 @@ class Open311Service(Service):
 
     # ------------------------------------------------------------------ submit
     async def submit(self, client: str, address: str, fields: dict[str, Any]) -> list[dict[str, Any]]:
-        """File one POSTed report; the spec's answer ``[{service_request_id, service_notice,
-        account_id, token}]``. :class:`Open311Error` for anything refused (nothing stored)."""
+        """File one POSTed report; the spec's answer ``[{service_request_id, token,
+        service_notice}]``. :class:`Open311Error` for anything refused (nothing stored)."""
         from ..operations import Identity
 
         jid = self.jurisdiction(fields.get("jurisdiction_id"))
@@ -283,12 +283,12 @@ class Open311Service(Service):
         close = [p for d, p in around if d <= self.cfg.attach_radius_m]
         if named is not None:
             close = [named] + [p for p in close if p != named]
-        known = self._known(svc, close)
         who = Identity(f"open311:{client}", "citizen-app", frozenset(self.area_of_jurisdiction[jid]),
                        via=f"open311 {address}")
         ops = self.runtime.operations
         now = self.clock.time()
         async with self.store.lock:
+            known = self._known(svc, close)  # under the lock: reports of one fault are filed in turn
             rid = self.store.new_id()
             order = alarm = device = None
             order_state = None
