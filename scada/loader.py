@@ -908,6 +908,28 @@ def _semantic_checks(cfg: SiteConfig, raw: Any, validate_drivers: bool) -> list[
             if dup:
                 errs.append(f"{_at(raw, ('devices', i, 'children', j, 'id'))}: child ids {sorted(dup)[:3]} repeat an earlier child group of {key}")
             child_ids.update(ids)
+    errs.extend(_open311_checks(cfg, raw))
+    return errs
+
+
+def _open311_checks(cfg: SiteConfig, raw: Any) -> list[str]:
+    """``open311.jurisdictions`` name municipalities of ``areas``; ``open311.services`` name
+    services of the catalogue (docs/open311.md)."""
+    from .open311.services import CATALOGUE
+
+    errs: list[str] = []
+    o = cfg.open311
+    juris = {a.municipality or a.name or a.id for a in cfg.areas}
+    for jid in o.jurisdictions:
+        if jid not in juris:
+            errs.append(f"{_at(raw, ('open311', 'jurisdictions', jid))}: {jid!r} is no area's municipality; "
+                        f"expected one of {', '.join(sorted(juris))}")
+    codes = [s.code for s in CATALOGUE]
+    for code in o.services:
+        if code not in codes:
+            close = difflib.get_close_matches(code, codes, n=1)
+            errs.append(f"{_at(raw, ('open311', 'services', code))}: unknown Open311 service {code!r}"
+                        + (f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(codes)}"))
     return errs
 
 

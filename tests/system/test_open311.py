@@ -20,7 +20,7 @@ from referencing.jsonschema import DRAFT7
 
 from scada.audit import AuditLog
 from tests.fixtures.interventions import CAB, JUNC, PASSWORDS, wait_for
-from tests.fixtures.open311 import add_client, o311, start_open311
+from tests.fixtures.open311 import add_client, cli, o311, start_open311
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "open311"
 SPOT = {"lat": "47.32203", "long": "5.04102"}  # a few metres from cab-01 and its luminaires
@@ -276,11 +276,18 @@ async def test_report_near_an_active_alarm_is_already_known(tmp_path) -> None:
         assert svc.store.requests[rid]["order"] == oid
         row = (await c.get(f"/open311/v2/requests/{rid}.json")).json()[0]
         assert row["status"] == "open" and row["status_notes"].startswith("A work order was opened")
+        # the city lists its client apps (never their keys) and removes one: its key is refused at once
+        listed = json.loads(await cli(web, "list-clients", "--json"))
+        assert listed["cityapp"]["contact"] == "apps@city.example" and key not in json.dumps(listed)
+        assert "key_sha256" not in listed["cityapp"]
         # a graffiti report far from any equipment is kept for the call centre, no order
         r = await c.post("/open311/v2/requests.json", json={
             "api_key": key, "jurisdiction_id": "Dijon", "service_code": "graffiti", "lat": 47.3197, "long": 5.0410})
         assert r.status_code == 201, r.text
         assert "No lighting or traffic equipment" in r.json()[0]["service_notice"]
+        assert "removed" in await cli(web, "remove-client", "cityapp")
+        r = await c.post("/open311/v2/requests.json", json={**report, "service_code": "graffiti"})
+        assert r.status_code == 403 and r.json() == [{"code": 403, "description": "invalid api_key"}]
         await op.aclose()
         await c.aclose()
     finally:

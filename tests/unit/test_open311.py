@@ -196,3 +196,30 @@ def test_citizen_app_may_only_file_citizen_reports() -> None:
     assert [a.name for a in R.ACTIONS if R.allows("citizen-app", a.name)] == ["wo.citizen"]
     assert R.allows("operator", "wo.citizen") and not R.allows("viewer", "wo.citizen")
     assert "citizen-app" in R.markdown().splitlines()[0]
+
+
+def test_site_file_errors_name_file_and_line(tmp_path) -> None:
+    from scada.errors import ConfigError
+    from scada.loader import load_site
+
+    p = tmp_path / "site.yaml"
+    p.write_text("site: {name: x, latitude: 47.3, longitude: 5.0}\n"
+                 "areas: [{id: centre, municipality: Dijon}]\n"
+                 "open311:\n"
+                 "  enabled: true\n"
+                 "  retention: forever\n"
+                 "  jurisdictions:\n"
+                 "    Paris: {bbox: [48.8, 2.2, 48.9, 2.4]}\n"
+                 "  services:\n"
+                 "    streetlight_outt: {priority: 2}\n")
+    with pytest.raises(ConfigError) as e:
+        load_site(p)
+    text = str(e.value)
+    assert f"{p}:5: open311.retention" in text and "duration" in text
+    p.write_text(p.read_text().replace("  retention: forever\n", ""))
+    with pytest.raises(ConfigError) as e:
+        load_site(p)
+    text = str(e.value)
+    assert f"{p}:6: open311.jurisdictions.Paris: 'Paris' is no area's municipality" in text
+    assert f"{p}:8: open311.services.streetlight_outt: unknown Open311 service" in text
+    assert "did you mean 'streetlight_out'" in text
