@@ -200,6 +200,7 @@ class Elector:
         self.lease_id = int(lease.id)
         self._my_leases.add(self.lease_id)
         self.renewed_at = sent
+        self.ha.lease_deadline = sent + self.step_down_after
         self._key_gone = None
         log.info("HA %s: lease %x granted by %s (ttl %d s)", self.ha.node, self.lease_id,
                  self.etcd.current, self.grant_ttl)
@@ -311,6 +312,7 @@ class Elector:
             if reply is None or reply.TTL <= 0:
                 raise LeaseLost(f"etcd says lease {self.lease_id:x} has expired")
             self.renewed_at = max(self.renewed_at or sent, sent)
+            self.ha.lease_deadline = self.renewed_at + self.step_down_after
             self.stats["renewals"] += 1
 
     async def _campaign(self, client: aetcd.Client) -> int | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,6 +68,11 @@ class HaState:
         self.holder: str | None = node if role is Role.SINGLE else None
         #: what the holder published with its lease (its URLs: opcua, web, replication)
         self.holder_info: dict[str, Any] = {}
+        #: ``time.monotonic()`` after which this server may no longer write even if the elector
+        #: has not run yet (set by the elector at each lease renewal to "last renewal sent +
+        #: lease_ttl / 2"): a process frozen past it (a VM paused, a long GC) refuses the write
+        #: it wakes up with instead of sending it before the elector fences it. None: no limit.
+        self.lease_deadline: float | None = None
         self._promote: list[Hook] = []
         self._demote: list[DemoteHook] = []
         self._changed = asyncio.Event()
@@ -87,6 +93,9 @@ class HaState:
         if self.role not in WRITING or self.token is None:
             raise Fenced(f"server {self.node} is {self.role.value}, not active: write refused "
                          f"(the active server is {self.holder or 'not known yet'})")
+        if self.lease_deadline is not None and time.monotonic() > self.lease_deadline:
+            raise Fenced(f"server {self.node}: its lease was not renewed in time, write refused "
+                         "(stepping down)")
         return self.token
 
     # ----------------------------------------------------------------- subscriptions

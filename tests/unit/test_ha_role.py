@@ -44,3 +44,21 @@ def test_promotion_runs_hooks_before_writing_and_demotion_fences_at_once():
             await ha.promote(0)
 
     asyncio.run(main())
+
+
+def test_a_write_after_the_lease_deadline_is_refused_even_before_the_elector_runs():
+    """A process frozen past its renewal deadline (VM paused, GC) wakes up still 'active': the
+    write it wakes up with is refused by the check itself."""
+    import time
+
+    async def main():
+        ha = HaState("a", Role.STARTING)
+        await ha.promote(3)
+        ha.lease_deadline = time.monotonic() + 60
+        assert ha.check() == 3
+        ha.lease_deadline = time.monotonic() - 0.001
+        with pytest.raises(Fenced, match="not renewed in time"):
+            ha.check()
+        assert ha.role is Role.ACTIVE  # the elector demotes; the check only refuses
+
+    asyncio.run(main())
