@@ -71,6 +71,19 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
             "server_time": rt.clock.time(),
         })
 
+    async def ha(request: Request) -> JSONResponse:
+        """This server's role in its redundant pair (docs/redundancy.md "Web console"), for the
+        console's pages and for a load balancer's health check, so no session is needed (it
+        names the pair's servers and their console URLs, nothing else): 200 on the active (or a
+        single server), 503 on a standby, starting or fenced server."""
+        h = rt.ha
+        cfg = rt.site.config.ha
+        nodes = {n: {"web": c.web} for n, c in cfg.nodes.items()} if cfg is not None else {}
+        holder_web = (h.holder_info or {}).get("web") or nodes.get(h.holder or "", {}).get("web")
+        return JSONResponse({"node": h.node, "role": h.role.value, "active": h.is_active(),
+                             "pair": h.pair, "holder": h.holder, "holder_web": holder_web,
+                             "nodes": nodes}, 200 if h.is_active() else 503)
+
     async def alarms(request: Request) -> JSONResponse:
         who = ctx.require(request, "read")
         qp = request.query_params
@@ -314,6 +327,7 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
 
     return [
         Route("/api/me", me),
+        Route("/api/ha", ha),
         Route("/api/alarms", alarms),
         Route("/api/alarms/history", history),
         Route("/api/devices", devices),

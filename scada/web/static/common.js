@@ -78,13 +78,55 @@ const Console = (() => {
   }
   function qualityClass(code) { const sev = (code >>> 30) & 3; return sev === 0 ? "good" : sev === 1 ? "uncertain" : "bad"; }
 
+  // redundant pair (docs/redundancy.md "Web console"): a standby's pages say so and link to the
+  // active; when this server stops answering, or answers that it is no longer active, the page
+  // goes to the active's console (a session belongs to one server: the operator logs in there)
+  let pair = null, haFailures = 0, haChecking = false;
+  function haBanner(h) {
+    const b = document.getElementById("ha-banner");
+    if (!b) return;
+    if (!h.pair || h.active) { b.hidden = true; return; }
+    const link = h.holder_web ? ' <a id="ha-active-link" href="' + esc(h.holder_web) + '">Open the active server (' + esc(h.holder) + ")</a>" : "";
+    b.innerHTML = "This server (" + esc(h.node) + ") is <b>" + esc(h.role.toUpperCase()) +
+      "</b>: its values are not live and it refuses actions. The active server is " +
+      esc(h.holder || "not known yet") + "." + link;
+    b.hidden = false;
+  }
+  function goActive(h) {
+    if (leaving) return;
+    let url = h && h.holder_web;
+    if (!url && pair && pair.holder && pair.holder !== pair.node) url = pair.holder_web;
+    if (!url && pair) {
+      const others = Object.entries(pair.nodes || {}).filter(([n, c]) => n !== pair.node && c.web);
+      if (others.length) url = others[0][1].web;
+    }
+    if (url) { leaving = true; window.location.assign(url.replace(/\/$/, "") + "/login"); }
+  }
+  async function haCheck() {
+    if (haChecking) return;
+    haChecking = true;
+    try {
+      const r = await fetch("/api/ha", {credentials: "same-origin", headers: {"Accept": "application/json"}});
+      const h = await r.json();
+      haFailures = 0;
+      const was = pair;
+      pair = h;
+      haBanner(h);
+      if (h.pair && !h.active && was && was.active) goActive(h);  // this server stepped down
+    } catch (e) {
+      haFailures += 1;  // this server does not answer: after three tries, go to the other one
+      if (pair && pair.pair && haFailures >= 3) goActive(null);
+    } finally { haChecking = false; }
+  }
+  if (document.getElementById("ha-banner")) haCheck();
+
   // live updates: one EventSource; reconnects by itself; "overflow"/"bye" -> page reload of data
   function stream(handlers, watch) {
     const live = document.getElementById("live");
     let es = null;
     function open() {
       es = new EventSource("/api/stream" + (watch ? "?watch=" + encodeURIComponent(watch) : ""));
-      es.addEventListener("hello", () => { live && live.classList.add("on"); handlers.hello && handlers.hello(); });
+      es.addEventListener("hello", () => { live && live.classList.add("on"); haCheck(); handlers.hello && handlers.hello(); });
       for (const k of Object.keys(handlers)) {
         if (k === "hello") continue;
         es.addEventListener(k, (ev) => handlers[k](JSON.parse(ev.data)));
@@ -92,10 +134,15 @@ const Console = (() => {
       es.addEventListener("bye", async (ev) => {
         live && live.classList.remove("on");
         es.close();
-        try { await api("/api/me", true); } catch (e) { return; }  // logged out: api() redirects
+        try { await api("/api/me", true); } catch (e) {
+          if (e.message === "logged out") return;  // api() sends the browser to the login page
+          haCheck();  // the server went away: the pair's other server may be active now
+          setTimeout(open, 3000);
+          return;
+        }
         setTimeout(open, 1000);
       });
-      es.onerror = () => { live && live.classList.remove("on"); };
+      es.onerror = () => { live && live.classList.remove("on"); haCheck(); };
     }
     open();
     return () => es && es.close();
