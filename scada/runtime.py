@@ -434,7 +434,30 @@ class Runtime:
         info = {"opcua": me.opcua, "web": me.web, "replication": me.replication}
         self.elector = Elector(self.ha, ha.etcd, ha.election_key(self.site.name), ha.lease_ttl,
                                info, status=self.ha_status)
-        self.supervise("ha:elector", self.elector.run)
+        elector = self.elector
+
+        async def campaign_once_started() -> None:
+            # the services' start-up (a city's address space, the alarm states) holds the loop
+            # for seconds: campaign after it, not while a won lease could not be looked after
+            await self._services_up()
+            await elector.run()
+
+        self.supervise("ha:elector", campaign_once_started)
+
+    async def _services_up(self) -> None:
+        """Until every running service with a ``started`` event has set it or ended its first
+        run (active-only services are not running yet)."""
+        for name, svc in self.services.items():
+            started = getattr(svc, "started", None)
+            done = self._first_done.get(f"service:{name}")
+            if not isinstance(started, asyncio.Event) or done is None:
+                continue
+            waits = [asyncio.ensure_future(started.wait()), asyncio.ensure_future(done.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     def ha_status(self) -> dict[str, Any]:
         """What this server publishes of itself for ``scada ha status``: writes per term and

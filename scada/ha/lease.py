@@ -5,7 +5,7 @@ The two servers never decide between themselves; etcd (Raft, a quorum of its mem
 Each server runs one :class:`Elector`:
 
 1. it grants itself a lease of ``lease_ttl`` seconds and keeps it alive (one renewal every
-   ``lease_ttl / 6``), for as long as it can reach etcd;
+   ``lease_ttl / 6``, from a thread: see :class:`Renewer`), for as long as it can reach etcd;
 2. **campaign**: one transaction "if the election key does not exist, put ``key = this node's
    URLs`` attached to my lease; else read it". The winner's fencing token is the etcd revision of
    that put: etcd revisions only grow, so every new term gets a larger token than every earlier
@@ -48,7 +48,9 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -121,6 +123,73 @@ class EtcdEndpoints:
     async def rotate(self) -> None:
         await self.close()
         self._i = (self._i + 1) % len(self.endpoints)
+
+
+#: no HTTP proxy from the environment between a server and its etcd
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Renewer:
+    """Renews a lease from a thread of its own, through etcd's JSON gateway
+    (``POST /v3/lease/keepalive``, one blocking HTTP request per renewal, rotating between the
+    endpoints on failure).
+
+    Why a thread: the renewals measure whether the *process* is alive, and must not stop while
+    the event loop is busy for a few seconds (at Dijon size, the start-up of the services or the
+    first poll of 34,000 luminaires after a promotion held the loop for more than
+    ``lease_ttl / 2``, and the pair flapped). The fencing side stays on the loop: the watchdog
+    and :meth:`HaState.check` compare the monotonic clock with the last renewal this thread
+    reports, so a process whose loop is stalled writes nothing anyway."""
+
+    def __init__(self, elector: Elector, lease_id: int, start: int):
+        self.e = elector
+        self.lease_id = lease_id
+        self._i = start
+        self.lost: str | None = None
+        self._loop = asyncio.get_running_loop()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"ha-lease-{elector.ha.node}")
+
+    def start(self) -> Renewer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _renew(self, url: str) -> int:
+        body = json.dumps({"ID": str(self.lease_id)}).encode()
+        req = urllib.request.Request(f"{url}/v3/lease/keepalive", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with _OPENER.open(req, timeout=self.e.timeout) as r:
+            answer = json.loads(r.read())
+        return int((answer.get("result") or {}).get("TTL", 0))
+
+    def _run(self) -> None:
+        e = self.e
+        eps = e.etcd.endpoints
+        pause = e.renew_every
+        while not self._stop.wait(pause):
+            sent = _now()
+            url = eps[self._i % len(eps)]
+            try:
+                ttl = self._renew(url)
+            except (OSError, ValueError) as err:
+                e.stats["renew_failures"] += 1
+                e.last_error = f"lease renewal via {url}: {type(err).__name__} {err}"
+                log.info("HA %s: lease renewal via %s failed (%s); retrying", e.ha.node, url, err)
+                self._i += 1
+                pause = min(e.renew_every, 0.25)
+                continue
+            if self._stop.is_set():
+                return
+            if ttl <= 0:
+                self.lost = f"etcd says lease {self.lease_id:x} has expired"
+                self._loop.call_soon_threadsafe(e._kick.set)
+                return
+            e._renewed(sent)
+            pause = e.renew_every
 
 
 class Elector:
@@ -205,8 +274,8 @@ class Elector:
         log.info("HA %s: lease %x granted by %s (ttl %d s)", self.ha.node, self.lease_id,
                  self.etcd.current, self.grant_ttl)
         watch = await client.watch(self.kb)
+        renewer = Renewer(self, self.lease_id, self.etcd.endpoints.index(self.etcd.current)).start()
         tasks = [asyncio.ensure_future(self._follow(watch)),
-                 asyncio.ensure_future(self._keepalive(client)),
                  asyncio.ensure_future(self._watchdog())]
         reason = "session ended"
         next_status = 0.0
@@ -221,6 +290,8 @@ class Elector:
                         raise LeaseLost("the etcd watch of the election key ended")
                 if self._key_gone:
                     raise LeaseLost(self._key_gone)
+                if renewer.lost:
+                    raise LeaseLost(renewer.lost)
                 if self.term is None:
                     won = await self._campaign(client)
                     if won is not None:
@@ -241,6 +312,7 @@ class Elector:
                 reason = "server shutting down"
             raise
         finally:
+            renewer.stop()
             for t in tasks:
                 t.cancel()
             # fence first (no await before the role changes), then tidy up with bounded waits:
@@ -292,28 +364,12 @@ class Elector:
         except (*ETCD_ERRORS, asyncio.CancelledError):
             pass  # it expires by itself within the TTL
 
-    async def _keepalive(self, client: aetcd.Client) -> None:
-        """Renew every ``lease_ttl / 6``. A failed or slow renewal is retried, not fatal: one
-        slow answer from a busy etcd must not make the pair flap. The watchdog alone decides,
-        from the time of the last *successful* renewal, when to step down."""
-        pause = self.renew_every
-        while True:
-            await asyncio.sleep(pause)
-            sent = _now()
-            try:
-                reply = await client.refresh_lease(self.lease_id)
-            except ETCD_ERRORS as e:
-                self.stats["renew_failures"] += 1
-                self.last_error = f"lease renewal: {type(e).__name__} {e}"
-                log.info("HA %s: lease renewal failed (%s); retrying", self.ha.node, e)
-                pause = min(self.renew_every, 0.25)
-                continue
-            pause = self.renew_every
-            if reply is None or reply.TTL <= 0:
-                raise LeaseLost(f"etcd says lease {self.lease_id:x} has expired")
-            self.renewed_at = max(self.renewed_at or sent, sent)
-            self.ha.lease_deadline = self.renewed_at + self.step_down_after
-            self.stats["renewals"] += 1
+    def _renewed(self, sent: float) -> None:
+        """A renewal sent at ``sent`` succeeded (called from the renewer's thread: plain
+        assignments of floats, read by the loop's watchdog and by :meth:`HaState.check`)."""
+        self.renewed_at = max(self.renewed_at or sent, sent)
+        self.ha.lease_deadline = self.renewed_at + self.step_down_after
+        self.stats["renewals"] += 1
 
     async def _campaign(self, client: aetcd.Client) -> int | None:
         """One election transaction: the fencing token when this server won, else None (the
