@@ -342,16 +342,19 @@ class InterventionService(Service):
             await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
 
     # ------------------------------------------------------------------ visits
-    def crew_rows(self, now: float) -> list[dict[str, Any]]:
+    def crew_rows(self, now: float, day: str | None = None) -> list[dict[str, Any]]:
         """Crews as dispatch sees them: on shift now (the site's time zone), busy on an order in
         progress, and where they are: the position their tablet reported if it is younger than
         ``position_max_age``, else the base position of the site file (``position_source``
-        says which, ``position_note`` why)."""
+        says which, ``position_note`` why). For a later ``day`` (planning ahead) every crew is
+        available: shifts are daily and today's work is over by then."""
+        ahead = day is not None and day > self.today(now)
         busy = {wo.crew for wo in self.store.orders.values() if wo.state == "in_progress" and wo.crew}
         rows = []
         for c in self.crews.values():
             shift = on_shift(c["shift"], now, self.tz)
-            rows.append(c | {"available": shift and c["id"] not in busy, "on_shift": shift, "busy": c["id"] in busy})
+            rows.append(c | {"available": ahead or (shift and c["id"] not in busy), "on_shift": shift,
+                             "busy": c["id"] in busy})
         return locate(rows, self.store.positions, now, self.cfg.position_max_age)
 
     async def report_position(self, crew: str, *, lat: float, lon: float, accuracy: float | None, user: str,
@@ -386,13 +389,16 @@ class InterventionService(Service):
         out.sort(key=lambda x: not x[1])  # stable: overdue first, each part in the visits' order
         return out
 
-    def visits(self, *, crew: str | None = None, area_ok: Any = None, dispatch: bool = True) -> list[Visit]:
+    def visits(self, *, crew: str | None = None, area_ok: Any = None, dispatch: bool = True,
+               day: str | None = None) -> list[Visit]:
+        """Open orders as visits, each with the crew dispatch proposes for ``day`` (default
+        today: a crew on shift now and not busy; a later day: any crew with the trade)."""
         orders = [o for o in self.store.orders.values() if o.open and (area_ok is None or area_ok(o.area))]
         if crew is not None:
             orders = [o for o in orders if o.crew == crew]
         vs = group(orders, self.cfg.rank, self.cfg.grouping_radius_m)
         if dispatch and crew is None:
-            propose(vs, self.crew_rows(self.clock.time()), self.cfg.trades)
+            propose(vs, self.crew_rows(self.clock.time(), day), self.cfg.trades)
         return vs
 
     def crews_of(self, user: str | None) -> list[str]:

@@ -209,8 +209,18 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
             return a
         s = svc()
         crew = request.query_params.get("crew") or None
-        vs = s.visits(crew=crew, area_ok=who.sees_area)
-        rows = {c["id"]: c for c in s.crew_rows(rt.clock.time())}
+        day = request.query_params.get("day") or None
+        if day is not None:
+            from ..interventions.model import check_day
+
+            try:
+                day = check_day(day)
+            except ValueError as e:
+                raise ApiError(400, "bad_parameter", f"day: {e}") from None
+            if day < s.today():
+                raise ApiError(400, "bad_parameter", f"day {day}: in the past (today is {s.today()})")
+        vs = s.visits(crew=crew, area_ok=who.sees_area, day=day)
+        rows = {c["id"]: c for c in s.crew_rows(rt.clock.time(), day)}
 
         def where(v: Any) -> dict[str, Any]:
             c = rows.get(v.crew) if v.crew else None

@@ -124,6 +124,8 @@ async def test_one_visit_offline_tablet_and_verified_close(tmp_path, browser) ->
             r = await op.post(f"/api/wo/{oid}/transition", json={"to": "closed", "resolution": "repaired"}, headers=h)
             assert r.status_code == 200, r.text
         assert (await op.get("/api/visits")).json()["total"] == 0
+        # this tablet was not allowed the geolocation: it reported no position
+        assert svc.store.positions == {}
         # another agent (another crew) may not report on these orders
         b = web.client()
         r = await b.post("/api/login", json={"user": "agent2", "password": PASSWORDS["agent2"]})

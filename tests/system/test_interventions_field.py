@@ -169,6 +169,32 @@ async def test_reported_positions_drive_dispatch_until_they_are_too_old(tmp_path
         await web.runtime.stop()
 
 
+async def test_dispatch_respects_shifts_and_plans_ahead(tmp_path) -> None:
+    """crew-sig works 07:00-19:00 (Europe/Paris); the stepped clock starts at 01:00 local."""
+    web = await start_city(tmp_path)
+    try:
+        op, h = await login(web, "op1")
+        await create(op, h, JUNC, "signal_technician", 2)
+        crews = {c["id"]: c for c in (await op.get("/api/crews")).json()["crews"]}
+        assert crews["crew-sig"]["on_shift"] is False and crews["crew-sig"]["available"] is False
+        v = (await op.get("/api/visits")).json()["visits"][0]
+        assert v["proposed_crew"] is None  # the only signal technicians are off shift now
+        # planning tomorrow: the crew's shift will come, it is proposed
+        v = (await op.get("/api/visits?day=2026-01-02")).json()["visits"][0]
+        assert v["proposed_crew"] == "crew-sig"
+        for bad in ("2025-12-31", "tomorrow"):
+            r = await op.get(f"/api/visits?day={bad}")
+            assert r.status_code == 400 and "day" in r.json()["detail"]
+        await web.clock.advance(6 * 3600)  # 07:00 in Dijon
+        await op.aclose()  # the session has expired meanwhile (idle_timeout on the same clock)
+        op, h = await login(web, "op1")
+        v = (await op.get("/api/visits")).json()["visits"][0]
+        assert v["proposed_crew"] == "crew-sig"
+        await op.aclose()
+    finally:
+        await web.runtime.stop()
+
+
 def _json(d: dict[str, Any]) -> bytes:
     import json
 
@@ -196,6 +222,13 @@ async def test_tablet_reports_its_position_and_maps_the_visit_in_chromium(tmp_pa
         # the tablet posts where it is, by itself, through the operator API
         pos = await wait_for(lambda: svc.store.positions.get("crew-a"), "the tablet's position", limit_s=60)
         assert (pos["lat"], pos["lon"], pos["user"]) == (47.3230, 5.0420, "agent1")
+        # throttled: a 10 m move within the minute is shown on the tablet but not sent; a 200 m
+        # move is sent at once
+        await tctx.set_geolocation({"latitude": 47.32309, "longitude": 5.0420})
+        await tab.wait_for_function("() => window.scadaTablet.position && window.scadaTablet.position.lat === 47.32309")
+        assert await tab.evaluate("() => window.scadaTablet.sent") == 1 and svc.store.positions["crew-a"]["lat"] == 47.3230
+        await tctx.set_geolocation({"latitude": 47.3248, "longitude": 5.0420})
+        await wait_for(lambda: svc.store.positions["crew-a"]["lat"] == 47.3248, "the 200 m move", limit_s=60)
         # the visit's tasks on its embedded map, in trade order, on the plain background
         await tab.wait_for_selector("canvas.visit-map")
         assert await tab.locator("a.map").count() == 0  # no link out to a web map

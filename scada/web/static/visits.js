@@ -1,5 +1,6 @@
-// Visits of the day: open orders grouped by site, tasks in trade order, the proposed crew (and
-// whether dispatch used its tablet's position or its base position); "assign" accepts the
+// Visits: open orders grouped by site, tasks in trade order, the crew proposed for the chosen
+// day (today: on shift now and not busy; a later day: any crew with the trade) and whether
+// dispatch used its tablet's position or its base position; "assign" accepts the
 // proposal in one click: each task is assigned to that crew for the chosen day through the
 // operator API (POST /api/wo/{id}/assign: role matrix, audit per order).
 "use strict";
@@ -9,9 +10,10 @@
   const day = document.getElementById("v-day");
   let visits = [];
   async function load() {
-    const j = await C.api("/api/visits");
+    const j = await C.api("/api/visits" + (day.value ? "?day=" + encodeURIComponent(day.value) : ""));
     visits = j.visits;
     if (!day.value && j.today) day.value = j.today;
+    day.min = j.today || "";
     document.getElementById("v-count").textContent = j.total + " visits";
     document.getElementById("visits").innerHTML = j.visits.map((v, i) => {
       const crew = v.proposed_crew;
@@ -38,6 +40,7 @@
     }
     load();
   });
+  day.addEventListener("change", () => load().catch(() => {}));  // proposals for that day
   C.stream({workorder: load, crew: load});
   load();
 })();
