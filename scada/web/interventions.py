@@ -249,7 +249,8 @@ def routes(ctx: Ctx) -> list[BaseRoute]:
             return a
         eng = ops.alarms
         s = svc()
-        rows = [s.procedures.steps(v) for v in (eng.active(include_hidden=True) if eng is not None else [])
+        works = s.works_index()
+        rows = [s.procedures.steps(v, works) for v in (eng.active(include_hidden=True) if eng is not None else [])
                 if who.sees(v.alarm_id)]
         return JSONResponse({"total": len(rows), "procedures": rows})
 
