@@ -257,3 +257,42 @@ async def test_tablet_reports_its_position_and_maps_the_visit_in_chromium(tmp_pa
         await tctx.close()
     finally:
         await web.runtime.stop()
+
+
+async def test_tablet_map_draws_the_sites_own_tiles(tmp_path, browser, monkeypatch) -> None:  # noqa: F811
+    """With web.map.tiles naming a local directory the tablet's visit map draws those tiles (the
+    console map's configuration, served by the same server: no internet)."""
+    import math
+
+    import tests.fixtures.interventions as fx
+    from tests.system.test_map import _png
+
+    monkeypatch.setattr(fx, "SITE", fx.SITE.replace("web:\n  enabled: true\n",
+                                                    "web:\n  enabled: true\n  map: {{tiles: tiles/}}\n"))
+    for z in range(15, 20):  # a block of tiles around the crossing at every zoom the tablet may pick
+        n = 2 ** z
+        x0 = int((5.0412 + 180) / 360 * n)
+        y0 = int((1 - math.asinh(math.tan(math.radians(47.3220))) / math.pi) / 2 * n)
+        for x in range(x0 - 3, x0 + 4):
+            d = tmp_path / "tiles" / str(z) / str(x)
+            d.mkdir(parents=True, exist_ok=True)
+            for y in range(y0 - 3, y0 + 4):
+                (d / f"{y}.png").write_bytes(_png((10, 200, 30)))
+    web = await fx.start_city(tmp_path)
+    svc = web.runtime.services["interventions"]
+    try:
+        op, h = await login(web, "op1")
+        pole = await create(op, h, POLE, "civil_works", 3)
+        assert (await op.post(f"/api/wo/{pole}/assign", json={"crew": "crew-a"}, headers=h)).status_code == 200
+        await op.aclose()
+        tctx, tab = await page_login(browser, web, "agent1", "/tablet", viewport={"width": 412, "height": 915},
+                                     is_mobile=True)
+        await tab.wait_for_function("() => Object.values(window.scadaTablet.maps).some(m => m.tiles > 0)")
+        rgba = await tab.evaluate("""() => { const c = document.querySelector('canvas.visit-map');
+            const d = window.devicePixelRatio || 1;
+            return Array.from(c.getContext('2d').getImageData(Math.round(10 * d), Math.round(10 * d), 1, 1).data); }""")
+        assert rgba[:3] == [10, 200, 30]  # the site's tile, in the corner away from the task's dot
+        assert svc.store.orders[pole].planned == svc.today()
+        await tctx.close()
+    finally:
+        await web.runtime.stop()
