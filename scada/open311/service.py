@@ -475,9 +475,14 @@ class Open311Service(Service):
                      self.cfg.retention / 86400)
         return len(ids)
 
-    def reload(self) -> None:
-        """Re-read the store (a standby server taking over) and the client list."""
-        self.store.reload()
+    async def reload(self) -> None:
+        """Re-read the store and the client list (a standby server taking over: the HA
+        promotion awaits this before the server serves). The files are read in a thread into a
+        new store, swapped in under the old one's lock."""
+        fresh = Store(self.dir, self.cfg.snapshot_every)
+        await asyncio.to_thread(fresh.load)
+        async with self.store.lock:
+            self.store = fresh
         self.clients.refresh()
 
     # ------------------------------------------------------------------ lifecycle

@@ -215,7 +215,7 @@ async def test_three_reports_one_order_close_and_updates(tmp_path) -> None:
 
         # ---- the store survives a reload (a standby taking over) and keeps personal data apart
         n_before = len(svc.store)
-        svc.reload()
+        await svc.reload()
         assert len(svc.store) == n_before and svc.store.requests[ids[0]]["personal"]["email"] == EMAIL
         # ---- retention: after 30 days the personal data is gone, from memory and files
         assert await svc.purge(now=web.clock.time() + 29 * 86400) == 0
