@@ -166,7 +166,9 @@ def check(site_file: str) -> None:
     from scada.runtime import Runtime
 
     try:
-        Runtime(site).load_drivers()
+        # a pair's site is checked as its first node would run it (both read the same file)
+        node = next(iter(site.config.ha.nodes)) if site.config.ha is not None else None
+        Runtime(site, node=node).load_drivers()
     except ConfigError as e:
         click.echo(f"{site.path}: {e}", err=True)
         sys.exit(2)

@@ -516,6 +516,9 @@ class Runtime:
         for drv in self.drivers.values():
             try:
                 await asyncio.wait_for(drv.aclose(), self.shutdown_timeout)
+            except TimeoutError:
+                log.warning("driver %s did not close its device connections within %.0f s of "
+                            "the demotion", drv.ctx.protocol, self.shutdown_timeout)
             except Exception:
                 log.exception("driver %s failed closing its connections after demotion",
                               drv.ctx.protocol)

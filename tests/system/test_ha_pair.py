@@ -193,3 +193,6 @@ def test_scada_run_of_a_pair_without_node_exits_2(tmp_path, etcd):
     assert "Traceback" not in res.stderr
     res = run_scada("run", "--node", "c", str(p))
     assert res.returncode == 2 and "--node c: not a node of the pair" in res.stderr
+    res = run_scada("check", str(p))  # checking a pair's file needs no node name (the test
+    assert "--node" not in res.stderr   # site's passive cabinet is what it reports)
+    assert "cab-01: profile 'cab' has no protocol" in res.stderr
